@@ -1,0 +1,44 @@
+"""The checkout behind the confirmation gate: the interface a payment backend implements.
+
+The gateway opens a checkout for every proposal it shows, completes it only with the device's
+confirmation for that exact proposal, and cancels it otherwise. A backend must refuse anything
+else on its own too (defence in depth) and never place two orders for one checkout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from .agent import IssuedProposal
+from .messages import ConfirmationResult, Outcome, OrderResult
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A request to turn a confirmed checkout into an order.
+
+    `device_id` is the device whose own topic carried the confirmation (not a payload field);
+    `confirmation.mandate` carries the device-signed consent where the device signs one.
+    """
+
+    checkout_id: str
+    checkout_hash: str
+    device_id: str
+    session_id: str
+    confirmation: ConfirmationResult
+    idempotency_key: str
+
+
+class CheckoutBackend(Protocol):
+    async def open(self, issued: IssuedProposal) -> None:
+        """Record a proposal as issued (its bytes and hash); refuse a malformed one with `CheckoutError`."""
+
+    async def complete(self, completion: Completion) -> OrderResult:
+        """Place the order once, or raise `CheckoutError` (with its outcome) and place nothing.
+
+        The same idempotency key with the same confirmation returns the same result.
+        """
+
+    async def cancel(self, checkout_id: str, outcome: Outcome, reason: str) -> None:
+        """Close a checkout without an order; a later completion of it is refused."""

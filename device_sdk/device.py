@@ -1,0 +1,286 @@
+"""The device side: what a speaker, a pair of glasses or a phone links to speak the protocol.
+
+`DeviceClient` keeps a retained status with a last will, heartbeats its controller, and runs
+sessions: `ask` sends what the user said and returns the `Offer` to present; `answer` sends
+the user's decision and returns the `OrderResult`. Messages are resent until answered, so a
+broker restart in the middle of a session delays it instead of losing it; the gateway answers
+repeats with the same reply, so nothing is done twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+from .errors import BusError, DeviceSdkError, ErrorCode, ProtocolError, RemoteError, RequestTimeout
+from .messages import (
+    AgentRequest,
+    Capability,
+    ConfirmationRequest,
+    ConfirmationResult,
+    ControllerClaim,
+    Decision,
+    DeviceKind,
+    DeviceStatus,
+    Error,
+    Modality,
+    OrderResult,
+    Ping,
+    Pong,
+    decode,
+    new_id,
+)
+from .mqtt import BrokerUrl, MqttBus, Received, Subscription
+from .readback import compose_readback, display_digest
+from .topics import Topics, check_id
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Offer:
+    """A proposal to present to the user, with the SDK's read-back of it."""
+
+    request: ConfirmationRequest
+
+    @property
+    def readback(self) -> str:
+        return self.request.readback
+
+    @property
+    def session_id(self) -> str:
+        return self.request.session_id
+
+
+@dataclass(frozen=True)
+class HealthEvent:
+    """The controller stopped answering heartbeats (alive=False), or answers again."""
+
+    alive: bool
+    controller_id: str | None
+
+
+class DeviceClient:
+    """One device on the bus. Use as `async with DeviceClient(url, "speaker-1") as device:`."""
+
+    def __init__(
+        self,
+        url: BrokerUrl | str,
+        device_id: str,
+        *,
+        kind: DeviceKind = DeviceKind.SPEAKER,
+        capabilities: Sequence[Capability] = (Capability.MIC, Capability.AUDIO_OUT, Capability.TEXT),
+        firmware: str | None = None,
+        topics: Topics | None = None,
+        heartbeat: float = 2.0,
+        pong_timeout: float = 5.0,
+        resend_after: float = 3.0,
+    ) -> None:
+        self.url = url
+        self.device_id = check_id(device_id, "device id")
+        self.topics = topics or Topics()
+        self.controller_id: str | None = None
+        self.controller_alive = False
+        self.heartbeat = heartbeat
+        self.pong_timeout = pong_timeout
+        self.resend_after = resend_after
+        self._status = DeviceStatus(
+            device_id=device_id, online=True, kind=kind, capabilities=list(capabilities), firmware=firmware
+        )
+        self._inboxes: dict[str, asyncio.Queue[Any]] = {}
+        self._events: asyncio.Queue[Any] = asyncio.Queue(1000)
+        self._last_pong: float = 0.0
+        self._ping_seq = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._bus: MqttBus | None = None
+
+    @property
+    def bus(self) -> MqttBus:
+        if self._bus is None:
+            raise BusError("the device is not connected")
+        return self._bus
+
+    async def __aenter__(self) -> Self:
+        offline = self._status.model_copy(update={"online": False}).encode()
+        self._bus = MqttBus(self.url, f"dev-{self.device_id}", will=(self.topics.device_status(self.device_id), offline))
+        await self._bus.connect()
+        inbox = await self._bus.subscribe(
+            self.topics.device_down(self.device_id), self.topics.device_controller(self.device_id)
+        )
+        self._bus.add_connect_hook(self._announce)
+        await self._announce()
+        self._spawn(self._receive(inbox))
+        if self.heartbeat > 0:
+            self._spawn(self._heartbeat())
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._bus is not None:
+            with contextlib.suppress(DeviceSdkError):
+                offline = self._status.model_copy(update={"online": False})
+                await self._bus.publish(self.topics.device_status(self.device_id), offline.encode(), retain=True,
+                                        timeout=2.0)
+            await self._bus.close()
+
+    async def _announce(self) -> None:
+        await self.bus.publish(self.topics.device_status(self.device_id), self._status.encode(), retain=True)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # sessions ----------------------------------------------------------------------------
+
+    async def ask(
+        self,
+        text: str,
+        *,
+        session_id: str | None = None,
+        image_ref: str | None = None,
+        locale: str = "en-US",
+        timeout: float = 30.0,
+    ) -> Offer:
+        """Send what the user asked for; return the offer to present, or raise `RemoteError`."""
+        request = AgentRequest(
+            request_id=new_id("req"),
+            device_id=self.device_id,
+            session_id=session_id or new_id("ses"),
+            text=text,
+            image_ref=image_ref,
+            locale=locale,
+        )
+        reply = await self._exchange(request.session_id, request.encode(), (ConfirmationRequest,), timeout)
+        assert isinstance(reply, ConfirmationRequest)
+        composed = compose_readback(reply.proposal)
+        if composed != reply.readback or display_digest(composed) != reply.display_digest:
+            raise ProtocolError("the read-back does not match the proposal it came with", ErrorCode.DISPLAY_MISMATCH)
+        return Offer(reply)
+
+    async def answer(
+        self,
+        offer: Offer,
+        decision: Decision,
+        *,
+        modality: Modality = Modality.VOICE,
+        heard: str | None = None,
+        presented: str | None = None,
+        mandate: str | None = None,
+        timeout: float = 30.0,
+    ) -> OrderResult:
+        """Send the user's decision on `offer`; return how the session ended.
+
+        `presented` is the text the device actually gave the user (default: the read-back);
+        its digest goes with the answer, so a confirmation of anything else is refused.
+        """
+        request = offer.request
+        result = ConfirmationResult(
+            session_id=request.session_id,
+            checkout_id=request.checkout_id,
+            checkout_hash=request.checkout_hash,
+            decision=decision,
+            modality=modality,
+            display_digest=display_digest(presented if presented is not None else request.readback),
+            heard=heard,
+            mandate=mandate,
+        )
+        reply = await self._exchange(request.session_id, result.encode(), (OrderResult,), timeout)
+        assert isinstance(reply, OrderResult)
+        return reply
+
+    async def _exchange(self, session_id: str, payload: bytes, expect: tuple[type, ...], timeout: float) -> Any:
+        """Publish `payload` on the up topic, resending it until a reply of type `expect` or an error."""
+        inbox = self._inboxes.setdefault(session_id, asyncio.Queue())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise RequestTimeout(f"no reply in session {session_id} within {timeout} s")
+                with contextlib.suppress(BusError, RequestTimeout):
+                    await self.bus.publish(self.topics.device_up(self.device_id), payload, timeout=remaining)
+                try:
+                    async with asyncio.timeout(min(self.resend_after, max(deadline - loop.time(), 0.01))):
+                        while True:
+                            reply = await inbox.get()
+                            if isinstance(reply, expect):
+                                return reply
+                            if isinstance(reply, Error):
+                                raise RemoteError(reply.text, reply.code)
+                except TimeoutError:
+                    log.debug("session %s: no reply yet, sending again", session_id)
+        finally:
+            self._inboxes.pop(session_id, None)
+
+    # inbound and heartbeat ---------------------------------------------------------------
+
+    def events(self) -> AsyncIterator[Any]:
+        """Messages that belong to no waiting call (errors, late results) and `HealthEvent`s."""
+
+        async def iterate() -> AsyncIterator[Any]:
+            while True:
+                yield await self._events.get()
+
+        return iterate()
+
+    def _event(self, event: Any) -> None:
+        if self._events.full():
+            self._events.get_nowait()
+        self._events.put_nowait(event)
+
+    async def _receive(self, inbox: Subscription) -> None:
+        async for received in inbox:
+            self._on_message(received)
+
+    def _on_message(self, received: Received) -> None:
+        if not received.payload:
+            return
+        try:
+            message = decode(received.payload)
+        except ProtocolError as exc:
+            log.warning("unreadable message on %s: %s", received.topic, exc)
+            self._event(Error(code=exc.code, text=exc.text, ref=received.topic))
+            return
+        if isinstance(message, ControllerClaim):
+            if message.device_id == self.device_id:
+                self.controller_id = message.controller_id
+            return
+        if isinstance(message, Pong):
+            self._last_pong = asyncio.get_running_loop().time()
+            self.controller_id = message.controller_id
+            if not self.controller_alive:
+                self.controller_alive = True
+                self._event(HealthEvent(True, message.controller_id))
+            return
+        session_id = getattr(message, "session_id", None)
+        inbox = self._inboxes.get(session_id) if session_id else None
+        if inbox is not None:
+            inbox.put_nowait(message)
+        else:
+            self._event(message)
+
+    async def _heartbeat(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._last_pong = loop.time()
+        while True:
+            self._ping_seq += 1
+            with contextlib.suppress(DeviceSdkError):
+                await self.bus.publish(
+                    self.topics.device_up(self.device_id), Ping(seq=self._ping_seq).encode(), qos=0, timeout=1.0
+                )
+            await asyncio.sleep(self.heartbeat)
+            if self.controller_alive and loop.time() - self._last_pong > self.pong_timeout:
+                self.controller_alive = False
+                log.warning("%s: controller %s stopped answering", self.device_id, self.controller_id)
+                self._event(HealthEvent(False, self.controller_id))

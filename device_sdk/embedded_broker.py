@@ -1,0 +1,64 @@
+"""The embedded broker: amqtt in this process on a free loopback port, so the main job needs no server."""
+
+from __future__ import annotations
+
+import logging
+from types import TracebackType
+from typing import Any, Self
+
+from amqtt.broker import Broker
+
+from .errors import BusError
+from .mqtt import BrokerUrl
+
+# amqtt logs every connection and packet at INFO; the SDK's own logs are enough.
+for _name in ("amqtt", "transitions"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+
+class EmbeddedBroker:
+    """An in-process MQTT 3.1.1 broker (amqtt) with anonymous access on 127.0.0.1.
+
+    amqtt keeps retained messages and fires last wills, but does not implement shared
+    subscriptions (`$share/...`); agent workers detect that and fall back to one worker.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._host = host
+        self._port = port
+        self._broker: Broker | None = None
+
+    @property
+    def url(self) -> BrokerUrl:
+        if self._broker is None:
+            raise BusError("the embedded broker is not running")
+        return BrokerUrl(self._host, self._port)
+
+    async def start(self) -> None:
+        config: dict[str, Any] = {
+            "listeners": {"default": {"type": "tcp", "bind": f"{self._host}:{self._port}"}},
+            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+        }
+        broker = Broker(config)
+        try:
+            await broker.start()
+        except Exception as exc:
+            raise BusError(f"the embedded broker could not start on {self._host}:{self._port}: {exc}") from None
+        server = broker._servers["default"].instance  # amqtt exposes no public accessor for the bound port
+        self._port = server.sockets[0].getsockname()[1]
+        self._broker = broker
+
+    async def stop(self) -> None:
+        """Stop the broker; clients see their connection drop. The port is kept for a restart."""
+        if self._broker is not None:
+            broker, self._broker = self._broker, None
+            await broker.shutdown()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()

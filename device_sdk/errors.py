@@ -1,0 +1,95 @@
+"""One error root for the SDK; every error carries a code that is also its wire form."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """Codes carried by `error` messages on the bus and by every SDK exception."""
+
+    BAD_JSON = "bad_json"
+    BAD_MESSAGE = "bad_message"
+    TOO_LARGE = "too_large"
+    UNKNOWN_TYPE = "unknown_type"
+    UNSUPPORTED_VERSION = "unsupported_version"
+    WRONG_TOPIC = "wrong_topic"
+    UNEXPECTED_MESSAGE = "unexpected_message"
+    SESSION_NOT_OWNED = "session_not_owned"
+    SESSION_CLOSED = "session_closed"
+    UNKNOWN_CHECKOUT = "unknown_checkout"
+    STALE_CHECKOUT = "stale_checkout"
+    CHECKOUT_CLOSED = "checkout_closed"
+    HASH_MISMATCH = "hash_mismatch"
+    DISPLAY_MISMATCH = "display_mismatch"
+    NOT_CONFIRMED = "not_confirmed"
+    BAD_PROPOSAL = "bad_proposal"
+    NOT_UNDERSTOOD = "not_understood"
+    ITEM_NOT_FOUND = "item_not_found"
+    QUANTITY_OUT_OF_RANGE = "quantity_out_of_range"
+    AGENT_TIMEOUT = "agent_timeout"
+    TIMEOUT = "timeout"
+    NOT_CONNECTED = "not_connected"
+    CONTROLLER_LOST = "controller_lost"
+    DEVICE_OFFLINE = "device_offline"
+    BUSY = "busy"
+    INTERNAL = "internal"
+
+
+class DeviceSdkError(Exception):
+    """Root of every error the SDK raises."""
+
+    code: ErrorCode = ErrorCode.INTERNAL
+
+    def __init__(self, text: str, code: ErrorCode | None = None) -> None:
+        super().__init__(text)
+        self.text = text
+        if code is not None:
+            self.code = code
+
+    def __str__(self) -> str:
+        return f"[{self.code}] {self.text}"
+
+
+class ProtocolError(DeviceSdkError, ValueError):
+    """A payload or topic that breaks the wire protocol (bad JSON, unknown type, too large...)."""
+
+    code = ErrorCode.BAD_MESSAGE
+
+
+class BusError(DeviceSdkError):
+    """The MQTT connection failed or is not up."""
+
+    code = ErrorCode.NOT_CONNECTED
+
+
+class RequestTimeout(DeviceSdkError, TimeoutError):
+    """No answer to a correlated request within its timeout."""
+
+    code = ErrorCode.TIMEOUT
+
+
+class RemoteError(DeviceSdkError):
+    """The peer answered a request with an `error` message."""
+
+
+class AgentError(DeviceSdkError):
+    """The agent core could not turn a request into a proposal."""
+
+    code = ErrorCode.NOT_UNDERSTOOD
+
+
+class CheckoutError(DeviceSdkError):
+    """The checkout refused to complete; nothing was ordered. `outcome` is what the user is told."""
+
+    code = ErrorCode.NOT_CONFIRMED
+
+    def __init__(self, text: str, code: ErrorCode | None = None, outcome: str = "not_confirmed") -> None:
+        super().__init__(text, code)
+        self.outcome = outcome
+
+
+class SessionError(DeviceSdkError):
+    """A message that the session it names cannot accept (wrong owner, closed, stale)."""
+
+    code = ErrorCode.UNEXPECTED_MESSAGE

@@ -1,0 +1,407 @@
+"""The gateway: serves devices on the bus, asks the agent core, and gates every checkout on the
+device's own confirmation of exactly the proposal it presented.
+
+One gateway controls a device at a time (a retained claim on the device's controller topic).
+Each session's messages are handled one after another; different sessions run concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Coroutine
+from types import TracebackType
+from typing import Any, Self
+
+from .agent import IssuedProposal, RemoteAgent
+from .checkout import CheckoutBackend, Completion
+from .errors import CheckoutError, DeviceSdkError, ErrorCode, ProtocolError, SessionError
+from .messages import (
+    AgentRequest,
+    ConfirmationRequest,
+    ConfirmationResult,
+    ControllerClaim,
+    Decision,
+    DeviceStatus,
+    Error,
+    GatewayStatus,
+    Modality,
+    OrderResult,
+    Outcome,
+    Ping,
+    Pong,
+    Transcript,
+    decode,
+    new_id,
+    now,
+)
+from .mqtt import BrokerUrl, MqttBus, Received, Subscription
+from .readback import compose_readback, display_digest
+from .session import Session, State, Step
+from .topics import Topics, check_id
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    """Routes device sessions to the agent core and through the confirmation gate to the checkout."""
+
+    def __init__(
+        self,
+        url: BrokerUrl | str,
+        checkout: CheckoutBackend,
+        *,
+        gateway_id: str | None = None,
+        topics: Topics | None = None,
+        agent_timeout: float = 15.0,
+        confirm_timeout: float = 120.0,
+        keep_ended: float = 600.0,
+    ) -> None:
+        self.url = url
+        self.checkout = checkout
+        self.gateway_id = check_id(gateway_id or new_id("gw")[:19], "gateway id")
+        self.topics = topics or Topics()
+        self.agent_timeout = agent_timeout
+        self.confirm_timeout = confirm_timeout
+        self.keep_ended = keep_ended
+        self.sessions: dict[str, Session] = {}
+        self.claims: dict[str, str] = {}
+        self.gateways_online: dict[str, bool] = {}
+        self.refused = 0
+        self._ended_at: dict[str, float] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._bus: MqttBus | None = None
+        self._agent: RemoteAgent | None = None
+
+    @property
+    def bus(self) -> MqttBus:
+        if self._bus is None:
+            raise DeviceSdkError("the gateway is not started", ErrorCode.NOT_CONNECTED)
+        return self._bus
+
+    # lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        offline = GatewayStatus(gateway_id=self.gateway_id, online=False).encode()
+        self._bus = MqttBus(self.url, self.gateway_id, will=(self.topics.gateway_status(self.gateway_id), offline))
+        await self._bus.connect()
+        self._bus.add_connect_hook(self._announce)
+        self._agent = RemoteAgent(self._bus, self.gateway_id, topics=self.topics, timeout=self.agent_timeout)
+        await self._agent.start()
+        t = self.topics
+        inbox = await self._bus.subscribe(
+            t.all_gateways_status(), t.all_devices("controller"), t.all_devices("status"), t.all_devices("up")
+        )
+        await self._announce()
+        self._spawn(self._dispatch(inbox))
+        self._spawn(self._sweep())
+        log.info("gateway %s serving on %s", self.gateway_id, self._bus.url)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._agent is not None:
+            await self._agent.stop()
+        if self._bus is not None:
+            with contextlib.suppress(DeviceSdkError):
+                status = GatewayStatus(gateway_id=self.gateway_id, online=False)
+                await self._bus.publish(self.topics.gateway_status(self.gateway_id), status.encode(), retain=True)
+            await self._bus.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+    async def _announce(self) -> None:
+        """Publish this gateway's retained status, and again its claims (a restarted broker forgot them)."""
+        status = GatewayStatus(gateway_id=self.gateway_id, online=True)
+        await self.bus.publish(self.topics.gateway_status(self.gateway_id), status.encode(), retain=True)
+        for device_id, holder in list(self.claims.items()):
+            if holder == self.gateway_id:
+                await self._publish_claim(device_id)
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _in_session(self, session_id: str, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` after every earlier handler of the same session (asyncio locks are FIFO)."""
+        lock = self._locks.setdefault(session_id, asyncio.Lock())
+
+        async def run() -> None:
+            async with lock:
+                try:
+                    await coro
+                except DeviceSdkError as exc:
+                    log.warning("session %s: %s", session_id, exc)
+                except Exception:
+                    log.exception("session %s failed", session_id)
+
+        self._spawn(run())
+
+    # inbound -----------------------------------------------------------------------------
+
+    async def _dispatch(self, inbox: Subscription) -> None:
+        async for received in inbox:
+            try:
+                self._route(received)
+            except Exception:
+                log.exception("could not route a message on %s", received.topic)
+
+    def _route(self, received: Received) -> None:
+        if received.topic.startswith(f"{self.topics.base}/gateway/"):
+            self._on_gateway_status(received)
+            return
+        try:
+            device_id, leaf = self.topics.device_of(received.topic)
+        except ProtocolError as exc:
+            self._refuse(None, exc, ref=received.topic)
+            return
+        if leaf == "controller":
+            self._on_claim(device_id, received)
+            return
+        if not received.payload and received.retain:
+            return  # a cleared retained message
+        if not self._serves(device_id):
+            return
+        try:
+            message = decode(received.payload)
+        except ProtocolError as exc:
+            self._refuse(device_id, exc, ref=leaf)
+            return
+        if leaf == "status":
+            if isinstance(message, DeviceStatus) and message.device_id == device_id:
+                if not message.online:
+                    self._device_offline(device_id)
+            else:
+                self._refuse(device_id, ProtocolError("the status topic carries this device's device.status"))
+            return
+        self._on_up(device_id, message)
+
+    def _on_up(self, device_id: str, message: Any) -> None:
+        if isinstance(message, Ping):
+            pong = Pong(seq=message.seq, controller_id=self.gateway_id)
+            self._spawn(self._send(device_id, pong, qos=0))
+        elif isinstance(message, AgentRequest):
+            if message.device_id != device_id:
+                self._refuse(device_id, ProtocolError("device_id differs from the topic", ErrorCode.WRONG_TOPIC),
+                             ref=message.request_id, session_id=message.session_id)
+                return
+            self._in_session(message.session_id, self._on_request(device_id, message))
+        elif isinstance(message, ConfirmationResult):
+            self._in_session(message.session_id, self._on_confirmation(device_id, message))
+        elif isinstance(message, Transcript):
+            log.info("%s heard %s%r", device_id, "" if message.final else "(partial) ", message.text)
+        else:
+            exc = ProtocolError(f"{message.type} is not sent by devices", ErrorCode.UNEXPECTED_MESSAGE)
+            self._refuse(device_id, exc, ref=message.type)
+
+    def _on_gateway_status(self, received: Received) -> None:
+        try:
+            gateway_id = self.topics.gateway_of(received.topic)
+            if not received.payload:
+                return
+            status = decode(received.payload)
+            if not isinstance(status, GatewayStatus) or status.gateway_id != gateway_id:
+                raise ProtocolError("the gateway status topic carries that gateway's gateway.status")
+        except ProtocolError as exc:
+            self._refuse(None, exc, ref=received.topic)
+            return
+        self.gateways_online[gateway_id] = status.online
+
+    def _on_claim(self, device_id: str, received: Received) -> None:
+        if not received.payload:
+            self.claims.pop(device_id, None)
+            return
+        try:
+            claim = decode(received.payload)
+            if not isinstance(claim, ControllerClaim) or claim.device_id != device_id:
+                raise ProtocolError("the controller topic carries that device's controller.claim")
+        except ProtocolError as exc:
+            self._refuse(None, exc, ref=received.topic)
+            return
+        if self.claims.get(device_id) == self.gateway_id and claim.controller_id != self.gateway_id:
+            log.info("device %s is now served by %s", device_id, claim.controller_id)
+        self.claims[device_id] = claim.controller_id
+
+    def _serves(self, device_id: str) -> bool:
+        """True when this gateway controls the device, claiming it if no live gateway does."""
+        holder = self.claims.get(device_id)
+        if holder == self.gateway_id:
+            return True
+        if holder is not None and self.gateways_online.get(holder, False):
+            return False
+        self.claims[device_id] = self.gateway_id
+        self._spawn(self._publish_claim(device_id))
+        return True
+
+    async def _publish_claim(self, device_id: str) -> None:
+        claim = ControllerClaim(device_id=device_id, controller_id=self.gateway_id, claimed_at=now())
+        await self.bus.publish(self.topics.device_controller(device_id), claim.encode(), retain=True)
+
+    def _refuse(
+        self, device_id: str | None, exc: DeviceSdkError, *, ref: str | None = None, session_id: str | None = None
+    ) -> None:
+        self.refused += 1
+        log.info("refused %s from %s: %s", ref, device_id or "?", exc)
+        error = Error(code=exc.code, text=exc.text[:2000], ref=ref and ref[:128], session_id=session_id)
+        topic = self.topics.device_down(device_id) if device_id else self.topics.errors()
+        self._spawn(self._publish(topic, error.encode()))
+
+    # sessions ----------------------------------------------------------------------------
+
+    async def _on_request(self, device_id: str, request: AgentRequest) -> None:
+        session = self.sessions.get(request.session_id)
+        if session is None:
+            session = self.sessions[request.session_id] = Session(request.session_id, device_id)
+        superseded = session.offer if session.state is State.AWAITING_CONFIRMATION else None
+        try:
+            step = session.on_request(device_id, request.request_id)
+        except SessionError as exc:
+            self._refuse(device_id, exc, ref=request.request_id, session_id=request.session_id)
+            return
+        if step is Step.RESEND_OFFER and session.offer is not None:
+            await self._send(device_id, session.offer)
+            return
+        if step is Step.RESEND_RESULT and session.result is not None:
+            await self._send(device_id, session.result)
+            return
+        if step is not Step.ASK_AGENT:
+            return
+        if superseded is not None:
+            await self.checkout.cancel(superseded.checkout_id, Outcome.NOT_CONFIRMED, "superseded by a new request")
+        log.info("session %s: %s asks %r", request.session_id, device_id, request.text)
+        try:
+            issued = await self._ask_agent(device_id, request)
+            await self.checkout.open(issued)
+        except DeviceSdkError as exc:
+            session.on_agent_failed(request.request_id)
+            self._refuse(device_id, exc, ref=request.request_id, session_id=request.session_id)
+            return
+        offer = self._offer(issued)
+        if session.on_offer(request.request_id, issued, offer):
+            await self._send(device_id, offer)
+
+    async def _ask_agent(self, device_id: str, request: AgentRequest) -> IssuedProposal:
+        assert self._agent is not None
+        issued = await self._agent.propose(request)
+        proposal = issued.proposal
+        if (proposal.device_id, proposal.session_id) != (device_id, request.session_id):
+            raise CheckoutError("the agent proposed for another device or session", ErrorCode.BAD_PROPOSAL)
+        return issued
+
+    def _offer(self, issued: IssuedProposal) -> ConfirmationRequest:
+        readback = compose_readback(issued.proposal)
+        return ConfirmationRequest(
+            session_id=issued.proposal.session_id,
+            checkout_id=issued.proposal.checkout_id,
+            checkout_hash=issued.checkout_hash,
+            proposal=issued.proposal,
+            readback=readback,
+            display_digest=display_digest(readback),
+            modalities=[Modality.VOICE, Modality.TEXT],
+            expires_at=now() + self.confirm_timeout,
+        )
+
+    async def _on_confirmation(self, device_id: str, answer: ConfirmationResult) -> None:
+        session = self.sessions.get(answer.session_id)
+        try:
+            if session is None:
+                raise SessionError(f"no session {answer.session_id}", ErrorCode.UNKNOWN_CHECKOUT)
+            step = session.on_confirmation(device_id, answer, now())
+        except SessionError as exc:
+            self._refuse(device_id, exc, ref=answer.checkout_id, session_id=answer.session_id)
+            return
+        if step is Step.RESEND_RESULT and session.result is not None:
+            await self._send(device_id, session.result)
+            return
+        if step is Step.IGNORE or session.offer is None:
+            return
+        offer = session.offer
+        if step is Step.COMPLETE:
+            completion = Completion(
+                checkout_id=offer.checkout_id,
+                checkout_hash=offer.checkout_hash,
+                device_id=device_id,
+                session_id=session.session_id,
+                confirmation=answer,
+                idempotency_key=session.idempotency_key,
+            )
+            result = await self._complete(completion, offer)
+        elif answer.decision is Decision.DECLINE and now() <= offer.expires_at:
+            result = await self._cancel(session, Outcome.DECLINED, "the user declined on the device")
+        else:
+            reason = "no confirmation from the user" if now() <= offer.expires_at else "the confirmation expired"
+            result = await self._cancel(session, Outcome.NOT_CONFIRMED, reason)
+        self._end(session, result)
+        log.info("session %s: %s", session.session_id, result.outcome)
+        await self._send(device_id, result)
+
+    async def _complete(self, completion: Completion, offer: ConfirmationRequest) -> OrderResult:
+        try:
+            return await self.checkout.complete(completion)
+        except CheckoutError as exc:
+            return OrderResult(
+                session_id=offer.session_id,
+                checkout_id=offer.checkout_id,
+                outcome=Outcome(exc.outcome),
+                reason=f"{exc.code}: {exc.text}",
+            )
+
+    async def _cancel(self, session: Session, outcome: Outcome, reason: str) -> OrderResult:
+        assert session.offer is not None
+        await self.checkout.cancel(session.offer.checkout_id, outcome, reason)
+        return OrderResult(session_id=session.session_id, checkout_id=session.offer.checkout_id, outcome=outcome,
+                           reason=reason)
+
+    def _end(self, session: Session, result: OrderResult) -> None:
+        session.end(result)
+        self._ended_at[session.session_id] = time.monotonic()
+
+    def _device_offline(self, device_id: str) -> None:
+        for session in self.sessions.values():
+            if session.device_id == device_id and session.state is State.AWAITING_CONFIRMATION:
+                self._in_session(session.session_id, self._expire(session, "the device went offline"))
+
+    async def _expire(self, session: Session, reason: str) -> None:
+        if session.state is not State.AWAITING_CONFIRMATION:
+            return
+        result = await self._cancel(session, Outcome.NOT_CONFIRMED, reason)
+        self._end(session, result)
+        log.info("session %s: not_confirmed (%s)", session.session_id, reason)
+        with contextlib.suppress(DeviceSdkError):
+            await self._send(session.device_id, result)
+
+    async def _sweep(self, every: float = 0.5) -> None:
+        while True:
+            await asyncio.sleep(every)
+            t, mono = now(), time.monotonic()
+            for session in list(self.sessions.values()):
+                if session.expired(t):
+                    self._in_session(session.session_id, self._expire(session, "the confirmation expired"))
+            for session_id, ended in list(self._ended_at.items()):
+                if mono - ended > self.keep_ended:
+                    del self._ended_at[session_id]
+                    self.sessions.pop(session_id, None)
+                    self._locks.pop(session_id, None)
+
+    # outbound ----------------------------------------------------------------------------
+
+    async def _send(self, device_id: str, message: Any, qos: int = 1) -> None:
+        await self._publish(self.topics.device_down(device_id), message.encode(), qos)
+
+    async def _publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        try:
+            await self.bus.publish(topic, payload, qos=qos)
+        except DeviceSdkError as exc:
+            log.warning("could not publish to %s: %s", topic, exc)

@@ -1,0 +1,335 @@
+"""Every message on the bus: versioned pydantic models with a `type` discriminator.
+
+Receivers ignore fields they do not know; a breaking change bumps `v`. Amounts are integer
+minor units (fen for CNY) everywhere. `decode` turns any payload into a model or a
+`ProtocolError` with a code; it never raises anything else.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from enum import StrEnum
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from .errors import ErrorCode, ProtocolError
+
+PROTOCOL_VERSION = 1
+MAX_PAYLOAD = 64 * 1024
+"""Largest JSON payload accepted on any topic, in bytes."""
+
+Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Topic-safe identifier.")]
+Text = Annotated[str, Field(max_length=2000)]
+Minor = Annotated[int, Field(ge=0, le=10**12, description="Integer minor units (fen for CNY).")]
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+def new_id(prefix: str) -> str:
+    """A fresh random identifier (122 random bits) with a readable prefix."""
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+class DeviceKind(StrEnum):
+    SPEAKER = "speaker"
+    GLASSES = "glasses"
+    PHONE = "phone"
+    OTHER = "other"
+
+
+class Capability(StrEnum):
+    MIC = "mic"
+    AUDIO_OUT = "audio_out"
+    DISPLAY = "display"
+    CAMERA = "camera"
+    BUTTON = "button"
+    TOUCH = "touch"
+    TEXT = "text"
+
+
+class Modality(StrEnum):
+    """How the user gave a confirmation on the device."""
+
+    VOICE = "voice"
+    VOICE_PIN = "voice_pin"
+    LENS_TAP = "lens_tap"
+    PHONE_SHEET = "phone_sheet"
+    TEXT = "text"
+
+
+class Decision(StrEnum):
+    CONFIRM = "confirm"
+    DECLINE = "decline"
+    NO_ANSWER = "no_answer"
+
+
+class Outcome(StrEnum):
+    ORDERED = "ordered"
+    DECLINED = "declined"
+    NOT_CONFIRMED = "not_confirmed"
+    STEP_UP_REQUIRED = "step_up_required"
+    BLOCKED = "blocked"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class _Message(_Model):
+    v: Literal[1] = Field(default=1, description="Protocol version.")
+
+    def encode(self) -> bytes:
+        """The wire form: compact UTF-8 JSON."""
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+class DeviceStatus(_Message):
+    """Retained on the device's status topic; the last will publishes it with online=false."""
+
+    type: Literal["device.status"] = "device.status"
+    device_id: Id
+    online: bool
+    kind: DeviceKind = DeviceKind.OTHER
+    capabilities: list[Capability] = Field(default_factory=list, max_length=32)
+    protocol: int = Field(default=PROTOCOL_VERSION, description="Highest protocol version the device speaks.")
+    firmware: Annotated[str, Field(max_length=64)] | None = None
+
+
+class GatewayStatus(_Message):
+    """Retained on the gateway's status topic; the last will publishes it with online=false."""
+
+    type: Literal["gateway.status"] = "gateway.status"
+    gateway_id: Id
+    online: bool
+
+
+class ControllerClaim(_Message):
+    """Retained on a device's controller topic: the one gateway that serves this device."""
+
+    type: Literal["controller.claim"] = "controller.claim"
+    device_id: Id
+    controller_id: Id
+    claimed_at: float
+
+
+class Ping(_Message):
+    """Heartbeat from a device; the controller answers with `pong` carrying the same seq."""
+
+    type: Literal["ping"] = "ping"
+    seq: int = Field(ge=0)
+
+
+class Pong(_Message):
+    type: Literal["pong"] = "pong"
+    seq: int = Field(ge=0)
+    controller_id: Id
+
+
+class Transcript(_Message):
+    """Speech recognised on or for a device, partial while the user speaks, then final."""
+
+    type: Literal["transcript"] = "transcript"
+    session_id: Id
+    text: Text
+    final: bool
+    confidence: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+class AgentRequest(_Message):
+    """What the user asked for, routed from a device to the agent core."""
+
+    type: Literal["agent.request"] = "agent.request"
+    request_id: Id
+    device_id: Id
+    session_id: Id
+    text: Annotated[str, Field(min_length=1, max_length=2000)]
+    image_ref: Annotated[str, Field(max_length=512)] | None = Field(
+        default=None, description="Reference to a camera frame the user looked at (not the image bytes)."
+    )
+    locale: Annotated[str, Field(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")] = "en-US"
+    reply_to: Annotated[str, Field(max_length=256)] | None = Field(
+        default=None, description="Topic for the answer; set by the gateway on the agent request topic."
+    )
+
+
+class Merchant(_Model):
+    id: Id
+    name: Annotated[str, Field(min_length=1, max_length=120)]
+
+
+class ProposalLine(_Model):
+    sku: Id
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    qty: int = Field(ge=1, le=99)
+    unit: Annotated[str, Field(max_length=32)] = "piece"
+    unit_price_minor: Minor
+    line_total_minor: Minor
+    seller: Merchant
+
+    @model_validator(mode="after")
+    def _line_total(self) -> ProposalLine:
+        if self.line_total_minor != self.qty * self.unit_price_minor:
+            raise ValueError("line_total_minor must equal qty * unit_price_minor")
+        return self
+
+
+class CheckoutProposal(_Message):
+    """A cart proposed by the agent. Its SHA-256 over the bytes as issued is the checkout hash."""
+
+    type: Literal["checkout.proposal"] = "checkout.proposal"
+    checkout_id: Id
+    request_id: Id
+    device_id: Id
+    session_id: Id
+    merchant: Merchant = Field(description="Merchant of record: the payee of the whole order.")
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+    lines: list[ProposalLine] = Field(min_length=1, max_length=50)
+    total_minor: Minor
+    created_at: float
+
+    @model_validator(mode="after")
+    def _total(self) -> CheckoutProposal:
+        if self.total_minor != sum(line.line_total_minor for line in self.lines):
+            raise ValueError("total_minor must equal the sum of the line totals")
+        if len({line.sku for line in self.lines}) != len(self.lines):
+            raise ValueError("each sku appears on one line only")
+        return self
+
+
+class ConfirmationRequest(_Message):
+    """Sent to the device: the proposal, the SDK's read-back of it, and how it may be confirmed."""
+
+    type: Literal["confirmation.request"] = "confirmation.request"
+    session_id: Id
+    checkout_id: Id
+    checkout_hash: Sha256Hex
+    proposal: CheckoutProposal
+    readback: Text = Field(description="What the device says or shows, composed by the SDK, never by the agent.")
+    display_digest: Sha256Hex = Field(description="SHA-256 of the UTF-8 read-back text.")
+    modalities: list[Modality] = Field(min_length=1)
+    expires_at: float
+
+
+class ConfirmationResult(_Message):
+    """The user's answer, given on the device that owns the session."""
+
+    type: Literal["confirmation.result"] = "confirmation.result"
+    session_id: Id
+    checkout_id: Id
+    checkout_hash: Sha256Hex
+    decision: Decision
+    modality: Modality
+    display_digest: Sha256Hex = Field(description="SHA-256 of what the device actually presented.")
+    heard: Text | None = Field(default=None, description="The reply as heard or typed, for the audit trail.")
+    mandate: Annotated[str, Field(max_length=8192)] | None = Field(
+        default=None, description="Device-signed consent mandate (compact JWS), where the device signs."
+    )
+
+
+class OrderResult(_Message):
+    """How a session ended: an order, or why there is none."""
+
+    type: Literal["order.result"] = "order.result"
+    session_id: Id
+    checkout_id: Id | None = None
+    outcome: Outcome
+    order_id: Id | None = None
+    total_minor: Minor | None = None
+    currency: str | None = None
+    reason: Text | None = None
+
+    @model_validator(mode="after")
+    def _order_iff_ordered(self) -> OrderResult:
+        if (self.outcome is Outcome.ORDERED) != (self.order_id is not None):
+            raise ValueError("order_id is set exactly when the outcome is 'ordered'")
+        return self
+
+
+class Error(_Message):
+    """A refusal or failure, answered to whoever sent the message it refers to."""
+
+    type: Literal["error"] = "error"
+    code: ErrorCode
+    text: Text
+    ref: Annotated[str, Field(max_length=128)] | None = Field(
+        default=None, description="request_id, checkout_id or message type this error answers."
+    )
+    session_id: Id | None = None
+
+
+Message = Annotated[
+    Union[
+        DeviceStatus,
+        GatewayStatus,
+        ControllerClaim,
+        Ping,
+        Pong,
+        Transcript,
+        AgentRequest,
+        CheckoutProposal,
+        ConfirmationRequest,
+        ConfirmationResult,
+        OrderResult,
+        Error,
+    ],
+    Field(discriminator="type"),
+]
+MESSAGE_TYPES: tuple[type[_Message], ...] = (
+    DeviceStatus,
+    GatewayStatus,
+    ControllerClaim,
+    Ping,
+    Pong,
+    Transcript,
+    AgentRequest,
+    CheckoutProposal,
+    ConfirmationRequest,
+    ConfirmationResult,
+    OrderResult,
+    Error,
+)
+_ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)
+
+
+def decode(payload: bytes | bytearray, max_size: int = MAX_PAYLOAD) -> Message:
+    """Parse one wire payload into its message model, or raise `ProtocolError` with a code."""
+    if len(payload) > max_size:
+        raise ProtocolError(f"payload of {len(payload)} bytes exceeds {max_size}", ErrorCode.TOO_LARGE)
+    try:
+        return _ADAPTER.validate_json(payload)
+    except ValidationError as exc:
+        raise _protocol_error(exc) from None
+
+
+def _protocol_error(exc: ValidationError) -> ProtocolError:
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    kind = first["type"]
+    where = ".".join(str(part) for part in first["loc"])
+    if kind in ("json_invalid", "json_type"):
+        return ProtocolError(f"not JSON: {first['msg']}", ErrorCode.BAD_JSON)
+    if kind == "model_attributes_type":
+        return ProtocolError("a message is a JSON object", ErrorCode.BAD_MESSAGE)
+    if kind == "union_tag_invalid":
+        return ProtocolError(f"unknown message type: {first.get('ctx', {}).get('tag')}", ErrorCode.UNKNOWN_TYPE)
+    if kind == "union_tag_not_found":
+        return ProtocolError("message has no 'type'", ErrorCode.BAD_MESSAGE)
+    if any(err["loc"][1:] == ("v",) for err in errors if len(err["loc"]) == 2):
+        return ProtocolError("unsupported protocol version (this side speaks v1)", ErrorCode.UNSUPPORTED_VERSION)
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return ProtocolError(f"{where + ': ' if where else ''}{first['msg']}{more}")
+
+
+def message_schemas() -> dict[str, dict[str, Any]]:
+    """The JSON Schema of every message, keyed by its `type`."""
+    out: dict[str, dict[str, Any]] = {}
+    for model in MESSAGE_TYPES:
+        tag = model.model_fields["type"].default
+        out[str(tag)] = model.model_json_schema()
+    return out
+
+
+def now() -> float:
+    """Wall-clock seconds since the epoch, as carried in messages."""
+    return time.time()

@@ -1,0 +1,422 @@
+"""An asyncio MQTT connection on paho-mqtt that stays up: reconnect with backoff, resubscribe, hooks.
+
+paho drives the socket from the event loop (no network thread); only the blocking TCP connect
+runs in an executor. Subscriptions are bounded async iterators; QoS 1 publishes wait for PUBACK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import ssl
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.reasoncodes import ReasonCode
+
+from .errors import BusError, ErrorCode, RequestTimeout
+
+log = logging.getLogger(__name__)
+
+ConnectHook = Callable[[], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    """`mqtt://[user[:password]@]host[:port]` or `mqtts://...` (TLS, default port 8883)."""
+
+    host: str
+    port: int = 1883
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerUrl:
+        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise BusError(f"unsupported broker scheme {parts.scheme!r} in {url!r} (use mqtt:// or mqtts://)")
+        tls = parts.scheme in ("mqtts", "ssl")
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError:
+            raise BusError(f"bad port in broker URL {url!r}") from None
+        if not parts.hostname:
+            raise BusError(f"no host in broker URL {url!r}")
+        user = unquote(parts.username) if parts.username else None
+        password = unquote(parts.password) if parts.password else None
+        return cls(parts.hostname, port, user, password, tls)
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Received:
+    """One message as it arrived."""
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+class Subscription:
+    """Messages matching any of its filters, in arrival order, as one async iterator.
+
+    The queue is bounded: when a consumer falls `maxsize` messages behind, the oldest are
+    dropped and counted in `dropped` rather than growing memory without limit.
+    """
+
+    def __init__(self, bus: MqttBus, filters: tuple[str, ...], qos: int, maxsize: int) -> None:
+        self.filters = filters
+        self.qos = qos
+        self.dropped = 0
+        self._bus = bus
+        self._match = [f.split("/", 2)[2] if f.startswith("$share/") else f for f in filters]
+        self._queue: asyncio.Queue[Received | None] = asyncio.Queue(maxsize)
+
+    def matches(self, topic: str) -> bool:
+        return any(paho.topic_matches_sub(f, topic) for f in self._match)
+
+    def _put(self, message: Received | None) -> None:
+        if self._queue.full():
+            self._queue.get_nowait()
+            self.dropped += 1
+        self._queue.put_nowait(message)
+
+    def __aiter__(self) -> AsyncIterator[Received]:
+        return self
+
+    async def __anext__(self) -> Received:
+        message = await self._queue.get()
+        if message is None:
+            self._queue.put_nowait(None)
+            raise StopAsyncIteration
+        return message
+
+    async def get(self, timeout: float | None = None) -> Received:
+        """The next message, or `RequestTimeout`."""
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.__anext__()
+        except TimeoutError:
+            raise RequestTimeout(f"no message on {self.filters} within {timeout} s") from None
+        except StopAsyncIteration:
+            raise BusError(f"subscription {self.filters} is closed") from None
+
+    async def close(self) -> None:
+        await self._bus._unsubscribe(self)
+        self._put(None)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class MqttBus:
+    """One MQTT client connection, kept up until the context exits.
+
+    Use as `async with MqttBus(url, client_id) as bus:`. If the broker goes away the bus
+    reconnects with exponential backoff and jitter, resubscribes every live subscription,
+    then runs the connect hooks (for example to republish a retained status).
+    """
+
+    def __init__(
+        self,
+        url: BrokerUrl | str,
+        client_id: str,
+        *,
+        will: tuple[str, bytes] | None = None,
+        keepalive: int = 10,
+        backoff: tuple[float, float] = (0.05, 5.0),
+        connect_timeout: float = 10.0,
+        tls_ca: str | None = None,
+    ) -> None:
+        self.url = url if isinstance(url, BrokerUrl) else BrokerUrl.parse(url)
+        self.client_id = client_id
+        self.reconnects = 0
+        self._keepalive = keepalive
+        self._backoff = backoff
+        self._connect_timeout = connect_timeout
+        self._subs: list[Subscription] = []
+        self._hooks: list[ConnectHook] = []
+        self._acks: dict[int, asyncio.Future[None]] = {}
+        self._connected = asyncio.Event()
+        self._connack: asyncio.Future[None] | None = None
+        self._closing = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._gone: asyncio.Future[None] | None = None
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True, protocol=paho.MQTTv311
+        )
+        client.max_inflight_messages_set(200)
+        client.max_queued_messages_set(10_000)
+        if self.url.username is not None:
+            client.username_pw_set(self.url.username, self.url.password)
+        if self.url.tls:
+            client.tls_set(ca_certs=tls_ca, cert_reqs=ssl.CERT_REQUIRED)
+        if will is not None:
+            client.will_set(will[0], will[1], qos=1, retain=True)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        client.on_socket_open = self._on_socket_open
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+        self._client = client
+
+    # lifecycle ---------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def connect(self) -> None:
+        """Connect, retrying with backoff for up to `connect_timeout` seconds."""
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                await self._connect_with_backoff()
+        except TimeoutError:
+            raise BusError(f"cannot reach the MQTT broker at {self.url} within {self._connect_timeout} s") from None
+        self._spawn(self._misc_loop())
+
+    async def close(self) -> None:
+        """Disconnect cleanly (no last will) and end every subscription."""
+        if self._closing:
+            return
+        self._closing = True
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._connected.is_set():
+            self._connected.clear()
+            self._gone = self._loop.create_future()
+            self._client.disconnect()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._gone
+        with contextlib.suppress(Exception):
+            sock = self._client.socket()
+            if sock is not None:
+                self._loop.remove_reader(sock.fileno())
+                self._loop.remove_writer(sock.fileno())
+        for sub in self._subs:
+            sub._put(None)
+        self._subs.clear()
+        for fut in self._acks.values():
+            if not fut.done():
+                fut.set_exception(BusError("connection closed"))
+
+    def add_connect_hook(self, hook: ConnectHook) -> None:
+        """Run `hook` after every reconnect (not the first connect)."""
+        self._hooks.append(hook)
+
+    async def wait_connected(self, timeout: float | None) -> None:
+        if self._connected.is_set():
+            return
+        if self._closing:
+            raise BusError("the bus is closed")
+        try:
+            async with asyncio.timeout(timeout):
+                await self._connected.wait()
+        except TimeoutError:
+            raise BusError(f"not connected to {self.url} (waited {timeout} s)", ErrorCode.NOT_CONNECTED) from None
+
+    # publish / subscribe -----------------------------------------------------------------
+
+    async def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False, timeout: float | None = 10.0
+    ) -> None:
+        """Publish; at QoS 1 return once the broker acknowledged it (PUBACK)."""
+        await self.wait_connected(timeout)
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            raise BusError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
+        if qos == 0:
+            return
+        await self._wait_ack(info.mid, timeout, f"a publish to {topic}")
+
+    async def _wait_ack(self, mid: int, timeout: float | None, what: str) -> None:
+        # No await between the paho call and this line, so the ack cannot have arrived yet.
+        fut = self._loop.create_future()
+        self._acks[mid] = fut
+        try:
+            async with asyncio.timeout(timeout):
+                await fut
+        except TimeoutError:
+            raise RequestTimeout(f"the broker did not acknowledge {what} within {timeout} s") from None
+        finally:
+            self._acks.pop(mid, None)
+
+    async def subscribe(self, *filters: str, qos: int = 1, maxsize: int = 10_000) -> Subscription:
+        """Start receiving, as one ordered stream, messages that match any of `filters`.
+
+        A filter may be a shared subscription, `$share/<group>/<filter>`.
+        """
+        sub = Subscription(self, filters, qos, maxsize)
+        self._subs.append(sub)
+        if self._connected.is_set():
+            result, mid = self._client.subscribe([(f, qos) for f in filters])
+            if result != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+                raise BusError(f"subscribe to {filters} failed: {paho.error_string(result)}")
+            await self._wait_ack(mid, 10.0, f"a subscription to {filters}")
+        return sub
+
+    async def _unsubscribe(self, sub: Subscription) -> None:
+        if sub in self._subs:
+            self._subs.remove(sub)
+            still = {f for s in self._subs for f in s.filters}
+            gone = [f for f in sub.filters if f not in still]
+            if self._connected.is_set() and gone:
+                self._client.unsubscribe(gone)
+
+    # connection management ---------------------------------------------------------------
+
+    async def _connect_with_backoff(self) -> None:
+        delay = self._backoff[0]
+        while True:
+            self._connack = self._loop.create_future()
+            try:
+                await self._loop.run_in_executor(None, self._blocking_connect)
+                async with asyncio.timeout(max(self._keepalive, 5)):
+                    await self._connack
+                return
+            except (OSError, BusError, TimeoutError, ssl.SSLError) as exc:
+                log.debug("connect to %s failed: %s; retry in %.2f s", self.url, exc, delay)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, self._backoff[1])
+
+    def _blocking_connect(self) -> None:
+        self._client.connect(self.url.host, self.url.port, keepalive=self._keepalive)
+
+    async def _reconnect(self) -> None:
+        await self._connect_with_backoff()
+        self.reconnects += 1
+        log.info("%s reconnected to %s (%d)", self.client_id, self.url, self.reconnects)
+        for hook in list(self._hooks):
+            try:
+                await hook()
+            except Exception:
+                log.exception("connect hook failed")
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _misc_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if self._client.socket() is not None:
+                self._client.loop_misc()
+
+    # paho callbacks (all on the event loop thread, except socket open from the executor) --
+
+    def _on_connect(self, client: paho.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        if rc.is_failure:
+            if self._connack and not self._connack.done():
+                self._connack.set_exception(BusError(f"broker refused the connection: {rc}"))
+            return
+        filters = {f: sub.qos for sub in self._subs for f in sub.filters}
+        if filters:
+            client.subscribe(list(filters.items()))
+        self._connected.set()
+        if self._connack and not self._connack.done():
+            self._connack.set_result(None)
+
+    def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        self._connected.clear()
+        if self._closing:
+            if self._gone is not None and not self._gone.done():
+                self._gone.set_result(None)
+            return
+        log.info("%s lost the broker at %s: %s", self.client_id, self.url, rc)
+        if self._connack and not self._connack.done():
+            self._connack.set_exception(BusError(f"disconnected while connecting: {rc}"))
+        if self._reconnect_task is None or self._reconnect_task.done():
+            self._reconnect_task = self._spawn(self._reconnect())
+
+    def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        received = Received(msg.topic, msg.payload, msg.qos, bool(msg.retain))
+        for sub in self._subs:
+            if sub.matches(received.topic):
+                sub._put(received)
+
+    def _on_publish(self, _c: paho.Client, _u: Any, mid: int, _rc: ReasonCode, _p: Any) -> None:
+        self._ack(mid)
+
+    def _on_subscribe(self, _c: paho.Client, _u: Any, mid: int, _rc: list[ReasonCode], _p: Any) -> None:
+        self._ack(mid)
+
+    def _ack(self, mid: int) -> None:
+        fut = self._acks.get(mid)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
+
+    def _on_socket_open(self, client: paho.Client, _u: Any, sock: Any) -> None:
+        with contextlib.suppress(OSError, AttributeError):  # small packets must not wait for Nagle
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        def readable() -> None:
+            try:
+                client.loop_read()
+            except Exception as exc:  # a broken socket: paho reports the disconnect itself
+                log.debug("read failed: %s", exc)
+
+        self._call(self._loop.add_reader, sock.fileno(), readable)
+
+    def _on_socket_close(self, _c: paho.Client, _u: Any, sock: Any) -> None:
+        fileno = sock.fileno()
+        if fileno >= 0:
+            self._call(self._loop.remove_reader, fileno)
+            self._call(self._loop.remove_writer, fileno)
+
+    def _on_register_write(self, client: paho.Client, _u: Any, sock: Any) -> None:
+        def writable() -> None:
+            try:
+                client.loop_write()
+            except Exception as exc:
+                log.debug("write failed: %s", exc)
+
+        self._call(self._loop.add_writer, sock.fileno(), writable)
+
+    def _on_unregister_write(self, _c: paho.Client, _u: Any, sock: Any) -> None:
+        self._call(self._loop.remove_writer, sock.fileno())
+
+    def _call(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run `fn` now on the loop thread, or schedule it there from the connect thread."""
+        if self._loop.is_closed():
+            return
+        if threading.get_ident() == self._loop_thread:
+            fn(*args)
+        else:
+            self._loop.call_soon_threadsafe(fn, *args)

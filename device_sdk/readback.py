@@ -1,0 +1,47 @@
+"""The read-back: what the device says or shows before checkout, composed by the SDK from the proposal.
+
+The agent never writes confirmation text. Composition is deterministic, so the gateway, the
+device and the verifier all derive the same text and the same display digest from one proposal.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from .messages import CheckoutProposal, ProposalLine
+
+_EXPONENT = {"JPY": 0, "KRW": 0, "VND": 0, "KWD": 3, "BHD": 3}
+_PLURAL = {"box": "boxes", "bunch": "bunches", "case": "cases", "piece": "pieces", "pair": "pairs"}
+
+
+def format_amount(minor: int, currency: str) -> str:
+    """`2580, "CNY"` -> `"25.80 CNY"`, using the currency's minor-unit exponent."""
+    exponent = _EXPONENT.get(currency, 2)
+    if exponent == 0:
+        return f"{minor} {currency}"
+    major, rest = divmod(minor, 10**exponent)
+    return f"{major}.{rest:0{exponent}d} {currency}"
+
+
+def _unit(line: ProposalLine) -> str:
+    if line.qty == 1:
+        return line.unit
+    return _PLURAL.get(line.unit, line.unit if line.unit.endswith("s") else f"{line.unit}s")
+
+
+def compose_readback(proposal: CheckoutProposal) -> str:
+    """Items, quantities, sellers, total and payee, then how to answer, as one spoken paragraph."""
+    parts = ["Please confirm your order."]
+    for line in proposal.lines:
+        parts.append(
+            f"{line.qty} {_unit(line)} of {line.name}, from {line.seller.name}, "
+            f"{format_amount(line.line_total_minor, proposal.currency)}."
+        )
+    parts.append(f"Total {format_amount(proposal.total_minor, proposal.currency)}, paid to {proposal.merchant.name}.")
+    parts.append("Say confirm to place the order, or cancel.")
+    return " ".join(parts)
+
+
+def display_digest(text: str) -> str:
+    """SHA-256 (hex) of the UTF-8 text that was presented to the user."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -1,0 +1,103 @@
+"""A device session on the gateway side, as a small state machine with no I/O.
+
+One session belongs to the device that opened it. It waits for a proposal, then for that
+device's confirmation of exactly that proposal, then ends with one `OrderResult`. Repeated
+messages get the same answer again; nothing moves a session backwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from .agent import IssuedProposal
+from .errors import ErrorCode, SessionError
+from .messages import ConfirmationRequest, ConfirmationResult, OrderResult, new_id
+
+
+class State(StrEnum):
+    IDLE = "idle"
+    AWAITING_PROPOSAL = "awaiting_proposal"
+    AWAITING_CONFIRMATION = "awaiting_confirmation"
+    COMPLETING = "completing"
+    ENDED = "ended"
+
+
+class Step(StrEnum):
+    """What the gateway should do with a request or a confirmation."""
+
+    ASK_AGENT = "ask_agent"
+    RESEND_OFFER = "resend_offer"
+    RESEND_RESULT = "resend_result"
+    IGNORE = "ignore"
+    COMPLETE = "complete"
+    CANCEL = "cancel"
+
+
+@dataclass
+class Session:
+    session_id: str
+    device_id: str
+    state: State = State.IDLE
+    request_id: str | None = None
+    issued: IssuedProposal | None = None
+    offer: ConfirmationRequest | None = None
+    result: OrderResult | None = None
+    idempotency_key: str = field(default_factory=lambda: new_id("idem"))
+
+    def check_owner(self, device_id: str) -> None:
+        if device_id != self.device_id:
+            raise SessionError(f"session {self.session_id} belongs to another device", ErrorCode.SESSION_NOT_OWNED)
+
+    def on_request(self, device_id: str, request_id: str) -> Step:
+        """A new agent request in this session (a repeat of the last one is answered again)."""
+        self.check_owner(device_id)
+        if request_id == self.request_id:
+            if self.state is State.AWAITING_CONFIRMATION:
+                return Step.RESEND_OFFER
+            if self.state is State.ENDED:
+                return Step.RESEND_RESULT
+            return Step.IGNORE
+        if self.state in (State.COMPLETING, State.ENDED):
+            raise SessionError(f"session {self.session_id} has ended; open a new one", ErrorCode.SESSION_CLOSED)
+        self.request_id = request_id
+        self.state = State.AWAITING_PROPOSAL
+        return Step.ASK_AGENT
+
+    def on_offer(self, request_id: str, issued: IssuedProposal, offer: ConfirmationRequest) -> bool:
+        """The proposal for `request_id` arrived; False if a newer request superseded it."""
+        if request_id != self.request_id or self.state is not State.AWAITING_PROPOSAL:
+            return False
+        self.issued, self.offer, self.state = issued, offer, State.AWAITING_CONFIRMATION
+        return True
+
+    def on_agent_failed(self, request_id: str) -> None:
+        if request_id == self.request_id and self.state is State.AWAITING_PROPOSAL:
+            self.state = State.IDLE
+
+    def on_confirmation(self, device_id: str, result: ConfirmationResult, now: float) -> Step:
+        """The device answered; refuses anything but its own answer to the offer it was shown."""
+        self.check_owner(device_id)
+        if self.state is State.ENDED and self.result is not None and result.checkout_id == self.result.checkout_id:
+            return Step.RESEND_RESULT
+        if self.state is State.COMPLETING and self.offer is not None and result.checkout_id == self.offer.checkout_id:
+            return Step.IGNORE
+        if self.state is not State.AWAITING_CONFIRMATION or self.offer is None:
+            raise SessionError(f"session {self.session_id} has no proposal awaiting an answer", ErrorCode.STALE_CHECKOUT)
+        if result.checkout_id != self.offer.checkout_id:
+            raise SessionError(f"checkout {result.checkout_id} is not the one on offer", ErrorCode.STALE_CHECKOUT)
+        if result.checkout_hash != self.offer.checkout_hash:
+            raise SessionError("the confirmation names another version of the cart", ErrorCode.HASH_MISMATCH)
+        if result.display_digest != self.offer.display_digest:
+            raise SessionError("what the device presented is not the SDK's read-back", ErrorCode.DISPLAY_MISMATCH)
+        if now > self.offer.expires_at:
+            self.state = State.COMPLETING
+            return Step.CANCEL
+        self.state = State.COMPLETING
+        return Step.COMPLETE if result.decision == "confirm" else Step.CANCEL
+
+    def expired(self, now: float) -> bool:
+        return self.state is State.AWAITING_CONFIRMATION and self.offer is not None and now > self.offer.expires_at
+
+    def end(self, result: OrderResult) -> None:
+        self.result, self.state = result, State.ENDED

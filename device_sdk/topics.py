@@ -1,0 +1,89 @@
+"""The MQTT topic map: one place that builds and parses every topic, with the version in the path.
+
+See docs/protocol.md for who publishes where, at which QoS, retained or not.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .errors import ErrorCode, ProtocolError
+
+DEFAULT_ROOT = "shop"
+VERSION_SEGMENT = "v1"
+DEFAULT_AGENT_GROUP = "agents"
+_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def check_id(value: str, what: str = "id") -> str:
+    """Refuse an identifier that could escape its topic level (`/`, `+`, `#`) or is empty or too long."""
+    if not _ID.fullmatch(value):
+        raise ProtocolError(f"{what} {value!r} is not 1-64 of [A-Za-z0-9_.-]", ErrorCode.BAD_MESSAGE)
+    return value
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names under `<root>/v1/`."""
+
+    root: str = DEFAULT_ROOT
+
+    @property
+    def base(self) -> str:
+        return f"{self.root}/{VERSION_SEGMENT}"
+
+    # device topics
+    def device_status(self, device_id: str) -> str:
+        return f"{self.base}/device/{check_id(device_id, 'device id')}/status"
+
+    def device_controller(self, device_id: str) -> str:
+        return f"{self.base}/device/{check_id(device_id, 'device id')}/controller"
+
+    def device_up(self, device_id: str) -> str:
+        return f"{self.base}/device/{check_id(device_id, 'device id')}/up"
+
+    def device_down(self, device_id: str) -> str:
+        return f"{self.base}/device/{check_id(device_id, 'device id')}/down"
+
+    def device_audio(self, device_id: str) -> str:
+        return f"{self.base}/device/{check_id(device_id, 'device id')}/audio"
+
+    def all_devices(self, leaf: str) -> str:
+        """Filter for one leaf (`status`, `up`, `controller`...) of every device."""
+        return f"{self.base}/device/+/{leaf}"
+
+    # gateway and agent topics
+    def gateway_status(self, gateway_id: str) -> str:
+        return f"{self.base}/gateway/{check_id(gateway_id, 'gateway id')}/status"
+
+    def all_gateways_status(self) -> str:
+        return f"{self.base}/gateway/+/status"
+
+    def agent_request(self) -> str:
+        return f"{self.base}/agent/request"
+
+    def agent_request_shared(self, group: str = DEFAULT_AGENT_GROUP) -> str:
+        return f"$share/{check_id(group, 'group')}/{self.agent_request()}"
+
+    def agent_reply(self, gateway_id: str) -> str:
+        return f"{self.base}/agent/reply/{check_id(gateway_id, 'gateway id')}"
+
+    def errors(self) -> str:
+        return f"{self.base}/errors"
+
+    def everything(self) -> str:
+        return f"{self.base}/#"
+
+    def device_of(self, topic: str) -> tuple[str, str]:
+        """`(device_id, leaf)` of a device topic, or `ProtocolError(wrong_topic)`."""
+        parts = topic.split("/")
+        if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != self.base or parts[2] != "device":
+            raise ProtocolError(f"not a device topic: {topic}", ErrorCode.WRONG_TOPIC)
+        return check_id(parts[3], "device id"), parts[4]
+
+    def gateway_of(self, topic: str) -> str:
+        parts = topic.split("/")
+        if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != self.base or parts[2] != "gateway":
+            raise ProtocolError(f"not a gateway topic: {topic}", ErrorCode.WRONG_TOPIC)
+        return check_id(parts[3], "gateway id")

@@ -1,0 +1,109 @@
+"""The end-to-end demo: a broker, the reference agent, the checkout stand-in, a gateway and a
+simulated speaker, all in one process, talking only over MQTT."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from device_sdk.agent import AgentWorker
+from device_sdk.device import DeviceClient
+from device_sdk.embedded_broker import EmbeddedBroker
+from device_sdk.gateway import Gateway
+from device_sdk.messages import Outcome
+from device_sdk.mqtt import BrokerUrl, MqttBus
+from device_sdk.timeline import Step, Timeline
+from device_sdk.topics import Topics
+
+from .agent_core import CatalogAgent
+from .checkout import CheckoutStandIn
+from .speaker import SimulatedSpeaker, SpeakerRun
+
+DEFAULT_SAY = "buy two packs of AA batteries and a bottle of milk"
+DEFAULT_REPLY = "confirm"
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DemoResult:
+    broker: str
+    run: SpeakerRun
+    steps: list[Step] = field(default_factory=list)
+    orders_placed: int = 0
+
+    @property
+    def outcome(self) -> Outcome:
+        if self.run.result is not None:
+            return self.run.result.outcome
+        return Outcome.NOT_CONFIRMED
+
+    @property
+    def ordered(self) -> bool:
+        return self.outcome is Outcome.ORDERED and self.orders_placed == 1
+
+    def as_dict(self) -> dict[str, Any]:
+        run, result = self.run, self.run.result
+        offer = run.offer.request if run.offer else None
+        return {
+            "broker": self.broker,
+            "say": run.said,
+            "proposal": offer.proposal.model_dump(mode="json") if offer else None,
+            "checkout_hash": offer.checkout_hash if offer else None,
+            "readback": offer.readback if offer else None,
+            "display_digest": offer.display_digest if offer else None,
+            "heard": run.heard,
+            "decision": run.decision,
+            "outcome": self.outcome.value,
+            "order": (
+                {"order_id": result.order_id, "total_minor": result.total_minor, "currency": result.currency}
+                if result is not None and result.order_id
+                else None
+            ),
+            "reason": result.reason if result else None,
+            "error": {"code": run.error.code.value, "text": run.error.text} if run.error else None,
+            "timeline": [step.as_dict() for step in self.steps],
+        }
+
+
+async def run_demo(
+    say: str = DEFAULT_SAY,
+    replies: Sequence[str] = (DEFAULT_REPLY,),
+    *,
+    broker: str | None = None,
+    device_id: str = "speaker-1",
+    topics: Topics | None = None,
+    on_step: Callable[[Step], None] | None = None,
+    present: Callable[[str], None] | None = None,
+    timeout: float = 30.0,
+) -> DemoResult:
+    """Run one spoken request to its outcome; with no broker URL, on an embedded broker."""
+    topics = topics or Topics()
+    async with contextlib.AsyncExitStack() as stack:
+        if broker is None:
+            url, shared = (await stack.enter_async_context(EmbeddedBroker())).url, False
+        else:
+            url, shared = BrokerUrl.parse(broker), None  # None: ask the broker
+        timeline = await stack.enter_async_context(Timeline(url, topics=topics, echo=on_step))
+        agent_bus = await stack.enter_async_context(MqttBus(url, f"agent-{device_id}"))
+        await stack.enter_async_context(AgentWorker(agent_bus, CatalogAgent(), topics=topics, shared=shared))
+        checkout = CheckoutStandIn()
+        await stack.enter_async_context(Gateway(url, checkout, topics=topics))
+        device = await stack.enter_async_context(DeviceClient(url, device_id, topics=topics))
+        run = await SimulatedSpeaker(device, present).run(say, replies, timeout=timeout)
+        await timeline_settle(timeline)
+        return DemoResult(str(url), run, list(timeline.steps), len(checkout.orders))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def timeline_settle(timeline: Timeline, quiet: float = 0.05, limit: float = 1.0) -> None:
+    """Wait until no new step arrived for `quiet` seconds (the tap lags the device a little)."""
+    import asyncio
+
+    waited, seen = 0.0, -1
+    while waited < limit and seen != len(timeline.steps):
+        seen = len(timeline.steps)
+        await asyncio.sleep(quiet)
+        waited += quiet
