@@ -52,6 +52,11 @@ class EmbeddedBroker:
         """Stop the broker; clients see their connection drop. The port is kept for a restart."""
         if self._broker is not None:
             broker, self._broker = self._broker, None
+            # amqtt 0.12 drops its sessions before it closes its listeners, so a client that
+            # reconnects quickly lands on a broker that no longer routes: stop accepting first.
+            for server in broker._servers.values():
+                if server.instance is not None:
+                    server.instance.close()
             await broker.shutdown()
 
     async def __aenter__(self) -> Self:

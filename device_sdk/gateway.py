@@ -58,6 +58,7 @@ class Gateway:
         agent_timeout: float = 15.0,
         confirm_timeout: float = 120.0,
         keep_ended: float = 600.0,
+        offline_grace: float = 15.0,
     ) -> None:
         self.url = url
         self.checkout = checkout
@@ -66,6 +67,8 @@ class Gateway:
         self.agent_timeout = agent_timeout
         self.confirm_timeout = confirm_timeout
         self.keep_ended = keep_ended
+        self.offline_grace = offline_grace
+        self.offline_since: dict[str, float] = {}
         self.sessions: dict[str, Session] = {}
         self.claims: dict[str, str] = {}
         self.gateways_online: dict[str, bool] = {}
@@ -181,11 +184,14 @@ class Gateway:
             return
         if leaf == "status":
             if isinstance(message, DeviceStatus) and message.device_id == device_id:
-                if not message.online:
-                    self._device_offline(device_id)
+                if message.online:
+                    self.offline_since.pop(device_id, None)
+                else:
+                    self.offline_since.setdefault(device_id, time.monotonic())
             else:
                 self._refuse(device_id, ProtocolError("the status topic carries this device's device.status"))
             return
+        self.offline_since.pop(device_id, None)
         self._on_up(device_id, message)
 
     def _on_up(self, device_id: str, message: Any) -> None:
@@ -368,10 +374,6 @@ class Gateway:
         session.end(result)
         self._ended_at[session.session_id] = time.monotonic()
 
-    def _device_offline(self, device_id: str) -> None:
-        for session in self.sessions.values():
-            if session.device_id == device_id and session.state is State.AWAITING_CONFIRMATION:
-                self._in_session(session.session_id, self._expire(session, "the device went offline"))
 
     async def _expire(self, session: Session, reason: str) -> None:
         if session.state is not State.AWAITING_CONFIRMATION:
@@ -386,9 +388,12 @@ class Gateway:
         while True:
             await asyncio.sleep(every)
             t, mono = now(), time.monotonic()
+            gone = {d for d, since in self.offline_since.items() if mono - since > self.offline_grace}
             for session in list(self.sessions.values()):
                 if session.expired(t):
                     self._in_session(session.session_id, self._expire(session, "the confirmation expired"))
+                elif session.device_id in gone and session.state is State.AWAITING_CONFIRMATION:
+                    self._in_session(session.session_id, self._expire(session, "the device went offline"))
             for session_id, ended in list(self._ended_at.items()):
                 if mono - ended > self.keep_ended:
                     del self._ended_at[session_id]

@@ -3,6 +3,7 @@ simulated speaker, all in one process, talking only over MQTT."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
@@ -68,6 +69,47 @@ class DemoResult:
         }
 
 
+class ShopBackend:
+    """Everything behind the devices: the reference agent on its own connection, the checkout
+    stand-in and a gateway. Use as `async with ShopBackend(url) as backend:`."""
+
+    def __init__(
+        self,
+        url: BrokerUrl,
+        *,
+        topics: Topics | None = None,
+        shared: bool | None = None,
+        gateway_id: str | None = None,
+        confirm_timeout: float = 120.0,
+        agent_timeout: float = 15.0,
+    ) -> None:
+        self.url = url
+        self.topics = topics or Topics()
+        self.checkout = CheckoutStandIn()
+        self.gateway = Gateway(
+            url, self.checkout, topics=self.topics, gateway_id=gateway_id, confirm_timeout=confirm_timeout,
+            agent_timeout=agent_timeout,
+        )  # fmt: skip
+        self._shared = shared
+        self._stack = contextlib.AsyncExitStack()
+        self.worker: AgentWorker | None = None
+
+    async def __aenter__(self) -> ShopBackend:
+        stack = await self._stack.__aenter__()
+        try:
+            agent_bus = await stack.enter_async_context(MqttBus(self.url, f"agent-{self.gateway.gateway_id}"))
+            self.worker = AgentWorker(agent_bus, CatalogAgent(), topics=self.topics, shared=self._shared)
+            await stack.enter_async_context(self.worker)
+            await stack.enter_async_context(self.gateway)
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+
 async def run_demo(
     say: str = DEFAULT_SAY,
     replies: Sequence[str] = (DEFAULT_REPLY,),
@@ -87,21 +129,16 @@ async def run_demo(
         else:
             url, shared = BrokerUrl.parse(broker), None  # None: ask the broker
         timeline = await stack.enter_async_context(Timeline(url, topics=topics, echo=on_step))
-        agent_bus = await stack.enter_async_context(MqttBus(url, f"agent-{device_id}"))
-        await stack.enter_async_context(AgentWorker(agent_bus, CatalogAgent(), topics=topics, shared=shared))
-        checkout = CheckoutStandIn()
-        await stack.enter_async_context(Gateway(url, checkout, topics=topics))
+        backend = await stack.enter_async_context(ShopBackend(url, topics=topics, shared=shared))
         device = await stack.enter_async_context(DeviceClient(url, device_id, topics=topics))
         run = await SimulatedSpeaker(device, present).run(say, replies, timeout=timeout)
         await timeline_settle(timeline)
-        return DemoResult(str(url), run, list(timeline.steps), len(checkout.orders))
+        return DemoResult(str(url), run, list(timeline.steps), len(backend.checkout.orders))
     raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def timeline_settle(timeline: Timeline, quiet: float = 0.05, limit: float = 1.0) -> None:
     """Wait until no new step arrived for `quiet` seconds (the tap lags the device a little)."""
-    import asyncio
-
     waited, seen = 0.0, -1
     while waited < limit and seen != len(timeline.steps):
         seen = len(timeline.steps)

@@ -1,0 +1,89 @@
+"""A private Mosquitto broker on a free loopback port, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from .errors import BusError
+from .mqtt import BrokerUrl
+
+CONFIG = """\
+listener {port} 127.0.0.1
+allow_anonymous true
+persistence false
+set_tcp_nodelay true
+max_queued_messages 100000
+"""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class MosquittoServer:
+    """Runs `mosquitto` as a child process; `restart()` kills it hard and starts it on the same port."""
+
+    def __init__(self, binary: str | None = None, port: int | None = None) -> None:
+        found = binary or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+        if not Path(found).exists():
+            raise BusError("mosquitto is not installed (Debian: apt-get install mosquitto)")
+        self.binary = found
+        self.port = port or free_port()
+        self._dir = tempfile.TemporaryDirectory(prefix="mosquitto-")
+        self._conf = Path(self._dir.name) / "mosquitto.conf"
+        self._conf.write_text(CONFIG.format(port=self.port))
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> BrokerUrl:
+        return BrokerUrl("127.0.0.1", self.port)
+
+    async def start(self, timeout: float = 5.0) -> None:
+        self._proc = subprocess.Popen(
+            [self.binary, "-c", str(self._conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
+                raise BusError(f"mosquitto exited: {err.strip()}")
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", self.port)
+                writer.close()
+                await writer.wait_closed()
+                return
+            except OSError:
+                await asyncio.sleep(0.02)
+        raise BusError(f"mosquitto did not listen on {self.port} within {timeout} s")
+
+    async def stop(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            await asyncio.get_running_loop().run_in_executor(None, self._proc.wait)
+        if self._proc is not None and self._proc.stderr is not None:
+            self._proc.stderr.close()
+        self._proc = None
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+        self._dir.cleanup()

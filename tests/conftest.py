@@ -1,0 +1,78 @@
+"""Brokers for the tests: the embedded amqtt broker in process, and a private Mosquitto process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import pytest
+
+from device_sdk.embedded_broker import EmbeddedBroker
+from device_sdk.mosquitto import MosquittoServer
+from device_sdk.mqtt import BrokerUrl
+
+
+def mosquitto_or_skip() -> None:
+    if shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto"):
+        return
+    if os.environ.get("CI"):
+        pytest.fail("mosquitto is missing in CI: ./dev test installs it with apt-get")
+    pytest.skip("mosquitto is not installed (./dev test installs it: apt-get install mosquitto)")
+
+
+class Restartable(Protocol):
+    @property
+    def url(self) -> BrokerUrl: ...
+
+    async def restart(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def start(self) -> None: ...
+
+
+@dataclass
+class EmbeddedRestartable:
+    broker: EmbeddedBroker
+
+    @property
+    def url(self) -> BrokerUrl:
+        return self.broker.url
+
+    async def restart(self) -> None:
+        await self.broker.stop()
+        await self.broker.start()
+
+    async def stop(self) -> None:
+        await self.broker.stop()
+
+    async def start(self) -> None:
+        await self.broker.start()
+
+
+@pytest.fixture
+async def embedded() -> AsyncIterator[EmbeddedRestartable]:
+    async with EmbeddedBroker() as broker:
+        yield EmbeddedRestartable(broker)
+
+
+@pytest.fixture
+async def mosquitto() -> AsyncIterator[MosquittoServer]:
+    mosquitto_or_skip()
+    async with MosquittoServer() as server:
+        yield server
+
+
+@pytest.fixture(params=["embedded", "mosquitto"])
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Restartable]:
+    """Each test that takes `broker` runs once on each broker."""
+    if request.param == "embedded":
+        async with EmbeddedBroker() as embedded_broker:
+            yield EmbeddedRestartable(embedded_broker)
+    else:
+        mosquitto_or_skip()
+        async with MosquittoServer() as server:
+            yield server
