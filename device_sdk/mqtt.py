@@ -178,6 +178,7 @@ class MqttBus:
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_subscribe
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write
@@ -297,7 +298,10 @@ class MqttBus:
             still = {f for s in self._subs for f in s.filters}
             gone = [f for f in sub.filters if f not in still]
             if self._connected.is_set() and gone:
-                self._client.unsubscribe(gone)
+                result, mid = self._client.unsubscribe(gone)
+                if result == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+                    with contextlib.suppress(RequestTimeout):
+                        await self._wait_ack(mid, 5.0, f"unsubscribing from {gone}")
 
     # connection management ---------------------------------------------------------------
 
@@ -375,7 +379,7 @@ class MqttBus:
     def _on_publish(self, _c: paho.Client, _u: Any, mid: int, _rc: ReasonCode, _p: Any) -> None:
         self._ack(mid)
 
-    def _on_subscribe(self, _c: paho.Client, _u: Any, mid: int, _rc: list[ReasonCode], _p: Any) -> None:
+    def _on_subscribe(self, _c: paho.Client, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
         self._ack(mid)
 
     def _ack(self, mid: int) -> None:
