@@ -1,0 +1,70 @@
+"""The console script as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from device_sdk.mosquitto import MosquittoServer, free_port
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "device_sdk.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_demo_json_orders_on_the_embedded_broker() -> None:
+    done = cli("demo", "--json")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["outcome"] == "ordered"
+    assert out["order"]["order_id"].startswith("ord_")
+    assert [(line["sku"], line["qty"]) for line in out["proposal"]["lines"]] == [("bat-aa-4", 2), ("milk-1l", 1)]
+    assert out["order"]["total_minor"] == out["proposal"]["total_minor"] == 3830
+    kinds = [step["type"] for step in out["timeline"]]
+    for kind in ("agent.request", "checkout.proposal", "confirmation.request", "confirmation.result", "order.result"):
+        assert kind in kinds
+    assert kinds.index("checkout.proposal") < kinds.index("confirmation.result") < kinds.index("order.result")
+
+
+@pytest.mark.parametrize(
+    ("args", "outcome"),
+    [
+        (["--reply", "cancel"], "declined"),
+        (["--reply", "hmm", "--reply", "wait"], "not_confirmed"),
+        (["--say", "buy a spaceship"], "not_confirmed"),
+    ],
+)
+def test_demo_exits_non_zero_without_an_order(args: list[str], outcome: str) -> None:
+    done = cli("demo", "--json", *args)
+    assert done.returncode == 1
+    out = json.loads(done.stdout)
+    assert out["outcome"] == outcome
+    assert out["order"] is None
+
+
+async def test_demo_on_an_external_mosquitto(mosquitto: MosquittoServer) -> None:
+    done = cli("demo", "--broker", str(mosquitto.url), "--say", "order three bags of coffee beans")
+    assert done.returncode == 0, done.stderr
+    assert "3 bags of Coffee beans, 500 g, from FreshMart, 204.00 CNY." in done.stdout
+    assert "outcome: ordered" in done.stdout
+
+
+def test_demo_with_an_unreachable_broker_says_so() -> None:
+    done = cli("demo", "--json", "--broker", f"mqtt://127.0.0.1:{free_port()}", timeout=60)
+    assert done.returncode == 2
+    assert json.loads(done.stdout)["error"]["code"] == "not_connected"
+
+
+async def test_bench_bus_prints_its_figures(mosquitto: MosquittoServer) -> None:
+    done = cli("bench", "bus", "--json", "-n", "50", "--concurrency", "8", "--mosquitto", str(mosquitto.url))
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    for broker in ("embedded", "mosquitto"):
+        rtt = figures[broker]["rtt_ms"]
+        assert 0 < rtt["p50"] <= rtt["p95"] <= rtt["p99"]
+        assert figures[broker]["per_s"] > 0

@@ -1,0 +1,54 @@
+"""One active controller per device, and the heartbeat that notices when it is gone."""
+
+from __future__ import annotations
+
+import asyncio
+
+from device_sdk.device import DeviceClient, HealthEvent
+from device_sdk.messages import Decision, Outcome
+from device_sdk.mosquitto import MosquittoServer
+from simulators.scenario import ShopBackend
+from tests.conftest import Restartable
+
+
+async def health(device: DeviceClient, alive: bool, timeout: float = 5.0) -> HealthEvent:
+    async with asyncio.timeout(timeout):
+        async for event in device.events():
+            if isinstance(event, HealthEvent) and event.alive is alive:
+                return event
+    raise AssertionError("unreachable")
+
+
+async def test_heartbeat_notices_a_silent_controller(broker: Restartable) -> None:
+    async with DeviceClient(broker.url, "speaker-1", heartbeat=0.1, pong_timeout=0.4) as device:
+        async with ShopBackend(broker.url, shared=False) as shop:
+            up = await health(device, alive=True)
+            assert up.controller_id == shop.gateway.gateway_id
+            assert device.controller_id == shop.gateway.gateway_id
+        down = await health(device, alive=False)
+        assert down.controller_id == shop.gateway.gateway_id
+        assert not device.controller_alive
+
+
+async def test_two_gateways_serve_a_device_one_at_a_time(mosquitto: MosquittoServer) -> None:
+    url = mosquitto.url
+    async with DeviceClient(url, "speaker-1", heartbeat=0.1, pong_timeout=0.5, resend_after=0.5) as device:
+        first = ShopBackend(url, gateway_id="gw-first")
+        await first.__aenter__()
+        try:
+            await health(device, alive=True)
+            async with ShopBackend(url, gateway_id="gw-second") as second:
+                offer = await device.ask("buy two bottles of shampoo")
+                served = [g for g in (first.gateway, second.gateway) if offer.session_id in g.sessions]
+                assert [g.gateway_id for g in served] == ["gw-first"]
+                assert second.gateway.claims["speaker-1"] == "gw-first"
+                await first.__aexit__(None, None, None)
+                # the first gateway is gone (offline status); the second takes the device over
+                offer = await device.ask("buy two bottles of shampoo")
+                assert offer.session_id in second.gateway.sessions
+                result = await device.answer(offer, Decision.CONFIRM)
+                assert result.outcome is Outcome.ORDERED
+                assert device.controller_id == "gw-second"
+                assert len(second.checkout.orders) == 1 and first.checkout.orders == []
+        finally:
+            await first.__aexit__(None, None, None)
