@@ -205,9 +205,7 @@ class RemoteAgent:
             elif isinstance(message, Error) and message.ref is not None:
                 self._pending.fail(message.ref, AgentError(message.text, message.code))
             else:
-                await self._report(
-                    Error(code=ErrorCode.UNEXPECTED_MESSAGE, text=f"agent reply of type {message.type}")
-                )
+                await self._report(Error(code=ErrorCode.UNEXPECTED_MESSAGE, text=f"agent reply of type {message.type}"))
 
     async def _report(self, error: Error) -> None:
         with contextlib.suppress(DeviceSdkError):

@@ -36,13 +36,13 @@ def _percentile(sorted_ms: list[float], q: float) -> float:
 
 async def measure(url: BrokerUrl, n: int, concurrency: int) -> dict[str, Any]:
     """Round-trip figures through the broker at `url`, with an agent worker in a child process."""
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "device_sdk.bench", "worker", str(url)], stdout=subprocess.PIPE, text=True
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "device_sdk.bench", "worker", str(url), stdout=subprocess.PIPE
     )
     try:
         assert worker.stdout is not None
-        ready = await asyncio.get_running_loop().run_in_executor(None, worker.stdout.readline)
-        if ready.strip() != "ready":
+        ready = await worker.stdout.readline()
+        if ready.strip() != b"ready":
             raise BusError(f"the bench agent worker did not start on {url}")
         async with MqttBus(url, f"bench-{os.getpid()}") as bus:
             agent = RemoteAgent(bus, f"bench-{os.getpid()}", timeout=30)
@@ -52,7 +52,9 @@ async def measure(url: BrokerUrl, n: int, concurrency: int) -> dict[str, Any]:
             async def round_trip() -> float:
                 nonlocal counter
                 counter += 1
-                request = AgentRequest(request_id=f"r{counter}", device_id="bench", session_id=f"s{counter}", text=COMMAND)
+                request = AgentRequest(
+                    request_id=f"r{counter}", device_id="bench", session_id=f"s{counter}", text=COMMAND
+                )
                 start = time.perf_counter()
                 await agent.propose(request)
                 return (time.perf_counter() - start) * 1000
@@ -73,9 +75,7 @@ async def measure(url: BrokerUrl, n: int, concurrency: int) -> dict[str, Any]:
             await agent.stop()
     finally:
         worker.terminate()
-        worker.wait()
-        if worker.stdout is not None:
-            worker.stdout.close()
+        await worker.wait()
     return {
         "rtt_ms": {
             "p50": _percentile(latencies, 0.50),

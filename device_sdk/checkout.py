@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .agent import IssuedProposal
-from .messages import ConfirmationResult, Outcome, OrderResult
+from .messages import ConfirmationResult, OrderResult, Outcome
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     bus.add_argument("--json", action="store_true")
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     if args.command == "demo":
         return asyncio.run(_demo(args))
     if args.command == "schema":

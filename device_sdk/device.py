@@ -107,7 +107,9 @@ class DeviceClient:
 
     async def __aenter__(self) -> Self:
         offline = self._status.model_copy(update={"online": False}).encode()
-        self._bus = MqttBus(self.url, f"dev-{self.device_id}", will=(self.topics.device_status(self.device_id), offline))
+        self._bus = MqttBus(
+            self.url, f"dev-{self.device_id}", will=(self.topics.device_status(self.device_id), offline)
+        )
         await self._bus.connect()
         inbox = await self._bus.subscribe(
             self.topics.device_down(self.device_id), self.topics.device_controller(self.device_id)
@@ -128,8 +130,9 @@ class DeviceClient:
         if self._bus is not None:
             with contextlib.suppress(DeviceSdkError):
                 offline = self._status.model_copy(update={"online": False})
-                await self._bus.publish(self.topics.device_status(self.device_id), offline.encode(), retain=True,
-                                        timeout=2.0)
+                await self._bus.publish(
+                    self.topics.device_status(self.device_id), offline.encode(), retain=True, timeout=2.0
+                )
             await self._bus.close()
 
     async def _announce(self) -> None:

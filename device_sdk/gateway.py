@@ -200,8 +200,12 @@ class Gateway:
             self._spawn(self._send(device_id, pong, qos=0))
         elif isinstance(message, AgentRequest):
             if message.device_id != device_id:
-                self._refuse(device_id, ProtocolError("device_id differs from the topic", ErrorCode.WRONG_TOPIC),
-                             ref=message.request_id, session_id=message.session_id)
+                self._refuse(
+                    device_id,
+                    ProtocolError("device_id differs from the topic", ErrorCode.WRONG_TOPIC),
+                    ref=message.request_id,
+                    session_id=message.session_id,
+                )
                 return
             self._in_session(message.session_id, self._on_request(device_id, message))
         elif isinstance(message, ConfirmationResult):
@@ -367,13 +371,13 @@ class Gateway:
     async def _cancel(self, session: Session, outcome: Outcome, reason: str) -> OrderResult:
         assert session.offer is not None
         await self.checkout.cancel(session.offer.checkout_id, outcome, reason)
-        return OrderResult(session_id=session.session_id, checkout_id=session.offer.checkout_id, outcome=outcome,
-                           reason=reason)
+        return OrderResult(
+            session_id=session.session_id, checkout_id=session.offer.checkout_id, outcome=outcome, reason=reason
+        )
 
     def _end(self, session: Session, result: OrderResult) -> None:
         session.end(result)
         self._ended_at[session.session_id] = time.monotonic()
-
 
     async def _expire(self, session: Session, reason: str) -> None:
         if session.state is not State.AWAITING_CONFIRMATION:

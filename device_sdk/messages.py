@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from enum import StrEnum
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
@@ -259,20 +259,20 @@ class Error(_Message):
 
 
 Message = Annotated[
-    Union[
-        DeviceStatus,
-        GatewayStatus,
-        ControllerClaim,
-        Ping,
-        Pong,
-        Transcript,
-        AgentRequest,
-        CheckoutProposal,
-        ConfirmationRequest,
-        ConfirmationResult,
-        OrderResult,
-        Error,
-    ],
+    (
+        DeviceStatus
+        | GatewayStatus
+        | ControllerClaim
+        | Ping
+        | Pong
+        | Transcript
+        | AgentRequest
+        | CheckoutProposal
+        | ConfirmationRequest
+        | ConfirmationResult
+        | OrderResult
+        | Error
+    ),
     Field(discriminator="type"),
 ]
 MESSAGE_TYPES: tuple[type[_Message], ...] = (

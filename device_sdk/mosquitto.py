@@ -42,21 +42,21 @@ class MosquittoServer:
         self._dir = tempfile.TemporaryDirectory(prefix="mosquitto-")
         self._conf = Path(self._dir.name) / "mosquitto.conf"
         self._conf.write_text(CONFIG.format(port=self.port))
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc: asyncio.subprocess.Process | None = None
 
     @property
     def url(self) -> BrokerUrl:
         return BrokerUrl("127.0.0.1", self.port)
 
     async def start(self, timeout: float = 5.0) -> None:
-        self._proc = subprocess.Popen(
-            [self.binary, "-c", str(self._conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        self._proc = await asyncio.create_subprocess_exec(
+            self.binary, "-c", str(self._conf), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
-                raise BusError(f"mosquitto exited: {err.strip()}")
+            if self._proc.returncode is not None:
+                err = await self._proc.stderr.read() if self._proc.stderr else b""
+                raise BusError(f"mosquitto exited: {err.decode(errors='replace').strip()}")
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", self.port)
                 writer.close()
@@ -67,11 +67,9 @@ class MosquittoServer:
         raise BusError(f"mosquitto did not listen on {self.port} within {timeout} s")
 
     async def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
+        if self._proc is not None and self._proc.returncode is None:
             self._proc.kill()
-            await asyncio.get_running_loop().run_in_executor(None, self._proc.wait)
-        if self._proc is not None and self._proc.stderr is not None:
-            self._proc.stderr.close()
+            await self._proc.wait()
         self._proc = None
 
     async def restart(self) -> None:

@@ -371,7 +371,7 @@ class MqttBus:
             self._reconnect_task = self._spawn(self._reconnect())
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
-        received = Received(msg.topic, msg.payload, msg.qos, bool(msg.retain))
+        received = Received(msg.topic, bytes(msg.payload), msg.qos, bool(msg.retain))
         for sub in self._subs:
             if sub.matches(received.topic):
                 sub._put(received)
@@ -390,6 +390,7 @@ class MqttBus:
     def _on_socket_open(self, client: paho.Client, _u: Any, sock: Any) -> None:
         with contextlib.suppress(OSError, AttributeError):  # small packets must not wait for Nagle
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
         def readable() -> None:
             try:
                 client.loop_read()

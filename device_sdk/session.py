@@ -83,7 +83,9 @@ class Session:
         if self.state is State.COMPLETING and self.offer is not None and result.checkout_id == self.offer.checkout_id:
             return Step.IGNORE
         if self.state is not State.AWAITING_CONFIRMATION or self.offer is None:
-            raise SessionError(f"session {self.session_id} has no proposal awaiting an answer", ErrorCode.STALE_CHECKOUT)
+            raise SessionError(
+                f"session {self.session_id} has no proposal awaiting an answer", ErrorCode.STALE_CHECKOUT
+            )
         if result.checkout_id != self.offer.checkout_id:
             raise SessionError(f"checkout {result.checkout_id} is not the one on offer", ErrorCode.STALE_CHECKOUT)
         if result.checkout_hash != self.offer.checkout_hash:

@@ -39,8 +39,13 @@ class Step:
         return f"{self.t_ms:9.1f} ms  {self.route:<26} {self.type:<21} {self.summary}"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"t_ms": round(self.t_ms, 3), "topic": self.topic, "route": self.route, "type": self.type,
-                "summary": self.summary}
+        return {
+            "t_ms": round(self.t_ms, 3),
+            "topic": self.topic,
+            "route": self.route,
+            "type": self.type,
+            "summary": self.summary,
+        }
 
 
 def describe(message: Any) -> str:
@@ -113,6 +118,7 @@ class Timeline:
     def _step(self, received: Received) -> Step | None:
         if received.retain or not received.payload or received.topic.startswith(f"{self.topics.base}/probe/"):
             return None  # state from before the tap started, or a broker capability probe
+        kind: str
         try:
             message = decode(received.payload)
             kind, summary = message.type, describe(message)

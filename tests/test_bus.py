@@ -61,10 +61,10 @@ async def test_retained_status_and_last_will_on_an_abrupt_drop(broker: Restartab
         asyncio.run(main())
         """
     )
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = await asyncio.create_subprocess_exec(sys.executable, "-c", script, stdout=subprocess.PIPE)
     try:
         assert child.stdout is not None
-        assert await asyncio.get_running_loop().run_in_executor(None, child.stdout.readline) == "up\n"
+        assert await child.stdout.readline() == b"up\n"
         async with MqttBus(broker.url, "observer") as bus:
             status = await bus.subscribe(T.device_status("speaker-7"))
             first = await status.get(5)
@@ -77,10 +77,9 @@ async def test_retained_status_and_last_will_on_an_abrupt_drop(broker: Restartab
             late = decode((await (await bus.subscribe(T.device_status("speaker-7"))).get(5)).payload)
             assert isinstance(late, DeviceStatus) and not late.online
     finally:
-        child.kill()
-        child.wait()
-        if child.stdout is not None:
-            child.stdout.close()
+        if child.returncode is None:
+            child.kill()
+        await child.wait()
 
 
 def _status(device_id: str) -> dict[str, object]:

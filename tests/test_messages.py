@@ -110,9 +110,13 @@ def test_every_type_has_a_schema_and_the_cli_writes_them(tmp_path: Path) -> None
 @given(st.binary(max_size=512))
 def test_fuzz_arbitrary_bytes_only_raise_protocol_error(payload: bytes) -> None:
     try:
-        decode(payload)
+        message = decode(payload)
     except ProtocolError as exc:
-        assert exc.code in set(ErrorCode)
+        code = exc.code
+    else:
+        code = None
+        assert decode(message.encode()) == message
+    assert code is None or code in set(ErrorCode)
 
 
 json_values = st.recursive(

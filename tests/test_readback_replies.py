@@ -48,7 +48,9 @@ def test_decline_phrases(phrase: str) -> None:
     assert interpret_reply(phrase) is Decision.DECLINE
 
 
-@pytest.mark.parametrize("reply", ["hmm", "yeah", "sure", "yes no", "confirm it maybe", "what is the delivery time", ""])
+@pytest.mark.parametrize(
+    "reply", ["hmm", "yeah", "sure", "yes no", "confirm it maybe", "what is the delivery time", ""]
+)
 def test_anything_else_is_unclear(reply: str) -> None:
     assert interpret_reply(reply) is None
 

@@ -95,7 +95,7 @@ def test_repeated_request_resends_the_offer_and_a_new_one_supersedes() -> None:
 
 
 def test_ended_session_takes_no_new_request() -> None:
-    session, offer = offered()
+    session, _ = offered()
     session.end(OrderResult(session_id="ses_1", outcome=Outcome.DECLINED))
     with pytest.raises(SessionError) as caught:
         session.on_request("speaker-1", "req_2")
