@@ -27,6 +27,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--broker", default=None, help="mqtt://host:port (default: an embedded broker)")
     demo.add_argument("--json", action="store_true", help="print one JSON object instead of the timeline")
 
+    serve = commands.add_parser("serve", help="run the backend (broker, gateway, reference agent, checkout) for devices")
+    serve.add_argument("--broker", default=None, help="mqtt://host:port to use (default: an embedded broker)")
+    serve.add_argument("--port", type=int, default=1883, help="port of the embedded broker (default 1883)")
+    serve.add_argument("--host", default="127.0.0.1", help="address of the embedded broker (default 127.0.0.1)")
+
     schema = commands.add_parser("schema", help="write the JSON Schema of every bus message")
     schema.add_argument("--out", type=Path, required=True, help="directory for <type>.schema.json files")
 
@@ -46,9 +51,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_demo(args))
     if args.command == "schema":
         return _schema(args.out)
+    if args.command == "serve":
+        return asyncio.run(_serve(args))
     from .bench import run_bench_bus
 
     return asyncio.run(run_bench_bus(args))
+
+
+def run() -> None:
+    """Console entry point: Ctrl-C ends quietly."""
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
 
 
 async def _demo(args: argparse.Namespace) -> int:
@@ -83,6 +98,27 @@ async def _demo(args: argparse.Namespace) -> int:
         print(f"outcome: {result.outcome}{error}" + (f", order {order.order_id}" if order and order.order_id else ""))
         print(f"broker: {result.broker}; orders placed: {result.orders_placed}")
     return 0 if result.ordered else 1
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    import contextlib
+
+    from simulators.scenario import ShopBackend
+
+    from .embedded_broker import EmbeddedBroker
+    from .mqtt import BrokerUrl
+
+    async with contextlib.AsyncExitStack() as stack:
+        if args.broker:
+            url, shared = BrokerUrl.parse(args.broker), None
+        else:
+            broker = EmbeddedBroker(args.host, args.port)
+            url, shared = (await stack.enter_async_context(broker)).url, False
+        backend = await stack.enter_async_context(ShopBackend(url, shared=shared))
+        print(f"serving devices on {url} as gateway {backend.gateway.gateway_id}; Ctrl-C stops", flush=True)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+    return 0
 
 
 def _schema(out: Path) -> int:

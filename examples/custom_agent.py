@@ -1,0 +1,56 @@
+"""Plug your own agent into the SDK: implement `AgentCore`, host it with `AgentWorker`.
+
+Runs on its own (an embedded broker, the checkout stand-in, a gateway and one device):
+
+    .venv/bin/python examples/custom_agent.py
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from device_sdk.agent import AgentWorker
+from device_sdk.device import DeviceClient
+from device_sdk.embedded_broker import EmbeddedBroker
+from device_sdk.errors import AgentError, ErrorCode
+from device_sdk.gateway import Gateway
+from device_sdk.messages import AgentRequest, CheckoutProposal, Decision, Merchant, ProposalLine, new_id, now
+from device_sdk.mqtt import MqttBus
+from simulators.checkout import CheckoutStandIn
+
+CAFE = Merchant(id="m-cafe", name="Corner Cafe")
+
+
+class CoffeeAgent:
+    """Knows one thing: coffee. A real agent would call its model and catalogue here."""
+
+    async def propose(self, request: AgentRequest) -> CheckoutProposal:
+        if "coffee" not in request.text.lower():
+            raise AgentError("this agent only sells coffee", ErrorCode.ITEM_NOT_FOUND)
+        line = ProposalLine(
+            sku="flat-white", name="Flat white", qty=1, unit="cup", unit_price_minor=2800, line_total_minor=2800,
+            seller=CAFE,
+        )  # fmt: skip
+        return CheckoutProposal(
+            checkout_id=new_id("co"), request_id=request.request_id, device_id=request.device_id,
+            session_id=request.session_id, merchant=CAFE, currency="CNY", lines=[line], total_minor=2800,
+            created_at=now(),
+        )  # fmt: skip
+
+
+async def main() -> None:
+    async with (
+        EmbeddedBroker() as broker,
+        MqttBus(broker.url, "coffee-agent") as agent_bus,
+        AgentWorker(agent_bus, CoffeeAgent(), shared=False),
+        Gateway(broker.url, CheckoutStandIn()),
+        DeviceClient(broker.url, "kitchen-speaker") as speaker,
+    ):
+        offer = await speaker.ask("get me a coffee")
+        print("speaker says:", offer.readback)
+        result = await speaker.answer(offer, Decision.CONFIRM, heard="yes")
+        print("outcome:", result.outcome, result.order_id)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

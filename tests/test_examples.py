@@ -1,0 +1,44 @@
+"""The examples run as documented."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+from device_sdk.mosquitto import MosquittoServer, free_port
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def test_custom_agent_example() -> None:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "custom_agent.py")], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "1 cup of Flat white, from Corner Cafe, 28.00 CNY." in done.stdout
+    assert "outcome: ordered ord_" in done.stdout
+
+
+async def test_speaker_device_example_against_device_sdk_serve(mosquitto: MosquittoServer) -> None:
+    for backend_args in (["--broker", str(mosquitto.url)], ["--port", str(port := free_port())]):
+        url = str(mosquitto.url) if "--broker" in backend_args else f"mqtt://127.0.0.1:{port}"
+        serve = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "device_sdk.cli", "serve", *backend_args, stdout=subprocess.PIPE
+        )
+        try:
+            assert serve.stdout is not None
+            assert (await asyncio.wait_for(serve.stdout.readline(), 30)).startswith(b"serving devices on")
+            device = await asyncio.create_subprocess_exec(
+                sys.executable, str(EXAMPLES / "speaker_device.py"), "--broker", url, "--say", "buy two bags of rice",
+                "--reply", "hmm", "--reply", "yes", stdout=subprocess.PIPE,
+            )  # fmt: skip
+            out, _ = await asyncio.wait_for(device.communicate(), 60)
+            assert device.returncode == 0, out
+            assert b"2 bags of Jasmine rice, 5 kg" in out
+            assert b"Sorry, I did not get that" in out
+            assert b"outcome: ordered, order ord_" in out
+        finally:
+            serve.terminate()
+            await serve.wait()

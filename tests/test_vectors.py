@@ -1,0 +1,44 @@
+"""The protocol's published test vectors (docs/vectors) still hold: firmware authors check against them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from device_sdk.agent import IssuedProposal
+from device_sdk.errors import ProtocolError
+from device_sdk.messages import MAX_PAYLOAD, CheckoutProposal, decode
+from device_sdk.readback import compose_readback, display_digest
+
+VECTORS = Path(__file__).parent.parent / "docs" / "vectors"
+MANIFEST = json.loads((VECTORS / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("entry", MANIFEST["valid"], ids=[e["file"] for e in MANIFEST["valid"]])
+def test_valid_vectors_decode_and_encode_byte_exact(entry: dict[str, str]) -> None:
+    data = (VECTORS / entry["file"]).read_bytes()
+    assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+    message = decode(data)
+    assert message.type == entry["type"]
+    assert message.encode() == data  # the SDK's own encoding of the message is exactly these bytes
+
+
+@pytest.mark.parametrize("entry", MANIFEST["invalid"], ids=[str(e["file"]) for e in MANIFEST["invalid"]])
+def test_invalid_vectors_are_refused_with_their_code(entry: dict[str, str]) -> None:
+    data = (VECTORS / entry["file"]).read_bytes() if entry["file"] else b" " * (MAX_PAYLOAD + 1)
+    with pytest.raises(ProtocolError) as caught:
+        decode(data)
+    assert caught.value.code == entry["code"]
+
+
+def test_checkout_hash_read_back_and_display_digest() -> None:
+    checkout = MANIFEST["checkout"]
+    raw = (VECTORS / checkout["proposal_file"]).read_bytes()
+    proposal = decode(raw)
+    assert isinstance(proposal, CheckoutProposal)
+    assert IssuedProposal(proposal, raw).checkout_hash == checkout["checkout_hash"]
+    assert compose_readback(proposal) == checkout["readback"]
+    assert display_digest(checkout["readback"]) == checkout["display_digest"]
