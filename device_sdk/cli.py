@@ -27,7 +27,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument("--broker", default=None, help="mqtt://host:port (default: an embedded broker)")
     demo.add_argument("--json", action="store_true", help="print one JSON object instead of the timeline")
 
-    serve = commands.add_parser("serve", help="run the backend (broker, gateway, reference agent, checkout) for devices")
+    serve = commands.add_parser(
+        "serve", help="run the backend (broker, gateway, reference agent, checkout) for devices"
+    )
     serve.add_argument("--broker", default=None, help="mqtt://host:port to use (default: an embedded broker)")
     serve.add_argument("--port", type=int, default=1883, help="port of the embedded broker (default 1883)")
     serve.add_argument("--host", default="127.0.0.1", help="address of the embedded broker (default 127.0.0.1)")
