@@ -175,21 +175,15 @@ class Gateway:
             return
         if not received.payload and received.retain:
             return  # a cleared retained message
+        if leaf == "status":
+            self._on_device_status(device_id, received)
+            return
         if not self._serves(device_id):
             return
         try:
             message = decode(received.payload)
         except ProtocolError as exc:
             self._refuse(device_id, exc, ref=leaf)
-            return
-        if leaf == "status":
-            if isinstance(message, DeviceStatus) and message.device_id == device_id:
-                if message.online:
-                    self.offline_since.pop(device_id, None)
-                else:
-                    self.offline_since.setdefault(device_id, time.monotonic())
-            else:
-                self._refuse(device_id, ProtocolError("the status topic carries this device's device.status"))
             return
         self.offline_since.pop(device_id, None)
         self._on_up(device_id, message)
@@ -215,6 +209,22 @@ class Gateway:
         else:
             exc = ProtocolError(f"{message.type} is not sent by devices", ErrorCode.UNEXPECTED_MESSAGE)
             self._refuse(device_id, exc, ref=message.type)
+
+    def _on_device_status(self, device_id: str, received: Received) -> None:
+        """An online device is claimed if no live gateway serves it; an offline one only noted."""
+        try:
+            status = decode(received.payload)
+            if not isinstance(status, DeviceStatus) or status.device_id != device_id:
+                raise ProtocolError("the status topic carries this device's device.status")
+        except ProtocolError as exc:
+            if self._serves(device_id):
+                self._refuse(device_id, exc, ref="status")
+            return
+        if status.online:
+            if self._serves(device_id):
+                self.offline_since.pop(device_id, None)
+        elif self.claims.get(device_id) == self.gateway_id:
+            self.offline_since.setdefault(device_id, time.monotonic())
 
     def _on_gateway_status(self, received: Received) -> None:
         try:

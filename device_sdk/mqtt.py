@@ -92,6 +92,10 @@ class Subscription:
         if self._queue.full():
             self._queue.get_nowait()
             self.dropped += 1
+            if self.dropped & (self.dropped - 1) == 0:  # 1, 2, 4, 8...: loud but not flooding
+                log.warning(
+                    "subscription %s is %d messages behind: dropped %d", self.filters, self._queue.maxsize, self.dropped
+                )
         self._queue.put_nowait(message)
 
     def __aiter__(self) -> AsyncIterator[Received]:

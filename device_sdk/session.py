@@ -12,7 +12,7 @@ from enum import StrEnum
 
 from .agent import IssuedProposal
 from .errors import ErrorCode, SessionError
-from .messages import ConfirmationRequest, ConfirmationResult, OrderResult, new_id
+from .messages import ConfirmationRequest, ConfirmationResult, Decision, OrderResult, new_id
 
 
 class State(StrEnum):
@@ -96,7 +96,7 @@ class Session:
             self.state = State.COMPLETING
             return Step.CANCEL
         self.state = State.COMPLETING
-        return Step.COMPLETE if result.decision == "confirm" else Step.CANCEL
+        return Step.COMPLETE if result.decision is Decision.CONFIRM else Step.CANCEL
 
     def expired(self, now: float) -> bool:
         return self.state is State.AWAITING_CONFIRMATION and self.offer is not None and now > self.offer.expires_at
