@@ -12,14 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
 
+from .audio import MAX_CHUNK, AudioChunk
 from .errors import BusError, DeviceSdkError, ErrorCode, ProtocolError, RemoteError, RequestTimeout
 from .messages import (
     AgentRequest,
+    AudioFormat,
+    AudioStart,
+    AudioStop,
     Capability,
     ConfirmationRequest,
     ConfirmationResult,
@@ -96,6 +100,7 @@ class DeviceClient:
         self._events: asyncio.Queue[Any] = asyncio.Queue(1000)
         self._last_pong: float = 0.0
         self._ping_seq = 0
+        self._stream_tag = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._bus: MqttBus | None = None
 
@@ -226,6 +231,32 @@ class DeviceClient:
         finally:
             self._inboxes.pop(session_id, None)
 
+    async def stream_audio(
+        self,
+        session_id: str,
+        chunks: AsyncIterable[bytes] | Iterable[bytes],
+        fmt: AudioFormat | None = None,
+    ) -> int:
+        """Send PCM chunks (64 to 200 ms each is best) for a session; return how many samples went out.
+
+        `audio.start` and `audio.stop` go at QoS 1 on the up topic, the chunks at QoS 0 on the
+        audio topic, each stamped with its offset in samples since the start.
+        """
+        fmt = fmt or AudioFormat()
+        self._stream_tag = (self._stream_tag + 1) & 0xFFFF
+        tag, seq, offset = self._stream_tag, 0, 0
+        up, audio = self.topics.device_up(self.device_id), self.topics.device_audio(self.device_id)
+        await self.bus.publish(up, AudioStart(session_id=session_id, stream=tag, format=fmt).encode())
+        source: AsyncIterator[bytes] = _aiter(chunks)
+        async for pcm in source:
+            if len(pcm) % fmt.width or len(pcm) + 16 > MAX_CHUNK:
+                raise ProtocolError(f"a chunk of {len(pcm)} bytes is not whole samples under {MAX_CHUNK}",
+                                    ErrorCode.BAD_AUDIO)  # fmt: skip
+            await self.bus.publish(audio, AudioChunk(tag, seq, offset, bytes(pcm)).encode(), qos=0)
+            seq, offset = seq + 1, offset + len(pcm) // fmt.width
+        await self.bus.publish(up, AudioStop(session_id=session_id, stream=tag, samples=offset).encode())
+        return offset
+
     # inbound and heartbeat ---------------------------------------------------------------
 
     def events(self) -> AsyncIterator[Any]:
@@ -287,3 +318,12 @@ class DeviceClient:
                 self.controller_alive = False
                 log.warning("%s: controller %s stopped answering", self.device_id, self.controller_id)
                 self._event(HealthEvent(False, self.controller_id))
+
+
+async def _aiter(chunks: AsyncIterable[bytes] | Iterable[bytes]) -> AsyncIterator[bytes]:
+    if isinstance(chunks, AsyncIterable):
+        async for chunk in chunks:
+            yield chunk
+    else:
+        for chunk in chunks:
+            yield chunk

@@ -14,6 +14,8 @@ class ErrorCode(StrEnum):
     UNKNOWN_TYPE = "unknown_type"
     UNSUPPORTED_VERSION = "unsupported_version"
     WRONG_TOPIC = "wrong_topic"
+    BAD_AUDIO = "bad_audio"
+    UNKNOWN_STREAM = "unknown_stream"
     UNEXPECTED_MESSAGE = "unexpected_message"
     SESSION_NOT_OWNED = "session_not_owned"
     SESSION_CLOSED = "session_closed"

@@ -11,15 +11,18 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from types import TracebackType
 from typing import Any, Self
 
 from .agent import IssuedProposal, RemoteAgent
+from .audio import AudioStream, decode_chunk
 from .checkout import CheckoutBackend, Completion
 from .errors import CheckoutError, DeviceSdkError, ErrorCode, ProtocolError, SessionError
 from .messages import (
     AgentRequest,
+    AudioStart,
+    AudioStop,
     ConfirmationRequest,
     ConfirmationResult,
     ControllerClaim,
@@ -78,6 +81,8 @@ class Gateway:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._bus: MqttBus | None = None
         self._agent: RemoteAgent | None = None
+        self._streams: dict[tuple[str, int], AudioStream] = {}
+        self._new_streams: asyncio.Queue[AudioStream] = asyncio.Queue(64)
 
     @property
     def bus(self) -> MqttBus:
@@ -96,7 +101,11 @@ class Gateway:
         await self._agent.start()
         t = self.topics
         inbox = await self._bus.subscribe(
-            t.all_gateways_status(), t.all_devices("controller"), t.all_devices("status"), t.all_devices("up")
+            t.all_gateways_status(),
+            t.all_devices("controller"),
+            t.all_devices("status"),
+            t.all_devices("up"),
+            t.all_devices("audio"),
         )
         await self._announce()
         self._spawn(self._dispatch(inbox))
@@ -180,6 +189,9 @@ class Gateway:
             return
         if not self._serves(device_id):
             return
+        if leaf == "audio":
+            self._on_audio(device_id, received.payload)
+            return
         try:
             message = decode(received.payload)
         except ProtocolError as exc:
@@ -204,11 +216,65 @@ class Gateway:
             self._in_session(message.session_id, self._on_request(device_id, message))
         elif isinstance(message, ConfirmationResult):
             self._in_session(message.session_id, self._on_confirmation(device_id, message))
+        elif isinstance(message, AudioStart | AudioStop):
+            self._on_audio_control(device_id, message)
         elif isinstance(message, Transcript):
             log.info("%s heard %s%r", device_id, "" if message.final else "(partial) ", message.text)
         else:
             exc = ProtocolError(f"{message.type} is not sent by devices", ErrorCode.UNEXPECTED_MESSAGE)
             self._refuse(device_id, exc, ref=message.type)
+
+    # audio -------------------------------------------------------------------------------
+
+    def audio_streams(self) -> AsyncIterator[AudioStream]:
+        """Every audio stream a served device opens, as it opens; iterate each for its chunks."""
+
+        async def iterate() -> AsyncIterator[AudioStream]:
+            while True:
+                yield await self._new_streams.get()
+
+        return iterate()
+
+    def _on_audio_control(self, device_id: str, message: AudioStart | AudioStop) -> None:
+        key = (device_id, message.stream)
+        session = self.sessions.get(message.session_id)
+        if session is not None and session.device_id != device_id:
+            exc = SessionError(f"session {message.session_id} belongs to another device", ErrorCode.SESSION_NOT_OWNED)
+            self._refuse(device_id, exc, ref=message.type, session_id=message.session_id)
+            return
+        if isinstance(message, AudioStop):
+            stream = self._streams.pop(key, None)
+            if stream is None:
+                self._refuse(device_id, SessionError(f"no audio stream {message.stream}", ErrorCode.UNKNOWN_STREAM),
+                             ref=message.type, session_id=message.session_id)  # fmt: skip
+            else:
+                stream.end(message.samples)
+            return
+        if key in self._streams:
+            self._streams.pop(key).end()
+        mine = [k for k in self._streams if k[0] == device_id]
+        for old in mine[: max(0, len(mine) - 3)]:  # at most 4 open streams per device
+            self._streams.pop(old).end()
+        stream = AudioStream(device_id, message.session_id, message.stream, message.format)
+        self._streams[key] = stream
+        if self._new_streams.full():
+            self._new_streams.get_nowait().end()
+        self._new_streams.put_nowait(stream)
+
+    def _on_audio(self, device_id: str, payload: bytes) -> None:
+        try:
+            chunk = decode_chunk(payload)
+        except ProtocolError as exc:
+            self._refuse(device_id, exc, ref="audio")
+            return
+        stream = self._streams.get((device_id, chunk.stream))
+        if stream is None:
+            self._refuse(device_id, SessionError(f"no audio stream {chunk.stream}", ErrorCode.UNKNOWN_STREAM),
+                         ref="audio")  # fmt: skip
+            return
+        stream.feed(chunk)
+        if stream.ended:
+            self._streams.pop((device_id, chunk.stream), None)
 
     def _on_device_status(self, device_id: str, received: Received) -> None:
         """An online device is claimed if no live gateway serves it; an offline one only noted."""

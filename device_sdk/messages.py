@@ -136,6 +136,33 @@ class Transcript(_Message):
     confidence: float | None = Field(default=None, ge=0.0, le=1.0)
 
 
+class AudioFormat(_Model):
+    """Raw PCM as the chunks carry it: signed 16-bit little-endian, mono."""
+
+    rate: int = Field(default=16000, ge=8000, le=48000, description="Samples per second.")
+    width: Literal[2] = Field(default=2, description="Bytes per sample.")
+    channels: Literal[1] = 1
+    encoding: Literal["pcm_s16le"] = "pcm_s16le"
+
+
+class AudioStart(_Message):
+    """Opens an audio stream for a session; the chunks follow on the device's audio topic."""
+
+    type: Literal["audio.start"] = "audio.start"
+    session_id: Id
+    stream: int = Field(ge=0, le=0xFFFF, description="Tag that the chunks of this stream carry.")
+    format: AudioFormat = Field(default_factory=AudioFormat)
+
+
+class AudioStop(_Message):
+    """Closes an audio stream; `samples` is how many samples the device sent in all."""
+
+    type: Literal["audio.stop"] = "audio.stop"
+    session_id: Id
+    stream: int = Field(ge=0, le=0xFFFF)
+    samples: int = Field(ge=0)
+
+
 class AgentRequest(_Message):
     """What the user asked for, routed from a device to the agent core."""
 
@@ -266,6 +293,8 @@ Message = Annotated[
         | Ping
         | Pong
         | Transcript
+        | AudioStart
+        | AudioStop
         | AgentRequest
         | CheckoutProposal
         | ConfirmationRequest
@@ -282,6 +311,8 @@ MESSAGE_TYPES: tuple[type[_Message], ...] = (
     Ping,
     Pong,
     Transcript,
+    AudioStart,
+    AudioStop,
     AgentRequest,
     CheckoutProposal,
     ConfirmationRequest,

@@ -116,8 +116,10 @@ class Timeline:
                     self._echo(step)
 
     def _step(self, received: Received) -> Step | None:
-        if received.retain or not received.payload or received.topic.startswith(f"{self.topics.base}/probe/"):
-            return None  # state from before the tap started, or a broker capability probe
+        if received.retain or not received.payload:
+            return None  # state from before the tap started
+        if received.topic.startswith(f"{self.topics.base}/probe/") or received.topic.endswith("/audio"):
+            return None  # a broker capability probe, or binary chunks (audio.start and audio.stop stand for them)
         kind: str
         try:
             message = decode(received.payload)

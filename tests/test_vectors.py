@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from device_sdk.agent import IssuedProposal
+from device_sdk.audio import decode_chunk
 from device_sdk.errors import ProtocolError
 from device_sdk.messages import MAX_PAYLOAD, CheckoutProposal, decode
 from device_sdk.readback import compose_readback, display_digest
@@ -42,3 +45,15 @@ def test_checkout_hash_read_back_and_display_digest() -> None:
     assert IssuedProposal(proposal, raw).checkout_hash == checkout["checkout_hash"]
     assert compose_readback(proposal) == checkout["readback"]
     assert display_digest(checkout["readback"]) == checkout["display_digest"]
+
+
+@pytest.mark.parametrize("entry", MANIFEST["audio_chunks"], ids=[e["file"] for e in MANIFEST["audio_chunks"]])
+def test_audio_chunk_vectors(entry: dict[str, Any]) -> None:
+    data = (VECTORS / entry["file"]).read_bytes()
+    assert data.hex() == entry["hex"]
+    chunk = decode_chunk(data)
+    assert (chunk.stream, chunk.seq, chunk.offset, chunk.last) == (
+        entry["stream"], entry["seq"], entry["offset"], entry["last"],
+    )  # fmt: skip
+    assert list(struct.unpack(f"<{chunk.samples()}h", chunk.pcm)) == entry["samples"]
+    assert chunk.encode() == data
