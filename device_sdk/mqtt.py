@@ -163,6 +163,7 @@ class MqttBus:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reconnect_task: asyncio.Task[None] | None = None
         self._gone: asyncio.Future[None] | None = None
+        self._last_error: str | None = None
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
 
@@ -210,7 +211,10 @@ class MqttBus:
             async with asyncio.timeout(self._connect_timeout):
                 await self._connect_with_backoff()
         except TimeoutError:
-            raise BusError(f"cannot reach the MQTT broker at {self.url} within {self._connect_timeout} s") from None
+            why = f" (last error: {self._last_error})" if self._last_error else ""
+            raise BusError(
+                f"cannot reach the MQTT broker at {self.url} within {self._connect_timeout} s{why}"
+            ) from None
         self._spawn(self._misc_loop())
 
     async def close(self) -> None:
@@ -319,6 +323,7 @@ class MqttBus:
                     await self._connack
                 return
             except (OSError, BusError, TimeoutError, ssl.SSLError) as exc:
+                self._last_error = str(exc) or type(exc).__name__
                 log.debug("connect to %s failed: %s; retry in %.2f s", self.url, exc, delay)
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, self._backoff[1])

@@ -117,7 +117,7 @@ async def test_agent_errors_reach_the_device_with_their_code(broker: Restartable
         session = "ses_retry"
         with pytest.raises(RemoteError):
             await speaker.ask("buy a spaceship", session_id=session)
-        offer = await speaker.ask("buy a spaceship and two eggs".replace("a spaceship and ", ""), session_id=session)
+        offer = await speaker.ask("buy two eggs", session_id=session)
         assert offer.request.proposal.lines[0].sku == "eggs-12"
 
 
@@ -180,7 +180,7 @@ async def test_broker_down_gives_a_clear_error_then_the_session_resumes(
     broker: Restartable, backend: ShopBackend
 ) -> None:
     async with device(broker) as speaker:
-        offer = await speaker.ask("buy a compact umbrella".replace("compact ", ""))
+        offer = await speaker.ask("buy an umbrella")
         await broker.stop()
         with pytest.raises(DeviceSdkError) as caught:
             await speaker.answer(offer, Decision.CONFIRM, timeout=1.0)
