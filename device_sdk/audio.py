@@ -68,10 +68,13 @@ class AudioStream:
 
     Chunks arrive in order or not at all (QoS 0); `lost_samples` counts the gaps. Iteration ends
     at `audio.stop` or the last chunk. The queue is bounded: a consumer that falls `maxsize`
-    chunks behind loses the oldest, counted in `dropped`.
+    chunks behind loses the oldest, counted in `dropped`. With `keep=False` (nobody listens)
+    chunks are only counted.
     """
 
-    def __init__(self, device_id: str, session_id: str, stream: int, fmt: AudioFormat, maxsize: int = 600) -> None:
+    def __init__(
+        self, device_id: str, session_id: str, stream: int, fmt: AudioFormat, *, keep: bool = True, maxsize: int = 300
+    ) -> None:
         self.device_id = device_id
         self.session_id = session_id
         self.stream = stream
@@ -81,6 +84,7 @@ class AudioStream:
         self.dropped = 0
         self.sent_samples: int | None = None
         self.ended = False
+        self._keep = keep
         self._next_offset = 0
         self._next_seq = 0
         self._queue: asyncio.Queue[AudioChunk | None] = asyncio.Queue(maxsize)
@@ -94,7 +98,8 @@ class AudioStream:
         self._next_offset = chunk.offset + chunk.samples(self.format.width)
         self._next_seq = chunk.seq + 1
         self.received_samples += chunk.samples(self.format.width)
-        self._put(chunk)
+        if self._keep:
+            self._put(chunk)
         if chunk.last:
             self.end()
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -168,8 +168,13 @@ class DeviceClient:
             image_ref=image_ref,
             locale=locale,
         )
-        reply = await self._exchange(request.session_id, request.encode(), (ConfirmationRequest,), timeout)
-        assert isinstance(reply, ConfirmationRequest)
+        reply = await self._exchange(
+            request.session_id,
+            request.encode(),
+            lambda m: isinstance(m, ConfirmationRequest) and m.request_id == request.request_id,
+            request.request_id,
+            timeout,
+        )
         composed = compose_readback(reply.proposal)
         if composed != reply.readback or display_digest(composed) != reply.display_digest:
             raise ProtocolError("the read-back does not match the proposal it came with", ErrorCode.DISPLAY_MISMATCH)
@@ -202,12 +207,20 @@ class DeviceClient:
             heard=heard,
             mandate=mandate,
         )
-        reply = await self._exchange(request.session_id, result.encode(), (OrderResult,), timeout)
-        assert isinstance(reply, OrderResult)
+        reply: OrderResult = await self._exchange(
+            request.session_id,
+            result.encode(),
+            lambda m: isinstance(m, OrderResult) and m.checkout_id == request.checkout_id,
+            request.checkout_id,
+            timeout,
+        )
         return reply
 
-    async def _exchange(self, session_id: str, payload: bytes, expect: tuple[type, ...], timeout: float) -> Any:
-        """Publish `payload` on the up topic, resending it until a reply of type `expect` or an error."""
+    async def _exchange(
+        self, session_id: str, payload: bytes, answers: Callable[[Any], bool], ref: str, timeout: float
+    ) -> Any:
+        """Publish `payload` on the up topic, resending it until the message that `answers` it, or an
+        error about `ref`; other messages of the session (late answers to earlier calls) are skipped."""
         inbox = self._inboxes.setdefault(session_id, asyncio.Queue())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -222,10 +235,11 @@ class DeviceClient:
                     async with asyncio.timeout(min(self.resend_after, max(deadline - loop.time(), 0.01))):
                         while True:
                             reply = await inbox.get()
-                            if isinstance(reply, expect):
+                            if answers(reply):
                                 return reply
-                            if isinstance(reply, Error):
+                            if isinstance(reply, Error) and reply.ref == ref:
                                 raise RemoteError(reply.text, reply.code)
+                            self._event(reply)
                 except TimeoutError:
                     log.debug("session %s: no reply yet, sending again", session_id)
         finally:

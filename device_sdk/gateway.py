@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Coroutine
 from types import TracebackType
 from typing import Any, Self
@@ -47,6 +48,10 @@ from .topics import Topics, check_id
 
 log = logging.getLogger(__name__)
 
+SessionKey = tuple[str, str]
+"""(device_id, session_id): session ids are the device's own, so they are unique per device."""
+MAX_STREAMS = 256
+
 
 class Gateway:
     """Routes device sessions to the agent core and through the confirmation gate to the checkout."""
@@ -62,6 +67,7 @@ class Gateway:
         confirm_timeout: float = 120.0,
         keep_ended: float = 600.0,
         offline_grace: float = 15.0,
+        claim_settle: float = 0.2,
     ) -> None:
         self.url = url
         self.checkout = checkout
@@ -72,17 +78,22 @@ class Gateway:
         self.keep_ended = keep_ended
         self.offline_grace = offline_grace
         self.offline_since: dict[str, float] = {}
-        self.sessions: dict[str, Session] = {}
+        self.claim_settle = claim_settle
+        self.sessions: dict[SessionKey, Session] = {}
         self.claims: dict[str, str] = {}
         self.gateways_online: dict[str, bool] = {}
         self.refused = 0
-        self._ended_at: dict[str, float] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._ended_at: dict[SessionKey, float] = {}
+        self._locks: dict[SessionKey, asyncio.Lock] = {}
+        self._claiming: dict[str, list[Received]] = {}
+        self._claim_echo: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._bus: MqttBus | None = None
         self._agent: RemoteAgent | None = None
         self._streams: dict[tuple[str, int], AudioStream] = {}
-        self._new_streams: asyncio.Queue[AudioStream] = asyncio.Queue(64)
+        self._new_streams: asyncio.Queue[AudioStream] = asyncio.Queue(8)
+        self._audio_listeners = 0
+        self._quiet_streams: dict[str, deque[int]] = {}
 
     @property
     def bus(self) -> MqttBus:
@@ -146,18 +157,18 @@ class Gateway:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _in_session(self, session_id: str, coro: Coroutine[Any, Any, None]) -> None:
+    def _in_session(self, key: SessionKey, coro: Coroutine[Any, Any, None]) -> None:
         """Run `coro` after every earlier handler of the same session (asyncio locks are FIFO)."""
-        lock = self._locks.setdefault(session_id, asyncio.Lock())
+        lock = self._locks.setdefault(key, asyncio.Lock())
 
         async def run() -> None:
             async with lock:
                 try:
                     await coro
                 except DeviceSdkError as exc:
-                    log.warning("session %s: %s", session_id, exc)
+                    log.warning("session %s: %s", key, exc)
                 except Exception:
-                    log.exception("session %s failed", session_id)
+                    log.exception("session %s failed", key)
 
         self._spawn(run())
 
@@ -184,10 +195,12 @@ class Gateway:
             return
         if not received.payload and received.retain:
             return  # a cleared retained message
+        if leaf == "status" and not self._status_wants_service(device_id, received):
+            return
+        if not self._serves(device_id, received):
+            return
         if leaf == "status":
             self._on_device_status(device_id, received)
-            return
-        if not self._serves(device_id):
             return
         if leaf == "audio":
             self._on_audio(device_id, received.payload)
@@ -213,9 +226,9 @@ class Gateway:
                     session_id=message.session_id,
                 )
                 return
-            self._in_session(message.session_id, self._on_request(device_id, message))
+            self._in_session((device_id, message.session_id), self._on_request(device_id, message))
         elif isinstance(message, ConfirmationResult):
-            self._in_session(message.session_id, self._on_confirmation(device_id, message))
+            self._in_session((device_id, message.session_id), self._on_confirmation(device_id, message))
         elif isinstance(message, AudioStart | AudioStop):
             self._on_audio_control(device_id, message)
         elif isinstance(message, Transcript):
@@ -227,39 +240,48 @@ class Gateway:
     # audio -------------------------------------------------------------------------------
 
     def audio_streams(self) -> AsyncIterator[AudioStream]:
-        """Every audio stream a served device opens, as it opens; iterate each for its chunks."""
+        """Every audio stream a served device opens, as it opens; iterate each for its chunks.
+
+        Audio is kept only while someone iterates here; otherwise chunks are counted and dropped.
+        """
 
         async def iterate() -> AsyncIterator[AudioStream]:
-            while True:
-                yield await self._new_streams.get()
+            self._audio_listeners += 1
+            try:
+                while True:
+                    yield await self._new_streams.get()
+            finally:
+                self._audio_listeners -= 1
 
         return iterate()
 
     def _on_audio_control(self, device_id: str, message: AudioStart | AudioStop) -> None:
         key = (device_id, message.stream)
-        session = self.sessions.get(message.session_id)
-        if session is not None and session.device_id != device_id:
-            exc = SessionError(f"session {message.session_id} belongs to another device", ErrorCode.SESSION_NOT_OWNED)
-            self._refuse(device_id, exc, ref=message.type, session_id=message.session_id)
-            return
         if isinstance(message, AudioStop):
             stream = self._streams.pop(key, None)
-            if stream is None:
-                self._refuse(device_id, SessionError(f"no audio stream {message.stream}", ErrorCode.UNKNOWN_STREAM),
-                             ref=message.type, session_id=message.session_id)  # fmt: skip
-            else:
+            if stream is not None:
                 stream.end(message.samples)
+                self._quiet(device_id, message.stream)
+            elif message.stream not in self._quiet_streams.get(device_id, ()):
+                exc = SessionError(f"no audio stream {message.stream}", ErrorCode.UNKNOWN_STREAM)
+                self._refuse(device_id, exc, ref=message.type, session_id=message.session_id)
             return
         if key in self._streams:
             self._streams.pop(key).end()
-        mine = [k for k in self._streams if k[0] == device_id]
-        for old in mine[: max(0, len(mine) - 3)]:  # at most 4 open streams per device
-            self._streams.pop(old).end()
-        stream = AudioStream(device_id, message.session_id, message.stream, message.format)
+        while len(self._streams) >= MAX_STREAMS or sum(k[0] == device_id for k in self._streams) >= 4:
+            oldest = next(k for k in self._streams if len(self._streams) >= MAX_STREAMS or k[0] == device_id)
+            self._streams.pop(oldest).end()
+        keep = self._audio_listeners > 0
+        stream = AudioStream(device_id, message.session_id, message.stream, message.format, keep=keep)
         self._streams[key] = stream
-        if self._new_streams.full():
-            self._new_streams.get_nowait().end()
-        self._new_streams.put_nowait(stream)
+        if keep:
+            if self._new_streams.full():
+                self._new_streams.get_nowait().end()
+            self._new_streams.put_nowait(stream)
+
+    def _quiet(self, device_id: str, stream: int) -> None:
+        """Remember an ended stream: its late chunks (QoS 0 overtakes QoS 1) are dropped without an error."""
+        self._quiet_streams.setdefault(device_id, deque(maxlen=16)).append(stream)
 
     def _on_audio(self, device_id: str, payload: bytes) -> None:
         try:
@@ -269,28 +291,39 @@ class Gateway:
             return
         stream = self._streams.get((device_id, chunk.stream))
         if stream is None:
-            self._refuse(device_id, SessionError(f"no audio stream {chunk.stream}", ErrorCode.UNKNOWN_STREAM),
-                         ref="audio")  # fmt: skip
+            if chunk.stream not in self._quiet_streams.get(device_id, ()):
+                self._quiet(device_id, chunk.stream)  # one error per unknown stream, not one per chunk
+                unknown = SessionError(f"no audio stream {chunk.stream}", ErrorCode.UNKNOWN_STREAM)
+                self._refuse(device_id, unknown, ref="audio")
             return
         stream.feed(chunk)
         if stream.ended:
             self._streams.pop((device_id, chunk.stream), None)
+            self._quiet(device_id, chunk.stream)
 
-    def _on_device_status(self, device_id: str, received: Received) -> None:
-        """An online device is claimed if no live gateway serves it; an offline one only noted."""
+    def _status_wants_service(self, device_id: str, received: Received) -> bool:
+        """An online (or unreadable) status asks for a controller; an offline one only concerns its holder."""
         try:
             status = decode(received.payload)
-            if not isinstance(status, DeviceStatus) or status.device_id != device_id:
-                raise ProtocolError("the status topic carries this device's device.status")
+        except ProtocolError:
+            return True
+        if isinstance(status, DeviceStatus) and not status.online:
+            if self.claims.get(device_id) == self.gateway_id:
+                self.offline_since.setdefault(device_id, time.monotonic())
+            return False
+        return True
+
+    def _on_device_status(self, device_id: str, received: Received) -> None:
+        try:
+            status = decode(received.payload)
+            if not isinstance(status, DeviceStatus):
+                raise ProtocolError("the status topic carries device.status", ErrorCode.UNEXPECTED_MESSAGE)
+            if status.device_id != device_id:
+                raise ProtocolError("the status names another device than its topic", ErrorCode.WRONG_TOPIC)
         except ProtocolError as exc:
-            if self._serves(device_id):
-                self._refuse(device_id, exc, ref="status")
+            self._refuse(device_id, exc, ref="status")
             return
-        if status.online:
-            if self._serves(device_id):
-                self.offline_since.pop(device_id, None)
-        elif self.claims.get(device_id) == self.gateway_id:
-            self.offline_since.setdefault(device_id, time.monotonic())
+        self.offline_since.pop(device_id, None)
 
     def _on_gateway_status(self, received: Received) -> None:
         try:
@@ -298,8 +331,10 @@ class Gateway:
             if not received.payload:
                 return
             status = decode(received.payload)
-            if not isinstance(status, GatewayStatus) or status.gateway_id != gateway_id:
-                raise ProtocolError("the gateway status topic carries that gateway's gateway.status")
+            if not isinstance(status, GatewayStatus):
+                raise ProtocolError("the gateway status topic carries gateway.status", ErrorCode.UNEXPECTED_MESSAGE)
+            if status.gateway_id != gateway_id:
+                raise ProtocolError("the status names another gateway than its topic", ErrorCode.WRONG_TOPIC)
         except ProtocolError as exc:
             self._refuse(None, exc, ref=received.topic)
             return
@@ -311,25 +346,53 @@ class Gateway:
             return
         try:
             claim = decode(received.payload)
-            if not isinstance(claim, ControllerClaim) or claim.device_id != device_id:
-                raise ProtocolError("the controller topic carries that device's controller.claim")
+            if not isinstance(claim, ControllerClaim):
+                raise ProtocolError("the controller topic carries controller.claim", ErrorCode.UNEXPECTED_MESSAGE)
+            if claim.device_id != device_id:
+                raise ProtocolError("the claim names another device than its topic", ErrorCode.WRONG_TOPIC)
         except ProtocolError as exc:
             self._refuse(None, exc, ref=received.topic)
             return
         if self.claims.get(device_id) == self.gateway_id and claim.controller_id != self.gateway_id:
             log.info("device %s is now served by %s", device_id, claim.controller_id)
         self.claims[device_id] = claim.controller_id
+        if claim.controller_id == self.gateway_id and device_id in self._claim_echo:
+            self._claim_echo[device_id].set()
 
-    def _serves(self, device_id: str) -> bool:
-        """True when this gateway controls the device, claiming it if no live gateway does."""
+    def _serves(self, device_id: str, received: Received) -> bool:
+        """True when this gateway controls the device. If no live gateway does, claim it and hold
+        its messages until the claims have settled: every gateway sees the claims in the broker's
+        order, and the one delivered last wins."""
+        if device_id in self._claiming:
+            held = self._claiming[device_id]
+            if len(held) < 100:
+                held.append(received)
+            return False
         holder = self.claims.get(device_id)
         if holder == self.gateway_id:
             return True
         if holder is not None and self.gateways_online.get(holder, False):
             return False
-        self.claims[device_id] = self.gateway_id
-        self._spawn(self._publish_claim(device_id))
-        return True
+        self._claiming[device_id] = [received]
+        self._spawn(self._claim(device_id))
+        return False
+
+    async def _claim(self, device_id: str) -> None:
+        echo = self._claim_echo.setdefault(device_id, asyncio.Event())
+        echo.clear()
+        try:
+            await self._publish_claim(device_id)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5.0):
+                    await echo.wait()
+            await asyncio.sleep(self.claim_settle)
+        finally:
+            held = self._claiming.pop(device_id, [])
+            self._claim_echo.pop(device_id, None)
+        if self.claims.get(device_id) == self.gateway_id:
+            log.info("serving device %s", device_id)
+            for received in held:
+                self._route(received)
 
     async def _publish_claim(self, device_id: str) -> None:
         claim = ControllerClaim(device_id=device_id, controller_id=self.gateway_id, claimed_at=now())
@@ -347,9 +410,10 @@ class Gateway:
     # sessions ----------------------------------------------------------------------------
 
     async def _on_request(self, device_id: str, request: AgentRequest) -> None:
-        session = self.sessions.get(request.session_id)
+        key = (device_id, request.session_id)
+        session = self.sessions.get(key)
         if session is None:
-            session = self.sessions[request.session_id] = Session(request.session_id, device_id)
+            session = self.sessions[key] = Session(request.session_id, device_id)
         superseded = session.offer if session.state is State.AWAITING_CONFIRMATION else None
         try:
             step = session.on_request(device_id, request.request_id)
@@ -367,29 +431,40 @@ class Gateway:
         if superseded is not None:
             await self.checkout.cancel(superseded.checkout_id, Outcome.NOT_CONFIRMED, "superseded by a new request")
         log.info("session %s: %s asks %r", request.session_id, device_id, request.text)
+        issued: IssuedProposal | None = None
         try:
             issued = await self._ask_agent(device_id, request)
             await self.checkout.open(issued)
-        except DeviceSdkError as exc:
+            offer = self._offer(issued, request.request_id)
+        except Exception as exc:
             session.on_agent_failed(request.request_id)
-            self._refuse(device_id, exc, ref=request.request_id, session_id=request.session_id)
+            if issued is not None:
+                with contextlib.suppress(Exception):
+                    await self.checkout.cancel(issued.proposal.checkout_id, Outcome.NOT_CONFIRMED, "not offered")
+            if isinstance(exc, DeviceSdkError):
+                refusal = exc
+            else:
+                log.exception("session %s: no offer", request.session_id)
+                refusal = DeviceSdkError(f"could not make an offer: {type(exc).__name__}", ErrorCode.INTERNAL)
+            self._refuse(device_id, refusal, ref=request.request_id, session_id=request.session_id)
             return
-        offer = self._offer(issued)
         if session.on_offer(request.request_id, issued, offer):
             await self._send(device_id, offer)
 
     async def _ask_agent(self, device_id: str, request: AgentRequest) -> IssuedProposal:
+        """Ask the agent under a request id of the gateway's own, so devices' ids never collide."""
         assert self._agent is not None
-        issued = await self._agent.propose(request)
+        issued = await self._agent.propose(request.model_copy(update={"request_id": new_id("ar")}))
         proposal = issued.proposal
         if (proposal.device_id, proposal.session_id) != (device_id, request.session_id):
             raise CheckoutError("the agent proposed for another device or session", ErrorCode.BAD_PROPOSAL)
         return issued
 
-    def _offer(self, issued: IssuedProposal) -> ConfirmationRequest:
+    def _offer(self, issued: IssuedProposal, request_id: str) -> ConfirmationRequest:
         readback = compose_readback(issued.proposal)
         return ConfirmationRequest(
             session_id=issued.proposal.session_id,
+            request_id=request_id,
             checkout_id=issued.proposal.checkout_id,
             checkout_hash=issued.checkout_hash,
             proposal=issued.proposal,
@@ -400,10 +475,10 @@ class Gateway:
         )
 
     async def _on_confirmation(self, device_id: str, answer: ConfirmationResult) -> None:
-        session = self.sessions.get(answer.session_id)
+        session = self.sessions.get((device_id, answer.session_id))
         try:
             if session is None:
-                raise SessionError(f"no session {answer.session_id}", ErrorCode.UNKNOWN_CHECKOUT)
+                raise SessionError(f"this device has no session {answer.session_id}", ErrorCode.UNKNOWN_CHECKOUT)
             step = session.on_confirmation(device_id, answer, now())
         except SessionError as exc:
             self._refuse(device_id, exc, ref=answer.checkout_id, session_id=answer.session_id)
@@ -414,6 +489,7 @@ class Gateway:
         if step is Step.IGNORE or session.offer is None:
             return
         offer = session.offer
+        result: OrderResult | None
         if step is Step.COMPLETE:
             completion = Completion(
                 checkout_id=offer.checkout_id,
@@ -423,7 +499,9 @@ class Gateway:
                 confirmation=answer,
                 idempotency_key=session.idempotency_key,
             )
-            result = await self._complete(completion, offer)
+            result = await self._complete(session, completion)
+            if result is None:
+                return
         elif answer.decision is Decision.DECLINE and now() <= offer.expires_at:
             result = await self._cancel(session, Outcome.DECLINED, "the user declined on the device")
         else:
@@ -433,27 +511,36 @@ class Gateway:
         log.info("session %s: %s", session.session_id, result.outcome)
         await self._send(device_id, result)
 
-    async def _complete(self, completion: Completion, offer: ConfirmationRequest) -> OrderResult:
+    async def _complete(self, session: Session, completion: Completion) -> OrderResult | None:
+        """The checkout's answer; None when it gave none (the device's resend retries, same key)."""
         try:
             return await self.checkout.complete(completion)
         except CheckoutError as exc:
             return OrderResult(
-                session_id=offer.session_id,
-                checkout_id=offer.checkout_id,
+                session_id=completion.session_id,
+                checkout_id=completion.checkout_id,
                 outcome=Outcome(exc.outcome),
                 reason=f"{exc.code}: {exc.text}",
             )
+        except Exception as exc:
+            log.exception("session %s: the checkout did not answer", session.session_id)
+            session.on_complete_failed()
+            error = DeviceSdkError(
+                f"the checkout did not answer ({type(exc).__name__}); confirm again", ErrorCode.INTERNAL
+            )
+            self._refuse(session.device_id, error, ref=completion.checkout_id, session_id=session.session_id)
+            return None
 
     async def _cancel(self, session: Session, outcome: Outcome, reason: str) -> OrderResult:
         assert session.offer is not None
-        await self.checkout.cancel(session.offer.checkout_id, outcome, reason)
-        return OrderResult(
-            session_id=session.session_id, checkout_id=session.offer.checkout_id, outcome=outcome, reason=reason
-        )
+        with contextlib.suppress(Exception):  # an open checkout that we never complete orders nothing
+            await self.checkout.cancel(session.offer.checkout_id, outcome, reason)
+        return OrderResult(session_id=session.session_id, checkout_id=session.offer.checkout_id, outcome=outcome,
+                           reason=reason)  # fmt: skip
 
     def _end(self, session: Session, result: OrderResult) -> None:
         session.end(result)
-        self._ended_at[session.session_id] = time.monotonic()
+        self._ended_at[(session.device_id, session.session_id)] = time.monotonic()
 
     async def _expire(self, session: Session, reason: str) -> None:
         if session.state is not State.AWAITING_CONFIRMATION:
@@ -461,24 +548,27 @@ class Gateway:
         result = await self._cancel(session, Outcome.NOT_CONFIRMED, reason)
         self._end(session, result)
         log.info("session %s: not_confirmed (%s)", session.session_id, reason)
-        with contextlib.suppress(DeviceSdkError):
-            await self._send(session.device_id, result)
+        await self._send(session.device_id, result)
 
     async def _sweep(self, every: float = 0.5) -> None:
         while True:
             await asyncio.sleep(every)
             t, mono = now(), time.monotonic()
             gone = {d for d, since in self.offline_since.items() if mono - since > self.offline_grace}
-            for session in list(self.sessions.values()):
+            for key, session in list(self.sessions.items()):
                 if session.expired(t):
-                    self._in_session(session.session_id, self._expire(session, "the confirmation expired"))
+                    self._in_session(key, self._expire(session, "the confirmation expired"))
                 elif session.device_id in gone and session.state is State.AWAITING_CONFIRMATION:
-                    self._in_session(session.session_id, self._expire(session, "the device went offline"))
-            for session_id, ended in list(self._ended_at.items()):
+                    self._in_session(key, self._expire(session, "the device went offline"))
+                elif (session.idle_since(mono) or 0.0) > self.keep_ended:
+                    del self.sessions[key]
+            for key, ended in list(self._ended_at.items()):
                 if mono - ended > self.keep_ended:
-                    del self._ended_at[session_id]
-                    self.sessions.pop(session_id, None)
-                    self._locks.pop(session_id, None)
+                    del self._ended_at[key]
+                    self.sessions.pop(key, None)
+            for key, lock in list(self._locks.items()):
+                if key not in self.sessions and not lock.locked():
+                    del self._locks[key]
 
     # outbound ----------------------------------------------------------------------------
 

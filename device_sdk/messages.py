@@ -8,11 +8,22 @@ minor units (fen for CNY) everywhere. `decode` turns any payload into a model or
 from __future__ import annotations
 
 import time
+import unicodedata
 import uuid
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ErrorCode, ProtocolError
 
@@ -22,6 +33,19 @@ MAX_PAYLOAD = 64 * 1024
 
 Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Topic-safe identifier.")]
 Text = Annotated[str, Field(max_length=2000)]
+
+
+def _plain(value: str) -> str:
+    """Refuse control, format (bidi overrides), private-use and line/paragraph separator characters."""
+    for char in value:
+        if unicodedata.category(char) in _NOT_PLAIN or (char.isspace() and char != " "):
+            raise ValueError(f"character U+{ord(char):04X} is not allowed in a name")
+    return value
+
+
+_NOT_PLAIN = frozenset({"Cc", "Cf", "Co", "Cs", "Zl", "Zp"})
+Name = Annotated[str, Field(min_length=1, max_length=120), AfterValidator(_plain)]
+"""Text from the agent or a merchant that the SDK reads out: one line of plain printable text."""
 Minor = Annotated[int, Field(ge=0, le=10**12, description="Integer minor units (fen for CNY).")]
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
@@ -73,11 +97,25 @@ class Outcome(StrEnum):
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", allow_inf_nan=False)
 
 
 class _Message(_Model):
     v: Literal[1] = Field(default=1, description="Protocol version.")
+
+    @field_validator("v", mode="before")
+    @classmethod
+    def _version_is_a_number(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("the protocol version is a number")
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _version_on_the_wire(cls, data: Any, info: ValidationInfo) -> Any:
+        if info.context and info.context.get("wire") and isinstance(data, dict) and "v" not in data:
+            raise ValueError("missing protocol version 'v'")
+        return data
 
     def encode(self) -> bytes:
         """The wire form: compact UTF-8 JSON."""
@@ -182,12 +220,12 @@ class AgentRequest(_Message):
 
 class Merchant(_Model):
     id: Id
-    name: Annotated[str, Field(min_length=1, max_length=120)]
+    name: Name
 
 
 class ProposalLine(_Model):
     sku: Id
-    name: Annotated[str, Field(min_length=1, max_length=200)]
+    name: Name
     qty: int = Field(ge=1, le=99)
     unit: Annotated[str, Field(max_length=32)] = "piece"
     unit_price_minor: Minor
@@ -232,7 +270,10 @@ class ConfirmationRequest(_Message):
     checkout_id: Id
     checkout_hash: Sha256Hex
     proposal: CheckoutProposal
-    readback: Text = Field(description="What the device says or shows, composed by the SDK, never by the agent.")
+    request_id: Id = Field(description="The device's agent.request that this offer answers.")
+    readback: Annotated[str, Field(max_length=16000)] = Field(
+        description="What the device says or shows, composed by the SDK, never by the agent."
+    )
     display_digest: Sha256Hex = Field(description="SHA-256 of the UTF-8 read-back text.")
     modalities: list[Modality] = Field(min_length=1)
     expires_at: float
@@ -328,14 +369,20 @@ def decode(payload: bytes | bytearray, max_size: int = MAX_PAYLOAD) -> Message:
     if len(payload) > max_size:
         raise ProtocolError(f"payload of {len(payload)} bytes exceeds {max_size}", ErrorCode.TOO_LARGE)
     try:
-        return _ADAPTER.validate_json(payload)
+        return _ADAPTER.validate_json(payload, context=_WIRE)
     except ValidationError as exc:
         raise _protocol_error(exc) from None
 
 
+_WIRE = {"wire": True}
+
+
 def _protocol_error(exc: ValidationError) -> ProtocolError:
-    errors = exc.errors(include_url=False, include_input=False)
+    errors = exc.errors(include_url=False)
     first = errors[0]
+    whole = first.get("input") if not first["loc"] else None
+    if isinstance(whole, dict) and "v" in whole and whole["v"] != PROTOCOL_VERSION:
+        return ProtocolError("unsupported protocol version (this side speaks v1)", ErrorCode.UNSUPPORTED_VERSION)
     kind = first["type"]
     where = ".".join(str(part) for part in first["loc"])
     if kind in ("json_invalid", "json_type"):

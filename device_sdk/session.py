@@ -2,11 +2,13 @@
 
 One session belongs to the device that opened it. It waits for a proposal, then for that
 device's confirmation of exactly that proposal, then ends with one `OrderResult`. Repeated
-messages get the same answer again; nothing moves a session backwards.
+messages get the same answer again. Nothing moves a session backwards, except a checkout
+that did not answer: then the session waits for the device's confirmation once more.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -44,6 +46,7 @@ class Session:
     offer: ConfirmationRequest | None = None
     result: OrderResult | None = None
     idempotency_key: str = field(default_factory=lambda: new_id("idem"))
+    touched: float = field(default_factory=time.monotonic)
 
     def check_owner(self, device_id: str) -> None:
         if device_id != self.device_id:
@@ -62,6 +65,7 @@ class Session:
             raise SessionError(f"session {self.session_id} has ended; open a new one", ErrorCode.SESSION_CLOSED)
         self.request_id = request_id
         self.state = State.AWAITING_PROPOSAL
+        self.touched = time.monotonic()
         return Step.ASK_AGENT
 
     def on_offer(self, request_id: str, issued: IssuedProposal, offer: ConfirmationRequest) -> bool:
@@ -74,6 +78,7 @@ class Session:
     def on_agent_failed(self, request_id: str) -> None:
         if request_id == self.request_id and self.state is State.AWAITING_PROPOSAL:
             self.state = State.IDLE
+            self.touched = time.monotonic()
 
     def on_confirmation(self, device_id: str, result: ConfirmationResult, now: float) -> Step:
         """The device answered; refuses anything but its own answer to the offer it was shown."""
@@ -97,6 +102,18 @@ class Session:
             return Step.CANCEL
         self.state = State.COMPLETING
         return Step.COMPLETE if result.decision is Decision.CONFIRM else Step.CANCEL
+
+    def on_complete_failed(self) -> None:
+        """The checkout gave no answer: wait for the device to send its confirmation again.
+
+        The retry completes with the same idempotency key, so it cannot order twice.
+        """
+        if self.state is State.COMPLETING:
+            self.state = State.AWAITING_CONFIRMATION
+
+    def idle_since(self, now: float) -> float | None:
+        """Seconds this session has been idle (no request in progress, none on offer), else None."""
+        return now - self.touched if self.state is State.IDLE else None
 
     def expired(self, now: float) -> bool:
         return self.state is State.AWAITING_CONFIRMATION and self.offer is not None and now > self.offer.expires_at

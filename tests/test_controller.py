@@ -39,13 +39,13 @@ async def test_two_gateways_serve_a_device_one_at_a_time(mosquitto: MosquittoSer
             await health(device, alive=True)
             async with ShopBackend(url, gateway_id="gw-second") as second:
                 offer = await device.ask("buy two bottles of shampoo")
-                served = [g for g in (first.gateway, second.gateway) if offer.session_id in g.sessions]
+                served = [g for g in (first.gateway, second.gateway) if ("speaker-1", offer.session_id) in g.sessions]
                 assert [g.gateway_id for g in served] == ["gw-first"]
                 assert second.gateway.claims["speaker-1"] == "gw-first"
                 await first.__aexit__(None, None, None)
                 # the first gateway is gone (offline status); the second takes the device over
                 offer = await device.ask("buy two bottles of shampoo")
-                assert offer.session_id in second.gateway.sessions
+                assert ("speaker-1", offer.session_id) in second.gateway.sessions
                 result = await device.answer(offer, Decision.CONFIRM)
                 assert result.outcome is Outcome.ORDERED
                 assert device.controller_id == "gw-second"

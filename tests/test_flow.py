@@ -76,14 +76,17 @@ async def test_another_device_can_neither_confirm_nor_cancel(broker: Restartable
         for decision in (Decision.CONFIRM, Decision.DECLINE):
             with pytest.raises(RemoteError) as caught:
                 await intruder.answer(offer, decision, timeout=5)
-            assert caught.value.code == ErrorCode.SESSION_NOT_OWNED
+            assert caught.value.code == ErrorCode.UNKNOWN_CHECKOUT
+        # the same session id on another device is another session: it cannot touch the first one
+        own = await intruder.ask("buy a yoga mat", session_id=offer.session_id)
+        assert own.request.checkout_id != offer.request.checkout_id
         with pytest.raises(RemoteError) as caught:
-            await intruder.ask("buy a yoga mat", session_id=offer.session_id)
-        assert caught.value.code == ErrorCode.SESSION_NOT_OWNED
+            await intruder.answer(offer, Decision.CONFIRM, timeout=5)
+        assert caught.value.code == ErrorCode.STALE_CHECKOUT
         assert backend.checkout.orders == []
         result = await owner.answer(offer, Decision.CONFIRM)
     assert result.outcome is Outcome.ORDERED
-    assert len(backend.checkout.orders) == 1
+    assert [o.checkout_id for o in backend.checkout.orders] == [offer.request.checkout_id]
 
 
 async def test_confirming_one_proposal_twice_places_one_order(broker: Restartable, backend: ShopBackend) -> None:
@@ -123,24 +126,26 @@ async def test_agent_errors_reach_the_device_with_their_code(broker: Restartable
 
 BAD = [
     ("device/speaker-9/up", b"not json", ErrorCode.BAD_JSON),
-    ("device/speaker-9/up", b'{"type": "checkout.proposal"}', ErrorCode.BAD_MESSAGE),
-    ("device/speaker-9/up", b'{"type": "ping"}', ErrorCode.BAD_MESSAGE),
-    ("device/speaker-9/up", b'{"type": "order.result", "session_id": "s", "outcome": "declined"}',
+    ("device/speaker-9/up", b'{"v": 1, "type": "checkout.proposal"}', ErrorCode.BAD_MESSAGE),
+    ("device/speaker-9/up", b'{"v": 1, "type": "ping"}', ErrorCode.BAD_MESSAGE),
+    ("device/speaker-9/up", b'{"v": 1, "type": "order.result", "session_id": "s", "outcome": "declined"}',
      ErrorCode.UNEXPECTED_MESSAGE),
-    ("device/speaker-9/up", b'{"type": "agent.request", "request_id": "r", "device_id": "speaker-1", '
+    ("device/speaker-9/up", b'{"v": 1, "type": "agent.request", "request_id": "r", "device_id": "speaker-1", '
      b'"session_id": "s", "text": "buy milk"}', ErrorCode.WRONG_TOPIC),
-    ("device/speaker-9/up", b'{"type": "ping", "seq": 1, "v": 7}', ErrorCode.UNSUPPORTED_VERSION),
+    ("device/speaker-9/up", b'{"v": 1, "type": "ping", "seq": 1, "v": 7}', ErrorCode.UNSUPPORTED_VERSION),
     ("device/speaker-9/up", b"{" + b" " * 100_000 + b"}", ErrorCode.TOO_LARGE),
     ("device/speaker-9/status", b"[]", ErrorCode.BAD_MESSAGE),
-    ("device/speaker-9/status", b'{"type": "ping", "seq": 1}', ErrorCode.BAD_MESSAGE),
+    ("device/speaker-9/status", b'{"v": 1, "type": "ping", "seq": 1}', ErrorCode.UNEXPECTED_MESSAGE),
+    ("device/speaker-9/status", b'{"v": 1, "type": "device.status", "device_id": "speaker-1", "online": true}',
+     ErrorCode.WRONG_TOPIC),
 ]  # fmt: skip
 BAD_ELSEWHERE = [
     ("device/speaker-9/controller", b"\x00\x01", ErrorCode.BAD_JSON),
-    ("gateway/gw-x/status", b'{"type": "gateway.status"}', ErrorCode.BAD_MESSAGE),
+    ("gateway/gw-x/status", b'{"v": 1, "type": "gateway.status"}', ErrorCode.BAD_MESSAGE),
     ("agent/request", b"{bad", ErrorCode.BAD_JSON),
-    ("agent/request", b'{"type": "ping", "seq": 1}', ErrorCode.UNEXPECTED_MESSAGE),
+    ("agent/request", b'{"v": 1, "type": "ping", "seq": 1}', ErrorCode.UNEXPECTED_MESSAGE),
     ("agent/reply/GATEWAY", b"\xff", ErrorCode.BAD_JSON),
-    ("device/bad+id/up", b'{"type": "ping", "seq": 1}', ErrorCode.BAD_MESSAGE),
+    ("device/bad+id/up", b'{"v": 1, "type": "ping", "seq": 1}', ErrorCode.BAD_MESSAGE),
 ]
 
 
@@ -215,9 +220,9 @@ async def answer_raw(speaker: DeviceClient, offer: Offer, decision: Decision) ->
     async with MqttBus(speaker.url, "second-tap") as bus:
         replies = await bus.subscribe(T.device_down(speaker.device_id))
         payload = {
-            "type": "confirmation.result", "session_id": offer.session_id, "checkout_id": offer.request.checkout_id,
-            "checkout_hash": offer.request.checkout_hash, "decision": decision, "modality": Modality.LENS_TAP,
-            "display_digest": offer.request.display_digest,
+            "v": 1, "type": "confirmation.result", "session_id": offer.session_id,
+            "checkout_id": offer.request.checkout_id, "checkout_hash": offer.request.checkout_hash,
+            "decision": decision, "modality": Modality.LENS_TAP, "display_digest": offer.request.display_digest,
         }  # fmt: skip
         await bus.publish(T.device_up(speaker.device_id), json.dumps(payload).encode())
         while True:

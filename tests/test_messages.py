@@ -58,11 +58,11 @@ def test_round_trip_keeps_every_field() -> None:
         (b"[1, 2]", ErrorCode.BAD_MESSAGE),
         (b'"ping"', ErrorCode.BAD_MESSAGE),
         (b"{}", ErrorCode.BAD_MESSAGE),
-        (b'{"type": "launch.rocket"}', ErrorCode.UNKNOWN_TYPE),
-        (b'{"type": "ping"}', ErrorCode.BAD_MESSAGE),
-        (b'{"type": "ping", "seq": "one"}', ErrorCode.BAD_MESSAGE),
-        (b'{"type": "ping", "seq": 1, "v": 2}', ErrorCode.UNSUPPORTED_VERSION),
-        (b'{"type": "agent.request", "request_id": "r", "device_id": "a/b", "session_id": "s", "text": "x"}',
+        (b'{"v": 1, "type": "launch.rocket"}', ErrorCode.UNKNOWN_TYPE),
+        (b'{"v": 1, "type": "ping"}', ErrorCode.BAD_MESSAGE),
+        (b'{"v": 1, "type": "ping", "seq": "one"}', ErrorCode.BAD_MESSAGE),
+        (b'{"v": 1, "type": "ping", "seq": 1, "v": 2}', ErrorCode.UNSUPPORTED_VERSION),
+        (b'{"v": 1, "type": "agent.request", "request_id": "r", "device_id": "a/b", "session_id": "s", "text": "x"}',
          ErrorCode.BAD_MESSAGE),
         (b" " * (MAX_PAYLOAD + 1), ErrorCode.TOO_LARGE),
     ],
@@ -90,7 +90,7 @@ def test_order_id_exactly_when_ordered() -> None:
 
 
 def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
-    assert decode(b'{"type": "ping", "seq": 3, "added_in_v1_1": true}') == Ping(seq=3)
+    assert decode(b'{"v": 1, "type": "ping", "seq": 3, "added_in_v1_1": true}') == Ping(seq=3)
 
 
 def test_every_type_has_a_schema_and_the_cli_writes_them(tmp_path: Path) -> None:

@@ -26,8 +26,8 @@ def offered() -> tuple[Session, ConfirmationRequest]:
     issued = IssuedProposal(p, p.encode())
     text = compose_readback(p)
     offer = ConfirmationRequest(
-        session_id="ses_1", checkout_id=p.checkout_id, checkout_hash=issued.checkout_hash, proposal=p,
-        readback=text, display_digest=display_digest(text), modalities=[Modality.VOICE], expires_at=100.0,
+        session_id="ses_1", request_id="req_1", checkout_id=p.checkout_id, checkout_hash=issued.checkout_hash,
+        proposal=p, readback=text, display_digest=display_digest(text), modalities=[Modality.VOICE], expires_at=100.0,
     )  # fmt: skip
     assert session.on_offer("req_1", issued, offer)
     return session, offer

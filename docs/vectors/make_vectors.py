@@ -1,0 +1,168 @@
+"""Writes the protocol test vectors in this folder: `.venv/bin/python docs/vectors/make_vectors.py`.
+
+Run it only when the protocol changes on purpose (and bump the version if old receivers would
+misread the new bytes); tests/test_vectors.py checks the SDK against the files it writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+
+from device_sdk.audio import AudioChunk
+from device_sdk.messages import (
+    AgentRequest,
+    AudioFormat,
+    AudioStart,
+    AudioStop,
+    Capability,
+    CheckoutProposal,
+    ConfirmationRequest,
+    ConfirmationResult,
+    ControllerClaim,
+    Decision,
+    DeviceKind,
+    DeviceStatus,
+    Error,
+    ErrorCode,
+    GatewayStatus,
+    Merchant,
+    Modality,
+    OrderResult,
+    Outcome,
+    Ping,
+    Pong,
+    ProposalLine,
+    Transcript,
+)
+from device_sdk.readback import compose_readback, display_digest
+
+OUT = Path(__file__).parent
+
+
+def main() -> None:
+    homegoods, fresh = Merchant(id="m-homegoods", name="HomeGoods Direct"), Merchant(id="m-fresh", name="FreshMart")
+    marketplace = Merchant(id="m-marketplace", name="Shop Agent Marketplace")
+    proposal = CheckoutProposal(
+        checkout_id="co_0001", request_id="ar_0001", device_id="speaker-1", session_id="ses_0001",
+        merchant=marketplace, currency="CNY", total_minor=3830, created_at=1764100000.0,
+        lines=[
+            ProposalLine(sku="bat-aa-4", name="AA batteries, pack of 4", qty=2, unit="pack", unit_price_minor=1290,
+                         line_total_minor=2580, seller=homegoods),
+            ProposalLine(sku="milk-1l", name="Whole milk, 1 litre", qty=1, unit="bottle", unit_price_minor=1250,
+                         line_total_minor=1250, seller=fresh),
+        ],
+    )  # fmt: skip
+    raw = proposal.encode()
+    checkout_hash = hashlib.sha256(raw).hexdigest()
+    readback = compose_readback(proposal)
+    digest = display_digest(readback)
+    status = DeviceStatus(device_id="speaker-1", online=True, kind=DeviceKind.SPEAKER,
+                          capabilities=[Capability.MIC, Capability.AUDIO_OUT], firmware="1.4.2")  # fmt: skip
+    messages = {
+        "device.status": status,
+        "device.status.will": status.model_copy(update={"online": False}),
+        "gateway.status": GatewayStatus(gateway_id="gw-1", online=True),
+        "controller.claim": ControllerClaim(device_id="speaker-1", controller_id="gw-1", claimed_at=1764099990.5),
+        "ping": Ping(seq=41),
+        "pong": Pong(seq=41, controller_id="gw-1"),
+        "transcript": Transcript(session_id="ses_0001", text="buy two packs of", final=False, confidence=0.62),
+        "audio.start": AudioStart(session_id="ses_0001", stream=1, format=AudioFormat()),
+        "audio.stop": AudioStop(session_id="ses_0001", stream=1, samples=32000),
+        "agent.request": AgentRequest(
+            request_id="req_0001",
+            device_id="speaker-1",
+            session_id="ses_0001",
+            locale="en-US",
+            text="buy two packs of AA batteries and a bottle of milk",
+            reply_to="shop/v1/agent/reply/gw-1",
+        ),
+        "checkout.proposal": proposal,
+        "confirmation.request": ConfirmationRequest(
+            session_id="ses_0001",
+            request_id="req_0001",
+            checkout_id="co_0001",
+            checkout_hash=checkout_hash,
+            proposal=proposal,
+            readback=readback,
+            display_digest=digest,
+            modalities=[Modality.VOICE, Modality.TEXT],
+            expires_at=1764100120.0,
+        ),
+        "confirmation.result": ConfirmationResult(
+            session_id="ses_0001",
+            checkout_id="co_0001",
+            checkout_hash=checkout_hash,
+            decision=Decision.CONFIRM,
+            modality=Modality.VOICE,
+            display_digest=digest,
+            heard="yes confirm",
+        ),
+        "order.result": OrderResult(
+            session_id="ses_0001",
+            checkout_id="co_0001",
+            outcome=Outcome.ORDERED,
+            order_id="ord_0001",
+            total_minor=3830,
+            currency="CNY",
+        ),
+        "error": Error(
+            code=ErrorCode.STALE_CHECKOUT,
+            text="checkout co_0002 is not the one on offer",
+            ref="co_0002",
+            session_id="ses_0001",
+        ),
+    }
+    manifest: dict[str, object] = {"valid": [], "invalid": []}
+    for name, message in messages.items():
+        data = message.encode()
+        (OUT / f"{name}.json").write_bytes(data)
+        manifest["valid"].append(  # type: ignore[attr-defined]
+            {"file": f"{name}.json", "type": message.type, "sha256": hashlib.sha256(data).hexdigest()}
+        )
+    manifest["checkout"] = {
+        "proposal_file": "checkout.proposal.json", "checkout_hash": checkout_hash, "readback": readback,
+        "display_digest": digest,
+    }  # fmt: skip
+    bidi = raw.replace(b'"name":"FreshMart"', b'"name":"Fresh\\u202eMart"')
+    invalid = [
+        ("not-json", b"buy milk", "bad_json"),
+        ("not-an-object", b"[1,2,3]", "bad_message"),
+        ("no-type", b'{"v":1,"seq":1}', "bad_message"),
+        ("no-version", b'{"type":"ping","seq":1}', "bad_message"),
+        ("unknown-type", b'{"v":1,"type":"launch.rocket"}', "unknown_type"),
+        ("missing-field", b'{"v":1,"type":"ping"}', "bad_message"),
+        ("future-version", b'{"v":2,"type":"ping","seq":1}', "unsupported_version"),
+        ("future-version-unknown-type", b'{"v":2,"type":"hello.v2"}', "unsupported_version"),
+        ("version-true", b'{"v":true,"type":"ping","seq":1}', "unsupported_version"),
+        ("nan", b'{"v":1,"type":"transcript","session_id":"s","text":"x","final":true,"confidence":NaN}',
+         "bad_message"),
+        ("device-id-escapes-topic",
+         b'{"v":1,"type":"agent.request","request_id":"r","device_id":"speaker-1/#","session_id":"s","text":"x"}',
+         "bad_message"),
+        ("wrong-line-total", raw.replace(b'"line_total_minor":2580', b'"line_total_minor":2581'), "bad_message"),
+        ("wrong-total", raw.replace(b'"total_minor":3830', b'"total_minor":3000'), "bad_message"),
+        ("bidi-override-in-name", bidi, "bad_message"),
+        ("order-id-without-order",
+         b'{"v":1,"type":"order.result","session_id":"s","outcome":"declined","order_id":"ord_1"}', "bad_message"),
+    ]  # fmt: skip
+    for old in OUT.glob("invalid-*.bin"):
+        old.unlink()
+    for name, data, code in invalid:
+        (OUT / f"invalid-{name}.bin").write_bytes(data)
+        manifest["invalid"].append({"file": f"invalid-{name}.bin", "code": code})  # type: ignore[attr-defined]
+    manifest["invalid"].append({"file": None, "size": 65537, "code": "too_large"})  # type: ignore[attr-defined]
+    samples = [0, 1000, -1000, 32767, -32768, 5, -5, 0]
+    chunk = AudioChunk(stream=1, seq=19, offset=30400, pcm=struct.pack("<8h", *samples), last=True).encode()
+    (OUT / "audio-chunk.bin").write_bytes(chunk)
+    manifest["audio_chunks"] = [
+        {"file": "audio-chunk.bin", "last": True, "stream": 1, "seq": 19, "offset": 30400, "samples": samples,
+         "hex": chunk.hex()},
+    ]  # fmt: skip
+    (OUT / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
