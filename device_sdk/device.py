@@ -116,11 +116,15 @@ class DeviceClient:
             self.url, f"dev-{self.device_id}", will=(self.topics.device_status(self.device_id), offline)
         )
         await self._bus.connect()
-        inbox = await self._bus.subscribe(
-            self.topics.device_down(self.device_id), self.topics.device_controller(self.device_id)
-        )
-        self._bus.add_connect_hook(self._announce)
-        await self._announce()
+        try:
+            inbox = await self._bus.subscribe(
+                self.topics.device_down(self.device_id), self.topics.device_controller(self.device_id)
+            )
+            self._bus.add_connect_hook(self._announce)
+            await self._announce()
+        except BaseException:
+            await self._bus.close()
+            raise
         self._spawn(self._receive(inbox))
         if self.heartbeat > 0:
             self._spawn(self._heartbeat())

@@ -107,18 +107,22 @@ class Gateway:
         offline = GatewayStatus(gateway_id=self.gateway_id, online=False).encode()
         self._bus = MqttBus(self.url, self.gateway_id, will=(self.topics.gateway_status(self.gateway_id), offline))
         await self._bus.connect()
-        self._bus.add_connect_hook(self._announce)
-        self._agent = RemoteAgent(self._bus, self.gateway_id, topics=self.topics, timeout=self.agent_timeout)
-        await self._agent.start()
-        t = self.topics
-        inbox = await self._bus.subscribe(
-            t.all_gateways_status(),
-            t.all_devices("controller"),
-            t.all_devices("status"),
-            t.all_devices("up"),
-            t.all_devices("audio"),
-        )
-        await self._announce()
+        try:
+            self._bus.add_connect_hook(self._announce)
+            self._agent = RemoteAgent(self._bus, self.gateway_id, topics=self.topics, timeout=self.agent_timeout)
+            await self._agent.start()
+            t = self.topics
+            inbox = await self._bus.subscribe(
+                t.all_gateways_status(),
+                t.all_devices("controller"),
+                t.all_devices("status"),
+                t.all_devices("up"),
+                t.all_devices("audio"),
+            )
+            await self._announce()
+        except BaseException:
+            await self.stop()
+            raise
         self._spawn(self._dispatch(inbox))
         self._spawn(self._sweep())
         log.info("gateway %s serving on %s", self.gateway_id, self._bus.url)

@@ -164,6 +164,7 @@ class MqttBus:
         self._reconnect_task: asyncio.Task[None] | None = None
         self._gone: asyncio.Future[None] | None = None
         self._last_error: str | None = None
+        self._connecting = False
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
 
@@ -211,6 +212,7 @@ class MqttBus:
             async with asyncio.timeout(self._connect_timeout):
                 await self._connect_with_backoff()
         except TimeoutError:
+            await self.close()  # a connect still under way must not come alive later
             why = f" (last error: {self._last_error})" if self._last_error else ""
             raise BusError(
                 f"cannot reach the MQTT broker at {self.url} within {self._connect_timeout} s{why}"
@@ -235,9 +237,10 @@ class MqttBus:
                     await self._gone
         with contextlib.suppress(Exception):
             sock = self._client.socket()
-            if sock is not None:
+            if sock is not None and sock.fileno() >= 0:
                 self._loop.remove_reader(sock.fileno())
                 self._loop.remove_writer(sock.fileno())
+                sock.close()
         for sub in self._subs:
             sub._put(None)
         self._subs.clear()
@@ -314,19 +317,30 @@ class MqttBus:
     # connection management ---------------------------------------------------------------
 
     async def _connect_with_backoff(self) -> None:
+        """Connect until connected. While this runs, a dropped attempt is retried here, not by a second loop."""
         delay = self._backoff[0]
-        while True:
-            self._connack = self._loop.create_future()
-            try:
-                await self._loop.run_in_executor(None, self._blocking_connect)
-                async with asyncio.timeout(max(self._keepalive, 5)):
-                    await self._connack
-                return
-            except (OSError, BusError, TimeoutError, ssl.SSLError) as exc:
-                self._last_error = str(exc) or type(exc).__name__
-                log.debug("connect to %s failed: %s; retry in %.2f s", self.url, exc, delay)
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, self._backoff[1])
+        self._connecting = True
+        try:
+            while not self._closing:
+                if await self._attempt():
+                    return
+                await asyncio.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, self._backoff[1])
+        finally:
+            self._connecting = False
+        raise BusError("the bus is closed")
+
+    async def _attempt(self) -> bool:
+        self._connack = self._loop.create_future()
+        try:
+            await self._loop.run_in_executor(None, self._blocking_connect)
+            async with asyncio.timeout(max(self._keepalive, 5)):
+                await self._connack
+            return self._connected.is_set()  # not if it dropped again right after CONNACK
+        except (OSError, BusError, TimeoutError, ssl.SSLError) as exc:
+            self._last_error = str(exc) or type(exc).__name__
+            log.debug("connect to %s failed: %s", self.url, exc)
+            return False
 
     def _blocking_connect(self) -> None:
         self._client.connect(self.url.host, self.url.port, keepalive=self._keepalive)
@@ -335,11 +349,14 @@ class MqttBus:
         await self._connect_with_backoff()
         self.reconnects += 1
         log.info("%s reconnected to %s (%d)", self.client_id, self.url, self.reconnects)
+        self._spawn(self._run_hooks())  # apart, so a drop during a hook starts a new reconnect
+
+    async def _run_hooks(self) -> None:
         for hook in list(self._hooks):
             try:
                 await hook()
-            except Exception:
-                log.exception("connect hook failed")
+            except Exception as exc:
+                log.warning("%s: connect hook %s failed: %s", self.client_id, getattr(hook, "__name__", hook), exc)
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -356,6 +373,9 @@ class MqttBus:
     # paho callbacks (all on the event loop thread, except socket open from the executor) --
 
     def _on_connect(self, client: paho.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
+        if self._closing:  # a connect that finished after close(): leave at once
+            client.disconnect()
+            return
         if rc.is_failure:
             if self._connack and not self._connack.done():
                 self._connack.set_exception(BusError(f"broker refused the connection: {rc}"))
@@ -376,7 +396,7 @@ class MqttBus:
         log.info("%s lost the broker at %s: %s", self.client_id, self.url, rc)
         if self._connack and not self._connack.done():
             self._connack.set_exception(BusError(f"disconnected while connecting: {rc}"))
-        if self._reconnect_task is None or self._reconnect_task.done():
+        if not self._connecting and (self._reconnect_task is None or self._reconnect_task.done()):
             self._reconnect_task = self._spawn(self._reconnect())
 
     def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
@@ -409,7 +429,7 @@ class MqttBus:
         self._call(self._loop.add_reader, sock.fileno(), readable)
 
     def _on_socket_close(self, _c: paho.Client, _u: Any, sock: Any) -> None:
-        fileno = sock.fileno()
+        fileno = sock.fileno()  # -1 once closed
         if fileno >= 0:
             self._call(self._loop.remove_reader, fileno)
             self._call(self._loop.remove_writer, fileno)
@@ -424,7 +444,8 @@ class MqttBus:
         self._call(self._loop.add_writer, sock.fileno(), writable)
 
     def _on_unregister_write(self, _c: paho.Client, _u: Any, sock: Any) -> None:
-        self._call(self._loop.remove_writer, sock.fileno())
+        if sock.fileno() >= 0:
+            self._call(self._loop.remove_writer, sock.fileno())
 
     def _call(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run `fn` now on the loop thread, or schedule it there from the connect thread."""

@@ -10,7 +10,16 @@ import hashlib
 
 from .messages import CheckoutProposal, ProposalLine
 
-_EXPONENT = {"JPY": 0, "KRW": 0, "VND": 0, "KWD": 3, "BHD": 3}
+# ISO 4217 minor-unit exponents that are not 2 (every other current currency has 2).
+_EXPONENT = {
+    **dict.fromkeys(
+        ["BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW", "PYG", "RWF", "UGX", "UYI", "VND", "VUV", "XAF",
+         "XOF", "XPF"],
+        0,
+    ),
+    **dict.fromkeys(["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"], 3),
+    **dict.fromkeys(["CLF", "UYW"], 4),
+}  # fmt: skip
 _PLURAL = {"box": "boxes", "bunch": "bunches", "case": "cases", "piece": "pieces", "pair": "pairs"}
 
 

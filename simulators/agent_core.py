@@ -6,13 +6,12 @@ It stands in for the real shopping agent; the SDK reaches it only through the bu
 
 from __future__ import annotations
 
-from device_sdk.messages import AgentRequest, CheckoutProposal, Merchant, ProposalLine, new_id, now
+from device_sdk.messages import AgentRequest, CheckoutProposal, ProposalLine, new_id, now
 
-from .catalog import Catalog, demo_catalog
+from .catalog import MARKETPLACE, Catalog, demo_catalog
 from .command_parser import CommandParser
 
-MARKETPLACE = Merchant(id="m-marketplace", name="Shop Agent Marketplace")
-"""Merchant of record when one cart holds items from several sellers."""
+__all__ = ["MARKETPLACE", "CatalogAgent"]
 
 
 class CatalogAgent:
@@ -35,13 +34,12 @@ class CatalogAgent:
             )
             for parsed in self.parser.parse(request.text)
         ]
-        sellers = {line.seller for line in lines}
         return CheckoutProposal(
             checkout_id=new_id("co"),
             request_id=request.request_id,
             device_id=request.device_id,
             session_id=request.session_id,
-            merchant=next(iter(sellers)) if len(sellers) == 1 else MARKETPLACE,
+            merchant=self.catalog.payee({line.seller.id for line in lines}),
             currency=self.catalog.currency,
             lines=lines,
             total_minor=sum(line.line_total_minor for line in lines),

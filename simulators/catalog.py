@@ -12,6 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from device_sdk.messages import Merchant
 
+MARKETPLACE = Merchant(id="m-marketplace", name="Shop Agent Marketplace")
+"""Merchant of record when one cart holds items from several sellers."""
+
 
 class Product(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -44,8 +47,12 @@ class Catalog(BaseModel):
     def merchant(self, merchant_id: str) -> Merchant:
         return next(m for m in self.merchants if m.id == merchant_id)
 
-    def product(self, sku: str) -> Product:
-        return next(p for p in self.products if p.sku == sku)
+    def product(self, sku: str) -> Product | None:
+        return next((p for p in self.products if p.sku == sku), None)
+
+    def payee(self, seller_ids: set[str]) -> Merchant:
+        """The merchant of record: the one seller, or the marketplace for several."""
+        return self.merchant(next(iter(seller_ids))) if len(seller_ids) == 1 else MARKETPLACE
 
 
 def load_catalog(path: str | Path | None = None) -> Catalog:

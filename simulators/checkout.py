@@ -2,8 +2,11 @@
 
 It re-checks on its own what the gateway checked (defence in depth): the device and session
 that own the proposal, the checkout hash, the display digest of the SDK's read-back, and the
-decision. The device-signed mandate and its fail-closed verifier replace the trust in the
-gateway's topic-derived device id in the consent issue, through the same `Completion`.
+decision. Given the merchant's catalog, it also refuses a proposal whose names, units, prices,
+sellers, currency or payee differ from the catalog, as a merchant re-prices an agent's cart:
+the read-back is composed from these fields, so they must be the merchant's, not the agent's.
+The device-signed mandate and its fail-closed verifier replace the trust in the gateway's
+topic-derived device id in the consent issue, through the same `Completion`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from device_sdk.checkout import Completion
 from device_sdk.errors import CheckoutError, ErrorCode
 from device_sdk.messages import CheckoutProposal, Decision, OrderResult, Outcome, decode, new_id
 from device_sdk.readback import compose_readback, display_digest
+
+from .catalog import Catalog
 
 
 @dataclass
@@ -31,6 +36,7 @@ class _Checkout:
 class CheckoutStandIn:
     """An in-memory merchant checkout; `orders` lists every order placed, in order."""
 
+    catalog: Catalog | None = None
     orders: list[OrderResult] = field(default_factory=list)
     _checkouts: dict[str, _Checkout] = field(default_factory=dict)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -42,6 +48,8 @@ class CheckoutStandIn:
             raise CheckoutError(f"malformed proposal: {exc}", ErrorCode.BAD_PROPOSAL) from None
         if not isinstance(proposal, CheckoutProposal) or proposal != issued.proposal:
             raise CheckoutError("the proposal does not match its bytes", ErrorCode.BAD_PROPOSAL)
+        if self.catalog is not None:
+            _check_against(self.catalog, proposal)
         async with self._lock:
             if proposal.checkout_id in self._checkouts:
                 raise CheckoutError(f"checkout {proposal.checkout_id} exists already", ErrorCode.BAD_PROPOSAL)
@@ -91,3 +99,17 @@ class CheckoutStandIn:
             checkout = self._checkouts.get(checkout_id)
             if checkout is not None and checkout.state == "open":
                 checkout.state = "closed"
+
+
+def _check_against(catalog: Catalog, proposal: CheckoutProposal) -> None:
+    if proposal.currency != catalog.currency:
+        raise CheckoutError(f"this merchant sells in {catalog.currency}", ErrorCode.BAD_PROPOSAL)
+    for line in proposal.lines:
+        product = catalog.product(line.sku)
+        if product is None:
+            raise CheckoutError(f"no product {line.sku}", ErrorCode.BAD_PROPOSAL)
+        listed = (product.name, product.unit, product.price_minor, catalog.merchant(product.merchant_id))
+        if (line.name, line.unit, line.unit_price_minor, line.seller) != listed:
+            raise CheckoutError(f"line {line.sku} differs from the catalog", ErrorCode.BAD_PROPOSAL)
+    if proposal.merchant != catalog.payee({line.seller.id for line in proposal.lines}):
+        raise CheckoutError("the payee is not the merchant of record", ErrorCode.BAD_PROPOSAL)

@@ -20,6 +20,7 @@ from device_sdk.timeline import Step, Timeline
 from device_sdk.topics import Topics
 
 from .agent_core import CatalogAgent
+from .catalog import demo_catalog
 from .checkout import CheckoutStandIn
 from .speaker import SimulatedSpeaker, SpeakerRun
 
@@ -85,7 +86,8 @@ class ShopBackend:
     ) -> None:
         self.url = url
         self.topics = topics or Topics()
-        self.checkout = CheckoutStandIn()
+        self.catalog = demo_catalog()
+        self.checkout = CheckoutStandIn(self.catalog)
         self.gateway = Gateway(
             url, self.checkout, topics=self.topics, gateway_id=gateway_id, confirm_timeout=confirm_timeout,
             agent_timeout=agent_timeout,
@@ -98,7 +100,7 @@ class ShopBackend:
         stack = await self._stack.__aenter__()
         try:
             agent_bus = await stack.enter_async_context(MqttBus(self.url, f"agent-{self.gateway.gateway_id}"))
-            self.worker = AgentWorker(agent_bus, CatalogAgent(), topics=self.topics, shared=self._shared)
+            self.worker = AgentWorker(agent_bus, CatalogAgent(self.catalog), topics=self.topics, shared=self._shared)
             await stack.enter_async_context(self.worker)
             await stack.enter_async_context(self.gateway)
         except BaseException:

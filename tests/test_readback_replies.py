@@ -32,7 +32,16 @@ def test_digest_is_sha256_of_the_exact_text() -> None:
 
 @pytest.mark.parametrize(
     ("minor", "currency", "text"),
-    [(2580, "CNY", "25.80 CNY"), (5, "CNY", "0.05 CNY"), (1500, "JPY", "1500 JPY"), (1234, "KWD", "1.234 KWD")],
+    [
+        (2580, "CNY", "25.80 CNY"),
+        (5, "CNY", "0.05 CNY"),
+        (1500, "JPY", "1500 JPY"),
+        (1234, "KWD", "1.234 KWD"),
+        (12000, "CLP", "12000 CLP"),
+        (1250, "OMR", "1.250 OMR"),
+        (990, "ISK", "990 ISK"),
+        (12345, "CLF", "1.2345 CLF"),
+    ],
 )
 def test_amounts(minor: int, currency: str, text: str) -> None:
     assert format_amount(minor, currency) == text
