@@ -3,7 +3,8 @@
 Quantities as words or digits ("a", "two", "twenty one", "3"), optional units ("two packs
 of ..."), product aliases (also the product name before its comma, singular or plural), and
 several items joined by "and", "plus", "and also" or commas. What is not understood is
-reported, never guessed.
+reported, never guessed: a unit that is not the product's ("three bottles of water" when water
+comes in cases of 24) is refused rather than read as three cases.
 """
 
 from __future__ import annotations
@@ -99,15 +100,21 @@ class CommandParser:
         """`[quantity] [unit [of]] alias`, trying the readings from most to least specific."""
         for qty, used in _quantities(words):
             rest = words[used:]
-            candidates = [rest]
+            candidates: list[tuple[str | None, list[str]]] = [(None, rest)]
             if len(rest) > 1 and stem(rest[0]) in _UNITS:
-                candidates.insert(0, rest[2:] if len(rest) > 2 and rest[1] == "of" else rest[1:])
-            for candidate in candidates:
+                unit_words = rest[2:] if len(rest) > 2 and rest[1] == "of" else rest[1:]
+                candidates.insert(0, (stem(rest[0]), unit_words))
+            for unit, candidate in candidates:
                 product = self._aliases.get(tuple(stem(w) for w in candidate))
-                if product is not None:
-                    if not 1 <= qty <= MAX_QTY:
-                        raise AgentError(f"quantity {qty} is out of range 1-{MAX_QTY}", ErrorCode.QUANTITY_OUT_OF_RANGE)
-                    return ParsedLine(product, qty)
+                if product is None:
+                    continue
+                if not 1 <= qty <= MAX_QTY:
+                    raise AgentError(f"quantity {qty} is out of range 1-{MAX_QTY}", ErrorCode.QUANTITY_OUT_OF_RANGE)
+                if unit is not None and unit != product.unit:
+                    raise AgentError(
+                        f"{product.name} is sold by the {product.unit}, not by the {unit}", ErrorCode.NOT_UNDERSTOOD
+                    )
+                return ParsedLine(product, qty)
         raise AgentError(f"no product matches {' '.join(words)!r}", ErrorCode.ITEM_NOT_FOUND)
 
 

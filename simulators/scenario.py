@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from device_sdk.agent import AgentWorker
+from device_sdk.agent import AgentCore, AgentWorker
 from device_sdk.device import DeviceClient
 from device_sdk.embedded_broker import EmbeddedBroker
 from device_sdk.gateway import Gateway
@@ -83,11 +83,14 @@ class ShopBackend:
         gateway_id: str | None = None,
         confirm_timeout: float = 120.0,
         agent_timeout: float = 15.0,
+        checkout: CheckoutStandIn | None = None,
+        agent: AgentCore | None = None,
     ) -> None:
         self.url = url
         self.topics = topics or Topics()
         self.catalog = demo_catalog()
-        self.checkout = CheckoutStandIn(self.catalog)
+        self.checkout = checkout or CheckoutStandIn(self.catalog)
+        self.agent = agent or CatalogAgent(self.catalog)
         self.gateway = Gateway(
             url, self.checkout, topics=self.topics, gateway_id=gateway_id, confirm_timeout=confirm_timeout,
             agent_timeout=agent_timeout,
@@ -100,7 +103,7 @@ class ShopBackend:
         stack = await self._stack.__aenter__()
         try:
             agent_bus = await stack.enter_async_context(MqttBus(self.url, f"agent-{self.gateway.gateway_id}"))
-            self.worker = AgentWorker(agent_bus, CatalogAgent(self.catalog), topics=self.topics, shared=self._shared)
+            self.worker = AgentWorker(agent_bus, self.agent, topics=self.topics, shared=self._shared)
             await stack.enter_async_context(self.worker)
             await stack.enter_async_context(self.gateway)
         except BaseException:

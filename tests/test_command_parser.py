@@ -32,7 +32,7 @@ def test_public_eval_commands(case: dict[str, object]) -> None:
     [
         ("buy two packs of AA batteries", [("bat-aa-4", 2)]),
         ("Buy 3 AAA batteries!", [("bat-aaa-4", 3)]),
-        ("order twenty one pairs of socks", [("socks-5", 21)]),
+        ("order twenty one packs of socks", [("socks-5", 21)]),
         ("get me a couple of bananas", [("bananas-1kg", 2)]),
         ("buy milk plus two bags of rice and also an umbrella",
          [("milk-1l", 1), ("rice-5kg", 2), ("umbrella-compact", 1)]),
@@ -55,6 +55,8 @@ def test_quantities_units_aliases_connectors(text: str, expected: list[tuple[str
         ("buy 100 socks", ErrorCode.QUANTITY_OUT_OF_RANGE),
         ("buy 0 socks", ErrorCode.QUANTITY_OUT_OF_RANGE),
         ("buy ninety socks and twenty socks", ErrorCode.QUANTITY_OUT_OF_RANGE),
+        ("buy three bottles of water", ErrorCode.NOT_UNDERSTOOD),
+        ("buy two boxes of milk", ErrorCode.NOT_UNDERSTOOD),
     ],
 )
 def test_what_is_not_understood_is_refused_not_guessed(text: str, code: ErrorCode) -> None:
