@@ -13,13 +13,13 @@ import hashlib
 import logging
 import secrets
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 
 from .errors import AgentError, DeviceSdkError, ErrorCode, ProtocolError, RequestTimeout
 from .messages import AgentRequest, CheckoutProposal, Error, decode
 from .mqtt import MqttBus, Received
 from .pending import Pending
+from .service import Service
 from .topics import DEFAULT_AGENT_GROUP, Topics
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ async def supports_shared_subscriptions(bus: MqttBus, topics: Topics, timeout: f
         await sub.close()
 
 
-class AgentWorker:
+class AgentWorker(Service):
     """Hosts an `AgentCore` on the bus: reads agent requests, answers with proposals or errors."""
 
     def __init__(
@@ -95,15 +95,6 @@ class AgentWorker:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def _serve(self, sub: Any) -> None:
         async for received in sub:

@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import logging
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from amqtt.broker import Broker
 
 from .errors import BusError
 from .mqtt import BrokerUrl
+from .service import Service
 
 # amqtt logs every connection and packet at INFO; the SDK's own logs are enough.
 for _name in ("amqtt", "transitions"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(Service):
     """An in-process MQTT 3.1.1 broker (amqtt) with anonymous access on 127.0.0.1.
 
     amqtt keeps retained messages and fires last wills, but does not implement shared
@@ -58,12 +58,3 @@ class EmbeddedBroker:
                 if server.instance is not None:
                     server.instance.close()
             await broker.shutdown()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()

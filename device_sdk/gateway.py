@@ -13,8 +13,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Coroutine
-from types import TracebackType
-from typing import Any, Self
+from typing import Any, TypeVar
 
 from .agent import IssuedProposal, RemoteAgent
 from .audio import AudioStream, decode_chunk
@@ -43,6 +42,7 @@ from .messages import (
 )
 from .mqtt import BrokerUrl, MqttBus, Received, Subscription
 from .readback import compose_readback, display_digest
+from .service import Service
 from .session import Session, State, Step
 from .topics import Topics, check_id
 
@@ -53,7 +53,7 @@ SessionKey = tuple[str, str]
 MAX_STREAMS = 256
 
 
-class Gateway:
+class Gateway(Service):
     """Routes device sessions to the agent core and through the confirmation gate to the checkout."""
 
     def __init__(
@@ -138,15 +138,6 @@ class Gateway:
                 status = GatewayStatus(gateway_id=self.gateway_id, online=False)
                 await self._bus.publish(self.topics.gateway_status(self.gateway_id), status.encode(), retain=True)
             await self._bus.close()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def _announce(self) -> None:
         """Publish this gateway's retained status, and again its claims (a restarted broker forgot them)."""
@@ -319,11 +310,7 @@ class Gateway:
 
     def _on_device_status(self, device_id: str, received: Received) -> None:
         try:
-            status = decode(received.payload)
-            if not isinstance(status, DeviceStatus):
-                raise ProtocolError("the status topic carries device.status", ErrorCode.UNEXPECTED_MESSAGE)
-            if status.device_id != device_id:
-                raise ProtocolError("the status names another device than its topic", ErrorCode.WRONG_TOPIC)
+            _decode_as(received.payload, DeviceStatus, device_id)
         except ProtocolError as exc:
             self._refuse(device_id, exc, ref="status")
             return
@@ -334,11 +321,7 @@ class Gateway:
             gateway_id = self.topics.gateway_of(received.topic)
             if not received.payload:
                 return
-            status = decode(received.payload)
-            if not isinstance(status, GatewayStatus):
-                raise ProtocolError("the gateway status topic carries gateway.status", ErrorCode.UNEXPECTED_MESSAGE)
-            if status.gateway_id != gateway_id:
-                raise ProtocolError("the status names another gateway than its topic", ErrorCode.WRONG_TOPIC)
+            status = _decode_as(received.payload, GatewayStatus, gateway_id)
         except ProtocolError as exc:
             self._refuse(None, exc, ref=received.topic)
             return
@@ -349,11 +332,7 @@ class Gateway:
             self.claims.pop(device_id, None)
             return
         try:
-            claim = decode(received.payload)
-            if not isinstance(claim, ControllerClaim):
-                raise ProtocolError("the controller topic carries controller.claim", ErrorCode.UNEXPECTED_MESSAGE)
-            if claim.device_id != device_id:
-                raise ProtocolError("the claim names another device than its topic", ErrorCode.WRONG_TOPIC)
+            claim = _decode_as(received.payload, ControllerClaim, device_id)
         except ProtocolError as exc:
             self._refuse(None, exc, ref=received.topic)
             return
@@ -584,3 +563,17 @@ class Gateway:
             await self.bus.publish(topic, payload, qos=qos)
         except DeviceSdkError as exc:
             log.warning("could not publish to %s: %s", topic, exc)
+
+
+M = TypeVar("M", DeviceStatus, GatewayStatus, ControllerClaim)
+
+
+def _decode_as(payload: bytes, kind: type[M], topic_id: str) -> M:
+    """A retained state message of `kind` that names the device or gateway of its own topic."""
+    message = decode(payload)
+    if not isinstance(message, kind):
+        raise ProtocolError(f"this topic carries {kind.model_fields['type'].default}", ErrorCode.UNEXPECTED_MESSAGE)
+    named = message.gateway_id if isinstance(message, GatewayStatus) else message.device_id
+    if named != topic_id:
+        raise ProtocolError(f"the message names {named}, its topic {topic_id}", ErrorCode.WRONG_TOPIC)
+    return message
