@@ -10,10 +10,10 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Self
 
 from .errors import BusError
 from .mqtt import BrokerUrl
+from .service import Service
 
 CONFIG = """\
 listener {port} 127.0.0.1
@@ -30,7 +30,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-class MosquittoServer:
+class MosquittoServer(Service):
     """Runs `mosquitto` as a child process; `restart()` kills it hard and starts it on the same port."""
 
     def __init__(self, binary: str | None = None, port: int | None = None) -> None:
@@ -76,12 +76,8 @@ class MosquittoServer:
         await self.stop()
         await self.start()
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await self.stop()
+        await super().__aexit__(exc_type, exc, tb)
         self._dir.cleanup()
