@@ -67,7 +67,7 @@ class Gateway(Service):
         confirm_timeout: float = 120.0,
         keep_ended: float = 600.0,
         offline_grace: float = 15.0,
-        claim_settle: float = 0.2,
+        claim_settle: float = 0.1,
     ) -> None:
         self.url = url
         self.checkout = checkout
