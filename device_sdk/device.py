@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
@@ -61,6 +61,21 @@ class Offer:
         return self.request.session_id
 
 
+@dataclass
+class _Waiter:
+    """One call waiting in a session: the message that answers it, or an error about its `ref`."""
+
+    answers: Callable[[Any], bool]
+    ref: str
+    reply: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    def take(self, message: Any) -> bool:
+        mine = self.answers(message) or (isinstance(message, Error) and message.ref == self.ref)
+        if mine and not self.reply.done():
+            self.reply.set_result(message)
+        return mine
+
+
 @dataclass(frozen=True)
 class HealthEvent:
     """The controller stopped answering heartbeats (alive=False), or answers again."""
@@ -96,7 +111,7 @@ class DeviceClient:
         self._status = DeviceStatus(
             device_id=device_id, online=True, kind=kind, capabilities=list(capabilities), firmware=firmware
         )
-        self._inboxes: dict[str, asyncio.Queue[Any]] = {}
+        self._waiters: dict[str, list[_Waiter]] = {}
         self._events: asyncio.Queue[Any] = asyncio.Queue(1000)
         self._last_pong: float = 0.0
         self._ping_seq = 0
@@ -224,8 +239,10 @@ class DeviceClient:
         self, session_id: str, payload: bytes, answers: Callable[[Any], bool], ref: str, timeout: float
     ) -> Any:
         """Publish `payload` on the up topic, resending it until the message that `answers` it, or an
-        error about `ref`; other messages of the session (late answers to earlier calls) are skipped."""
-        inbox = self._inboxes.setdefault(session_id, asyncio.Queue())
+        error about `ref`. Several calls may wait in one session; each gets only its own answer."""
+        waiter = _Waiter(answers, ref)
+        waiters = self._waiters.setdefault(session_id, [])
+        waiters.append(waiter)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
@@ -237,17 +254,17 @@ class DeviceClient:
                     await self.bus.publish(self.topics.device_up(self.device_id), payload, timeout=remaining)
                 try:
                     async with asyncio.timeout(min(self.resend_after, max(deadline - loop.time(), 0.01))):
-                        while True:
-                            reply = await inbox.get()
-                            if answers(reply):
-                                return reply
-                            if isinstance(reply, Error) and reply.ref == ref:
-                                raise RemoteError(reply.text, reply.code)
-                            self._event(reply)
+                        reply = await asyncio.shield(waiter.reply)
                 except TimeoutError:
                     log.debug("session %s: no reply yet, sending again", session_id)
+                    continue
+                if isinstance(reply, Error):
+                    raise RemoteError(reply.text, reply.code)
+                return reply
         finally:
-            self._inboxes.pop(session_id, None)
+            waiters.remove(waiter)
+            if not waiters:
+                self._waiters.pop(session_id, None)
 
     async def stream_audio(
         self,
@@ -316,11 +333,10 @@ class DeviceClient:
                 self._event(HealthEvent(True, message.controller_id))
             return
         session_id = getattr(message, "session_id", None)
-        inbox = self._inboxes.get(session_id) if session_id else None
-        if inbox is not None:
-            inbox.put_nowait(message)
-        else:
-            self._event(message)
+        for waiter in self._waiters.get(session_id, []) if session_id else []:
+            if waiter.take(message):
+                return
+        self._event(message)
 
     async def _heartbeat(self) -> None:
         loop = asyncio.get_running_loop()

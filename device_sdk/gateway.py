@@ -68,6 +68,7 @@ class Gateway(Service):
         keep_ended: float = 600.0,
         offline_grace: float = 15.0,
         claim_settle: float = 0.1,
+        checkout_timeout: float = 10.0,
     ) -> None:
         self.url = url
         self.checkout = checkout
@@ -79,6 +80,7 @@ class Gateway(Service):
         self.offline_grace = offline_grace
         self.offline_since: dict[str, float] = {}
         self.claim_settle = claim_settle
+        self.checkout_timeout = checkout_timeout
         self.sessions: dict[SessionKey, Session] = {}
         self.claims: dict[str, str] = {}
         self.gateways_online: dict[str, bool] = {}
@@ -87,6 +89,7 @@ class Gateway(Service):
         self._locks: dict[SessionKey, asyncio.Lock] = {}
         self._claiming: dict[str, list[Received]] = {}
         self._claim_echo: dict[str, asyncio.Event] = {}
+        self._sweeping: set[SessionKey] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._bus: MqttBus | None = None
         self._agent: RemoteAgent | None = None
@@ -190,6 +193,9 @@ class Gateway(Service):
             return
         if not received.payload and received.retain:
             return  # a cleared retained message
+        if device_id in self._claiming:
+            self._hold(device_id, leaf, received)
+            return
         if leaf == "status" and not self._status_wants_service(device_id, received):
             return
         if not self._serves(device_id, received):
@@ -338,6 +344,9 @@ class Gateway(Service):
             return
         if self.claims.get(device_id) == self.gateway_id and claim.controller_id != self.gateway_id:
             log.info("device %s is now served by %s", device_id, claim.controller_id)
+            for key, session in self.sessions.items():
+                if session.device_id == device_id and session.state is State.AWAITING_CONFIRMATION:
+                    self._sweep_task(key, self._expire(session, "another gateway took over the device"))
         self.claims[device_id] = claim.controller_id
         if claim.controller_id == self.gateway_id and device_id in self._claim_echo:
             self._claim_echo[device_id].set()
@@ -346,11 +355,6 @@ class Gateway(Service):
         """True when this gateway controls the device. If no live gateway does, claim it and hold
         its messages until the claims have settled: every gateway sees the claims in the broker's
         order, and the one delivered last wins."""
-        if device_id in self._claiming:
-            held = self._claiming[device_id]
-            if len(held) < 100:
-                held.append(received)
-            return False
         holder = self.claims.get(device_id)
         if holder == self.gateway_id:
             return True
@@ -359,6 +363,14 @@ class Gateway(Service):
         self._claiming[device_id] = [received]
         self._spawn(self._claim(device_id))
         return False
+
+    def _hold(self, device_id: str, leaf: str, received: Received) -> None:
+        """Keep a message of a device being claimed: up to 100 messages and, apart, 100 audio chunks
+        (10 s at 100 ms), so a burst of audio cannot push out a request."""
+        held = self._claiming[device_id]
+        audio = sum(r.topic.endswith("/audio") for r in held)
+        if (leaf == "audio" and audio < 100) or (leaf != "audio" and len(held) - audio < 100):
+            held.append(received)
 
     async def _claim(self, device_id: str) -> None:
         echo = self._claim_echo.setdefault(device_id, asyncio.Event())
@@ -369,6 +381,8 @@ class Gateway(Service):
                 async with asyncio.timeout(5.0):
                     await echo.wait()
             await asyncio.sleep(self.claim_settle)
+        except DeviceSdkError as exc:
+            log.warning("could not claim %s (%s); its next message tries again", device_id, exc)
         finally:
             held = self._claiming.pop(device_id, [])
             self._claim_echo.pop(device_id, None)
@@ -412,7 +426,7 @@ class Gateway(Service):
         if step is not Step.ASK_AGENT:
             return
         if superseded is not None:
-            await self.checkout.cancel(superseded.checkout_id, Outcome.NOT_CONFIRMED, "superseded by a new request")
+            await self._close_checkout(superseded.checkout_id, Outcome.NOT_CONFIRMED, "superseded by a new request")
         log.info("session %s: %s asks %r", request.session_id, device_id, request.text)
         issued: IssuedProposal | None = None
         try:
@@ -422,8 +436,7 @@ class Gateway(Service):
         except Exception as exc:
             session.on_agent_failed(request.request_id)
             if issued is not None:
-                with contextlib.suppress(Exception):
-                    await self.checkout.cancel(issued.proposal.checkout_id, Outcome.NOT_CONFIRMED, "not offered")
+                await self._close_checkout(issued.proposal.checkout_id, Outcome.NOT_CONFIRMED, "not offered")
             if isinstance(exc, DeviceSdkError):
                 refusal = exc
             else:
@@ -474,15 +487,7 @@ class Gateway(Service):
         offer = session.offer
         result: OrderResult | None
         if step is Step.COMPLETE:
-            completion = Completion(
-                checkout_id=offer.checkout_id,
-                checkout_hash=offer.checkout_hash,
-                device_id=device_id,
-                session_id=session.session_id,
-                confirmation=answer,
-                idempotency_key=session.idempotency_key,
-            )
-            result = await self._complete(session, completion)
+            result = await self._complete(session)
             if result is None:
                 return
         elif answer.decision is Decision.DECLINE and now() <= offer.expires_at:
@@ -494,30 +499,63 @@ class Gateway(Service):
         log.info("session %s: %s", session.session_id, result.outcome)
         await self._send(device_id, result)
 
-    async def _complete(self, session: Session, completion: Completion) -> OrderResult | None:
-        """The checkout's answer; None when it gave none (the device's resend retries, same key)."""
+    async def _complete(self, session: Session, attempts: int = 3) -> OrderResult | None:
+        """Complete with the session's confirmation, retrying a checkout that gives no answer under the
+        same idempotency key; None when it still gave none (the session waits for the next try)."""
+        assert session.offer is not None
+        assert session.confirmed is not None
+        completion = Completion(
+            checkout_id=session.offer.checkout_id,
+            checkout_hash=session.offer.checkout_hash,
+            device_id=session.device_id,
+            session_id=session.session_id,
+            confirmation=session.confirmed,
+            idempotency_key=session.idempotency_key,
+        )
+        for attempt in range(attempts):
+            try:
+                async with asyncio.timeout(self.checkout_timeout):
+                    return await self.checkout.complete(completion)
+            except CheckoutError as exc:
+                return OrderResult(
+                    session_id=completion.session_id,
+                    checkout_id=completion.checkout_id,
+                    outcome=Outcome(exc.outcome),
+                    reason=f"{exc.code}: {exc.text}",
+                )
+            except Exception as exc:
+                log.warning(
+                    "session %s: the checkout gave no answer (%r), try %d", session.session_id, exc, attempt + 1
+                )
+                if attempt + 1 < attempts:
+                    await asyncio.sleep(0.2 * 2**attempt)
+        session.on_complete_failed()
+        error = DeviceSdkError("the checkout gave no answer yet; the order is being retried", ErrorCode.INTERNAL)
+        self._refuse(session.device_id, error, ref=completion.checkout_id, session_id=session.session_id)
+        return None
+
+    async def _retry(self, session: Session) -> None:
+        """The sweeper's retry of a completion that got no answer."""
+        if not session.needs_retry(time.monotonic(), 0.0):
+            return
+        session.state = State.COMPLETING
+        result = await self._complete(session)
+        if result is not None:
+            self._end(session, result)
+            log.info("session %s: %s (after a retry)", session.session_id, result.outcome)
+            await self._send(session.device_id, result)
+
+    async def _close_checkout(self, checkout_id: str, outcome: Outcome, reason: str) -> None:
+        """Cancel; a checkout that fails to hear it keeps an open checkout that nothing will complete."""
         try:
-            return await self.checkout.complete(completion)
-        except CheckoutError as exc:
-            return OrderResult(
-                session_id=completion.session_id,
-                checkout_id=completion.checkout_id,
-                outcome=Outcome(exc.outcome),
-                reason=f"{exc.code}: {exc.text}",
-            )
+            async with asyncio.timeout(self.checkout_timeout):
+                await self.checkout.cancel(checkout_id, outcome, reason)
         except Exception as exc:
-            log.exception("session %s: the checkout did not answer", session.session_id)
-            session.on_complete_failed()
-            error = DeviceSdkError(
-                f"the checkout did not answer ({type(exc).__name__}); confirm again", ErrorCode.INTERNAL
-            )
-            self._refuse(session.device_id, error, ref=completion.checkout_id, session_id=session.session_id)
-            return None
+            log.warning("could not cancel checkout %s: %r", checkout_id, exc)
 
     async def _cancel(self, session: Session, outcome: Outcome, reason: str) -> OrderResult:
         assert session.offer is not None
-        with contextlib.suppress(Exception):  # an open checkout that we never complete orders nothing
-            await self.checkout.cancel(session.offer.checkout_id, outcome, reason)
+        await self._close_checkout(session.offer.checkout_id, outcome, reason)
         return OrderResult(session_id=session.session_id, checkout_id=session.offer.checkout_id, outcome=outcome,
                            reason=reason)  # fmt: skip
 
@@ -526,23 +564,41 @@ class Gateway(Service):
         self._ended_at[(session.device_id, session.session_id)] = time.monotonic()
 
     async def _expire(self, session: Session, reason: str) -> None:
-        if session.state is not State.AWAITING_CONFIRMATION:
-            return
+        if session.state is not State.AWAITING_CONFIRMATION or session.confirmed is not None:
+            return  # answered meanwhile, or a confirmation whose completion is being retried
         result = await self._cancel(session, Outcome.NOT_CONFIRMED, reason)
         self._end(session, result)
         log.info("session %s: not_confirmed (%s)", session.session_id, reason)
         await self._send(session.device_id, result)
 
-    async def _sweep(self, every: float = 0.5) -> None:
+    def _sweep_task(self, key: SessionKey, coro: Coroutine[Any, Any, None]) -> None:
+        """Queue one housekeeping task per session at a time."""
+        if key in self._sweeping:
+            coro.close()
+            return
+        self._sweeping.add(key)
+
+        async def run() -> None:
+            try:
+                await coro
+            finally:
+                self._sweeping.discard(key)
+
+        self._in_session(key, run())
+
+    async def _sweep(self, every: float = 0.5, retry_after: float = 2.0) -> None:
         while True:
             await asyncio.sleep(every)
             t, mono = now(), time.monotonic()
             gone = {d for d, since in self.offline_since.items() if mono - since > self.offline_grace}
             for key, session in list(self.sessions.items()):
                 if session.expired(t):
-                    self._in_session(key, self._expire(session, "the confirmation expired"))
+                    self._sweep_task(key, self._expire(session, "the confirmation expired"))
+                elif session.needs_retry(mono, retry_after):
+                    self._sweep_task(key, self._retry(session))
                 elif session.device_id in gone and session.state is State.AWAITING_CONFIRMATION:
-                    self._in_session(key, self._expire(session, "the device went offline"))
+                    if session.confirmed is None:
+                        self._sweep_task(key, self._expire(session, "the device went offline"))
                 elif (session.idle_since(mono) or 0.0) > self.keep_ended:
                     del self.sessions[key]
             for key, ended in list(self._ended_at.items()):
@@ -552,6 +608,9 @@ class Gateway(Service):
             for key, lock in list(self._locks.items()):
                 if key not in self.sessions and not lock.locked():
                     del self._locks[key]
+            for device_id in list(self._quiet_streams):
+                if self.claims.get(device_id) != self.gateway_id:
+                    del self._quiet_streams[device_id]
 
     # outbound ----------------------------------------------------------------------------
 

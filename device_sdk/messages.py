@@ -106,8 +106,8 @@ class _Message(_Model):
     @field_validator("v", mode="before")
     @classmethod
     def _version_is_a_number(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError("the protocol version is a number")
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError("the protocol version is an integer")
         return value
 
     @model_validator(mode="before")
@@ -227,7 +227,7 @@ class ProposalLine(_Model):
     sku: Id
     name: Name
     qty: int = Field(ge=1, le=99)
-    unit: Annotated[str, Field(max_length=32)] = "piece"
+    unit: Annotated[str, Field(min_length=1, max_length=32), AfterValidator(_plain)] = "piece"
     unit_price_minor: Minor
     line_total_minor: Minor
     seller: Merchant

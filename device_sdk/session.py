@@ -45,6 +45,7 @@ class Session:
     issued: IssuedProposal | None = None
     offer: ConfirmationRequest | None = None
     result: OrderResult | None = None
+    confirmed: ConfirmationResult | None = None
     idempotency_key: str = field(default_factory=lambda: new_id("idem"))
     touched: float = field(default_factory=time.monotonic)
 
@@ -97,26 +98,42 @@ class Session:
             raise SessionError("the confirmation names another version of the cart", ErrorCode.HASH_MISMATCH)
         if result.display_digest != self.offer.display_digest:
             raise SessionError("what the device presented is not the SDK's read-back", ErrorCode.DISPLAY_MISMATCH)
-        if now > self.offer.expires_at:
-            self.state = State.COMPLETING
-            return Step.CANCEL
         self.state = State.COMPLETING
-        return Step.COMPLETE if result.decision is Decision.CONFIRM else Step.CANCEL
+        if self.confirmed is not None:
+            return Step.COMPLETE  # an earlier completion got no answer: finish that one, same key
+        if now > self.offer.expires_at or result.decision is not Decision.CONFIRM:
+            return Step.CANCEL
+        self.confirmed = result
+        return Step.COMPLETE
 
     def on_complete_failed(self) -> None:
-        """The checkout gave no answer: wait for the device to send its confirmation again.
-
-        The retry completes with the same idempotency key, so it cannot order twice.
-        """
+        """The checkout gave no answer. The order may exist, so the session never cancels now: the
+        next answer from the device, or the gateway's own retry, completes again with the first
+        confirmation and the same idempotency key, which cannot order twice."""
         if self.state is State.COMPLETING:
             self.state = State.AWAITING_CONFIRMATION
+            self.touched = time.monotonic()
+
+    def needs_retry(self, now_mono: float, after: float) -> bool:
+        """A completion got no answer `after` seconds ago or more and nothing has retried it since."""
+        return (
+            self.state is State.AWAITING_CONFIRMATION
+            and self.confirmed is not None
+            and now_mono - self.touched >= after
+        )
 
     def idle_since(self, now: float) -> float | None:
         """Seconds this session has been idle (no request in progress, none on offer), else None."""
         return now - self.touched if self.state is State.IDLE else None
 
     def expired(self, now: float) -> bool:
-        return self.state is State.AWAITING_CONFIRMATION and self.offer is not None and now > self.offer.expires_at
+        """Past the offer's expiry with no answer (a confirmation once sent never expires)."""
+        return (
+            self.state is State.AWAITING_CONFIRMATION
+            and self.confirmed is None
+            and self.offer is not None
+            and now > self.offer.expires_at
+        )
 
     def end(self, result: OrderResult) -> None:
         self.result, self.state = result, State.ENDED

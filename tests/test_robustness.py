@@ -71,9 +71,11 @@ async def test_a_long_cart_gets_its_whole_read_back(broker: Restartable) -> None
 
 
 class FlakyCheckout(CheckoutStandIn):
-    """Fails the first completion after placing the order: an answer lost on the way back."""
+    """Places the order but loses its first `failures` answers, as a payment service that hangs up."""
 
-    failures = 1
+    def __init__(self, failures: int) -> None:
+        super().__init__(demo_catalog())
+        self.failures = failures
 
     async def complete(self, completion: Completion) -> OrderResult:
         result = await super().complete(completion)
@@ -83,16 +85,38 @@ class FlakyCheckout(CheckoutStandIn):
         return result
 
 
-async def test_a_checkout_that_does_not_answer_is_retried_with_the_same_key(broker: Restartable) -> None:
-    checkout = FlakyCheckout(demo_catalog())
+async def test_a_lost_checkout_answer_is_retried_by_the_gateway(broker: Restartable) -> None:
+    checkout = FlakyCheckout(failures=1)
     async with ShopBackend(broker.url, checkout=checkout), DeviceClient(broker.url, "speaker-1") as device:
+        offer = await device.ask("buy a yoga mat")
+        result = await device.answer(offer, Decision.CONFIRM)
+    assert result.outcome is Outcome.ORDERED
+    assert [o.order_id for o in checkout.orders] == [result.order_id]
+
+
+async def test_an_unanswered_completion_never_expires_into_not_confirmed(broker: Restartable) -> None:
+    checkout = FlakyCheckout(failures=4)  # more than the gateway's three tries at once
+    async with (
+        ShopBackend(broker.url, checkout=checkout, confirm_timeout=0.5),
+        DeviceClient(broker.url, "speaker-1") as device,
+    ):
         offer = await device.ask("buy a yoga mat")
         with pytest.raises(RemoteError) as caught:
             await device.answer(offer, Decision.CONFIRM)
         assert caught.value.code == ErrorCode.INTERNAL
-        result = await device.answer(offer, Decision.CONFIRM)
-    assert result.outcome is Outcome.ORDERED
-    assert [o.order_id for o in checkout.orders] == [result.order_id]  # the retry found the first order
+        await asyncio.sleep(1.0)  # past the offer's expiry: it must not be cancelled now
+        later = await device.answer(offer, Decision.DECLINE, timeout=10)  # even a decline finishes the order
+    assert later.outcome is Outcome.ORDERED
+    assert [o.order_id for o in checkout.orders] == [later.order_id]
+
+
+async def test_two_calls_in_one_session_each_get_their_own_answer(broker: Restartable) -> None:
+    async with ShopBackend(broker.url), DeviceClient(broker.url, "speaker-1") as device:
+        first, second = await asyncio.gather(
+            device.ask("buy milk", session_id="ses_two"), device.ask("buy two milk", session_id="ses_two")
+        )
+    assert first.request.request_id != second.request.request_id
+    assert {first.request.proposal.lines[0].qty, second.request.proposal.lines[0].qty} == {1, 2}
 
 
 class LyingAgent(CatalogAgent):
