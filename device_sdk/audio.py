@@ -73,7 +73,7 @@ class AudioStream:
     """
 
     def __init__(
-        self, device_id: str, session_id: str, stream: int, fmt: AudioFormat, *, keep: bool = True, maxsize: int = 300
+        self, device_id: str, session_id: str, stream: int, fmt: AudioFormat, *, keep: bool = True, maxsize: int = 100
     ) -> None:
         self.device_id = device_id
         self.session_id = session_id

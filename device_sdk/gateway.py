@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 SessionKey = tuple[str, str]
 """(device_id, session_id): session ids are the device's own, so they are unique per device."""
-MAX_STREAMS = 256
+MAX_STREAMS = 64
 
 
 class Gateway(Service):
