@@ -16,11 +16,11 @@ look the same and a lost chunk (QoS 0) shows as a gap, not as a shift in time.
 
 from __future__ import annotations
 
-import asyncio
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from .bounded import DropOldest
 from .errors import ErrorCode, ProtocolError
 from .messages import AudioFormat
 
@@ -81,13 +81,17 @@ class AudioStream:
         self.format = fmt
         self.received_samples = 0
         self.lost_samples = 0
-        self.dropped = 0
         self.sent_samples: int | None = None
         self.ended = False
         self._keep = keep
         self._next_offset = 0
         self._next_seq = 0
-        self._queue: asyncio.Queue[AudioChunk | None] = asyncio.Queue(maxsize)
+        self._queue: DropOldest[AudioChunk] = DropOldest(maxsize)
+
+    @property
+    def dropped(self) -> int:
+        """Chunks the consumer was too slow to take."""
+        return self._queue.dropped
 
     def feed(self, chunk: AudioChunk) -> None:
         if self.ended:
@@ -99,7 +103,7 @@ class AudioStream:
         self._next_seq = chunk.seq + 1
         self.received_samples += chunk.samples(self.format.width)
         if self._keep:
-            self._put(chunk)
+            self._queue.put(chunk)
         if chunk.last:
             self.end()
 
@@ -109,20 +113,10 @@ class AudioStream:
             self.lost_samples += max(0, sent_samples - self._next_offset)
         if not self.ended:
             self.ended = True
-            self._put(None)
-
-    def _put(self, item: AudioChunk | None) -> None:
-        if self._queue.full():
-            self._queue.get_nowait()
-            self.dropped += 1
-        self._queue.put_nowait(item)
+            self._queue.close()
 
     def __aiter__(self) -> AsyncIterator[AudioChunk]:
         return self
 
     async def __anext__(self) -> AudioChunk:
-        item = await self._queue.get()
-        if item is None:
-            self._queue.put_nowait(None)
-            raise StopAsyncIteration
-        return item
+        return await self._queue.__anext__()

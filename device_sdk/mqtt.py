@@ -15,7 +15,6 @@ import ssl
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any, Self
 from urllib.parse import unquote, urlsplit
 
@@ -23,7 +22,9 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from .bounded import DropOldest
 from .errors import BusError, ErrorCode, RequestTimeout
+from .service import Service
 
 log = logging.getLogger(__name__)
 
@@ -80,33 +81,29 @@ class Subscription:
     def __init__(self, bus: MqttBus, filters: tuple[str, ...], qos: int, maxsize: int) -> None:
         self.filters = filters
         self.qos = qos
-        self.dropped = 0
         self._bus = bus
         self._match = [f.split("/", 2)[2] if f.startswith("$share/") else f for f in filters]
-        self._queue: asyncio.Queue[Received | None] = asyncio.Queue(maxsize)
+        self._queue: DropOldest[Received] = DropOldest(maxsize)
+
+    @property
+    def dropped(self) -> int:
+        return self._queue.dropped
 
     def matches(self, topic: str) -> bool:
         return any(paho.topic_matches_sub(f, topic) for f in self._match)
 
-    def _put(self, message: Received | None) -> None:
-        if self._queue.full():
-            self._queue.get_nowait()
-            self.dropped += 1
-            if self.dropped & (self.dropped - 1) == 0:  # 1, 2, 4, 8...: loud but not flooding
-                log.warning(
-                    "subscription %s is %d messages behind: dropped %d", self.filters, self._queue.maxsize, self.dropped
-                )
-        self._queue.put_nowait(message)
+    def _put(self, message: Received) -> None:
+        if self._queue.put(message) and self.dropped & (self.dropped - 1) == 0:  # 1, 2, 4...: loud, no flood
+            log.warning("subscription %s fell %d behind: dropped %d", self.filters, self._queue.maxsize, self.dropped)
+
+    def _end(self) -> None:
+        self._queue.close()
 
     def __aiter__(self) -> AsyncIterator[Received]:
         return self
 
     async def __anext__(self) -> Received:
-        message = await self._queue.get()
-        if message is None:
-            self._queue.put_nowait(None)
-            raise StopAsyncIteration
-        return message
+        return await self._queue.__anext__()
 
     async def get(self, timeout: float | None = None) -> Received:
         """The next message, or `RequestTimeout`."""
@@ -120,7 +117,7 @@ class Subscription:
 
     async def close(self) -> None:
         await self._bus._unsubscribe(self)
-        self._put(None)
+        self._end()
 
     async def __aenter__(self) -> Self:
         return self
@@ -129,7 +126,7 @@ class Subscription:
         await self.close()
 
 
-class MqttBus:
+class MqttBus(Service):
     """One MQTT client connection, kept up until the context exits.
 
     Use as `async with MqttBus(url, client_id) as bus:`. If the broker goes away the bus
@@ -193,13 +190,10 @@ class MqttBus:
 
     # lifecycle ---------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
         await self.connect()
-        return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def stop(self) -> None:
         await self.close()
 
     @property
@@ -242,7 +236,7 @@ class MqttBus:
                 self._loop.remove_writer(sock.fileno())
                 sock.close()
         for sub in self._subs:
-            sub._put(None)
+            sub._end()
         self._subs.clear()
         for fut in self._acks.values():
             if not fut.done():
