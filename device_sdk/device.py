@@ -14,10 +14,10 @@ import contextlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from .audio import MAX_CHUNK, AudioChunk
+from .bounded import DropOldest
 from .errors import BusError, DeviceSdkError, ErrorCode, ProtocolError, RemoteError, RequestTimeout
 from .messages import (
     AgentRequest,
@@ -41,6 +41,7 @@ from .messages import (
 )
 from .mqtt import BrokerUrl, MqttBus, Received, Subscription
 from .readback import compose_readback, display_digest
+from .service import Service
 from .topics import Topics, check_id
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class HealthEvent:
     controller_id: str | None
 
 
-class DeviceClient:
+class DeviceClient(Service):
     """One device on the bus. Use as `async with DeviceClient(url, "speaker-1") as device:`."""
 
     def __init__(
@@ -112,7 +113,7 @@ class DeviceClient:
             device_id=device_id, online=True, kind=kind, capabilities=list(capabilities), firmware=firmware
         )
         self._waiters: dict[str, list[_Waiter]] = {}
-        self._events: asyncio.Queue[Any] = asyncio.Queue(1000)
+        self._events: DropOldest[Any] = DropOldest(1000)
         self._last_pong: float = 0.0
         self._ping_seq = 0
         self._stream_tag = 0
@@ -125,7 +126,8 @@ class DeviceClient:
             raise BusError("the device is not connected")
         return self._bus
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
+        """Connect, publish the online status (retained, with the offline last will), start heartbeats."""
         offline = self._status.model_copy(update={"online": False}).encode()
         self._bus = MqttBus(
             self.url, f"dev-{self.device_id}", will=(self.topics.device_status(self.device_id), offline)
@@ -143,11 +145,9 @@ class DeviceClient:
         self._spawn(self._receive(inbox))
         if self.heartbeat > 0:
             self._spawn(self._heartbeat())
-        return self
 
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def stop(self) -> None:
+        """Say offline (a clean goodbye fires no will) and disconnect."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -295,18 +295,12 @@ class DeviceClient:
     # inbound and heartbeat ---------------------------------------------------------------
 
     def events(self) -> AsyncIterator[Any]:
-        """Messages that belong to no waiting call (errors, late results) and `HealthEvent`s."""
-
-        async def iterate() -> AsyncIterator[Any]:
-            while True:
-                yield await self._events.get()
-
-        return iterate()
+        """Messages that belong to no waiting call (errors, late results) and `HealthEvent`s;
+        the last 1,000 are kept for a slow reader."""
+        return self._events
 
     def _event(self, event: Any) -> None:
-        if self._events.full():
-            self._events.get_nowait()
-        self._events.put_nowait(event)
+        self._events.put(event)
 
     async def _receive(self, inbox: Subscription) -> None:
         async for received in inbox:
