@@ -139,7 +139,6 @@ async def run_demo(
         run = await SimulatedSpeaker(device, present).run(say, replies, timeout=timeout)
         await timeline_settle(timeline)
         return DemoResult(str(url), run, list(timeline.steps), len(backend.checkout.orders))
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def timeline_settle(timeline: Timeline, quiet: float = 0.05, limit: float = 1.0) -> None:
