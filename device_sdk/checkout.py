@@ -7,11 +7,12 @@ else on its own too (defence in depth) and never place two orders for one checko
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from .agent import IssuedProposal
-from .messages import ConfirmationResult, OrderResult, Outcome
+from .messages import ConfirmationResult, ConsentTerms, OrderResult, Outcome
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,8 @@ class Completion:
     """A request to turn a confirmed checkout into an order.
 
     `device_id` is the device whose own topic carried the confirmation (not a payload field);
-    `confirmation.mandate` carries the device-signed consent where the device signs one.
+    `confirmation.mandate` carries the device-signed consent mandate. The idempotency key is the
+    session's: every retry of one confirmation carries the same key.
     """
 
     checkout_id: str
@@ -27,12 +29,18 @@ class Completion:
     device_id: str
     session_id: str
     confirmation: ConfirmationResult
-    idempotency_key: str
+    idempotency_key: str = field(default_factory=lambda: new_idempotency_key())
+
+
+def new_idempotency_key() -> str:
+    """128 random bits."""
+    return f"idem_{secrets.token_hex(16)}"
 
 
 class CheckoutBackend(Protocol):
-    async def open(self, issued: IssuedProposal) -> None:
-        """Record a proposal as issued (its bytes and hash); refuse a malformed one with `CheckoutError`."""
+    async def open(self, issued: IssuedProposal) -> ConsentTerms:
+        """Record a proposal as issued (its bytes and hash) and return the terms its mandate must meet;
+        refuse a malformed or disallowed one with `CheckoutError` (its outcome says why)."""
 
     async def complete(self, completion: Completion) -> OrderResult:
         """Place the order once, or raise `CheckoutError` (with its outcome) and place nothing.

@@ -19,6 +19,8 @@ from typing import Any
 from .audio import MAX_CHUNK, AudioChunk
 from .bounded import DropOldest
 from .errors import BusError, DeviceSdkError, ErrorCode, ProtocolError, RemoteError, RequestTimeout
+from .keys import SigningKey
+from .mandate import mandate_for
 from .messages import (
     AgentRequest,
     AudioFormat,
@@ -86,7 +88,12 @@ class HealthEvent:
 
 
 class DeviceClient(Service):
-    """One device on the bus. Use as `async with DeviceClient(url, "speaker-1") as device:`."""
+    """One device on the bus. Use as `async with DeviceClient(url, "speaker-1", key=key) as device:`.
+
+    `key` is the device's Ed25519 signing key (registered with the checkout's verifier): with it,
+    every confirmation carries a consent mandate signed on the device; without it, none does, and
+    the checkout refuses to order.
+    """
 
     def __init__(
         self,
@@ -100,9 +107,11 @@ class DeviceClient(Service):
         heartbeat: float = 2.0,
         pong_timeout: float = 5.0,
         resend_after: float = 3.0,
+        key: SigningKey | None = None,
     ) -> None:
         self.url = url
         self.device_id = check_id(device_id, "device id")
+        self.key = key
         self.topics = topics or Topics()
         self.controller_id: str | None = None
         self.controller_alive = False
@@ -213,16 +222,20 @@ class DeviceClient(Service):
         """Send the user's decision on `offer`; return how the session ended.
 
         `presented` is the text the device actually gave the user (default: the read-back);
-        its digest goes with the answer, so a confirmation of anything else is refused.
+        its digest goes with the answer and into the mandate, so a confirmation of anything else
+        is refused. A confirmation is signed with the device's key unless `mandate` is given.
         """
         request = offer.request
+        digest = display_digest(presented if presented is not None else request.readback)
+        if decision is Decision.CONFIRM and mandate is None:
+            mandate = self.sign(offer, modality, presented=presented)
         result = ConfirmationResult(
             session_id=request.session_id,
             checkout_id=request.checkout_id,
             checkout_hash=request.checkout_hash,
             decision=decision,
             modality=modality,
-            display_digest=display_digest(presented if presented is not None else request.readback),
+            display_digest=digest,
             heard=heard,
             mandate=mandate,
         )
@@ -234,6 +247,14 @@ class DeviceClient(Service):
             timeout,
         )
         return reply
+
+    def sign(self, offer: Offer, modality: Modality, *, presented: str | None = None) -> str | None:
+        """The consent mandate for confirming `offer` by `modality` (None for a device with no key)."""
+        if self.key is None:
+            return None
+        request = offer.request
+        digest = display_digest(presented if presented is not None else request.readback)
+        return mandate_for(request, self.key, device_id=self.device_id, modality=modality, display_digest=digest)
 
     async def _exchange(
         self, session_id: str, payload: bytes, answers: Callable[[Any], bool], ref: str, timeout: float

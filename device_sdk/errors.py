@@ -36,6 +36,45 @@ class ErrorCode(StrEnum):
     DEVICE_OFFLINE = "device_offline"
     BUSY = "busy"
     INTERNAL = "internal"
+    # consent: the verifier's reason codes (outcome not_confirmed unless listed in OUTCOME_OF)
+    MANDATE_MISSING = "mandate_missing"
+    MANDATE_MALFORMED = "mandate_malformed"
+    BAD_SIGNATURE = "bad_signature"
+    UNKNOWN_KEY = "unknown_key"
+    KEY_REVOKED = "key_revoked"
+    WRONG_AUDIENCE = "wrong_audience"
+    NONCE_UNKNOWN = "nonce_unknown"
+    NONCE_USED = "nonce_used"
+    MANDATE_EXPIRED = "mandate_expired"
+    MANDATE_REPLAYED = "mandate_replayed"
+    AMOUNT_MISMATCH = "amount_mismatch"
+    PAYEE_MISMATCH = "payee_mismatch"
+    MODALITY_MISMATCH = "modality_mismatch"
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    # risk policy
+    STEP_UP_REQUIRED = "step_up_required"
+    DAILY_CAP = "daily_cap"
+    VELOCITY_LIMIT = "velocity_limit"
+    CATEGORY_BLOCKED = "category_blocked"
+    MERCHANT_NOT_ALLOWED = "merchant_not_allowed"
+    PAYMENT_CHANNEL_NOT_ALLOWED = "payment_channel_not_allowed"
+    # local state: keys, configuration, the database and the audit log
+    KEY_FILE = "key_file"
+    KEY_CONFLICT = "key_conflict"
+    BAD_CONFIG = "bad_config"
+    STORE_FAILED = "store_failed"
+    AUDIT_BROKEN = "audit_broken"
+
+
+OUTCOME_OF: dict[ErrorCode, str] = {
+    ErrorCode.STEP_UP_REQUIRED: "step_up_required",
+    ErrorCode.DAILY_CAP: "blocked",
+    ErrorCode.VELOCITY_LIMIT: "blocked",
+    ErrorCode.CATEGORY_BLOCKED: "blocked",
+    ErrorCode.MERCHANT_NOT_ALLOWED: "blocked",
+    ErrorCode.PAYMENT_CHANNEL_NOT_ALLOWED: "blocked",
+}
+"""The session outcome a refusal gives the user; every other refusal is `not_confirmed`."""
 
 
 class DeviceSdkError(Exception):
@@ -89,6 +128,34 @@ class CheckoutError(DeviceSdkError):
     def __init__(self, text: str, code: ErrorCode | None = None, outcome: str = "not_confirmed") -> None:
         super().__init__(text, code)
         self.outcome = outcome
+
+
+class ConsentError(CheckoutError):
+    """The verifier refused a completion: a bad, replayed or mismatched mandate, or the risk policy.
+
+    The code is the reason; the outcome follows from it (`OUTCOME_OF`). Nothing was ordered.
+    """
+
+    def __init__(self, text: str, code: ErrorCode) -> None:
+        super().__init__(text, code, OUTCOME_OF.get(code, "not_confirmed"))
+
+
+class KeyStoreError(DeviceSdkError):
+    """A key file that is missing, unreadable or readable by others, or a key registration conflict."""
+
+    code = ErrorCode.KEY_FILE
+
+
+class ConfigError(DeviceSdkError, ValueError):
+    """A configuration file that cannot be read or does not validate."""
+
+    code = ErrorCode.BAD_CONFIG
+
+
+class StoreError(DeviceSdkError):
+    """The database could not record something; whatever depended on it did not happen."""
+
+    code = ErrorCode.STORE_FAILED
 
 
 class SessionError(DeviceSdkError):

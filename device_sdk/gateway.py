@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections import deque
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 
 from .agent import IssuedProposal, RemoteAgent
 from .audio import AudioStream, decode_chunk
+from .audit import AuditLog
 from .checkout import CheckoutBackend, Completion
 from .errors import CheckoutError, DeviceSdkError, ErrorCode, ProtocolError, SessionError
 from .messages import (
@@ -25,12 +27,12 @@ from .messages import (
     AudioStop,
     ConfirmationRequest,
     ConfirmationResult,
+    ConsentTerms,
     ControllerClaim,
     Decision,
     DeviceStatus,
     Error,
     GatewayStatus,
-    Modality,
     OrderResult,
     Outcome,
     Ping,
@@ -69,9 +71,11 @@ class Gateway(Service):
         offline_grace: float = 15.0,
         claim_settle: float = 0.1,
         checkout_timeout: float = 10.0,
+        audit: AuditLog | None = None,
     ) -> None:
         self.url = url
         self.checkout = checkout
+        self.audit = audit
         self.gateway_id = check_id(gateway_id or new_id("gw")[:19], "gateway id")
         self.topics = topics or Topics()
         self.agent_timeout = agent_timeout
@@ -431,8 +435,19 @@ class Gateway(Service):
         issued: IssuedProposal | None = None
         try:
             issued = await self._ask_agent(device_id, request)
-            await self.checkout.open(issued)
-            offer = self._offer(issued, request.request_id)
+            await self._audit(
+                "proposal",
+                session=session,
+                checkout_id=issued.proposal.checkout_id,
+                checkout_hash=issued.checkout_hash,
+                request=request.text,
+                lines=[[line.sku, line.qty, line.line_total_minor] for line in issued.proposal.lines],
+                total_minor=issued.proposal.total_minor,
+                currency=issued.proposal.currency,
+                payee=issued.proposal.merchant.id,
+            )
+            terms = await self.checkout.open(issued)
+            offer = self._offer(issued, request.request_id, terms)
         except Exception as exc:
             session.on_agent_failed(request.request_id)
             if issued is not None:
@@ -445,6 +460,14 @@ class Gateway(Service):
             self._refuse(device_id, refusal, ref=request.request_id, session_id=request.session_id)
             return
         if session.on_offer(request.request_id, issued, offer):
+            await self._audit(
+                "rendering",
+                session=session,
+                checkout_id=offer.checkout_id,
+                text=offer.readback,
+                display_digest=offer.display_digest,
+                modalities=[m.value for m in offer.consent.modalities],
+            )
             await self._send(device_id, offer)
 
     async def _ask_agent(self, device_id: str, request: AgentRequest) -> IssuedProposal:
@@ -456,7 +479,7 @@ class Gateway(Service):
             raise CheckoutError("the agent proposed for another device or session", ErrorCode.BAD_PROPOSAL)
         return issued
 
-    def _offer(self, issued: IssuedProposal, request_id: str) -> ConfirmationRequest:
+    def _offer(self, issued: IssuedProposal, request_id: str, terms: ConsentTerms) -> ConfirmationRequest:
         readback = compose_readback(issued.proposal)
         return ConfirmationRequest(
             session_id=issued.proposal.session_id,
@@ -466,7 +489,7 @@ class Gateway(Service):
             proposal=issued.proposal,
             readback=readback,
             display_digest=display_digest(readback),
-            modalities=[Modality.VOICE, Modality.TEXT],
+            consent=terms,
             expires_at=now() + self.confirm_timeout,
         )
 
@@ -477,8 +500,28 @@ class Gateway(Service):
                 raise SessionError(f"this device has no session {answer.session_id}", ErrorCode.UNKNOWN_CHECKOUT)
             step = session.on_confirmation(device_id, answer, now())
         except SessionError as exc:
+            await self._audit(
+                "refusal",
+                device_id=device_id,
+                session_id=answer.session_id,
+                checkout_id=answer.checkout_id,
+                stage="confirmation",
+                code=exc.code.value,
+                reason=exc.text,
+            )
             self._refuse(device_id, exc, ref=answer.checkout_id, session_id=answer.session_id)
             return
+        if step in (Step.COMPLETE, Step.CANCEL):
+            await self._audit(
+                "confirmation",
+                session=session,
+                checkout_id=answer.checkout_id,
+                decision=answer.decision.value,
+                modality=answer.modality.value,
+                display_digest=answer.display_digest,
+                heard=answer.heard,
+                mandate_sha256=_sha256(answer.mandate),
+            )
         if step is Step.RESEND_RESULT and session.result is not None:
             await self._send(device_id, session.result)
             return
@@ -562,6 +605,27 @@ class Gateway(Service):
     def _end(self, session: Session, result: OrderResult) -> None:
         session.end(result)
         self._ended_at[(session.device_id, session.session_id)] = time.monotonic()
+        self._spawn(
+            self._audit(
+                "result",
+                session=session,
+                checkout_id=result.checkout_id,
+                outcome=result.outcome.value,
+                order_id=result.order_id,
+                reason=result.reason,
+            )
+        )
+
+    async def _audit(self, kind: str, *, session: Session | None = None, **fields: Any) -> None:
+        """Record a step of a session in the audit log, when the gateway keeps one."""
+        if self.audit is None:
+            return
+        if session is not None:
+            fields.update(device_id=session.device_id, session_id=session.session_id)
+        try:
+            await self.audit.record(kind, **fields)
+        except DeviceSdkError as exc:
+            log.error("could not write the audit record %s: %s", kind, exc)
 
     async def _expire(self, session: Session, reason: str) -> None:
         if session.state is not State.AWAITING_CONFIRMATION or session.confirmed is not None:
@@ -622,6 +686,10 @@ class Gateway(Service):
             await self.bus.publish(topic, payload, qos=qos)
         except DeviceSdkError as exc:
             log.warning("could not publish to %s: %s", topic, exc)
+
+
+def _sha256(text: str | None) -> str | None:
+    return hashlib.sha256(text.encode()).hexdigest() if text else None
 
 
 M = TypeVar("M", DeviceStatus, GatewayStatus, ControllerClaim)

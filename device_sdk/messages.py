@@ -231,6 +231,9 @@ class ProposalLine(_Model):
     unit_price_minor: Minor
     line_total_minor: Minor
     seller: Merchant
+    category: Id | None = Field(
+        default=None, description="The merchant's product category; the risk policy reads it (e.g. alcohol)."
+    )
 
     @model_validator(mode="after")
     def _line_total(self) -> ProposalLine:
@@ -262,6 +265,21 @@ class CheckoutProposal(_Message):
         return self
 
 
+Nonce = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{22,128}$", description="At least 128 random bits.")]
+
+
+class ConsentTerms(_Model):
+    """What the checkout's verifier requires of a consent mandate for one proposal."""
+
+    audience: Annotated[str, Field(min_length=1, max_length=256)] = Field(
+        description="The verifier: the mandate's `aud`."
+    )
+    nonce: Nonce = Field(description="Issued with this proposal; a mandate must carry it, and only one may.")
+    payment_handler: Id = Field(description="The approved payment channel the mandate authorises.")
+    modalities: list[Modality] = Field(min_length=1, description="How the user may confirm this proposal.")
+    max_lifetime: int = Field(default=300, ge=1, le=900, description="Longest mandate lifetime accepted, seconds.")
+
+
 class ConfirmationRequest(_Message):
     """Sent to the device: the proposal, the SDK's read-back of it, and how it may be confirmed."""
 
@@ -275,7 +293,7 @@ class ConfirmationRequest(_Message):
         description="What the device says or shows, composed by the SDK, never by the agent."
     )
     display_digest: Sha256Hex = Field(description="SHA-256 of the UTF-8 read-back text.")
-    modalities: list[Modality] = Field(min_length=1)
+    consent: ConsentTerms
     expires_at: float
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 
-from .messages import CheckoutProposal, ProposalLine
+from .messages import CheckoutProposal, Modality, ProposalLine
 
 # ISO 4217 minor-unit exponents that are not 2 (every other current currency has 2).
 _EXPONENT = {
@@ -54,3 +54,14 @@ def compose_readback(proposal: CheckoutProposal) -> str:
 def display_digest(text: str) -> str:
     """SHA-256 (hex) of the UTF-8 text that was presented to the user."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def presentation(proposal: CheckoutProposal, modality: Modality) -> str:
+    """What the SDK presents for `proposal` when the user confirms by `modality`: the read-back,
+    spoken or shown (device drivers with a card or a sheet of their own add theirs here)."""
+    del modality  # every modality presents the read-back so far
+    return compose_readback(proposal)
+
+
+def presentation_digest(proposal: CheckoutProposal, modality: Modality) -> str:
+    return display_digest(presentation(proposal, modality))

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from .agent import IssuedProposal
+from .checkout import new_idempotency_key
 from .errors import ErrorCode, SessionError
-from .messages import ConfirmationRequest, ConfirmationResult, Decision, OrderResult, new_id
+from .messages import ConfirmationRequest, ConfirmationResult, Decision, OrderResult
 
 
 class State(StrEnum):
@@ -46,7 +47,7 @@ class Session:
     offer: ConfirmationRequest | None = None
     result: OrderResult | None = None
     confirmed: ConfirmationResult | None = None
-    idempotency_key: str = field(default_factory=lambda: new_id("idem"))
+    idempotency_key: str = field(default_factory=new_idempotency_key)
     touched: float = field(default_factory=time.monotonic)
 
     def check_owner(self, device_id: str) -> None:

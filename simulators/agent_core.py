@@ -31,6 +31,7 @@ class CatalogAgent:
                 unit_price_minor=parsed.product.price_minor,
                 line_total_minor=parsed.qty * parsed.product.price_minor,
                 seller=self.catalog.merchant(parsed.product.merchant_id),
+                category=parsed.product.category,
             )
             for parsed in self.parser.parse(request.text)
         ]

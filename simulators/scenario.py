@@ -1,23 +1,31 @@
-"""The end-to-end demo: a broker, the reference agent, the checkout stand-in, a gateway and a
-simulated speaker, all in one process, talking only over MQTT."""
+"""The end-to-end demo: a broker, the reference agent, the checkout stand-in on the consent verifier,
+a gateway and a simulated speaker with its own signing key, all in one process, talking only over MQTT."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from device_sdk.agent import AgentCore, AgentWorker
+from device_sdk.audit import AuditLog
+from device_sdk.database import Database
 from device_sdk.device import DeviceClient
 from device_sdk.embedded_broker import EmbeddedBroker
+from device_sdk.errors import OUTCOME_OF
 from device_sdk.gateway import Gateway
+from device_sdk.keys import SigningKey
 from device_sdk.messages import Outcome
 from device_sdk.mqtt import BrokerUrl, MqttBus
+from device_sdk.policy import PolicyBook
 from device_sdk.timeline import Step, Timeline
 from device_sdk.topics import Topics
+from device_sdk.verifier import ConsentVerifier, Verification
 
 from .agent_core import CatalogAgent
 from .catalog import demo_catalog
@@ -35,11 +43,15 @@ class DemoResult:
     run: SpeakerRun
     steps: list[Step] = field(default_factory=list)
     orders_placed: int = 0
+    audit: str | None = None
+    verification: Verification | None = None
 
     @property
     def outcome(self) -> Outcome:
         if self.run.result is not None:
             return self.run.result.outcome
+        if self.run.error is not None and self.run.error.code in OUTCOME_OF:
+            return Outcome(OUTCOME_OF[self.run.error.code])
         return Outcome.NOT_CONFIRMED
 
     @property
@@ -66,13 +78,27 @@ class DemoResult:
             ),
             "reason": result.reason if result else None,
             "error": {"code": run.error.code.value, "text": run.error.text} if run.error else None,
+            "mandate": {"id": run.mandate_id, "token": run.mandate} if run.mandate else None,
+            "verification": self.verification.as_dict() if self.verification else _refusal(result),
+            "audit": self.audit,
             "timeline": [step.as_dict() for step in self.steps],
         }
 
 
+def _refusal(result: Any) -> dict[str, Any] | None:
+    if result is None or result.outcome is Outcome.ORDERED or not result.reason:
+        return None
+    code, _, text = result.reason.partition(": ")
+    return {"accepted": False, "code": code, "reason": text}
+
+
 class ShopBackend:
     """Everything behind the devices: the reference agent on its own connection, the checkout
-    stand-in and a gateway. Use as `async with ShopBackend(url) as backend:`."""
+    stand-in on a consent verifier, and a gateway. Use as `async with ShopBackend(url) as backend:`.
+
+    `database` is the SQLite file of the audit log and the verifier's store (default: a temporary
+    one); devices must be enrolled (`provision` or `enroll`) before their confirmations can order.
+    """
 
     def __init__(
         self,
@@ -83,18 +109,24 @@ class ShopBackend:
         gateway_id: str | None = None,
         confirm_timeout: float = 120.0,
         agent_timeout: float = 15.0,
-        checkout: CheckoutStandIn | None = None,
+        make_checkout: Callable[[ConsentVerifier], CheckoutStandIn] | None = None,
         agent: AgentCore | None = None,
+        database: str | Path | None = None,
+        policy: PolicyBook | None = None,
     ) -> None:
         self.url = url
         self.topics = topics or Topics()
         self.catalog = demo_catalog()
-        self.checkout = checkout or CheckoutStandIn(self.catalog)
         self.agent = agent or CatalogAgent(self.catalog)
-        self.gateway = Gateway(
-            url, self.checkout, topics=self.topics, gateway_id=gateway_id, confirm_timeout=confirm_timeout,
-            agent_timeout=agent_timeout,
-        )  # fmt: skip
+        self._gateway_args: dict[str, Any] = {
+            "topics": self.topics,
+            "gateway_id": gateway_id,
+            "confirm_timeout": confirm_timeout,
+            "agent_timeout": agent_timeout,
+        }
+        self._make_checkout = make_checkout or (lambda verifier: CheckoutStandIn(verifier, self.catalog))
+        self._database = Path(database) if database is not None else None
+        self._policy = policy
         self._shared = shared
         self._stack = contextlib.AsyncExitStack()
         self.worker: AgentWorker | None = None
@@ -102,6 +134,16 @@ class ShopBackend:
     async def __aenter__(self) -> ShopBackend:
         stack = await self._stack.__aenter__()
         try:
+            path = self._database
+            if path is None:
+                path = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="device-sdk-"))) / "shop.db"
+            self.db = await stack.enter_async_context(Database(path))
+            self.audit = await asyncio.to_thread(AuditLog.open, self.db)
+            self.verifier = await asyncio.to_thread(
+                ConsentVerifier, self.db, self.audit, audience="shop-checkout:demo", policy=self._policy
+            )
+            self.checkout = self._make_checkout(self.verifier)
+            self.gateway = Gateway(self.url, self.checkout, audit=self.audit, **self._gateway_args)
             agent_bus = await stack.enter_async_context(MqttBus(self.url, f"agent-{self.gateway.gateway_id}"))
             self.worker = AgentWorker(agent_bus, self.agent, topics=self.topics, shared=self._shared)
             await stack.enter_async_context(self.worker)
@@ -114,6 +156,16 @@ class ShopBackend:
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
 
+    def enroll(self, device_id: str, key: SigningKey) -> str:
+        """Trust `key` for `device_id` from now on (rotating out any earlier key); returns its kid."""
+        return self.verifier.registry.rotate(device_id, key.public)
+
+    def provision(self, device_id: str) -> SigningKey:
+        """A new signing key for a simulated device, enrolled with the verifier."""
+        key = SigningKey.generate()
+        self.enroll(device_id, key)
+        return key
+
 
 async def run_demo(
     say: str = DEFAULT_SAY,
@@ -125,8 +177,11 @@ async def run_demo(
     on_step: Callable[[Step], None] | None = None,
     present: Callable[[str], None] | None = None,
     timeout: float = 30.0,
+    audit: str | Path | None = None,
+    policy: PolicyBook | None = None,
 ) -> DemoResult:
-    """Run one spoken request to its outcome; with no broker URL, on an embedded broker."""
+    """Run one spoken request to its outcome; with no broker URL, on an embedded broker; with no
+    audit path, the audit log and the verifier's store live in a temporary file."""
     topics = topics or Topics()
     async with contextlib.AsyncExitStack() as stack:
         if broker is None:
@@ -134,11 +189,21 @@ async def run_demo(
         else:
             url, shared = BrokerUrl.parse(broker), None  # None: ask the broker
         timeline = await stack.enter_async_context(Timeline(url, topics=topics, echo=on_step))
-        backend = await stack.enter_async_context(ShopBackend(url, topics=topics, shared=shared))
-        device = await stack.enter_async_context(DeviceClient(url, device_id, topics=topics))
+        backend = await stack.enter_async_context(
+            ShopBackend(url, topics=topics, shared=shared, database=audit, policy=policy)
+        )
+        key = await asyncio.to_thread(backend.provision, device_id)
+        device = await stack.enter_async_context(DeviceClient(url, device_id, topics=topics, key=key))
         run = await SimulatedSpeaker(device, present).run(say, replies, timeout=timeout)
         await timeline_settle(timeline)
-        return DemoResult(str(url), run, list(timeline.steps), len(backend.checkout.orders))
+        return DemoResult(
+            str(url),
+            run,
+            list(timeline.steps),
+            len(backend.checkout.orders),
+            str(audit) if audit is not None else None,
+            backend.verifier.last,
+        )
 
 
 async def timeline_settle(timeline: Timeline, quiet: float = 0.05, limit: float = 1.0) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 from device_sdk.device import DeviceClient, Offer
 from device_sdk.errors import RemoteError
+from device_sdk.mandate import unverified_claims
 from device_sdk.messages import Decision, Modality, OrderResult
 from device_sdk.replies import REPROMPT, ReplyDialog
 
@@ -24,8 +25,14 @@ class SpeakerRun:
     presented: list[str] = field(default_factory=list)
     heard: list[str] = field(default_factory=list)
     decision: Decision | None = None
+    mandate: str | None = None
     result: OrderResult | None = None
     error: RemoteError | None = None
+
+    @property
+    def mandate_id(self) -> str | None:
+        claims = unverified_claims(self.mandate) if self.mandate else None
+        return str(claims["jti"]) if claims and "jti" in claims else None
 
 
 class SimulatedSpeaker:
@@ -47,8 +54,15 @@ class SimulatedSpeaker:
         while (decision := dialog.feed(next(pending, None))) is None:
             self._say(run, REPROMPT)
         run.heard, run.decision = dialog.heard, decision
+        if decision is Decision.CONFIRM:
+            run.mandate = self.device.sign(run.offer, Modality.TEXT)
         run.result = await self.device.answer(
-            run.offer, decision, modality=Modality.TEXT, heard=" / ".join(dialog.heard) or None, timeout=timeout
+            run.offer,
+            decision,
+            modality=Modality.TEXT,
+            heard=" / ".join(dialog.heard) or None,
+            mandate=run.mandate,
+            timeout=timeout,
         )
         return run
 

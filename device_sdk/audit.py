@@ -1,0 +1,243 @@
+"""The audit log: append-only and tamper-evident, a hash chain with signed checkpoints, in SQLite.
+
+Record `n` (from 1) holds `body`, canonical JSON (sorted keys, no spaces, UTF-8), and
+`hash = SHA-256(hash[n-1] || n as 8 bytes big-endian || body)`, with 32 zero bytes before the
+first record. Every write transaction that appends records ends with a checkpoint: the last
+`seq` and its `hash`, signed (Ed25519) over `b"device-sdk audit checkpoint v1\\n" || seq (8 bytes)
+|| hash` by the log's key. `verify_log` recomputes the chain, compares every checkpoint and checks
+the last one's signature, so a record that was changed, removed, inserted or reordered is found and
+named. Deleting the newest records together with their checkpoints leaves a shorter valid log;
+anchor the head elsewhere (`audit verify --head`) to catch that too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .database import Database, connect
+from .errors import ErrorCode, StoreError
+from .keys import PublicKey, SigningKey
+
+GENESIS = bytes(32)
+CHECKPOINT_PREFIX = b"device-sdk audit checkpoint v1\n"
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS audit (
+        seq INTEGER PRIMARY KEY,
+        body TEXT NOT NULL,
+        hash BLOB NOT NULL,
+        kind TEXT GENERATED ALWAYS AS (json_extract(body, '$.kind')) VIRTUAL,
+        session_id TEXT GENERATED ALWAYS AS (json_extract(body, '$.session_id')) VIRTUAL
+    )""",
+    "CREATE INDEX IF NOT EXISTS audit_session ON audit (session_id)",
+    """CREATE TABLE IF NOT EXISTS audit_checkpoints (
+        seq INTEGER PRIMARY KEY, hash BLOB NOT NULL, kid TEXT NOT NULL, signature BLOB NOT NULL, at REAL NOT NULL
+    )""",
+    "CREATE TABLE IF NOT EXISTS audit_keys (kid TEXT PRIMARY KEY, public_key BLOB NOT NULL, added_at REAL NOT NULL)",
+)
+
+
+def canonical(value: dict[str, Any]) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def chain_hash(prev: bytes, seq: int, body: bytes) -> bytes:
+    return hashlib.sha256(prev + seq.to_bytes(8, "big") + body).digest()
+
+
+def checkpoint_message(seq: int, head: bytes) -> bytes:
+    return CHECKPOINT_PREFIX + seq.to_bytes(8, "big") + head
+
+
+class AuditLog:
+    """Appends records in the database's write transactions and signs a checkpoint per transaction.
+
+    One `AuditLog` per `Database`: the gateway, the verifier and the checkout share it.
+    """
+
+    def __init__(self, db: Database, key: SigningKey) -> None:
+        self.db = db
+        self.key = key
+        db.ensure_schema(SCHEMA)
+        db.call(self._register_key)
+        db.after_batch(self._checkpoint)
+
+    @classmethod
+    def open(cls, db: Database, key_path: str | Path | None = None) -> AuditLog:
+        """The log in `db`, signing with the key at `key_path` (default: beside the database), made if new."""
+        path = Path(key_path) if key_path is not None else db.path.with_name(db.path.name + ".audit-key.pem")
+        return cls(db, SigningKey.load_or_create(path))
+
+    def _register_key(self, conn: sqlite3.Connection) -> None:
+        conn.execute(
+            "INSERT OR IGNORE INTO audit_keys (kid, public_key, added_at) VALUES (?, ?, ?)",
+            (self.key.public.kid, self.key.public.raw, time.time()),
+        )
+
+    def append(
+        self,
+        conn: sqlite3.Connection,
+        kind: str,
+        *,
+        device_id: str | None = None,
+        session_id: str | None = None,
+        checkout_id: str | None = None,
+        **data: Any,
+    ) -> int:
+        """Append one record inside the caller's write transaction; returns its `seq`."""
+        row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
+        record = {
+            "at": round(time.time(), 6),
+            "kind": kind,
+            "device_id": device_id,
+            "session_id": session_id,
+            "checkout_id": checkout_id,
+            **data,
+        }
+        body = canonical({k: v for k, v in record.items() if v is not None})
+        conn.execute(
+            "INSERT INTO audit (seq, body, hash) VALUES (?, ?, ?)", (seq, body, chain_hash(prev, seq, body.encode()))
+        )
+        return seq
+
+    async def record(self, kind: str, **fields: Any) -> int:
+        """Append one record in a transaction of its own."""
+        return await self.db.run(lambda conn: self.append(conn, kind, **fields))
+
+    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        head = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        if head is None:
+            return
+        last = conn.execute("SELECT max(seq) FROM audit_checkpoints").fetchone()[0]
+        if last == head[0]:
+            return
+        seq, digest = head
+        conn.execute(
+            "INSERT INTO audit_checkpoints (seq, hash, kid, signature, at) VALUES (?, ?, ?, ?, ?)",
+            (seq, digest, self.key.public.kid, self.key.sign(checkpoint_message(seq, digest)), time.time()),
+        )
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    """What `verify_log` found. `first_bad` names the first record that is not as it was written."""
+
+    path: str
+    ok: bool
+    records: int
+    checkpoints: int
+    head: str | None
+    key_id: str | None
+    key_pinned: bool
+    first_bad: int | None = None
+    problem: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def verify_log(path: str | Path, *, key: PublicKey | None = None, head: str | None = None) -> AuditReport:
+    """Check the whole log at `path`. `key` pins the checkpoint key (default: the one in the file);
+    `head` (hex) is a checkpoint hash kept elsewhere, which the log must still contain."""
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"no audit log at {path}", ErrorCode.AUDIT_BROKEN)
+    conn = connect(path, readonly=True)
+    conn.text_factory = bytes
+    try:
+        return _verify(conn, str(path), key, bytes.fromhex(head) if head else None)
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path} is not a readable audit log: {exc}", ErrorCode.AUDIT_BROKEN) from None
+    finally:
+        conn.close()
+
+
+def _verify(conn: sqlite3.Connection, path: str, pinned: PublicKey | None, anchor: bytes | None) -> AuditReport:
+    checkpoints = {
+        seq: (digest, kid.decode(), signature)
+        for seq, digest, kid, signature in conn.execute("SELECT seq, hash, kid, signature FROM audit_checkpoints")
+    }
+    keys = {kid.decode(): PublicKey(raw) for kid, raw in conn.execute("SELECT kid, public_key FROM audit_keys")}
+    last_checkpoint = max(checkpoints, default=0)
+    count, prev, good_until, anchored = 0, GENESIS, 0, anchor is None
+
+    def report(first_bad: int | None, problem: str | None) -> AuditReport:
+        kid = checkpoints[last_checkpoint][1] if last_checkpoint else None
+        return AuditReport(
+            path,
+            problem is None,
+            count,
+            len(checkpoints),
+            prev.hex() if count else None,
+            kid,
+            pinned is not None,
+            first_bad,
+            problem,
+        )
+
+    for seq, body, stored in conn.execute("SELECT seq, body, hash FROM audit ORDER BY seq"):
+        expected = count + 1
+        if seq != expected:
+            return report(expected, f"record {expected} is missing (the next one is {seq})")
+        digest = chain_hash(prev, seq, body)
+        if digest != stored:
+            return report(seq, f"record {seq} was changed or moved: its hash does not match its content and place")
+        count, prev = seq, digest
+        checkpoint = checkpoints.get(seq)
+        if checkpoint is not None:
+            if checkpoint[0] != digest:
+                return report(
+                    good_until + 1,
+                    f"records {good_until + 1} to {seq} were rewritten: "
+                    f"the chain no longer matches the checkpoint at {seq}",
+                )
+            good_until = seq
+        if not anchored and digest == anchor:
+            anchored = True
+    if last_checkpoint > count:
+        return report(count + 1, f"records {count + 1} to {last_checkpoint} were removed (a checkpoint covers them)")
+    if count > last_checkpoint:
+        return report(
+            last_checkpoint + 1,
+            f"records {last_checkpoint + 1} to {count} are not covered by a signed checkpoint (added outside the log)",
+        )
+    if count:
+        digest, kid, signature = checkpoints[last_checkpoint]
+        public = pinned or keys.get(kid)
+        if public is None or public.kid != kid or not public.verify(signature, checkpoint_message(count, digest)):
+            return report(count, f"the checkpoint at {count} is not signed by the log's key {kid}")
+    if not anchored:
+        return report(count + 1, "the anchored head is not in the log: newer records and checkpoints were removed")
+    return report(None, None)
+
+
+def trail(path: str | Path, session_id: str) -> list[dict[str, Any]]:
+    """Every record of a session, oldest first, each with its `seq`."""
+    conn = connect(path, readonly=True)
+    try:
+        rows = conn.execute("SELECT seq, body FROM audit WHERE session_id = ? ORDER BY seq", (session_id,)).fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path} is not a readable audit log: {exc}", ErrorCode.AUDIT_BROKEN) from None
+    finally:
+        conn.close()
+    return [{"seq": seq, **json.loads(body)} for seq, body in rows]
+
+
+def describe(record: dict[str, Any]) -> str:
+    """One readable line for a record in `audit show`."""
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.get("at", 0)))
+    skip = {"seq", "at", "kind", "device_id", "session_id"}
+    details = " ".join(f"{k}={_short(v)}" for k, v in record.items() if k not in skip)
+    return f"{record['seq']:>7} {when}Z {record.get('kind', '?'):<13} {record.get('device_id', '-')}  {details}"
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return text if len(text) <= 72 else text[:69] + "..."

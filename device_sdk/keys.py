@@ -1,0 +1,273 @@
+"""Ed25519 keys: a device's signing key in a file only its owner can read, and the registry of
+device public keys that the verifier trusts, with rotation and revocation.
+
+A key is named by its RFC 7638 JWK thumbprint (`kid`), so a mandate's header says which key
+signed it and the registry says which device that key belongs to.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import sqlite3
+import stat
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from .database import Database
+from .errors import ErrorCode, KeyStoreError
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """An Ed25519 public key (32 raw bytes)."""
+
+    raw: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.raw) != 32:
+            raise KeyStoreError("an Ed25519 public key is 32 bytes", ErrorCode.KEY_FILE)
+
+    @property
+    def kid(self) -> str:
+        """RFC 7638 thumbprint: SHA-256 of the canonical JWK, base64url."""
+        jwk = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": b64url(self.raw)}, separators=(",", ":"))
+        return b64url(hashlib.sha256(jwk.encode()).digest())
+
+    def jwk(self) -> dict[str, str]:
+        return {"kty": "OKP", "crv": "Ed25519", "x": b64url(self.raw), "kid": self.kid}
+
+    def key(self) -> Ed25519PublicKey:
+        return Ed25519PublicKey.from_public_bytes(self.raw)
+
+    def verify(self, signature: bytes, data: bytes) -> bool:
+        try:
+            self.key().verify(signature, data)
+        except InvalidSignature:
+            return False
+        return True
+
+    @classmethod
+    def from_text(cls, text: str) -> PublicKey:
+        """From base64url raw bytes, a JWK (JSON) or a PEM SubjectPublicKeyInfo."""
+        text = text.strip()
+        try:
+            if text.startswith("{"):
+                return cls(b64url_decode(json.loads(text)["x"]))
+            if text.startswith("-----BEGIN"):
+                loaded = serialization.load_pem_public_key(text.encode())
+                if not isinstance(loaded, Ed25519PublicKey):
+                    raise KeyStoreError("not an Ed25519 public key")
+                return cls(loaded.public_bytes_raw())
+            return cls(b64url_decode(text))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise KeyStoreError(f"not a public key: {exc}") from None
+
+
+class SigningKey:
+    """An Ed25519 private key. Keep it in a file with `save` (mode 0600) and `load` it back."""
+
+    def __init__(self, private: Ed25519PrivateKey) -> None:
+        self._private = private
+        self.public = PublicKey(private.public_key().public_bytes_raw())
+
+    @classmethod
+    def generate(cls) -> SigningKey:
+        return cls(Ed25519PrivateKey.generate())
+
+    def sign(self, data: bytes) -> bytes:
+        return self._private.sign(data)
+
+    @property
+    def private(self) -> Ed25519PrivateKey:
+        return self._private
+
+    def save(self, path: str | Path) -> Path:
+        """Write the key as PKCS#8 PEM to a new file that only its owner can read or write."""
+        path = Path(path)
+        pem = self._private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise KeyStoreError(f"{path} exists already; a key file is never overwritten") from None
+        with os.fdopen(fd, "wb") as out:
+            out.write(pem)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> SigningKey:
+        """Read a key file; refuse one that its group or others may read or write."""
+        path = Path(path)
+        try:
+            mode = path.stat().st_mode
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise KeyStoreError(f"{path} is accessible by others (mode {stat.filemode(mode)}); chmod 600 it")
+            loaded = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except OSError as exc:
+            raise KeyStoreError(f"cannot read {path}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise KeyStoreError(f"{path} holds no readable key: {exc}") from None
+        if not isinstance(loaded, Ed25519PrivateKey):
+            raise KeyStoreError(f"{path} does not hold an Ed25519 key")
+        return cls(loaded)
+
+    @classmethod
+    def load_or_create(cls, path: str | Path) -> SigningKey:
+        path = Path(path)
+        if path.exists():
+            return cls.load(path)
+        key = cls.generate()
+        key.save(path)
+        return key
+
+
+class KeyStatus(StrEnum):
+    ACTIVE = "active"
+    RETIRED = "retired"
+    """Replaced by rotation: still verifies mandates signed before `retired_at`."""
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    kid: str
+    device_id: str
+    public: PublicKey
+    status: KeyStatus
+    added_at: float
+    retired_at: float | None
+
+    def valid_at(self, issued_at: float) -> bool:
+        """Whether a mandate issued at `issued_at` may carry this key's signature."""
+        if self.status is KeyStatus.ACTIVE:
+            return True
+        return self.status is KeyStatus.RETIRED and self.retired_at is not None and issued_at < self.retired_at
+
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS device_keys (
+        kid TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        public_key BLOB NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('active', 'retired', 'revoked')),
+        added_at REAL NOT NULL,
+        retired_at REAL
+    )""",
+    "CREATE INDEX IF NOT EXISTS device_keys_device ON device_keys (device_id)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS device_keys_one_active ON device_keys (device_id) WHERE status = 'active'",
+)
+
+
+class DeviceRegistry:
+    """The device public keys a verifier trusts, in the verifier's database."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        db.ensure_schema(SCHEMA)
+
+    def register(self, device_id: str, public: PublicKey) -> str:
+        """Register a device's first key (again: no change); a device with another active key rotates."""
+
+        def job(conn: sqlite3.Connection) -> str:
+            existing = lookup(conn, public.kid)
+            if existing is not None:
+                if existing.device_id != device_id or existing.status is not KeyStatus.ACTIVE:
+                    raise KeyStoreError(
+                        f"key {public.kid} is {existing.status} for {existing.device_id}", ErrorCode.KEY_CONFLICT
+                    )
+                return public.kid
+            if _active(conn, device_id) is not None:
+                raise KeyStoreError(f"{device_id} has an active key; rotate it instead", ErrorCode.KEY_CONFLICT)
+            _insert(conn, device_id, public)
+            return public.kid
+
+        return self.db.call(job)
+
+    def rotate(self, device_id: str, public: PublicKey) -> str:
+        """Make `public` the device's key; the old one verifies only mandates issued before now."""
+
+        def job(conn: sqlite3.Connection) -> str:
+            existing = lookup(conn, public.kid)
+            if existing is not None:
+                if existing.device_id == device_id and existing.status is KeyStatus.ACTIVE:
+                    return public.kid
+                raise KeyStoreError(f"key {public.kid} was used before", ErrorCode.KEY_CONFLICT)
+            conn.execute(
+                "UPDATE device_keys SET status = 'retired', retired_at = ? WHERE device_id = ? AND status = 'active'",
+                (time.time(), device_id),
+            )
+            _insert(conn, device_id, public)
+            return public.kid
+
+        return self.db.call(job)
+
+    def revoke(self, device_id: str) -> int:
+        """Revoke every key of the device: none of its mandates verifies any more. Returns how many."""
+
+        def job(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "UPDATE device_keys SET status = 'revoked', retired_at = coalesce(retired_at, ?) "
+                "WHERE device_id = ? AND status != 'revoked'",
+                (time.time(), device_id),
+            )
+            return cur.rowcount
+
+        return self.db.call(job)
+
+    def keys(self, device_id: str | None = None) -> list[KeyRecord]:
+        with self.db.reading() as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM device_keys WHERE ?1 IS NULL OR device_id = ?1 ORDER BY added_at",
+                (device_id,),
+            ).fetchall()
+        return [_record(row) for row in rows]
+
+    def public_key(self, kid: str) -> PublicKey | None:
+        """The public key named `kid` (whatever its status; the verifier checks that in its transaction)."""
+        with self.db.reading() as conn:
+            record = lookup(conn, kid)
+        return record.public if record else None
+
+
+_COLUMNS = "kid, device_id, public_key, status, added_at, retired_at"
+
+
+def lookup(conn: sqlite3.Connection, kid: str) -> KeyRecord | None:
+    row = conn.execute(f"SELECT {_COLUMNS} FROM device_keys WHERE kid = ?", (kid,)).fetchone()
+    return _record(row) if row else None
+
+
+def _active(conn: sqlite3.Connection, device_id: str) -> str | None:
+    row = conn.execute("SELECT kid FROM device_keys WHERE device_id = ? AND status = 'active'", (device_id,)).fetchone()
+    return row[0] if row else None
+
+
+def _insert(conn: sqlite3.Connection, device_id: str, public: PublicKey) -> None:
+    conn.execute(
+        "INSERT INTO device_keys (kid, device_id, public_key, status, added_at) VALUES (?, ?, ?, 'active', ?)",
+        (public.kid, device_id, public.raw, time.time()),
+    )
+
+
+def _record(row: tuple[str, str, bytes, str, float, float | None]) -> KeyRecord:
+    kid, device_id, raw, status, added_at, retired_at = row
+    return KeyRecord(kid, device_id, PublicKey(raw), KeyStatus(status), added_at, retired_at)

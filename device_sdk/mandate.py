@@ -1,0 +1,156 @@
+"""The consent mandate: what a device signs when its user confirms a checkout.
+
+A compact JWS (RFC 7515) signed with the device's Ed25519 key (`alg` EdDSA, RFC 8037), made and
+checked with PyJWT. The header is exactly `{"alg": "EdDSA", "kid": <key thumbprint>, "typ":
+"shop-consent+jws"}`; the payload is `MandateClaims` as compact JSON. It binds the user's "yes"
+to the checkout's hash (SHA-256 of the proposal's bytes as issued), the amount, payee and payment
+channel, the verifier's nonce, and the digest of exactly what the device showed or said.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from jwt.api_jws import PyJWS
+from jwt.exceptions import DecodeError, InvalidSignatureError, InvalidTokenError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConsentError, ErrorCode
+from .keys import PublicKey, SigningKey, b64url_decode
+from .messages import ConfirmationRequest, Id, Minor, Modality, Nonce, Sha256Hex, new_id
+
+MANDATE_TYPE = "checkout_consent"
+JWS_TYPE = "shop-consent+jws"
+MAX_LIFETIME = 900
+"""A mandate lives at most 15 minutes (`exp - iat`)."""
+DEFAULT_LIFETIME = 300
+MAX_TOKEN = 8192
+_JWS = PyJWS(algorithms=["EdDSA"])
+_TOKEN = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
+_HEADER_KEYS = frozenset({"alg", "kid", "typ"})
+
+Epoch = Annotated[int, Field(ge=0, le=2**40, strict=True)]
+
+
+class MandateClaims(BaseModel):
+    """The signed payload. Unknown claims are refused: a verifier never ignores what was signed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+    mandate_type: Literal["checkout_consent"] = "checkout_consent"
+    mandate_version: Literal[1] = 1
+    jti: Id = Field(description="Unique id of this mandate; the verifier accepts it once.")
+    aud: Annotated[str, Field(min_length=1, max_length=256)] = Field(description="The verifier it is for.")
+    nonce: Nonce
+    iat: Epoch
+    exp: Epoch
+    checkout_id: Id
+    checkout_hash: Sha256Hex
+    payee: Id = Field(description="Merchant of record (its id).")
+    amount_minor: Minor
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
+    payment_handler: Id
+    device_id: Id
+    session_id: Id
+    modality: Modality
+    display_digest: Sha256Hex = Field(description="SHA-256 of the read-back or card the user was given.")
+
+
+@dataclass(frozen=True)
+class SignedMandate:
+    """A mandate read and checked against a public key."""
+
+    token: str
+    kid: str
+    claims: MandateClaims
+
+
+def sign_mandate(key: SigningKey, claims: MandateClaims) -> str:
+    """The compact JWS of `claims`, signed by `key`."""
+    payload = claims.model_dump_json().encode()
+    return _JWS.encode(payload, key.private, algorithm="EdDSA", headers={"kid": key.public.kid, "typ": JWS_TYPE})
+
+
+def mandate_kid(token: str) -> str:
+    """The `kid` of a mandate's header, after checking the header's form (not the signature)."""
+    if not isinstance(token, str) or len(token) > MAX_TOKEN or not _TOKEN.match(token):
+        raise ConsentError("the mandate is not a compact JWS", ErrorCode.MANDATE_MALFORMED)
+    try:
+        header: dict[str, Any] = _JWS.get_unverified_header(token)
+    except (DecodeError, InvalidTokenError, ValueError) as exc:
+        raise ConsentError(f"unreadable mandate header: {exc}", ErrorCode.MANDATE_MALFORMED) from None
+    if set(header) != _HEADER_KEYS or header["alg"] != "EdDSA" or header["typ"] != JWS_TYPE:
+        raise ConsentError(
+            f"the mandate header must be exactly alg EdDSA, typ {JWS_TYPE} and kid", ErrorCode.MANDATE_MALFORMED
+        )
+    kid = header["kid"]
+    if not isinstance(kid, str) or not re.fullmatch(r"[A-Za-z0-9_-]{43}", kid):
+        raise ConsentError("the mandate names no key thumbprint", ErrorCode.MANDATE_MALFORMED)
+    return kid
+
+
+def open_mandate(token: str, public: PublicKey) -> SignedMandate:
+    """Check the signature with `public` and parse the claims, or raise `ConsentError`."""
+    kid = mandate_kid(token)
+    if kid != public.kid:
+        raise ConsentError("the mandate was signed with another key", ErrorCode.UNKNOWN_KEY)
+    try:
+        decoded = _JWS.decode_complete(token, key=public.key(), algorithms=["EdDSA"])
+    except InvalidSignatureError:
+        raise ConsentError("the mandate's signature does not verify", ErrorCode.BAD_SIGNATURE) from None
+    except (DecodeError, InvalidTokenError, ValueError) as exc:
+        raise ConsentError(f"unreadable mandate: {exc}", ErrorCode.MANDATE_MALFORMED) from None
+    try:
+        claims = MandateClaims.model_validate_json(decoded["payload"])
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise ConsentError(f"mandate claims: {where}: {first['msg']}", ErrorCode.MANDATE_MALFORMED) from None
+    return SignedMandate(token, kid, claims)
+
+
+def unverified_claims(token: str) -> dict[str, Any] | None:
+    """The claims of a mandate without any check, for an audit record of a refused one."""
+    try:
+        payload = token.split(".")[1]
+        value = json.loads(b64url_decode(payload))
+    except (ValueError, IndexError, AttributeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def mandate_for(
+    offer: ConfirmationRequest,
+    key: SigningKey,
+    *,
+    device_id: str,
+    modality: Modality,
+    display_digest: str,
+    lifetime: int | None = None,
+    issued_at: int | None = None,
+) -> str:
+    """The device's mandate for `offer`: signed when, and only when, its user confirmed it."""
+    terms, proposal = offer.consent, offer.proposal
+    iat = int(time.time()) if issued_at is None else issued_at
+    claims = MandateClaims(
+        jti=new_id("man"),
+        aud=terms.audience,
+        nonce=terms.nonce,
+        iat=iat,
+        exp=iat + min(lifetime or DEFAULT_LIFETIME, terms.max_lifetime, MAX_LIFETIME),
+        checkout_id=offer.checkout_id,
+        checkout_hash=offer.checkout_hash,
+        payee=proposal.merchant.id,
+        amount_minor=proposal.total_minor,
+        currency=proposal.currency,
+        payment_handler=terms.payment_handler,
+        device_id=device_id,
+        session_id=offer.session_id,
+        modality=modality,
+        display_digest=display_digest,
+    )
+    return sign_mandate(key, claims)

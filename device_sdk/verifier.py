@@ -1,0 +1,512 @@
+"""The consent verifier: fail closed, single use, policy-checked, idempotent, audited.
+
+A checkout opens each proposal through `open`, which stores the proposal's bytes and issues the
+consent terms (audience, a fresh nonce, the payment channel, the modalities the policy allows).
+`complete` then admits a completion only if every check passes; none is skipped for want of an
+expected value, since every expected value comes from the verifier's own store:
+
+1. the mandate is a compact JWS with header exactly {alg EdDSA, kid, typ}, at most 8 KiB;
+2. its key is registered to the device that owns the session, and active (or retired after the
+   mandate was issued); the Ed25519 signature verifies;
+3. checkout id and hash, device, session, amount, currency and payee equal the stored proposal's;
+4. the audience is this verifier; the nonce is the one issued for this checkout and unused;
+5. `iat <= now + skew`, `exp > now` and `exp - iat <= 900 s`, checked once, when admitted;
+6. the display digest is that of what the SDK renders for the proposal in the signed modality,
+   and the unsigned confirmation says the same as the mandate;
+7. the mandate id was never accepted before (a unique key in SQLite);
+8. the risk policy: payment channel, categories and merchants, voice cap, daily cap, velocity.
+
+The completion's idempotency key (128 bits or more) maps to its first result: the same key and
+body get the same result, the same key with another body is a conflict. All of it, and the order,
+commits in one SQLite transaction, so concurrent submissions (threads or processes) of one mandate
+give one order. Every refusal is recorded in the audit log with its reason code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .agent import IssuedProposal
+from .audit import AuditLog
+from .checkout import Completion
+from .database import Database
+from .errors import CheckoutError, ConsentError, ErrorCode
+from .keys import DeviceRegistry, PublicKey
+from .keys import lookup as lookup_key
+from .mandate import MAX_LIFETIME, SignedMandate, mandate_kid, open_mandate, unverified_claims
+from .messages import CheckoutProposal, ConsentTerms, Decision, OrderResult, Outcome, decode
+from .policy import PolicyBook
+from .readback import presentation_digest
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS checkouts (
+        checkout_id TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        raw BLOB NOT NULL,
+        hash TEXT NOT NULL,
+        nonce TEXT NOT NULL UNIQUE,
+        nonce_used_at REAL,
+        terms TEXT NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('open', 'ordered', 'closed')),
+        opened_at REAL NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS mandates (
+        jti TEXT PRIMARY KEY, checkout_id TEXT NOT NULL, device_id TEXT NOT NULL, accepted_at REAL NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS completions (
+        idempotency_key TEXT PRIMARY KEY, body_sha256 TEXT NOT NULL, result TEXT NOT NULL, at REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS completions_at ON completions (at)",
+    """CREATE TABLE IF NOT EXISTS orders (
+        order_id TEXT PRIMARY KEY,
+        checkout_id TEXT NOT NULL UNIQUE,
+        device_id TEXT NOT NULL,
+        total_minor INTEGER NOT NULL,
+        currency TEXT NOT NULL,
+        at REAL NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS orders_device_at ON orders (device_id, at)",
+)
+IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_-]{27,128}$")
+"""At least 27 characters: 128 bits or more in base64url or hex with a prefix."""
+KEEP_COMPLETIONS = 24 * 3600.0
+
+PlaceOrder = Callable[[CheckoutProposal], str]
+"""The payment channel: charge for the proposal and return the order id, inside the transaction."""
+
+
+@dataclass(frozen=True)
+class Verification:
+    """An accepted mandate: what was checked, and the order it gave."""
+
+    mandate_id: str
+    key_id: str
+    device_id: str
+    session_id: str
+    checkout_id: str
+    modality: str
+    order: OrderResult
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "accepted": True,
+            "mandate_id": self.mandate_id,
+            "key_id": self.key_id,
+            "device_id": self.device_id,
+            "session_id": self.session_id,
+            "checkout_id": self.checkout_id,
+            "modality": self.modality,
+            "order_id": self.order.order_id,
+            "checks": list(CHECKS),
+        }
+
+
+CHECKS = (
+    "form",
+    "key",
+    "signature",
+    "checkout",
+    "hash",
+    "device",
+    "session",
+    "amount",
+    "payee",
+    "audience",
+    "nonce",
+    "expiry",
+    "display",
+    "single_use",
+    "policy",
+)
+
+
+@dataclass(frozen=True)
+class _Checkout:
+    proposal: CheckoutProposal
+    raw: bytes
+    checkout_hash: str
+    nonce: str
+    nonce_used: bool
+    terms: ConsentTerms
+    state: str
+
+
+class ConsentVerifier:
+    """Issues consent terms for proposals and admits completions only with a valid mandate."""
+
+    def __init__(
+        self,
+        db: Database,
+        audit: AuditLog,
+        *,
+        audience: str,
+        payment_handler: str = "shop-wallet",
+        policy: PolicyBook | None = None,
+        clock: Callable[[], float] = time.time,
+        skew: float = 60.0,
+    ) -> None:
+        self.db = db
+        self.audit = audit
+        self.audience = audience
+        self.payment_handler = payment_handler
+        self.policy = policy or PolicyBook()
+        self.registry = DeviceRegistry(db)
+        self.clock = clock
+        self.skew = skew
+        self.last: Verification | None = None
+        self._keys: dict[str, PublicKey] = {}
+        db.ensure_schema(SCHEMA)
+
+    # opening -----------------------------------------------------------------------------
+
+    def open(self, issued: IssuedProposal, lifetime: int = 300) -> ConsentTerms:
+        """Store the proposal as issued and issue its terms; refuse a cart the policy never allows."""
+        proposal = issued.proposal
+        policy = self.policy.for_device(proposal.device_id)
+        terms = ConsentTerms(
+            audience=self.audience,
+            nonce=secrets.token_urlsafe(24),
+            payment_handler=self.payment_handler,
+            modalities=policy.modalities(proposal),
+            max_lifetime=min(lifetime, MAX_LIFETIME),
+        )
+
+        def job(conn: sqlite3.Connection) -> ConsentTerms:
+            ids = {
+                "device_id": proposal.device_id,
+                "session_id": proposal.session_id,
+                "checkout_id": proposal.checkout_id,
+            }
+            try:
+                policy.check_payment(self.payment_handler)
+                policy.check_proposal(proposal)
+            except ConsentError as exc:
+                self.audit.append(conn, "refusal", stage="open", code=exc.code.value, reason=exc.text, **ids)
+                raise
+            try:
+                conn.execute(
+                    "INSERT INTO checkouts (checkout_id, device_id, session_id, raw, hash, nonce, terms, state,"
+                    " opened_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'open', ?)",
+                    (
+                        proposal.checkout_id,
+                        proposal.device_id,
+                        proposal.session_id,
+                        issued.raw,
+                        issued.checkout_hash,
+                        terms.nonce,
+                        terms.model_dump_json(),
+                        self.clock(),
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                raise CheckoutError(f"checkout {proposal.checkout_id} exists already", ErrorCode.BAD_PROPOSAL) from None
+            self.audit.append(
+                conn,
+                "terms",
+                nonce_sha256=_sha(terms.nonce),
+                audience=terms.audience,
+                payment_handler=terms.payment_handler,
+                modalities=[m.value for m in terms.modalities],
+                checkout_hash=issued.checkout_hash,
+                **ids,
+            )
+            conn.execute("DELETE FROM completions WHERE at < ?", (self.clock() - KEEP_COMPLETIONS,))
+            return terms
+
+        return self.db.call(job)
+
+    def cancel(self, checkout_id: str, outcome: Outcome, reason: str) -> None:
+        """Close an open checkout without an order; its nonce can no longer be used."""
+
+        def job(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                "SELECT device_id, session_id FROM checkouts WHERE checkout_id = ? AND state = 'open'", (checkout_id,)
+            ).fetchone()
+            if row is None:
+                return
+            conn.execute("UPDATE checkouts SET state = 'closed' WHERE checkout_id = ?", (checkout_id,))
+            self.audit.append(
+                conn,
+                "cancel",
+                device_id=row[0],
+                session_id=row[1],
+                checkout_id=checkout_id,
+                outcome=outcome.value,
+                reason=reason,
+            )
+
+        self.db.call(job)
+
+    # completing --------------------------------------------------------------------------
+
+    def complete(self, completion: Completion, place: PlaceOrder) -> OrderResult:
+        """Admit `completion` and place its order through `place`, or raise `ConsentError`.
+
+        Safe to call from many threads and processes at once; blocks until the result is on disk.
+        """
+        body = _body_sha256(completion)
+        opened: SignedMandate | ConsentError
+        try:
+            opened = self._open_mandate(completion)  # the signature check runs here, in parallel
+        except ConsentError as exc:
+            opened = exc
+        outcome = self.db.call(lambda conn: self._admit(conn, completion, body, opened, place))
+        if isinstance(outcome, ConsentError):
+            raise outcome
+        return outcome
+
+    def _open_mandate(self, completion: Completion) -> SignedMandate:
+        token = completion.confirmation.mandate
+        if not token:
+            raise ConsentError("no consent mandate came with the confirmation", ErrorCode.MANDATE_MISSING)
+        kid = mandate_kid(token)
+        public = self._keys.get(kid) or self.registry.public_key(kid)
+        if public is None:
+            raise ConsentError("the mandate's key is not registered", ErrorCode.UNKNOWN_KEY)
+        self._keys[kid] = public
+        return open_mandate(token, public)
+
+    def _admit(
+        self,
+        conn: sqlite3.Connection,
+        completion: Completion,
+        body: str,
+        opened: SignedMandate | ConsentError,
+        place: PlaceOrder,
+    ) -> OrderResult | ConsentError:
+        key = completion.idempotency_key
+        ids = {
+            "device_id": completion.device_id,
+            "session_id": completion.session_id,
+            "checkout_id": completion.checkout_id,
+        }
+        if not isinstance(key, str) or not IDEMPOTENCY_KEY.match(key):
+            return self._refuse(
+                conn,
+                None,
+                body,
+                ids,
+                ConsentError(
+                    "an idempotency key has at least 128 bits (27 or more characters)", ErrorCode.IDEMPOTENCY_CONFLICT
+                ),
+            )
+        row = conn.execute("SELECT body_sha256, result FROM completions WHERE idempotency_key = ?", (key,)).fetchone()
+        if row is not None:
+            if row[0] != body:
+                return self._refuse(
+                    conn,
+                    None,
+                    body,
+                    ids,
+                    ConsentError(
+                        "this idempotency key was used for another completion", ErrorCode.IDEMPOTENCY_CONFLICT
+                    ),
+                )
+            return _result_from(row[1])
+        try:
+            if isinstance(opened, ConsentError):
+                raise opened
+            self._check(conn, completion, opened)
+        except ConsentError as exc:
+            return self._refuse(conn, key, body, ids, exc, completion.confirmation.mandate)
+        checkout = self._load(conn, completion.checkout_id)
+        assert checkout is not None
+        claims, now = opened.claims, self.clock()
+        conn.execute(
+            "UPDATE checkouts SET nonce_used_at = ?, state = 'ordered' WHERE checkout_id = ?", (now, claims.checkout_id)
+        )
+        conn.execute(
+            "INSERT INTO mandates (jti, checkout_id, device_id, accepted_at) VALUES (?, ?, ?, ?)",
+            (claims.jti, claims.checkout_id, claims.device_id, now),
+        )
+        proposal = checkout.proposal
+        order = OrderResult(
+            session_id=proposal.session_id,
+            checkout_id=proposal.checkout_id,
+            outcome=Outcome.ORDERED,
+            order_id=place(proposal),
+            total_minor=proposal.total_minor,
+            currency=proposal.currency,
+        )
+        assert order.order_id is not None
+        conn.execute(
+            "INSERT INTO orders (order_id, checkout_id, device_id, total_minor, currency, at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (order.order_id, proposal.checkout_id, proposal.device_id, proposal.total_minor, proposal.currency, now),
+        )
+        conn.execute(
+            "INSERT INTO completions (idempotency_key, body_sha256, result, at) VALUES (?, ?, ?, ?)",
+            (key, body, order.model_dump_json(), now),
+        )
+        accepted = Verification(
+            claims.jti,
+            opened.kid,
+            claims.device_id,
+            claims.session_id,
+            claims.checkout_id,
+            claims.modality.value,
+            order,
+        )
+        self.audit.append(conn, "verification", **ids, **{k: v for k, v in accepted.as_dict().items() if k not in ids})
+        self.audit.append(
+            conn,
+            "order",
+            **ids,
+            order_id=order.order_id,
+            total_minor=order.total_minor,
+            currency=order.currency,
+            payee=proposal.merchant.id,
+            payment_handler=claims.payment_handler,
+        )
+        self.last = accepted
+        return order
+
+    def _check(self, conn: sqlite3.Connection, completion: Completion, opened: SignedMandate) -> None:
+        claims, answer = opened.claims, completion.confirmation
+        checkout = self._load(conn, completion.checkout_id)
+        if checkout is None:
+            raise ConsentError(f"no checkout {completion.checkout_id}", ErrorCode.UNKNOWN_CHECKOUT)
+        proposal, now = checkout.proposal, self.clock()
+        key = lookup_key(conn, opened.kid)
+        if key is None or key.device_id != proposal.device_id or key.device_id != completion.device_id:
+            raise ConsentError(
+                "the mandate is not signed by the key of the device that owns the session", ErrorCode.UNKNOWN_KEY
+            )
+        if not key.valid_at(claims.iat):
+            raise ConsentError(f"the device's key {key.kid} is {key.status}", ErrorCode.KEY_REVOKED)
+        if (
+            claims.device_id != proposal.device_id
+            or (completion.device_id, completion.session_id) != (proposal.device_id, proposal.session_id)
+            or claims.session_id != proposal.session_id
+        ):
+            raise ConsentError("the mandate names another device or session", ErrorCode.SESSION_NOT_OWNED)
+        if claims.checkout_id != proposal.checkout_id:
+            raise ConsentError("the mandate is for another checkout", ErrorCode.STALE_CHECKOUT)
+        if not (claims.checkout_hash == completion.checkout_hash == answer.checkout_hash == checkout.checkout_hash):
+            raise ConsentError("the cart changed after it was confirmed", ErrorCode.HASH_MISMATCH)
+        if claims.aud != self.audience:
+            raise ConsentError(f"the mandate is for {claims.aud!r}, not this verifier", ErrorCode.WRONG_AUDIENCE)
+        if claims.exp - claims.iat > MAX_LIFETIME or claims.exp - claims.iat > checkout.terms.max_lifetime:
+            raise ConsentError("the mandate lives longer than allowed", ErrorCode.MANDATE_EXPIRED)
+        if claims.exp <= now:
+            raise ConsentError("the mandate has expired", ErrorCode.MANDATE_EXPIRED)
+        if claims.iat > now + self.skew:
+            raise ConsentError("the mandate is issued in the future", ErrorCode.MANDATE_EXPIRED)
+        if claims.nonce != checkout.nonce:
+            raise ConsentError("the nonce was not issued for this checkout", ErrorCode.NONCE_UNKNOWN)
+        if checkout.nonce_used:
+            raise ConsentError("the nonce was used already", ErrorCode.NONCE_USED)
+        if conn.execute("SELECT 1 FROM mandates WHERE jti = ?", (claims.jti,)).fetchone():
+            raise ConsentError("this mandate was accepted before", ErrorCode.MANDATE_REPLAYED)
+        if checkout.state != "open":
+            raise ConsentError(f"checkout {proposal.checkout_id} is {checkout.state}", ErrorCode.CHECKOUT_CLOSED)
+        if (claims.amount_minor, claims.currency) != (proposal.total_minor, proposal.currency):
+            raise ConsentError("the mandate's amount is not the proposal's", ErrorCode.AMOUNT_MISMATCH)
+        if claims.payee != proposal.merchant.id:
+            raise ConsentError("the mandate's payee is not the merchant of record", ErrorCode.PAYEE_MISMATCH)
+        if claims.display_digest != presentation_digest(proposal, claims.modality):
+            raise ConsentError("the user was shown something else", ErrorCode.DISPLAY_MISMATCH)
+        if (answer.decision, answer.modality, answer.display_digest) != (
+            Decision.CONFIRM,
+            claims.modality,
+            claims.display_digest,
+        ):
+            raise ConsentError("the confirmation does not say what the mandate says", ErrorCode.MODALITY_MISMATCH)
+        if claims.modality not in checkout.terms.modalities:
+            raise ConsentError(f"{claims.modality} was not offered for this checkout", ErrorCode.STEP_UP_REQUIRED)
+        if claims.payment_handler != checkout.terms.payment_handler:
+            self.policy.for_device(proposal.device_id).check_payment(claims.payment_handler)
+            raise ConsentError("the mandate names another payment channel", ErrorCode.PAYMENT_CHANNEL_NOT_ALLOWED)
+        policy = self.policy.for_device(proposal.device_id)
+        policy.check_payment(claims.payment_handler)
+        policy.check_proposal(proposal)
+        policy.check_modality(proposal, claims.modality)
+        spent, recent = conn.execute(
+            "SELECT coalesce(sum(CASE WHEN currency = ? THEN total_minor END), 0),"
+            " count(CASE WHEN at > ? THEN 1 END) FROM orders WHERE device_id = ? AND at > ?",
+            (proposal.currency, now - 60.0, proposal.device_id, now - 86400.0),
+        ).fetchone()
+        policy.check_daily(proposal, spent)
+        policy.check_velocity(recent)
+
+    def _load(self, conn: sqlite3.Connection, checkout_id: str) -> _Checkout | None:
+        row = conn.execute(
+            "SELECT raw, hash, nonce, nonce_used_at, terms, state FROM checkouts WHERE checkout_id = ?", (checkout_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        raw, digest, nonce, used_at, terms, state = row
+        proposal = decode(raw)
+        assert isinstance(proposal, CheckoutProposal)
+        return _Checkout(
+            proposal, raw, digest, nonce, used_at is not None, ConsentTerms.model_validate_json(terms), state
+        )
+
+    def _refuse(
+        self,
+        conn: sqlite3.Connection,
+        key: str | None,
+        body: str,
+        ids: dict[str, str],
+        exc: ConsentError,
+        token: str | None = None,
+    ) -> ConsentError:
+        """Record the refusal (under the idempotency key, when it may hold one) and return it."""
+        claims = unverified_claims(token) if token else None
+        self.audit.append(
+            conn,
+            "refusal",
+            stage="complete",
+            code=exc.code.value,
+            reason=exc.text,
+            mandate_id=claims.get("jti") if claims else None,
+            mandate_sha256=_sha(token) if token else None,
+            **ids,
+        )
+        if key is not None:
+            result = json.dumps({"refused": exc.code.value, "text": exc.text})
+            conn.execute(
+                "INSERT INTO completions (idempotency_key, body_sha256, result, at) VALUES (?, ?, ?, ?)",
+                (key, body, result, self.clock()),
+            )
+        return exc
+
+    # reading -----------------------------------------------------------------------------
+
+    def orders(self) -> list[tuple[str, str, int, str]]:
+        """(order id, checkout id, total, currency) of every order, oldest first."""
+        with self.db.reading() as conn:
+            return conn.execute(
+                "SELECT order_id, checkout_id, total_minor, currency FROM orders ORDER BY at"
+            ).fetchall()
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _body_sha256(completion: Completion) -> str:
+    fields = [
+        completion.checkout_id,
+        completion.checkout_hash,
+        completion.device_id,
+        completion.session_id,
+        completion.confirmation.encode().decode(),
+    ]
+    return _sha(json.dumps(fields, separators=(",", ":")))
+
+
+def _result_from(stored: str) -> OrderResult | ConsentError:
+    value = json.loads(stored)
+    if "refused" in value:
+        return ConsentError(value["text"], ErrorCode(value["refused"]))
+    return OrderResult.model_validate(value)
