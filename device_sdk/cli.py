@@ -1,4 +1,4 @@
-"""`device-sdk`: the demo, the message schemas and the bus benchmark."""
+"""`device-sdk`: the demo, the backend, device keys, the audit log, message schemas and benchmarks."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from .errors import DeviceSdkError
 from .messages import message_schemas
+from .state import default_database, default_key_file
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,6 +28,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     demo.add_argument("--broker", default=None, help="mqtt://host:port (default: an embedded broker)")
     demo.add_argument("--json", action="store_true", help="print one JSON object instead of the timeline")
+    demo.add_argument(
+        "--audit",
+        type=Path,
+        default=None,
+        help=f"SQLite file of the audit log and the verifier's store (default: {default_database()})",
+    )
+    demo.add_argument("--policy", type=Path, default=None, help="risk policy TOML file (default: built-in defaults)")
 
     serve = commands.add_parser(
         "serve", help="run the backend (broker, gateway, reference agent, checkout) for devices"
@@ -33,6 +42,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--broker", default=None, help="mqtt://host:port to use (default: an embedded broker)")
     serve.add_argument("--port", type=int, default=1883, help="port of the embedded broker (default 1883)")
     serve.add_argument("--host", default="127.0.0.1", help="address of the embedded broker (default 127.0.0.1)")
+    serve.add_argument(
+        "--db",
+        type=Path,
+        default=None,
+        help=f"SQLite file of the audit log, keys and verifier store (default: {default_database()})",
+    )
+    serve.add_argument("--policy", type=Path, default=None, help="risk policy TOML file (default: built-in defaults)")
+
+    keys = commands.add_parser("keys", help="device signing keys and the registry the verifier trusts")
+    key_commands = keys.add_subparsers(dest="keys", required=True)
+    create = key_commands.add_parser("create", help="make a device's key file and register it (rotating an old one)")
+    create.add_argument("device_id")
+    create.add_argument("--out", type=Path, default=None, help="key file to write (default: the state directory)")
+    revoke = key_commands.add_parser("revoke", help="revoke every key of a device")
+    revoke.add_argument("device_id")
+    listing = key_commands.add_parser("list", help="registered keys")
+    listing.add_argument("--json", action="store_true")
+    for sub in (create, revoke, listing):
+        sub.add_argument("--db", type=Path, default=None, help=f"registry database (default: {default_database()})")
+
+    audit = commands.add_parser("audit", help="check or read the audit log")
+    audit_commands = audit.add_subparsers(dest="audit", required=True)
+    verify = audit_commands.add_parser("verify", help="exit 0 if the log is intact, else name the first bad record")
+    verify.add_argument("path", nargs="?", type=Path, default=None, help=f"(default: {default_database()})")
+    verify.add_argument("--key", default=None, help="pin the checkpoint key: base64url, JWK or PEM, or @FILE")
+    verify.add_argument("--head", default=None, help="a checkpoint hash (hex) kept elsewhere that must still be there")
+    verify.add_argument("--json", action="store_true")
+    show = audit_commands.add_parser("show", help="the trail of one session")
+    show.add_argument("path", nargs="?", type=Path, default=None, help=f"(default: {default_database()})")
+    show.add_argument("--session", required=True, help="session id")
+    show.add_argument("--json", action="store_true")
 
     schema = commands.add_parser("schema", help="write the JSON Schema of every bus message")
     schema.add_argument("--out", type=Path, required=True, help="directory for <type>.schema.json files")
@@ -44,6 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     bus.add_argument("--concurrency", type=int, default=32, help="requests in flight for the throughput run")
     bus.add_argument("--mosquitto", default=None, help="mqtt://host:port of a running Mosquitto (default: start one)")
     bus.add_argument("--json", action="store_true")
+    consent = bench_kinds.add_parser("consent", help="mandates verified and completed; audit log verification")
+    consent.add_argument("-n", type=int, default=5000, help="checkouts to sign, verify and complete")
+    consent.add_argument("--threads", type=int, default=2, help="threads that verify and submit (default 2)")
+    consent.add_argument("--audit-records", default="100000,1000000", help="audit log sizes to verify")
+    consent.add_argument("--dir", default=None, help="where to put the temporary databases")
+    consent.add_argument("--json", action="store_true")
 
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -55,6 +101,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _schema(args.out)
     if args.command == "serve":
         return asyncio.run(_serve(args))
+    if args.command == "keys":
+        return _keys(args)
+    if args.command == "audit":
+        return _audit(args)
+    if args.bench == "consent":
+        from .bench_consent import run_bench_consent
+
+        return run_bench_consent(args)
     from .bench import run_bench_bus
 
     return asyncio.run(run_bench_bus(args))
@@ -66,12 +120,15 @@ def run() -> None:
         raise SystemExit(main())
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+    except DeviceSdkError as exc:
+        print(f"device-sdk: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 async def _demo(args: argparse.Namespace) -> int:
     from simulators.scenario import DEFAULT_REPLY, DEFAULT_SAY, run_demo
 
-    from .errors import DeviceSdkError
+    from .policy import PolicyBook
 
     say = args.say or DEFAULT_SAY
     replies = args.reply if args.reply is not None else [DEFAULT_REPLY]
@@ -85,6 +142,8 @@ async def _demo(args: argparse.Namespace) -> int:
             broker=args.broker,
             on_step=None if quiet else lambda step: print(step.line()),
             present=None if quiet else lambda text: print(f"  speaker says: {text}"),
+            audit=args.audit or default_database(),
+            policy=PolicyBook.load(args.policy),
         )
     except DeviceSdkError as exc:
         if quiet:
@@ -98,7 +157,14 @@ async def _demo(args: argparse.Namespace) -> int:
         order = result.run.result
         error = f" ({result.run.error})" if result.run.error else ""
         print(f"outcome: {result.outcome}{error}" + (f", order {order.order_id}" if order and order.order_id else ""))
+        if order is not None and order.reason:
+            print(f"reason: {order.reason}")
+        if result.verification is not None:
+            print(f"mandate {result.verification.mandate_id} verified: signed by {result.verification.key_id}")
         print(f"broker: {result.broker}; orders placed: {result.orders_placed}")
+        if result.run.offer is not None:
+            session = result.run.offer.session_id
+            print(f"audit log: {result.audit} (device-sdk audit show --session {session} {result.audit})")
     return 0 if result.ordered else 1
 
 
@@ -109,6 +175,7 @@ async def _serve(args: argparse.Namespace) -> int:
 
     from .embedded_broker import EmbeddedBroker
     from .mqtt import BrokerUrl
+    from .policy import PolicyBook
 
     async with contextlib.AsyncExitStack() as stack:
         if args.broker:
@@ -116,11 +183,70 @@ async def _serve(args: argparse.Namespace) -> int:
         else:
             broker = EmbeddedBroker(args.host, args.port)
             url, shared = (await stack.enter_async_context(broker)).url, False
-        backend = await stack.enter_async_context(ShopBackend(url, shared=shared))
+        database, policy = args.db or default_database(), PolicyBook.load(args.policy)
+        backend = await stack.enter_async_context(ShopBackend(url, shared=shared, database=database, policy=policy))
         print(f"serving devices on {url} as gateway {backend.gateway.gateway_id}; Ctrl-C stops", flush=True)
+        print(f"audit log and verifier store: {database}", flush=True)
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.Event().wait()
     return 0
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from .database import Database
+    from .keys import DeviceRegistry, SigningKey
+
+    with Database(args.db or default_database()) as db:
+        registry = DeviceRegistry(db)
+        if args.keys == "create":
+            out = args.out or default_key_file(args.device_id)
+            key = SigningKey.generate()
+            key.save(out)
+            kid = registry.rotate(args.device_id, key.public)
+            print(f"{args.device_id}: key {kid} written to {out} (mode 600) and registered in {db.path}")
+        elif args.keys == "revoke":
+            count = registry.revoke(args.device_id)
+            print(f"{args.device_id}: {count} key(s) revoked")
+            return 0 if count else 1
+        else:
+            records = registry.keys()
+            rows = [{"device_id": r.device_id, "kid": r.kid, "status": r.status.value, "added_at": r.added_at,
+                     "retired_at": r.retired_at} for r in records]  # fmt: skip
+            if args.json:
+                print(json.dumps(rows))
+            for row in [] if args.json else rows:
+                print(f"{row['device_id']:<24} {row['kid']}  {row['status']}")
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from .audit import describe, trail, verify_log
+    from .keys import PublicKey
+
+    path = args.path or default_database()
+    if args.audit == "show":
+        records = trail(path, args.session)
+        if args.json:
+            print(json.dumps(records, ensure_ascii=False))
+        for record in [] if args.json else records:
+            print(describe(record))
+        if not records:
+            print(f"no records of session {args.session} in {path}", file=sys.stderr)
+        return 0 if records else 1
+    key = None
+    if args.key:
+        text = Path(args.key[1:]).read_text() if args.key.startswith("@") else args.key
+        key = PublicKey.from_text(text)
+    report = verify_log(path, key=key, head=args.head)
+    if args.json:
+        print(json.dumps(report.as_dict()))
+    elif report.ok:
+        pinned = "pinned key" if report.key_pinned else "the key recorded in the log"
+        print(f"{path}: intact, {report.records} records, {report.checkpoints} checkpoints")
+        print(f"head {report.head}, signed by {report.key_id} ({pinned})")
+    else:
+        print(f"{path}: BROKEN at record {report.first_bad}: {report.problem}")
+    return 0 if report.ok else 1
 
 
 def _schema(out: Path) -> int:

@@ -256,7 +256,7 @@ class ConsentVerifier:
         body = _body_sha256(completion)
         opened: SignedMandate | ConsentError
         try:
-            opened = self._open_mandate(completion)  # the signature check runs here, in parallel
+            opened = self.read_mandate(completion)  # the signature check runs here, in parallel
         except ConsentError as exc:
             opened = exc
         outcome = self.db.call(lambda conn: self._admit(conn, completion, body, opened, place))
@@ -264,7 +264,9 @@ class ConsentVerifier:
             raise outcome
         return outcome
 
-    def _open_mandate(self, completion: Completion) -> SignedMandate:
+    def read_mandate(self, completion: Completion) -> SignedMandate:
+        """Read the mandate and check its signature against the registered key (no store needed, so
+        callers may run it on many threads); `complete` runs it and then everything else."""
         token = completion.confirmation.mandate
         if not token:
             raise ConsentError("no consent mandate came with the confirmation", ErrorCode.MANDATE_MISSING)
@@ -421,15 +423,15 @@ class ConsentVerifier:
             claims.display_digest,
         ):
             raise ConsentError("the confirmation does not say what the mandate says", ErrorCode.MODALITY_MISMATCH)
+        policy = self.policy.for_device(proposal.device_id)
+        policy.check_modality(proposal, claims.modality)
         if claims.modality not in checkout.terms.modalities:
             raise ConsentError(f"{claims.modality} was not offered for this checkout", ErrorCode.STEP_UP_REQUIRED)
         if claims.payment_handler != checkout.terms.payment_handler:
-            self.policy.for_device(proposal.device_id).check_payment(claims.payment_handler)
+            policy.check_payment(claims.payment_handler)
             raise ConsentError("the mandate names another payment channel", ErrorCode.PAYMENT_CHANNEL_NOT_ALLOWED)
-        policy = self.policy.for_device(proposal.device_id)
         policy.check_payment(claims.payment_handler)
         policy.check_proposal(proposal)
-        policy.check_modality(proposal, claims.modality)
         spent, recent = conn.execute(
             "SELECT coalesce(sum(CASE WHEN currency = ? THEN total_minor END), 0),"
             " count(CASE WHEN at > ? THEN 1 END) FROM orders WHERE device_id = ? AND at > ?",

@@ -1,6 +1,7 @@
 """Plug your own agent into the SDK: implement `AgentCore`, host it with `AgentWorker`.
 
-Runs on its own (an embedded broker, the checkout stand-in, a gateway and one device):
+Runs on its own: an embedded broker, the checkout stand-in on a consent verifier (its store and
+audit log in a temporary SQLite file), a gateway, and one device with its own signing key:
 
     .venv/bin/python examples/custom_agent.py
 """
@@ -8,14 +9,20 @@ Runs on its own (an embedded broker, the checkout stand-in, a gateway and one de
 from __future__ import annotations
 
 import asyncio
+import tempfile
+from pathlib import Path
 
 from device_sdk.agent import AgentWorker
+from device_sdk.audit import AuditLog, verify_log
+from device_sdk.database import Database
 from device_sdk.device import DeviceClient
 from device_sdk.embedded_broker import EmbeddedBroker
 from device_sdk.errors import AgentError, ErrorCode
 from device_sdk.gateway import Gateway
+from device_sdk.keys import SigningKey
 from device_sdk.messages import AgentRequest, CheckoutProposal, Decision, Merchant, ProposalLine, new_id, now
 from device_sdk.mqtt import MqttBus
+from device_sdk.verifier import ConsentVerifier
 from simulators.checkout import CheckoutStandIn
 
 CAFE = Merchant(id="m-cafe", name="Corner Cafe")
@@ -29,7 +36,7 @@ class CoffeeAgent:
             raise AgentError("this agent only sells coffee", ErrorCode.ITEM_NOT_FOUND)
         line = ProposalLine(
             sku="flat-white", name="Flat white", qty=1, unit="cup", unit_price_minor=2800, line_total_minor=2800,
-            seller=CAFE,
+            seller=CAFE, category="grocery",
         )  # fmt: skip
         return CheckoutProposal(
             checkout_id=new_id("co"), request_id=request.request_id, device_id=request.device_id,
@@ -39,17 +46,24 @@ class CoffeeAgent:
 
 
 async def main() -> None:
-    async with (
-        EmbeddedBroker() as broker,
-        MqttBus(broker.url, "coffee-agent") as agent_bus,
-        AgentWorker(agent_bus, CoffeeAgent(), shared=False),
-        Gateway(broker.url, CheckoutStandIn()),
-        DeviceClient(broker.url, "kitchen-speaker") as speaker,
-    ):
-        offer = await speaker.ask("get me a coffee")
-        print("speaker says:", offer.readback)
-        result = await speaker.answer(offer, Decision.CONFIRM, heard="yes")
-        print("outcome:", result.outcome, result.order_id)
+    with tempfile.TemporaryDirectory() as state, Database(Path(state) / "shop.db") as db:
+        audit = AuditLog.open(db)  # its checkpoint key is made beside the database
+        verifier = ConsentVerifier(db, audit, audience="shop-checkout:cafe")
+        device_key = SigningKey.generate()  # on a real device: SigningKey.load_or_create(path), at provisioning
+        verifier.registry.register("kitchen-speaker", device_key.public)
+        async with (
+            EmbeddedBroker() as broker,
+            MqttBus(broker.url, "coffee-agent") as agent_bus,
+            AgentWorker(agent_bus, CoffeeAgent(), shared=False),
+            Gateway(broker.url, CheckoutStandIn(verifier), audit=audit),
+            DeviceClient(broker.url, "kitchen-speaker", key=device_key) as speaker,
+        ):
+            offer = await speaker.ask("get me a coffee")
+            print("speaker says:", offer.readback)
+            result = await speaker.answer(offer, Decision.CONFIRM, heard="yes")
+            print("outcome:", result.outcome, result.order_id)
+        report = verify_log(db.path)
+        print(f"audit log: {report.records} records, intact: {report.ok}")
 
 
 if __name__ == "__main__":

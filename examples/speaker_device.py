@@ -1,7 +1,9 @@
 """A device of your own against a running backend: what a smart-speaker integration looks like.
 
-Start the backend in one terminal, then run the device in another:
+Give the device its signing key (registered with the checkout's verifier), start the backend in
+one terminal, then run the device in another:
 
+    .venv/bin/device-sdk keys create my-speaker     # ~/.local/state/device-sdk/keys/my-speaker.pem
     .venv/bin/device-sdk serve                      # embedded broker on 127.0.0.1:1883
     .venv/bin/python examples/speaker_device.py --say "buy two bags of rice"
 
@@ -12,15 +14,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
 
 from device_sdk.device import DeviceClient
 from device_sdk.errors import DeviceSdkError
+from device_sdk.keys import SigningKey
 from device_sdk.messages import Decision, Modality
 from device_sdk.replies import REPROMPT, ReplyDialog
+from device_sdk.state import default_key_file
 
 
 async def main(args: argparse.Namespace) -> int:
-    async with DeviceClient(args.broker, args.device_id) as device:
+    key = SigningKey.load(args.key or default_key_file(args.device_id))
+    async with DeviceClient(args.broker, args.device_id, key=key) as device:
         try:
             offer = await device.ask(args.say)
         except DeviceSdkError as exc:
@@ -37,6 +43,8 @@ async def main(args: argparse.Namespace) -> int:
             print(f"speaker says: {REPROMPT}")
         result = await device.answer(offer, decision, modality=Modality.TEXT, heard=" / ".join(dialog.heard))
         print(f"outcome: {result.outcome}" + (f", order {result.order_id}" if result.order_id else ""))
+        if result.reason:
+            print(f"reason: {result.reason}")
         return 0 if decision is Decision.CONFIRM and result.order_id else 1
 
 
@@ -46,4 +54,5 @@ if __name__ == "__main__":
     parser.add_argument("--device-id", default="my-speaker")
     parser.add_argument("--say", default="buy two packs of AA batteries")
     parser.add_argument("--reply", action="append", help="answer(s) to the read-back instead of the terminal")
+    parser.add_argument("--key", type=Path, default=None, help="the device's key file (default: keys create's)")
     raise SystemExit(asyncio.run(main(parser.parse_args())))

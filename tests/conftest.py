@@ -6,13 +6,17 @@ import os
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 
+from device_sdk.device import DeviceClient
 from device_sdk.embedded_broker import EmbeddedBroker
 from device_sdk.mosquitto import MosquittoServer
 from device_sdk.mqtt import BrokerUrl
+
+if TYPE_CHECKING:
+    from simulators.scenario import ShopBackend
 
 
 def mosquitto_or_skip() -> None:
@@ -76,3 +80,8 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Restartable]:
         mosquitto_or_skip()
         async with MosquittoServer() as server:
             yield server
+
+
+def keyed(shop: ShopBackend, broker: Restartable, device_id: str = "speaker-1", **kw: Any) -> DeviceClient:
+    """A device with a signing key of its own, enrolled with the shop's verifier."""
+    return DeviceClient(broker.url, device_id, key=shop.provision(device_id), **kw)

@@ -12,13 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from device_sdk.audio import HEADER, MAX_CHUNK, AudioChunk, AudioStream, decode_chunk
-from device_sdk.device import DeviceClient
 from device_sdk.errors import ErrorCode, ProtocolError
 from device_sdk.messages import AudioFormat, Error, decode
 from device_sdk.mqtt import MqttBus
 from device_sdk.topics import Topics
 from simulators.scenario import ShopBackend
-from tests.conftest import Restartable
+from tests.conftest import Restartable, keyed
 
 T = Topics()
 
@@ -79,7 +78,7 @@ async def test_stream_counts_gaps_and_ignores_late_chunks() -> None:
 async def test_device_streams_audio_to_the_gateway(broker: Restartable) -> None:
     pcm = tone(1.0)
     chunk_bytes = 3200  # 100 ms at 16 kHz
-    async with ShopBackend(broker.url) as shop, DeviceClient(broker.url, "speaker-1") as device:
+    async with ShopBackend(broker.url) as shop, keyed(shop, broker) as device:
         streams = shop.gateway.audio_streams()
         sent = await device.stream_audio(
             "ses_audio", (pcm[i : i + chunk_bytes] for i in range(0, len(pcm), chunk_bytes))

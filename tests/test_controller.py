@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from device_sdk.device import DeviceClient, HealthEvent
+from device_sdk.keys import SigningKey
 from device_sdk.messages import Decision, Outcome
 from device_sdk.mosquitto import MosquittoServer
 from simulators.scenario import ShopBackend
@@ -31,13 +32,15 @@ async def test_heartbeat_notices_a_silent_controller(broker: Restartable) -> Non
 
 
 async def test_two_gateways_serve_a_device_one_at_a_time(mosquitto: MosquittoServer) -> None:
-    url = mosquitto.url
-    async with DeviceClient(url, "speaker-1", heartbeat=0.1, pong_timeout=0.5, resend_after=0.5) as device:
+    url, key = mosquitto.url, SigningKey.generate()
+    async with DeviceClient(url, "speaker-1", heartbeat=0.1, pong_timeout=0.5, resend_after=0.5, key=key) as device:
         first = ShopBackend(url, gateway_id="gw-first")
         await first.__aenter__()
         try:
+            first.enroll("speaker-1", key)
             await health(device, alive=True)
             async with ShopBackend(url, gateway_id="gw-second") as second:
+                second.enroll("speaker-1", key)
                 offer = await device.ask("buy two bottles of shampoo")
                 served = [g for g in (first.gateway, second.gateway) if ("speaker-1", offer.session_id) in g.sessions]
                 assert [g.gateway_id for g in served] == ["gw-first"]

@@ -27,13 +27,14 @@ async def backend(broker: Restartable) -> AsyncIterator[ShopBackend]:
         yield shop
 
 
-def device(broker: Restartable, device_id: str = "speaker-1", **kw: Any) -> DeviceClient:
+def device(shop: ShopBackend, broker: Restartable, device_id: str = "speaker-1", **kw: Any) -> DeviceClient:
+    """A device with a signing key of its own, enrolled with the shop's verifier."""
     kw.setdefault("resend_after", 0.5)
-    return DeviceClient(broker.url, device_id, **kw)
+    return DeviceClient(broker.url, device_id, key=shop.provision(device_id), **kw)
 
 
 async def test_spoken_request_to_confirmed_order(broker: Restartable, backend: ShopBackend) -> None:
-    async with device(broker) as speaker:
+    async with device(backend, broker) as speaker:
         run = await SimulatedSpeaker(speaker).run("buy two packs of AA batteries and a bottle of milk", ["confirm"])
     assert run.result is not None and run.offer is not None
     assert run.result.outcome is Outcome.ORDERED
@@ -51,7 +52,7 @@ async def test_spoken_request_to_confirmed_order(broker: Restartable, backend: S
 async def test_declined_or_unclear_places_no_order(
     broker: Restartable, backend: ShopBackend, replies: list[str], outcome: Outcome
 ) -> None:
-    async with device(broker) as speaker:
+    async with device(backend, broker) as speaker:
         run = await SimulatedSpeaker(speaker).run("order two boxes of masks", replies)
     assert run.result is not None
     assert run.result.outcome is outcome
@@ -60,7 +61,7 @@ async def test_declined_or_unclear_places_no_order(
 
 
 async def test_unanswered_proposal_expires_and_a_late_confirm_orders_nothing(broker: Restartable) -> None:
-    async with ShopBackend(broker.url, confirm_timeout=0.4) as shop, device(broker) as speaker:
+    async with ShopBackend(broker.url, confirm_timeout=0.4) as shop, device(shop, broker) as speaker:
         offer = await speaker.ask("buy a yoga mat")
         result = await next_event(speaker, OrderResult)
         assert result.outcome is Outcome.NOT_CONFIRMED
@@ -71,7 +72,7 @@ async def test_unanswered_proposal_expires_and_a_late_confirm_orders_nothing(bro
 
 
 async def test_another_device_can_neither_confirm_nor_cancel(broker: Restartable, backend: ShopBackend) -> None:
-    async with device(broker, "speaker-1") as owner, device(broker, "speaker-2") as intruder:
+    async with device(backend, broker, "speaker-1") as owner, device(backend, broker, "speaker-2") as intruder:
         offer = await owner.ask("buy a smartphone")
         for decision in (Decision.CONFIRM, Decision.DECLINE):
             with pytest.raises(RemoteError) as caught:
@@ -90,10 +91,11 @@ async def test_another_device_can_neither_confirm_nor_cancel(broker: Restartable
 
 
 async def test_confirming_one_proposal_twice_places_one_order(broker: Restartable, backend: ShopBackend) -> None:
-    async with device(broker) as speaker:
+    async with device(backend, broker) as speaker:
         offer = await speaker.ask("buy three apples")
+        mandate = speaker.sign(offer, Modality.VOICE)
         first, second = await asyncio.gather(
-            speaker.answer(offer, Decision.CONFIRM), answer_raw(speaker, offer, Decision.CONFIRM)
+            speaker.answer(offer, Decision.CONFIRM, mandate=mandate), answer_raw(speaker, offer, mandate)
         )
         third = await speaker.answer(offer, Decision.CONFIRM)
         declined_after = await speaker.answer(offer, Decision.DECLINE)
@@ -103,7 +105,7 @@ async def test_confirming_one_proposal_twice_places_one_order(broker: Restartabl
 
 
 async def test_a_confirmation_of_another_text_is_refused(broker: Restartable, backend: ShopBackend) -> None:
-    async with device(broker) as speaker:
+    async with device(backend, broker) as speaker:
         offer = await speaker.ask("buy two bottles of shampoo")
         with pytest.raises(RemoteError) as caught:
             await speaker.answer(offer, Decision.CONFIRM, presented="Buy one shampoo for 1.00 CNY?")
@@ -113,7 +115,7 @@ async def test_a_confirmation_of_another_text_is_refused(broker: Restartable, ba
 
 
 async def test_agent_errors_reach_the_device_with_their_code(broker: Restartable, backend: ShopBackend) -> None:
-    async with device(broker) as speaker:
+    async with device(backend, broker) as speaker:
         with pytest.raises(RemoteError) as caught:
             await speaker.ask("buy a spaceship")
         assert caught.value.code == ErrorCode.ITEM_NOT_FOUND
@@ -164,14 +166,14 @@ async def test_malformed_payloads_on_every_topic_get_coded_errors(broker: Restar
             await bus.publish(topic, payload)
             assert (await next_error(errors)).code == code, (leaf, payload[:60])
     # and the gateway and the agent still serve
-    async with device(broker, "speaker-9") as speaker:
+    async with device(backend, broker, "speaker-9") as speaker:
         run = await SimulatedSpeaker(speaker).run("buy milk", ["confirm"])
     assert run.result is not None and run.result.outcome is Outcome.ORDERED
     assert backend.gateway.refused >= len(BAD) + 3
 
 
 async def test_broker_restart_mid_session_orders_exactly_once(broker: Restartable, backend: ShopBackend) -> None:
-    async with device(broker) as speaker:
+    async with device(backend, broker) as speaker:
         offer = await speaker.ask("buy two bags of rice")
         await broker.restart()
         result = await speaker.answer(offer, Decision.CONFIRM, timeout=20)
@@ -184,7 +186,7 @@ async def test_broker_restart_mid_session_orders_exactly_once(broker: Restartabl
 async def test_broker_down_gives_a_clear_error_then_the_session_resumes(
     broker: Restartable, backend: ShopBackend
 ) -> None:
-    async with device(broker) as speaker:
+    async with device(backend, broker) as speaker:
         offer = await speaker.ask("buy an umbrella")
         await broker.stop()
         with pytest.raises(DeviceSdkError) as caught:
@@ -215,14 +217,15 @@ async def next_error(sub: Any, timeout: float = 5.0) -> Error:
             return message
 
 
-async def answer_raw(speaker: DeviceClient, offer: Offer, decision: Decision) -> OrderResult:
-    """The same confirmation again, published by hand (as a second tap on the same button would)."""
+async def answer_raw(speaker: DeviceClient, offer: Offer, mandate: str | None) -> OrderResult:
+    """The same confirmation again, published by hand (as a second press of the same button would)."""
     async with MqttBus(speaker.url, "second-tap") as bus:
         replies = await bus.subscribe(T.device_down(speaker.device_id))
         payload = {
             "v": 1, "type": "confirmation.result", "session_id": offer.session_id,
             "checkout_id": offer.request.checkout_id, "checkout_hash": offer.request.checkout_hash,
-            "decision": decision, "modality": Modality.LENS_TAP, "display_digest": offer.request.display_digest,
+            "decision": Decision.CONFIRM, "modality": Modality.VOICE, "display_digest": offer.request.display_digest,
+            "mandate": mandate,
         }  # fmt: skip
         await bus.publish(T.device_up(speaker.device_id), json.dumps(payload).encode())
         while True:

@@ -16,6 +16,7 @@ from device_sdk.messages import (
     CheckoutProposal,
     ConfirmationRequest,
     Decision,
+    Modality,
     OrderResult,
     Outcome,
     decode,
@@ -23,11 +24,12 @@ from device_sdk.messages import (
 from device_sdk.mosquitto import MosquittoServer
 from device_sdk.mqtt import MqttBus
 from device_sdk.topics import Topics
+from device_sdk.verifier import ConsentVerifier
 from simulators.agent_core import CatalogAgent
 from simulators.catalog import demo_catalog
 from simulators.checkout import CheckoutStandIn
 from simulators.scenario import ShopBackend
-from tests.conftest import Restartable
+from tests.conftest import Restartable, keyed
 
 T = Topics()
 
@@ -41,7 +43,9 @@ async def test_two_gateways_starting_together_make_one_offer(mosquitto: Mosquitt
             ShopBackend(mosquitto.url, gateway_id=f"gw-b{attempt}") as b,
         ):
             down = await tap.subscribe(T.device_down(device_id))
-            async with DeviceClient(mosquitto.url, device_id, heartbeat=0) as device:
+            key = a.provision(device_id)
+            b.enroll(device_id, key)
+            async with DeviceClient(mosquitto.url, device_id, heartbeat=0, key=key) as device:
                 offer = await device.ask("buy two bags of rice")
                 result = await device.answer(offer, Decision.CONFIRM)
             await asyncio.sleep(0.3)
@@ -62,19 +66,20 @@ async def test_two_gateways_starting_together_make_one_offer(mosquitto: Mosquitt
 async def test_a_long_cart_gets_its_whole_read_back(broker: Restartable) -> None:
     catalog = demo_catalog()
     items = [p.aliases[0] if p.aliases else p.name for p in catalog.products if p.category != "alcohol"][:35]
-    async with ShopBackend(broker.url), DeviceClient(broker.url, "speaker-1") as device:
+    async with ShopBackend(broker.url) as shop, keyed(shop, broker) as device:
         offer = await device.ask("buy " + " and ".join(items))
         assert len(offer.request.proposal.lines) == 35
         assert len(offer.readback) > 2000
-        result = await device.answer(offer, Decision.CONFIRM)
+        assert Modality.VOICE not in offer.request.consent.modalities  # over the voice cap
+        result = await device.answer(offer, Decision.CONFIRM, modality=Modality.VOICE_PIN)
     assert result.outcome is Outcome.ORDERED
 
 
 class FlakyCheckout(CheckoutStandIn):
     """Places the order but loses its first `failures` answers, as a payment service that hangs up."""
 
-    def __init__(self, failures: int) -> None:
-        super().__init__(demo_catalog())
+    def __init__(self, verifier: ConsentVerifier, failures: int) -> None:
+        super().__init__(verifier, demo_catalog())
         self.failures = failures
 
     async def complete(self, completion: Completion) -> OrderResult:
@@ -86,20 +91,20 @@ class FlakyCheckout(CheckoutStandIn):
 
 
 async def test_a_lost_checkout_answer_is_retried_by_the_gateway(broker: Restartable) -> None:
-    checkout = FlakyCheckout(failures=1)
-    async with ShopBackend(broker.url, checkout=checkout), DeviceClient(broker.url, "speaker-1") as device:
+    flaky = ShopBackend(broker.url, make_checkout=lambda verifier: FlakyCheckout(verifier, failures=1))
+    async with flaky as shop, keyed(shop, broker) as device:
         offer = await device.ask("buy a yoga mat")
         result = await device.answer(offer, Decision.CONFIRM)
     assert result.outcome is Outcome.ORDERED
-    assert [o.order_id for o in checkout.orders] == [result.order_id]
+    assert [o.order_id for o in shop.checkout.orders] == [result.order_id]
+    assert [row[0] for row in shop.verifier.orders()] == [result.order_id]
 
 
 async def test_an_unanswered_completion_never_expires_into_not_confirmed(broker: Restartable) -> None:
-    checkout = FlakyCheckout(failures=4)  # more than the gateway's three tries at once
-    async with (
-        ShopBackend(broker.url, checkout=checkout, confirm_timeout=0.5),
-        DeviceClient(broker.url, "speaker-1") as device,
-    ):
+    flaky = ShopBackend(  # more failures than the gateway's three tries at once
+        broker.url, make_checkout=lambda verifier: FlakyCheckout(verifier, failures=4), confirm_timeout=0.5
+    )
+    async with flaky as shop, keyed(shop, broker) as device:
         offer = await device.ask("buy a yoga mat")
         with pytest.raises(RemoteError) as caught:
             await device.answer(offer, Decision.CONFIRM)
@@ -107,11 +112,11 @@ async def test_an_unanswered_completion_never_expires_into_not_confirmed(broker:
         await asyncio.sleep(1.0)  # past the offer's expiry: it must not be cancelled now
         later = await device.answer(offer, Decision.DECLINE, timeout=10)  # even a decline finishes the order
     assert later.outcome is Outcome.ORDERED
-    assert [o.order_id for o in checkout.orders] == [later.order_id]
+    assert [o.order_id for o in shop.checkout.orders] == [later.order_id]
 
 
 async def test_two_calls_in_one_session_each_get_their_own_answer(broker: Restartable) -> None:
-    async with ShopBackend(broker.url), DeviceClient(broker.url, "speaker-1") as device:
+    async with ShopBackend(broker.url) as shop, keyed(shop, broker) as device:
         first, second = await asyncio.gather(
             device.ask("buy milk", session_id="ses_two"), device.ask("buy two milk", session_id="ses_two")
         )
@@ -130,7 +135,7 @@ class LyingAgent(CatalogAgent):
 
 
 async def test_a_cart_that_differs_from_the_merchant_catalog_is_never_offered(broker: Restartable) -> None:
-    async with ShopBackend(broker.url, agent=LyingAgent()) as shop, DeviceClient(broker.url, "speaker-1") as device:
+    async with ShopBackend(broker.url, agent=LyingAgent()) as shop, keyed(shop, broker) as device:
         with pytest.raises(RemoteError) as caught:
             await device.ask("buy a bottle of olive oil")
         assert caught.value.code == ErrorCode.BAD_PROPOSAL
@@ -140,8 +145,8 @@ async def test_a_cart_that_differs_from_the_merchant_catalog_is_never_offered(br
 async def test_devices_may_use_the_same_ids(broker: Restartable) -> None:
     async with (
         ShopBackend(broker.url) as shop,
-        DeviceClient(broker.url, "speaker-1") as one,
-        DeviceClient(broker.url, "speaker-2") as two,
+        keyed(shop, broker, "speaker-1") as one,
+        keyed(shop, broker, "speaker-2") as two,
     ):
         offers = await asyncio.gather(one.ask("buy milk", session_id="1"), two.ask("buy eggs", session_id="1"))
         results = await asyncio.gather(
@@ -153,7 +158,7 @@ async def test_devices_may_use_the_same_ids(broker: Restartable) -> None:
 
 
 async def test_a_stale_offer_in_the_session_is_not_taken_for_the_answer(broker: Restartable) -> None:
-    async with ShopBackend(broker.url), DeviceClient(broker.url, "speaker-1") as device:
+    async with ShopBackend(broker.url) as shop, keyed(shop, broker) as device:
         first = await device.ask("buy milk", session_id="ses_s")
         async with MqttBus(broker.url, "replayer") as replayer:
             stale = first.request.model_copy(update={"request_id": "req_old"})

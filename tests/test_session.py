@@ -9,6 +9,7 @@ from device_sdk.errors import ErrorCode, SessionError
 from device_sdk.messages import (
     ConfirmationRequest,
     ConfirmationResult,
+    ConsentTerms,
     Decision,
     Modality,
     OrderResult,
@@ -17,6 +18,8 @@ from device_sdk.messages import (
 from device_sdk.readback import compose_readback, display_digest
 from device_sdk.session import Session, State, Step
 from tests.test_messages import proposal
+
+TERMS = ConsentTerms(audience="test", nonce="n" * 22, payment_handler="shop-wallet", modalities=[Modality.VOICE])
 
 
 def offered() -> tuple[Session, ConfirmationRequest]:
@@ -27,7 +30,7 @@ def offered() -> tuple[Session, ConfirmationRequest]:
     text = compose_readback(p)
     offer = ConfirmationRequest(
         session_id="ses_1", request_id="req_1", checkout_id=p.checkout_id, checkout_hash=issued.checkout_hash,
-        proposal=p, readback=text, display_digest=display_digest(text), modalities=[Modality.VOICE], expires_at=100.0,
+        proposal=p, readback=text, display_digest=display_digest(text), consent=TERMS, expires_at=100.0,
     )  # fmt: skip
     assert session.on_offer("req_1", issued, offer)
     return session, offer

@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from device_sdk.agent import IssuedProposal
 from device_sdk.audio import decode_chunk
-from device_sdk.errors import ProtocolError
+from device_sdk.errors import ConsentError, ErrorCode, ProtocolError
+from device_sdk.keys import PublicKey, SigningKey
+from device_sdk.mandate import MandateClaims, open_mandate, sign_mandate
 from device_sdk.messages import MAX_PAYLOAD, CheckoutProposal, decode
 from device_sdk.readback import compose_readback, display_digest
 
@@ -57,3 +60,29 @@ def test_audio_chunk_vectors(entry: dict[str, Any]) -> None:
     )  # fmt: skip
     assert list(struct.unpack(f"<{chunk.samples()}h", chunk.pcm)) == entry["samples"]
     assert chunk.encode() == data
+
+
+def test_mandate_vector_is_byte_exact_and_verifies() -> None:
+    vector = MANIFEST["mandate"]
+    key = SigningKey(Ed25519PrivateKey.from_private_bytes(bytes.fromhex(vector["seed_hex"])))
+    assert key.public.raw.hex() == vector["public_key_hex"]
+    assert key.public.kid == vector["kid"]
+    claims = MandateClaims.model_validate(vector["claims"])
+    assert sign_mandate(key, claims) == vector["token"]  # Ed25519 signatures are deterministic
+    opened = open_mandate(vector["token"], key.public)
+    assert opened.claims == claims
+    assert key.public.verify(bytes.fromhex(vector["signature_hex"]), vector["signing_input"].encode())
+    checkout = MANIFEST["checkout"]
+    assert claims.checkout_hash == checkout["checkout_hash"]
+    assert claims.display_digest == checkout["display_digest"]
+    result = decode((VECTORS / "confirmation.result.json").read_bytes())
+    assert getattr(result, "mandate", None) == vector["token"]
+
+
+@pytest.mark.parametrize("case", ["amount", "signature"])
+def test_tampered_mandate_vectors_are_refused(case: str) -> None:
+    vector = MANIFEST["mandate"]
+    public = PublicKey(bytes.fromhex(vector["public_key_hex"]))
+    with pytest.raises(ConsentError) as caught:
+        open_mandate(vector["tampered"][case], public)
+    assert caught.value.code == ErrorCode.BAD_SIGNATURE

@@ -11,7 +11,11 @@ import json
 import struct
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from device_sdk.audio import AudioChunk
+from device_sdk.keys import SigningKey
+from device_sdk.mandate import MandateClaims, sign_mandate
 from device_sdk.messages import (
     AgentRequest,
     AudioFormat,
@@ -21,6 +25,7 @@ from device_sdk.messages import (
     CheckoutProposal,
     ConfirmationRequest,
     ConfirmationResult,
+    ConsentTerms,
     ControllerClaim,
     Decision,
     DeviceKind,
@@ -40,6 +45,8 @@ from device_sdk.messages import (
 from device_sdk.readback import compose_readback, display_digest
 
 OUT = Path(__file__).parent
+TEST_SEED = bytes(range(32))
+"""The test device key's Ed25519 seed (00 01 ... 1f): for these vectors only, never for a device."""
 
 
 def main() -> None:
@@ -50,14 +57,27 @@ def main() -> None:
         merchant=marketplace, currency="CNY", total_minor=3830, created_at=1764100000.0,
         lines=[
             ProposalLine(sku="bat-aa-4", name="AA batteries, pack of 4", qty=2, unit="pack", unit_price_minor=1290,
-                         line_total_minor=2580, seller=homegoods),
+                         line_total_minor=2580, seller=homegoods, category="household"),
             ProposalLine(sku="milk-1l", name="Whole milk, 1 litre", qty=1, unit="bottle", unit_price_minor=1250,
-                         line_total_minor=1250, seller=fresh),
+                         line_total_minor=1250, seller=fresh, category="grocery"),
         ],
     )  # fmt: skip
     raw = proposal.encode()
     checkout_hash = hashlib.sha256(raw).hexdigest()
     readback = compose_readback(proposal)
+    terms = ConsentTerms(
+        audience="shop-checkout:demo", nonce="bm9uY2Utbm9uY2Utbm9uY2Utbm9uY2U", payment_handler="shop-wallet",
+        modalities=[Modality.VOICE, Modality.TEXT, Modality.VOICE_PIN, Modality.LENS_TAP, Modality.PHONE_SHEET],
+        max_lifetime=300,
+    )  # fmt: skip
+    device_key = SigningKey(Ed25519PrivateKey.from_private_bytes(TEST_SEED))
+    claims = MandateClaims(
+        jti="man_0001", aud=terms.audience, nonce=terms.nonce, iat=1764100030, exp=1764100330,
+        checkout_id="co_0001", checkout_hash=hashlib.sha256(raw).hexdigest(), payee="m-marketplace",
+        amount_minor=3830, currency="CNY", payment_handler="shop-wallet", device_id="speaker-1", session_id="ses_0001",
+        modality=Modality.VOICE, display_digest=display_digest(readback),
+    )  # fmt: skip
+    mandate = sign_mandate(device_key, claims)
     digest = display_digest(readback)
     status = DeviceStatus(device_id="speaker-1", online=True, kind=DeviceKind.SPEAKER,
                           capabilities=[Capability.MIC, Capability.AUDIO_OUT], firmware="1.4.2")  # fmt: skip
@@ -88,7 +108,7 @@ def main() -> None:
             proposal=proposal,
             readback=readback,
             display_digest=digest,
-            modalities=[Modality.VOICE, Modality.TEXT],
+            consent=terms,
             expires_at=1764100120.0,
         ),
         "confirmation.result": ConfirmationResult(
@@ -99,6 +119,7 @@ def main() -> None:
             modality=Modality.VOICE,
             display_digest=digest,
             heard="yes confirm",
+            mandate=mandate,
         ),
         "order.result": OrderResult(
             session_id="ses_0001",
@@ -125,6 +146,16 @@ def main() -> None:
     manifest["checkout"] = {
         "proposal_file": "checkout.proposal.json", "checkout_hash": checkout_hash, "readback": readback,
         "display_digest": digest,
+    }  # fmt: skip
+    header, payload, signature = mandate.split(".")
+    manifest["mandate"] = {
+        "seed_hex": TEST_SEED.hex(), "public_key_hex": device_key.public.raw.hex(), "kid": device_key.public.kid,
+        "header": json.loads(base64url(header)), "claims": claims.model_dump(mode="json"), "token": mandate,
+        "signing_input": f"{header}.{payload}", "signature_hex": base64url(signature).hex(),
+        "tampered": {
+            "amount": swap_claim(mandate, '"amount_minor":3830', '"amount_minor":383'),
+            "signature": f"{header}.{payload}.{signature[:-4]}AAAA",
+        },
     }  # fmt: skip
     bidi = raw.replace(b'"name":"FreshMart"', b'"name":"Fresh\\u202eMart"')
     invalid = [
@@ -162,6 +193,23 @@ def main() -> None:
          "hex": chunk.hex()},
     ]  # fmt: skip
     (OUT / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def base64url(text: str) -> bytes:
+    import base64
+
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def swap_claim(token: str, old: str, new: str) -> str:
+    """The token with its payload changed and the old signature kept: a forgery to refuse."""
+    import base64
+
+    header, payload, signature = token.split(".")
+    changed = base64url(payload).decode().replace(old, new)
+    assert changed != base64url(payload).decode()
+    encoded = base64.urlsafe_b64encode(changed.encode()).rstrip(b"=").decode()
+    return f"{header}.{encoded}.{signature}"
 
 
 if __name__ == "__main__":
