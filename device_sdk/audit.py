@@ -65,7 +65,10 @@ class AuditLog:
         self.db = db
         self.key = key
         db.ensure_schema(SCHEMA)
+        self._head: tuple[int, bytes] | None = None
         db.call(self._register_key)
+        db.before_batch(self._read_head)
+        db.on_rollback(self._forget_head)
         db.after_batch(self._checkpoint)
 
     @classmethod
@@ -91,8 +94,10 @@ class AuditLog:
         **data: Any,
     ) -> int:
         """Append one record inside the caller's write transaction; returns its `seq`."""
-        row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        seq, prev = (row[0] + 1, row[1]) if row else (1, GENESIS)
+        if self._head is None:
+            self._read_head(conn)
+        assert self._head is not None
+        seq, prev = self._head[0] + 1, self._head[1]
         record = {
             "at": round(time.time(), 6),
             "kind": kind,
@@ -102,14 +107,26 @@ class AuditLog:
             **data,
         }
         body = canonical({k: v for k, v in record.items() if v is not None})
-        conn.execute(
-            "INSERT INTO audit (seq, body, hash) VALUES (?, ?, ?)", (seq, body, chain_hash(prev, seq, body.encode()))
-        )
+        digest = chain_hash(prev, seq, body.encode())
+        conn.execute("INSERT INTO audit (seq, body, hash) VALUES (?, ?, ?)", (seq, body, digest))
+        self._head = (seq, digest)
         return seq
 
     async def record(self, kind: str, **fields: Any) -> int:
         """Append one record in a transaction of its own."""
         return await self.db.run(lambda conn: self.append(conn, kind, **fields))
+
+    def _read_head(self, conn: sqlite3.Connection) -> None:
+        """At the start of each write transaction (which holds SQLite's write lock): the chain's head,
+        which another process may have moved since."""
+        row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+        self._head = (row[0], row[1]) if row else (0, GENESIS)
+
+    def _forget_head(self, conn: sqlite3.Connection | None) -> None:
+        if conn is None:
+            self._head = None
+        else:
+            self._read_head(conn)
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         head = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()

@@ -7,7 +7,9 @@ audit log verified at 100,000 and 1,000,000 records.
   idempotency record and two audit records, each on disk (SQLite `synchronous=FULL`, group commit)
   before it returns, submitted from `--threads` threads.
 - `audit_verify_s`: `verify_log` over a log of that many records (about 300 bytes each).
-Proposals are opened and mandates signed before the clock starts: that is the device's work.
+Proposals are opened and mandates signed before the clock starts: that is the devices' work. The
+checkouts are spread over `--devices` devices, each with its own key (the daily cap and velocity
+checks read that device's orders of the last 24 hours).
 """
 
 from __future__ import annotations
@@ -56,9 +58,9 @@ def _proposal(device_id: str) -> IssuedProposal:
     return IssuedProposal(proposal, proposal.encode())
 
 
-def _prepare(verifier: ConsentVerifier, key: SigningKey, n: int, threads: int) -> list[Completion]:
-    """Open `n` checkouts and sign a mandate for each, as devices would."""
-    issued = [_proposal("bench-device") for _ in range(n)]
+def _prepare(verifier: ConsentVerifier, keys: list[SigningKey], n: int, threads: int) -> list[Completion]:
+    """Open `n` checkouts spread over the devices and sign a mandate for each, as the devices would."""
+    issued = [_proposal(f"bench-{i % len(keys)}") for i in range(n)]
     with ThreadPoolExecutor(threads * 4) as pool:
         terms = list(pool.map(verifier.open, issued))
     completions = []
@@ -69,26 +71,28 @@ def _prepare(verifier: ConsentVerifier, key: SigningKey, n: int, threads: int) -
             checkout_hash=one.checkout_hash, proposal=one.proposal, request_id="req_bench", readback=readback,
             display_digest=display_digest(readback), consent=consent, expires_at=time.time() + 300,
         )  # fmt: skip
-        token = mandate_for(offer, key, device_id="bench-device", modality=Modality.VOICE,
+        device_id = one.proposal.device_id
+        token = mandate_for(offer, keys[int(device_id.split("-")[1])], device_id=device_id, modality=Modality.VOICE,
                             display_digest=offer.display_digest)  # fmt: skip
         answer = ConfirmationResult(
             session_id=offer.session_id, checkout_id=offer.checkout_id, checkout_hash=offer.checkout_hash,
             decision=Decision.CONFIRM, modality=Modality.VOICE, display_digest=offer.display_digest, mandate=token,
         )  # fmt: skip
-        completions.append(Completion(offer.checkout_id, offer.checkout_hash, "bench-device", offer.session_id, answer))
+        completions.append(Completion(offer.checkout_id, offer.checkout_hash, device_id, offer.session_id, answer))
     return completions
 
 
-def measure_completions(n: int, threads: int, directory: Path) -> dict[str, float]:
+def measure_completions(n: int, threads: int, devices: int, directory: Path) -> dict[str, float]:
     with Database(directory / "consent.db") as db:
         audit = AuditLog.open(db)
         verifier = ConsentVerifier(db, audit, audience="bench", policy=UNLIMITED)
-        key = SigningKey.generate()
-        verifier.registry.register("bench-device", key.public)
-        completions = _prepare(verifier, key, n, threads)
+        keys = [SigningKey.generate() for _ in range(devices)]
+        for i, key in enumerate(keys):
+            verifier.registry.register(f"bench-{i}", key.public)
+        completions = _prepare(verifier, keys, n, threads)
 
         def check(completion: Completion) -> None:
-            verifier.read_mandate(completion)
+            verifier.check_signature(completion)
 
         with ThreadPoolExecutor(threads) as pool:
             start = time.perf_counter()
@@ -146,10 +150,11 @@ def measure_audit(sizes: list[int], directory: Path) -> dict[str, float]:
 def run_bench_consent(args: argparse.Namespace) -> int:
     sizes = [int(size) for size in args.audit_records.split(",") if size]
     with tempfile.TemporaryDirectory(prefix="bench-consent-", dir=args.dir) as tmp:
-        figures: dict[str, Any] = measure_completions(args.n, args.threads, Path(tmp))
+        figures: dict[str, Any] = measure_completions(args.n, args.threads, args.devices, Path(tmp))
         figures["audit_verify_s"] = measure_audit(sizes, Path(tmp))
     figures["n"] = args.n
     figures["threads"] = args.threads
+    figures["devices"] = args.devices
     figures["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
     if args.json:
         print(json.dumps(figures))

@@ -55,6 +55,8 @@ class Database:
         self.batches = 0
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._hooks: list[Callable[[sqlite3.Connection], None]] = []
+        self._before: list[Callable[[sqlite3.Connection], None]] = []
+        self._rollback: list[Callable[[sqlite3.Connection | None], None]] = []
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
         self._local = threading.local()
@@ -108,6 +110,15 @@ class Database:
 
         self.call(create)
 
+    def before_batch(self, hook: Callable[[sqlite3.Connection], None]) -> None:
+        """Run `hook` at the start of every batch's transaction, before its jobs."""
+        self._before.append(hook)
+
+    def on_rollback(self, hook: Callable[[sqlite3.Connection | None], None]) -> None:
+        """Run `hook` after a job's writes were rolled back (with the connection, still in the batch's
+        transaction), or after a whole batch was (with None)."""
+        self._rollback.append(hook)
+
     def after_batch(self, hook: Callable[[sqlite3.Connection], None]) -> None:
         """Run `hook` in every batch's transaction after its jobs; if it raises, the batch fails."""
         self._hooks.append(hook)
@@ -156,6 +167,8 @@ class Database:
                 _settle(future, None, StoreError(f"cannot write to {self.path}: {exc}"))
             return
         try:
+            for hook in self._before:
+                hook(conn)
             for job, future in batch:
                 if not future.set_running_or_notify_cancel():
                     continue
@@ -165,6 +178,8 @@ class Database:
                 except BaseException as exc:
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
+                    for undo in self._rollback:
+                        undo(conn)
                     done.append((future, None, exc if isinstance(exc, DeviceSdkError) else _store_error(exc)))
                 else:
                     conn.execute("RELEASE job")
@@ -177,6 +192,8 @@ class Database:
             log.exception("a batch of %d writes to %s failed", len(batch), self.path)
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            for undo in self._rollback:
+                undo(None)
             failure = StoreError(f"could not commit to {self.path}: {exc}")
             for future, _, _ in done:
                 _settle(future, None, failure)

@@ -16,11 +16,13 @@ import stat
 import time
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from joserfc.jwk import OKPKey
 
 from .database import Database
 from .errors import ErrorCode, KeyStoreError
@@ -44,14 +46,19 @@ class PublicKey:
         if len(self.raw) != 32:
             raise KeyStoreError("an Ed25519 public key is 32 bytes", ErrorCode.KEY_FILE)
 
-    @property
+    @cached_property
     def kid(self) -> str:
         """RFC 7638 thumbprint: SHA-256 of the canonical JWK, base64url."""
         jwk = json.dumps({"crv": "Ed25519", "kty": "OKP", "x": b64url(self.raw)}, separators=(",", ":"))
         return b64url(hashlib.sha256(jwk.encode()).digest())
 
-    def jwk(self) -> dict[str, str]:
-        return {"kty": "OKP", "crv": "Ed25519", "x": b64url(self.raw), "kid": self.kid}
+    def jwk(self) -> OKPKey:
+        """The key as joserfc's JWK object."""
+        return self._jwk
+
+    @cached_property
+    def _jwk(self) -> OKPKey:
+        return OKPKey.import_key({"kty": "OKP", "crv": "Ed25519", "x": b64url(self.raw)})
 
     def key(self) -> Ed25519PublicKey:
         return Ed25519PublicKey.from_public_bytes(self.raw)
@@ -93,6 +100,11 @@ class SigningKey:
 
     def sign(self, data: bytes) -> bytes:
         return self._private.sign(data)
+
+    def jwk(self) -> OKPKey:
+        """The private key as joserfc's JWK object (for signing a JWS)."""
+        raw = self._private.private_bytes_raw()
+        return OKPKey.import_key({"kty": "OKP", "crv": "Ed25519", "x": b64url(self.public.raw), "d": b64url(raw)})
 
     @property
     def private(self) -> Ed25519PrivateKey:

@@ -1,8 +1,9 @@
 """The consent mandate: what a device signs when its user confirms a checkout.
 
-A compact JWS (RFC 7515) signed with the device's Ed25519 key (`alg` EdDSA, RFC 8037), made and
-checked with PyJWT. The header is exactly `{"alg": "EdDSA", "kid": <key thumbprint>, "typ":
-"shop-consent+jws"}`; the payload is `MandateClaims` as compact JSON. It binds the user's "yes"
+A compact JWS (RFC 7515) signed with the device's Ed25519 key: EdDSA (RFC 8037) under its fully
+specified name `Ed25519` (RFC 9864), made and checked with joserfc. The header is exactly
+`{"alg": "Ed25519", "kid": <key thumbprint>, "typ": "shop-consent+jws"}`; the payload is
+`MandateClaims` as compact JSON. It binds the user's "yes"
 to the checkout's hash (SHA-256 of the proposal's bytes as issued), the amount, payee and payment
 channel, the verifier's nonce, and the digest of exactly what the device showed or said.
 """
@@ -15,13 +16,13 @@ import time
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from jwt.api_jws import PyJWS
-from jwt.exceptions import DecodeError, InvalidSignatureError, InvalidTokenError
+from joserfc import jws
+from joserfc.errors import JoseError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConsentError, ErrorCode
 from .keys import PublicKey, SigningKey, b64url_decode
-from .messages import ConfirmationRequest, Id, Minor, Modality, Nonce, Sha256Hex, new_id
+from .messages import ConfirmationRequest, Id, Modality, Nonce, Sha256Hex, new_id
 
 MANDATE_TYPE = "checkout_consent"
 JWS_TYPE = "shop-consent+jws"
@@ -29,7 +30,7 @@ MAX_LIFETIME = 900
 """A mandate lives at most 15 minutes (`exp - iat`)."""
 DEFAULT_LIFETIME = 300
 MAX_TOKEN = 8192
-_JWS = PyJWS(algorithms=["EdDSA"])
+ALG = "Ed25519"
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 _HEADER_KEYS = frozenset({"alg", "kid", "typ"})
 
@@ -39,7 +40,7 @@ Epoch = Annotated[int, Field(ge=0, le=2**40, strict=True)]
 class MandateClaims(BaseModel):
     """The signed payload. Unknown claims are refused: a verifier never ignores what was signed."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     mandate_type: Literal["checkout_consent"] = "checkout_consent"
     mandate_version: Literal[1] = 1
@@ -51,7 +52,7 @@ class MandateClaims(BaseModel):
     checkout_id: Id
     checkout_hash: Sha256Hex
     payee: Id = Field(description="Merchant of record (its id).")
-    amount_minor: Minor
+    amount_minor: Annotated[int, Field(ge=0, le=10**12, strict=True)] = Field(description="Integer minor units.")
     currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
     payment_handler: Id
     device_id: Id
@@ -71,46 +72,60 @@ class SignedMandate:
 
 def sign_mandate(key: SigningKey, claims: MandateClaims) -> str:
     """The compact JWS of `claims`, signed by `key`."""
-    payload = claims.model_dump_json().encode()
-    return _JWS.encode(payload, key.private, algorithm="EdDSA", headers={"kid": key.public.kid, "typ": JWS_TYPE})
+    header = {"alg": ALG, "kid": key.public.kid, "typ": JWS_TYPE}
+    return jws.serialize_compact(header, claims.model_dump_json().encode(), key.jwk(), algorithms=[ALG])
 
 
-def mandate_kid(token: str) -> str:
-    """The `kid` of a mandate's header, after checking the header's form (not the signature)."""
+@dataclass(frozen=True)
+class ReadMandate:
+    """A mandate whose form and header were checked, not yet its signature."""
+
+    token: str
+    kid: str
+    compact: jws.CompactSignature
+
+
+def read_mandate(token: str) -> ReadMandate:
+    """Check a mandate's form and header (exactly alg, kid and typ) and say which key signed it."""
     if not isinstance(token, str) or len(token) > MAX_TOKEN or not _TOKEN.match(token):
         raise ConsentError("the mandate is not a compact JWS", ErrorCode.MANDATE_MALFORMED)
     try:
-        header: dict[str, Any] = _JWS.get_unverified_header(token)
-    except (DecodeError, InvalidTokenError, ValueError) as exc:
-        raise ConsentError(f"unreadable mandate header: {exc}", ErrorCode.MANDATE_MALFORMED) from None
-    if set(header) != _HEADER_KEYS or header["alg"] != "EdDSA" or header["typ"] != JWS_TYPE:
+        compact = jws.extract_compact(token.encode())
+    except (JoseError, ValueError) as exc:
+        raise ConsentError(f"unreadable mandate: {exc}", ErrorCode.MANDATE_MALFORMED) from None
+    header: dict[str, Any] = compact.protected
+    if set(header) != _HEADER_KEYS or header["alg"] != ALG or header["typ"] != JWS_TYPE:
         raise ConsentError(
-            f"the mandate header must be exactly alg EdDSA, typ {JWS_TYPE} and kid", ErrorCode.MANDATE_MALFORMED
+            f"the mandate header must be exactly alg {ALG}, typ {JWS_TYPE} and kid", ErrorCode.MANDATE_MALFORMED
         )
     kid = header["kid"]
     if not isinstance(kid, str) or not re.fullmatch(r"[A-Za-z0-9_-]{43}", kid):
         raise ConsentError("the mandate names no key thumbprint", ErrorCode.MANDATE_MALFORMED)
-    return kid
+    return ReadMandate(token, kid, compact)
 
 
-def open_mandate(token: str, public: PublicKey) -> SignedMandate:
+def verify_mandate(read: ReadMandate, public: PublicKey) -> SignedMandate:
     """Check the signature with `public` and parse the claims, or raise `ConsentError`."""
-    kid = mandate_kid(token)
-    if kid != public.kid:
+    if read.kid != public.kid:
         raise ConsentError("the mandate was signed with another key", ErrorCode.UNKNOWN_KEY)
     try:
-        decoded = _JWS.decode_complete(token, key=public.key(), algorithms=["EdDSA"])
-    except InvalidSignatureError:
-        raise ConsentError("the mandate's signature does not verify", ErrorCode.BAD_SIGNATURE) from None
-    except (DecodeError, InvalidTokenError, ValueError) as exc:
+        valid = jws.validate_compact(read.compact, public.jwk(), algorithms=[ALG])
+    except (JoseError, ValueError) as exc:
         raise ConsentError(f"unreadable mandate: {exc}", ErrorCode.MANDATE_MALFORMED) from None
+    if not valid:
+        raise ConsentError("the mandate's signature does not verify", ErrorCode.BAD_SIGNATURE)
     try:
-        claims = MandateClaims.model_validate_json(decoded["payload"])
+        claims = MandateClaims.model_validate_json(read.compact.payload)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(part) for part in first["loc"])
         raise ConsentError(f"mandate claims: {where}: {first['msg']}", ErrorCode.MANDATE_MALFORMED) from None
-    return SignedMandate(token, kid, claims)
+    return SignedMandate(read.token, read.kid, claims)
+
+
+def open_mandate(token: str, public: PublicKey) -> SignedMandate:
+    """Read `token` and check it against `public`, or raise `ConsentError`."""
+    return verify_mandate(read_mandate(token), public)
 
 
 def unverified_claims(token: str) -> dict[str, Any] | None:

@@ -41,8 +41,8 @@ from .database import Database
 from .errors import CheckoutError, ConsentError, ErrorCode
 from .keys import DeviceRegistry, PublicKey
 from .keys import lookup as lookup_key
-from .mandate import MAX_LIFETIME, SignedMandate, mandate_kid, open_mandate, unverified_claims
-from .messages import CheckoutProposal, ConsentTerms, Decision, OrderResult, Outcome, decode
+from .mandate import MAX_LIFETIME, SignedMandate, read_mandate, unverified_claims, verify_mandate
+from .messages import CheckoutProposal, ConsentTerms, Decision, Modality, OrderResult, Outcome, decode
 from .policy import PolicyBook
 from .readback import presentation_digest
 
@@ -54,31 +54,33 @@ SCHEMA = (
         raw BLOB NOT NULL,
         hash TEXT NOT NULL,
         nonce TEXT NOT NULL UNIQUE,
-        nonce_used_at REAL,
         terms TEXT NOT NULL,
-        state TEXT NOT NULL CHECK (state IN ('open', 'ordered', 'closed')),
-        opened_at REAL NOT NULL
+        opened_at REAL NOT NULL,
+        closed_at REAL
     )""",
-    """CREATE TABLE IF NOT EXISTS mandates (
-        jti TEXT PRIMARY KEY, checkout_id TEXT NOT NULL, device_id TEXT NOT NULL, accepted_at REAL NOT NULL
-    )""",
+    # one row per completion: its first result under its idempotency key; an accepted one also holds
+    # the mandate (accepted once), its checkout (ordered once, so its nonce is used once) and the order
     """CREATE TABLE IF NOT EXISTS completions (
-        idempotency_key TEXT PRIMARY KEY, body_sha256 TEXT NOT NULL, result TEXT NOT NULL, at REAL NOT NULL
-    )""",
-    "CREATE INDEX IF NOT EXISTS completions_at ON completions (at)",
-    """CREATE TABLE IF NOT EXISTS orders (
-        order_id TEXT PRIMARY KEY,
-        checkout_id TEXT NOT NULL UNIQUE,
+        idempotency_key TEXT PRIMARY KEY,
+        body_sha256 TEXT NOT NULL,
+        checkout_id TEXT NOT NULL,
         device_id TEXT NOT NULL,
-        total_minor INTEGER NOT NULL,
-        currency TEXT NOT NULL,
-        at REAL NOT NULL
+        result TEXT NOT NULL,
+        at REAL NOT NULL,
+        mandate_id TEXT UNIQUE,
+        ordered_checkout TEXT UNIQUE,
+        order_id TEXT UNIQUE,
+        total_minor INTEGER,
+        currency TEXT
     )""",
-    "CREATE INDEX IF NOT EXISTS orders_device_at ON orders (device_id, at)",
+    "CREATE INDEX IF NOT EXISTS completions_orders ON completions (device_id, at) WHERE order_id IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS completions_refusals ON completions (at) WHERE order_id IS NULL",
 )
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_-]{27,128}$")
 """At least 27 characters: 128 bits or more in base64url or hex with a prefix."""
-KEEP_COMPLETIONS = 24 * 3600.0
+KEEP_REFUSALS = 24 * 3600.0
+"""Refused completions are kept (answering their idempotency keys) for a day; accepted ones for good."""
+PARSED_KEPT = 100_000
 
 PlaceOrder = Callable[[CheckoutProposal], str]
 """The payment channel: charge for the proposal and return the order id, inside the transaction."""
@@ -132,12 +134,19 @@ CHECKS = (
 @dataclass(frozen=True)
 class _Checkout:
     proposal: CheckoutProposal
-    raw: bytes
     checkout_hash: str
     nonce: str
-    nonce_used: bool
     terms: ConsentTerms
-    state: str
+    ordered: bool
+    closed: bool
+    digests: dict[Modality, str]
+
+    def digest(self, modality: Modality) -> str:
+        """The display digest of what the SDK presents for this proposal in `modality`."""
+        digest = self.digests.get(modality)
+        if digest is None:
+            digest = self.digests[modality] = presentation_digest(self.proposal, modality)
+        return digest
 
 
 class ConsentVerifier:
@@ -164,6 +173,7 @@ class ConsentVerifier:
         self.skew = skew
         self.last: Verification | None = None
         self._keys: dict[str, PublicKey] = {}
+        self._parsed: dict[str, tuple[bytes, CheckoutProposal, ConsentTerms, dict[Modality, str]]] = {}
         db.ensure_schema(SCHEMA)
 
     # opening -----------------------------------------------------------------------------
@@ -194,8 +204,8 @@ class ConsentVerifier:
                 raise
             try:
                 conn.execute(
-                    "INSERT INTO checkouts (checkout_id, device_id, session_id, raw, hash, nonce, terms, state,"
-                    " opened_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'open', ?)",
+                    "INSERT INTO checkouts (checkout_id, device_id, session_id, raw, hash, nonce, terms, opened_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         proposal.checkout_id,
                         proposal.device_id,
@@ -219,7 +229,8 @@ class ConsentVerifier:
                 checkout_hash=issued.checkout_hash,
                 **ids,
             )
-            conn.execute("DELETE FROM completions WHERE at < ?", (self.clock() - KEEP_COMPLETIONS,))
+            conn.execute("DELETE FROM completions WHERE order_id IS NULL AND at < ?", (self.clock() - KEEP_REFUSALS,))
+            self._remember(issued.raw, proposal, terms)
             return terms
 
         return self.db.call(job)
@@ -229,11 +240,13 @@ class ConsentVerifier:
 
         def job(conn: sqlite3.Connection) -> None:
             row = conn.execute(
-                "SELECT device_id, session_id FROM checkouts WHERE checkout_id = ? AND state = 'open'", (checkout_id,)
+                "SELECT device_id, session_id FROM checkouts WHERE checkout_id = ? AND closed_at IS NULL"
+                " AND NOT EXISTS (SELECT 1 FROM completions WHERE ordered_checkout = checkout_id)",
+                (checkout_id,),
             ).fetchone()
             if row is None:
                 return
-            conn.execute("UPDATE checkouts SET state = 'closed' WHERE checkout_id = ?", (checkout_id,))
+            conn.execute("UPDATE checkouts SET closed_at = ? WHERE checkout_id = ?", (self.clock(), checkout_id))
             self.audit.append(
                 conn,
                 "cancel",
@@ -256,7 +269,7 @@ class ConsentVerifier:
         body = _body_sha256(completion)
         opened: SignedMandate | ConsentError
         try:
-            opened = self.read_mandate(completion)  # the signature check runs here, in parallel
+            opened = self.check_signature(completion)  # the signature check runs here, in parallel
         except ConsentError as exc:
             opened = exc
         outcome = self.db.call(lambda conn: self._admit(conn, completion, body, opened, place))
@@ -264,18 +277,18 @@ class ConsentVerifier:
             raise outcome
         return outcome
 
-    def read_mandate(self, completion: Completion) -> SignedMandate:
+    def check_signature(self, completion: Completion) -> SignedMandate:
         """Read the mandate and check its signature against the registered key (no store needed, so
         callers may run it on many threads); `complete` runs it and then everything else."""
         token = completion.confirmation.mandate
         if not token:
             raise ConsentError("no consent mandate came with the confirmation", ErrorCode.MANDATE_MISSING)
-        kid = mandate_kid(token)
-        public = self._keys.get(kid) or self.registry.public_key(kid)
+        read = read_mandate(token)
+        public = self._keys.get(read.kid) or self.registry.public_key(read.kid)
         if public is None:
             raise ConsentError("the mandate's key is not registered", ErrorCode.UNKNOWN_KEY)
-        self._keys[kid] = public
-        return open_mandate(token, public)
+        self._keys[read.kid] = public
+        return verify_mandate(read, public)
 
     def _admit(
         self,
@@ -317,20 +330,10 @@ class ConsentVerifier:
         try:
             if isinstance(opened, ConsentError):
                 raise opened
-            self._check(conn, completion, opened)
+            checkout = self._check(conn, completion, opened)
         except ConsentError as exc:
             return self._refuse(conn, key, body, ids, exc, completion.confirmation.mandate)
-        checkout = self._load(conn, completion.checkout_id)
-        assert checkout is not None
-        claims, now = opened.claims, self.clock()
-        conn.execute(
-            "UPDATE checkouts SET nonce_used_at = ?, state = 'ordered' WHERE checkout_id = ?", (now, claims.checkout_id)
-        )
-        conn.execute(
-            "INSERT INTO mandates (jti, checkout_id, device_id, accepted_at) VALUES (?, ?, ?, ?)",
-            (claims.jti, claims.checkout_id, claims.device_id, now),
-        )
-        proposal = checkout.proposal
+        claims, proposal, now = opened.claims, checkout.proposal, self.clock()
         order = OrderResult(
             session_id=proposal.session_id,
             checkout_id=proposal.checkout_id,
@@ -339,16 +342,12 @@ class ConsentVerifier:
             total_minor=proposal.total_minor,
             currency=proposal.currency,
         )
-        assert order.order_id is not None
         conn.execute(
-            "INSERT INTO orders (order_id, checkout_id, device_id, total_minor, currency, at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (order.order_id, proposal.checkout_id, proposal.device_id, proposal.total_minor, proposal.currency, now),
-        )
-        conn.execute(
-            "INSERT INTO completions (idempotency_key, body_sha256, result, at) VALUES (?, ?, ?, ?)",
-            (key, body, order.model_dump_json(), now),
-        )
+            "INSERT INTO completions (idempotency_key, body_sha256, checkout_id, device_id, result, at, mandate_id,"
+            " ordered_checkout, order_id, total_minor, currency) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (key, body, proposal.checkout_id, proposal.device_id, order.model_dump_json(), now, claims.jti,
+             proposal.checkout_id, order.order_id, proposal.total_minor, proposal.currency),
+        )  # fmt: skip
         accepted = Verification(
             claims.jti,
             opened.kid,
@@ -358,7 +357,8 @@ class ConsentVerifier:
             claims.modality.value,
             order,
         )
-        self.audit.append(conn, "verification", **ids, **{k: v for k, v in accepted.as_dict().items() if k not in ids})
+        record = {k: v for k, v in accepted.as_dict().items() if k not in ids and k != "checks"}
+        self.audit.append(conn, "verification", **ids, **record)
         self.audit.append(
             conn,
             "order",
@@ -372,7 +372,7 @@ class ConsentVerifier:
         self.last = accepted
         return order
 
-    def _check(self, conn: sqlite3.Connection, completion: Completion, opened: SignedMandate) -> None:
+    def _check(self, conn: sqlite3.Connection, completion: Completion, opened: SignedMandate) -> _Checkout:
         claims, answer = opened.claims, completion.confirmation
         checkout = self._load(conn, completion.checkout_id)
         if checkout is None:
@@ -405,17 +405,17 @@ class ConsentVerifier:
             raise ConsentError("the mandate is issued in the future", ErrorCode.MANDATE_EXPIRED)
         if claims.nonce != checkout.nonce:
             raise ConsentError("the nonce was not issued for this checkout", ErrorCode.NONCE_UNKNOWN)
-        if checkout.nonce_used:
-            raise ConsentError("the nonce was used already", ErrorCode.NONCE_USED)
-        if conn.execute("SELECT 1 FROM mandates WHERE jti = ?", (claims.jti,)).fetchone():
+        if conn.execute("SELECT 1 FROM completions WHERE mandate_id = ?", (claims.jti,)).fetchone():
             raise ConsentError("this mandate was accepted before", ErrorCode.MANDATE_REPLAYED)
-        if checkout.state != "open":
-            raise ConsentError(f"checkout {proposal.checkout_id} is {checkout.state}", ErrorCode.CHECKOUT_CLOSED)
+        if checkout.ordered:
+            raise ConsentError("the nonce was used already: this checkout is ordered", ErrorCode.NONCE_USED)
+        if checkout.closed:
+            raise ConsentError(f"checkout {proposal.checkout_id} was closed", ErrorCode.CHECKOUT_CLOSED)
         if (claims.amount_minor, claims.currency) != (proposal.total_minor, proposal.currency):
             raise ConsentError("the mandate's amount is not the proposal's", ErrorCode.AMOUNT_MISMATCH)
         if claims.payee != proposal.merchant.id:
             raise ConsentError("the mandate's payee is not the merchant of record", ErrorCode.PAYEE_MISMATCH)
-        if claims.display_digest != presentation_digest(proposal, claims.modality):
+        if claims.display_digest != checkout.digest(claims.modality):
             raise ConsentError("the user was shown something else", ErrorCode.DISPLAY_MISMATCH)
         if (answer.decision, answer.modality, answer.display_digest) != (
             Decision.CONFIRM,
@@ -433,25 +433,35 @@ class ConsentVerifier:
         policy.check_payment(claims.payment_handler)
         policy.check_proposal(proposal)
         spent, recent = conn.execute(
-            "SELECT coalesce(sum(CASE WHEN currency = ? THEN total_minor END), 0),"
-            " count(CASE WHEN at > ? THEN 1 END) FROM orders WHERE device_id = ? AND at > ?",
+            "SELECT coalesce(sum(CASE WHEN currency = ? THEN total_minor END), 0), count(CASE WHEN at > ? THEN 1 END)"
+            " FROM completions WHERE order_id IS NOT NULL AND device_id = ? AND at > ?",
             (proposal.currency, now - 60.0, proposal.device_id, now - 86400.0),
         ).fetchone()
         policy.check_daily(proposal, spent)
         policy.check_velocity(recent)
+        return checkout
 
     def _load(self, conn: sqlite3.Connection, checkout_id: str) -> _Checkout | None:
         row = conn.execute(
-            "SELECT raw, hash, nonce, nonce_used_at, terms, state FROM checkouts WHERE checkout_id = ?", (checkout_id,)
+            "SELECT raw, hash, nonce, terms, closed_at, EXISTS (SELECT 1 FROM completions WHERE ordered_checkout = ?)"
+            " FROM checkouts WHERE checkout_id = ?",
+            (checkout_id, checkout_id),
         ).fetchone()
         if row is None:
             return None
-        raw, digest, nonce, used_at, terms, state = row
-        proposal = decode(raw)
-        assert isinstance(proposal, CheckoutProposal)
-        return _Checkout(
-            proposal, raw, digest, nonce, used_at is not None, ConsentTerms.model_validate_json(terms), state
-        )
+        raw, digest, nonce, terms, closed_at, ordered = row
+        parsed = self._parsed.get(checkout_id)
+        if parsed is None or parsed[0] != raw:  # opened by another process, or before a restart
+            proposal = decode(raw)
+            assert isinstance(proposal, CheckoutProposal)
+            parsed = (raw, proposal, ConsentTerms.model_validate_json(terms), {})
+        return _Checkout(parsed[1], digest, nonce, parsed[2], bool(ordered), closed_at is not None, parsed[3])
+
+    def _remember(self, raw: bytes, proposal: CheckoutProposal, terms: ConsentTerms) -> None:
+        """Keep the parsed form of a proposal this verifier opened (the database stays the truth)."""
+        self._parsed[proposal.checkout_id] = (raw, proposal, terms, {})
+        while len(self._parsed) > PARSED_KEPT:
+            del self._parsed[next(iter(self._parsed))]
 
     def _refuse(
         self,
@@ -477,8 +487,9 @@ class ConsentVerifier:
         if key is not None:
             result = json.dumps({"refused": exc.code.value, "text": exc.text})
             conn.execute(
-                "INSERT INTO completions (idempotency_key, body_sha256, result, at) VALUES (?, ?, ?, ?)",
-                (key, body, result, self.clock()),
+                "INSERT INTO completions (idempotency_key, body_sha256, checkout_id, device_id, result, at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (key, body, ids["checkout_id"], ids["device_id"], result, self.clock()),
             )
         return exc
 
@@ -488,7 +499,8 @@ class ConsentVerifier:
         """(order id, checkout id, total, currency) of every order, oldest first."""
         with self.db.reading() as conn:
             return conn.execute(
-                "SELECT order_id, checkout_id, total_minor, currency FROM orders ORDER BY at"
+                "SELECT order_id, checkout_id, total_minor, currency FROM completions WHERE order_id IS NOT NULL"
+                " ORDER BY at"
             ).fetchall()
 
 

@@ -5,10 +5,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from device_sdk.mosquitto import MosquittoServer, free_port
+
+
+@pytest.fixture(autouse=True)
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every command here keeps its files (keys, audit log) in a directory of the test's own."""
+    monkeypatch.setenv("DEVICE_SDK_STATE", str(tmp_path))
+    return tmp_path
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

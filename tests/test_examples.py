@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from device_sdk.mosquitto import MosquittoServer, free_port
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -21,7 +23,13 @@ def test_custom_agent_example() -> None:
     assert "outcome: ordered ord_" in done.stdout
 
 
-async def test_speaker_device_example_against_device_sdk_serve(mosquitto: MosquittoServer) -> None:
+async def test_speaker_device_example_against_device_sdk_serve(
+    mosquitto: MosquittoServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DEVICE_SDK_STATE", str(tmp_path))
+    made = await asyncio.create_subprocess_exec(sys.executable, "-m", "device_sdk.cli", "keys", "create", "my-speaker")
+    assert await made.wait() == 0
+    assert (tmp_path / "keys" / "my-speaker.pem").stat().st_mode & 0o777 == 0o600
     for backend_args in (["--broker", str(mosquitto.url)], ["--port", str(port := free_port())]):
         url = str(mosquitto.url) if "--broker" in backend_args else f"mqtt://127.0.0.1:{port}"
         serve = await asyncio.create_subprocess_exec(

@@ -95,9 +95,9 @@ async def test_a_lost_checkout_answer_is_retried_by_the_gateway(broker: Restarta
     async with flaky as shop, keyed(shop, broker) as device:
         offer = await device.ask("buy a yoga mat")
         result = await device.answer(offer, Decision.CONFIRM)
+        assert [row[0] for row in shop.verifier.orders()] == [result.order_id]  # one order in the durable store
     assert result.outcome is Outcome.ORDERED
     assert [o.order_id for o in shop.checkout.orders] == [result.order_id]
-    assert [row[0] for row in shop.verifier.orders()] == [result.order_id]
 
 
 async def test_an_unanswered_completion_never_expires_into_not_confirmed(broker: Restartable) -> None:
