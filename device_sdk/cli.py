@@ -259,4 +259,4 @@ def _schema(out: Path) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()

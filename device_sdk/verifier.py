@@ -43,7 +43,7 @@ from .keys import DeviceRegistry, PublicKey
 from .keys import lookup as lookup_key
 from .mandate import MAX_LIFETIME, SignedMandate, read_mandate, unverified_claims, verify_mandate
 from .messages import CheckoutProposal, ConsentTerms, Decision, Modality, OrderResult, Outcome, decode
-from .policy import PolicyBook
+from .policy import PolicyBook, RiskPolicy
 from .readback import presentation_digest
 
 SCHEMA = (
@@ -190,18 +190,17 @@ class ConsentVerifier:
             max_lifetime=min(lifetime, MAX_LIFETIME),
         )
 
-        def job(conn: sqlite3.Connection) -> ConsentTerms:
+        def job(conn: sqlite3.Connection) -> ConsentTerms | ConsentError:
             ids = {
                 "device_id": proposal.device_id,
                 "session_id": proposal.session_id,
                 "checkout_id": proposal.checkout_id,
             }
             try:
-                policy.check_payment(self.payment_handler)
-                policy.check_proposal(proposal)
+                self._check_policy(conn, policy, proposal, self.clock())
             except ConsentError as exc:
                 self.audit.append(conn, "refusal", stage="open", code=exc.code.value, reason=exc.text, **ids)
-                raise
+                return exc  # raised once the refusal is on disk
             try:
                 conn.execute(
                     "INSERT INTO checkouts (checkout_id, device_id, session_id, raw, hash, nonce, terms, opened_at)"
@@ -233,7 +232,10 @@ class ConsentVerifier:
             self._remember(issued.raw, proposal, terms)
             return terms
 
-        return self.db.call(job)
+        opened = self.db.call(job)
+        if isinstance(opened, ConsentError):
+            raise opened
+        return opened
 
     def cancel(self, checkout_id: str, outcome: Outcome, reason: str) -> None:
         """Close an open checkout without an order; its nonce can no longer be used."""
@@ -385,14 +387,14 @@ class ConsentVerifier:
             )
         if not key.valid_at(claims.iat):
             raise ConsentError(f"the device's key {key.kid} is {key.status}", ErrorCode.KEY_REVOKED)
+        if claims.checkout_id != proposal.checkout_id:
+            raise ConsentError("the mandate is for another checkout", ErrorCode.STALE_CHECKOUT)
         if (
             claims.device_id != proposal.device_id
             or (completion.device_id, completion.session_id) != (proposal.device_id, proposal.session_id)
             or claims.session_id != proposal.session_id
         ):
             raise ConsentError("the mandate names another device or session", ErrorCode.SESSION_NOT_OWNED)
-        if claims.checkout_id != proposal.checkout_id:
-            raise ConsentError("the mandate is for another checkout", ErrorCode.STALE_CHECKOUT)
         if not (claims.checkout_hash == completion.checkout_hash == answer.checkout_hash == checkout.checkout_hash):
             raise ConsentError("the cart changed after it was confirmed", ErrorCode.HASH_MISMATCH)
         if claims.aud != self.audience:
@@ -424,13 +426,20 @@ class ConsentVerifier:
         ):
             raise ConsentError("the confirmation does not say what the mandate says", ErrorCode.MODALITY_MISMATCH)
         policy = self.policy.for_device(proposal.device_id)
-        policy.check_modality(proposal, claims.modality)
-        if claims.modality not in checkout.terms.modalities:
-            raise ConsentError(f"{claims.modality} was not offered for this checkout", ErrorCode.STEP_UP_REQUIRED)
         if claims.payment_handler != checkout.terms.payment_handler:
             policy.check_payment(claims.payment_handler)
             raise ConsentError("the mandate names another payment channel", ErrorCode.PAYMENT_CHANNEL_NOT_ALLOWED)
-        policy.check_payment(claims.payment_handler)
+        self._check_policy(conn, policy, proposal, now)
+        policy.check_modality(proposal, claims.modality)  # after the hard limits: no step-up to a refusal
+        if claims.modality not in checkout.terms.modalities:
+            raise ConsentError(f"{claims.modality} was not offered for this checkout", ErrorCode.STEP_UP_REQUIRED)
+        return checkout
+
+    def _check_policy(
+        self, conn: sqlite3.Connection, policy: RiskPolicy, proposal: CheckoutProposal, now: float
+    ) -> None:
+        """The limits no confirmation lifts: payment channel, categories, merchants, daily cap, velocity."""
+        policy.check_payment(self.payment_handler)
         policy.check_proposal(proposal)
         spent, recent = conn.execute(
             "SELECT coalesce(sum(CASE WHEN currency = ? THEN total_minor END), 0), count(CASE WHEN at > ? THEN 1 END)"
@@ -439,7 +448,6 @@ class ConsentVerifier:
         ).fetchone()
         policy.check_daily(proposal, spent)
         policy.check_velocity(recent)
-        return checkout
 
     def _load(self, conn: sqlite3.Connection, checkout_id: str) -> _Checkout | None:
         row = conn.execute(

@@ -37,6 +37,51 @@ def test_demo_json_orders_on_the_embedded_broker() -> None:
     for kind in ("agent.request", "checkout.proposal", "confirmation.request", "confirmation.result", "order.result"):
         assert kind in kinds
     assert kinds.index("checkout.proposal") < kinds.index("confirmation.result") < kinds.index("order.result")
+    assert out["mandate"]["id"].startswith("man_") and out["mandate"]["token"].count(".") == 2
+    verification = out["verification"]
+    assert verification["accepted"] is True and verification["mandate_id"] == out["mandate"]["id"]
+    assert verification["order_id"] == out["order"]["order_id"]
+    assert {"signature", "nonce", "expiry", "display", "single_use", "policy"} <= set(verification["checks"])
+
+
+def test_demo_writes_the_audit_log_it_is_given(tmp_path: Path) -> None:
+    log = tmp_path / "audit.db"
+    out = json.loads(cli("demo", "--json", "--audit", str(log)).stdout)
+    assert out["audit"] == str(log) and out["outcome"] == "ordered"
+    assert cli("audit", "verify", str(log)).returncode == 0
+    shown = cli("audit", "show", str(log), "--session", out["proposal"]["session_id"], "--json")
+    kinds = [record["kind"] for record in json.loads(shown.stdout)]
+    assert kinds == ["proposal", "terms", "rendering", "confirmation", "verification", "order", "result"]
+
+
+@pytest.mark.parametrize(
+    ("say", "outcome", "code"),
+    [
+        ("buy a smartphone", "blocked", "daily_cap"),  # 5,999 CNY: over the daily cap as well
+        ("buy two yoga mats and a pair of running shoes", "step_up_required", "step_up_required"),
+        ("buy a bottle of red wine", "blocked", "category_blocked"),
+    ],
+)
+def test_demo_refusals_carry_their_outcome_and_code(say: str, outcome: str, code: str) -> None:
+    done = cli("demo", "--json", "--say", say)
+    assert done.returncode == 1
+    out = json.loads(done.stdout)
+    assert out["outcome"] == outcome and out["order"] is None
+    assert code in ((out["verification"] or {}).get("code"), (out["error"] or {}).get("code"))
+
+
+def test_keys_create_list_and_revoke(state: Path) -> None:
+    made = cli("keys", "create", "kitchen-speaker")
+    assert made.returncode == 0, made.stderr
+    key_file = state / "keys" / "kitchen-speaker.pem"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    again = cli("keys", "create", "kitchen-speaker", "--out", str(state / "second.pem"))  # a rotation
+    assert again.returncode == 0
+    assert cli("keys", "create", "kitchen-speaker").returncode == 2  # never overwrites a key file
+    listed = json.loads(cli("keys", "list", "--json").stdout)
+    assert [k["status"] for k in listed] == ["retired", "active"]
+    assert cli("keys", "revoke", "kitchen-speaker").returncode == 0
+    assert {k["status"] for k in json.loads(cli("keys", "list", "--json").stdout)} == {"revoked"}
 
 
 @pytest.mark.parametrize(

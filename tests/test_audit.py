@@ -1,0 +1,245 @@
+"""The audit log is tamper-evident: edits, deletions, insertions and reorderings made directly in
+the SQLite file are caught by `verify_log` and `device-sdk audit verify`, which name the first bad record."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from device_sdk.audit import GENESIS, AuditLog, chain_hash, checkpoint_message, trail, verify_log
+from device_sdk.database import Database
+from device_sdk.errors import StoreError
+from device_sdk.keys import SigningKey
+from device_sdk.messages import Outcome
+from tests.consent_kit import open_shop
+
+RECORDS = 12
+
+
+def write_log(path: Path, records: int = RECORDS) -> None:
+    """A log of `records` records in several transactions (so several checkpoints)."""
+    with Database(path) as db:
+        audit = AuditLog.open(db)
+        for i in range(records):
+            db.call(lambda conn, i=i: audit.append(conn, "note", device_id="speaker-1", session_id=f"ses_{i % 3}",
+                                                   n=i, text=f"record {i + 1}"))  # fmt: skip
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> Path:
+    path = tmp_path / "audit.db"
+    write_log(path)
+    return path
+
+
+def edit(path: Path, *statements: tuple[str, tuple[object, ...]]) -> None:
+    conn = sqlite3.connect(path)
+    with conn:
+        for sql, args in statements:
+            conn.execute(sql, args)
+    conn.close()
+
+
+def row(path: Path, seq: int) -> tuple[str, bytes]:
+    conn = sqlite3.connect(path)
+    body, digest = conn.execute("SELECT body, hash FROM audit WHERE seq = ?", (seq,)).fetchone()
+    conn.close()
+    return body, digest
+
+
+def test_an_intact_log_verifies(log: Path) -> None:
+    report = verify_log(log)
+    assert report.ok and report.records == RECORDS and report.first_bad is None
+    assert report.checkpoints == RECORDS  # one per transaction
+    assert report.head == row(log, RECORDS)[1].hex()
+
+
+def test_a_changed_record_is_named(log: Path) -> None:
+    body, _ = row(log, 5)
+    edit(log, ("UPDATE audit SET body = ? WHERE seq = 5", (body.replace("record 5", "record 6"),)))
+    report = verify_log(log)
+    assert not report.ok and report.first_bad == 5 and "changed" in (report.problem or "")
+
+
+def test_a_changed_record_with_its_hash_recomputed_is_still_caught(log: Path) -> None:
+    body, _ = row(log, 5)
+    forged = body.replace("record 5", "record 9")
+    rehashed = chain_hash(row(log, 4)[1], 5, forged.encode())
+    edit(log, ("UPDATE audit SET body = ?, hash = ? WHERE seq = 5", (forged, rehashed)))
+    report = verify_log(log)
+    assert not report.ok and report.first_bad == 5
+
+
+def test_a_rewritten_chain_is_caught_by_the_signed_checkpoints(log: Path) -> None:
+    """Rewrite record 5 and recompute every hash after it: only the checkpoints tell."""
+    body, _ = row(log, 5)
+    edit(log, ("UPDATE audit SET body = ? WHERE seq = 5", (body.replace("record 5", "record X"),)))
+    conn = sqlite3.connect(log)
+    with conn:
+        prev = GENESIS
+        for seq, text in conn.execute("SELECT seq, body FROM audit ORDER BY seq").fetchall():
+            prev = chain_hash(prev, seq, text.encode())
+            conn.execute("UPDATE audit SET hash = ? WHERE seq = ?", (prev, seq))
+    conn.close()
+    report = verify_log(log)
+    assert not report.ok and report.first_bad == 5 and "rewritten" in (report.problem or "")
+
+
+def test_a_rewritten_log_re_signed_with_another_key_fails_against_the_pinned_key(log: Path) -> None:
+    real = verify_log(log)
+    attacker = SigningKey.generate()
+    conn = sqlite3.connect(log)
+    with conn:
+        conn.execute("UPDATE audit SET body = replace(body, 'record 2', 'record Z') WHERE seq = 2")
+        prev = GENESIS
+        for seq, text in conn.execute("SELECT seq, body FROM audit ORDER BY seq").fetchall():
+            prev = chain_hash(prev, seq, text.encode())
+            conn.execute("UPDATE audit SET hash = ? WHERE seq = ?", (prev, seq))
+            signature = attacker.sign(checkpoint_message(seq, prev))
+            conn.execute("UPDATE audit_checkpoints SET hash = ?, signature = ?, kid = ? WHERE seq = ?",
+                         (prev, signature, attacker.public.kid, seq))  # fmt: skip
+        conn.execute("INSERT INTO audit_keys VALUES (?, ?, 0)", (attacker.public.kid, attacker.public.raw))
+    conn.close()
+    assert verify_log(log).ok  # consistent with the key the file now names...
+    pinned_key = SigningKey.load(log.with_name(log.name + ".audit-key.pem")).public
+    report = verify_log(log, key=pinned_key)
+    assert not report.ok and "not signed" in (report.problem or "")  # ...but not with the pinned one
+    assert verify_log(log, head=real.head).ok is False  # nor with the head kept elsewhere
+
+
+def test_a_removed_record_is_named(log: Path) -> None:
+    edit(log, ("DELETE FROM audit WHERE seq = 7", ()))
+    report = verify_log(log)
+    assert not report.ok and report.first_bad == 7 and "missing" in (report.problem or "")
+
+
+def test_removed_newest_records_are_caught_by_their_checkpoint(log: Path) -> None:
+    edit(log, ("DELETE FROM audit WHERE seq > 10", ()))
+    report = verify_log(log)
+    assert not report.ok and report.first_bad == 11 and "removed" in (report.problem or "")
+
+
+def test_removed_newest_records_and_checkpoints_are_caught_by_an_anchored_head(log: Path) -> None:
+    head = verify_log(log).head
+    edit(log, ("DELETE FROM audit WHERE seq > 10", ()), ("DELETE FROM audit_checkpoints WHERE seq > 10", ()))
+    assert verify_log(log).ok  # the documented limit: a shorter log that is consistent in itself
+    report = verify_log(log, head=head)
+    assert not report.ok and report.first_bad == 11
+
+
+def test_an_inserted_record_is_named(log: Path) -> None:
+    _body, digest = row(log, RECORDS)
+    forged = json.dumps({"kind": "order", "device_id": "speaker-1", "order_id": "ord_forged"})
+    edit(log, ("INSERT INTO audit (seq, body, hash) VALUES (?, ?, ?)",
+               (RECORDS + 1, forged, chain_hash(digest, RECORDS + 1, forged.encode()))))  # fmt: skip
+    report = verify_log(log)
+    assert not report.ok and report.first_bad == RECORDS + 1 and "not covered" in (report.problem or "")
+
+
+def test_a_record_inserted_in_the_middle_is_named(log: Path) -> None:
+    conn = sqlite3.connect(log)
+    with conn:
+        for seq in range(RECORDS, 5, -1):  # make room at 6
+            conn.execute("UPDATE audit SET seq = seq + 1 WHERE seq = ?", (seq,))
+        conn.execute("INSERT INTO audit (seq, body, hash) VALUES (6, '{}', ?)", (b"\x00" * 32,))
+    conn.close()
+    report = verify_log(log)
+    assert not report.ok and report.first_bad == 6
+
+
+def test_reordered_records_are_named(log: Path) -> None:
+    (body3, hash3), (body8, hash8) = row(log, 3), row(log, 8)
+    edit(log, ("UPDATE audit SET body = ?, hash = ? WHERE seq = 3", (body8, hash8)),
+         ("UPDATE audit SET body = ?, hash = ? WHERE seq = 8", (body3, hash3)))  # fmt: skip
+    report = verify_log(log)
+    assert not report.ok and report.first_bad == 3
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    op=st.sampled_from(["edit", "delete", "swap", "duplicate", "hash"]),
+    seq=st.integers(1, RECORDS),
+    other=st.integers(1, RECORDS),
+)
+def test_any_single_tamper_is_caught(tmp_path_factory: pytest.TempPathFactory, op: str, seq: int, other: int) -> None:
+    path = tmp_path_factory.mktemp("log") / "audit.db"
+    write_log(path)
+    body, digest = row(path, seq)
+    if op == "edit":
+        edit(path, ("UPDATE audit SET body = ? WHERE seq = ?", (body.replace('"n":', '"n": '), seq)))
+    elif op == "delete":
+        edit(path, ("DELETE FROM audit WHERE seq = ?", (seq,)))
+    elif op == "swap":
+        if other == seq:
+            return
+        other_body, other_hash = row(path, other)
+        edit(path, ("UPDATE audit SET body = ?, hash = ? WHERE seq = ?", (other_body, other_hash, seq)),
+             ("UPDATE audit SET body = ?, hash = ? WHERE seq = ?", (body, digest, other)))  # fmt: skip
+    elif op == "duplicate":
+        edit(path, ("INSERT INTO audit (seq, body, hash) VALUES (?, ?, ?)", (RECORDS + 1, body, digest)))
+    else:
+        edit(path, ("UPDATE audit SET hash = ? WHERE seq = ?", (hashlib.sha256(digest).digest(), seq)))
+    report = verify_log(path)
+    assert not report.ok
+    assert report.first_bad == {"swap": min(seq, other), "duplicate": RECORDS + 1}.get(op, seq)
+
+
+def test_a_file_that_is_not_a_log_gives_a_coded_error(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not sqlite at all" * 100)
+    with pytest.raises(StoreError):
+        verify_log(junk)
+    with pytest.raises(StoreError):
+        verify_log(tmp_path / "missing.db")
+
+
+# the log as the flow writes it, and the CLI -------------------------------------------------
+
+
+@pytest.fixture
+def flow_log(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    path = tmp_path / "shop.db"
+    for shop in open_shop(path):
+        offer = shop.offer()
+        assert shop.complete(shop.confirm(offer)).outcome is Outcome.ORDERED
+        shop.verifier.cancel(shop.offer().checkout_id, Outcome.DECLINED, "declined")
+    return path, offer.session_id
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "device_sdk.cli", "audit", *args], capture_output=True, text=True,
+                          timeout=60)  # fmt: skip
+
+
+def test_audit_verify_and_show_from_the_command_line(flow_log: tuple[Path, str]) -> None:
+    path, session = flow_log
+    records = trail(path, session)
+    kinds = [record["kind"] for record in records]
+    assert kinds == ["terms", "verification", "order"]
+    done = cli("verify", str(path))
+    assert done.returncode == 0 and "intact" in done.stdout, done.stderr
+    shown = cli("show", str(path), "--session", session)
+    assert shown.returncode == 0
+    assert [line.split()[3] for line in shown.stdout.splitlines()] == kinds
+    as_json = json.loads(cli("show", str(path), "--session", session, "--json").stdout)
+    assert as_json[-1]["order_id"].startswith("ord_")
+    edit(path, ("UPDATE audit SET body = replace(body, 'CNY', 'USD') WHERE kind = 'order'", ()))
+    broken = cli("verify", str(path), "--json")
+    assert broken.returncode == 1
+    report = json.loads(broken.stdout)
+    assert report["ok"] is False and report["first_bad"] == records[kinds.index("order")]["seq"]
+    assert "record" in cli("verify", str(path)).stdout
+
+
+def test_audit_show_of_an_unknown_session_exits_non_zero(flow_log: tuple[Path, str]) -> None:
+    assert cli("show", str(flow_log[0]), "--session", "ses_nope").returncode == 1
+    assert cli("verify", str(flow_log[0].with_name("none.db"))).returncode == 2
