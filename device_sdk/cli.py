@@ -210,7 +210,7 @@ def _keys(args: argparse.Namespace) -> int:
             print(f"{args.device_id}: {count} key(s) revoked")
             return 0 if count else 1
         else:
-            records = registry.keys()
+            records = registry.records()
             rows = [{"device_id": r.device_id, "kid": r.kid, "status": r.status.value, "added_at": r.added_at,
                      "retired_at": r.retired_at} for r in records]  # fmt: skip
             if args.json:

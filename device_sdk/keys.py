@@ -245,7 +245,7 @@ class DeviceRegistry:
 
         return self.db.call(job)
 
-    def keys(self, device_id: str | None = None) -> list[KeyRecord]:
+    def records(self, device_id: str | None = None) -> list[KeyRecord]:
         with self.db.reading() as conn:
             rows = conn.execute(
                 f"SELECT {_COLUMNS} FROM device_keys WHERE ?1 IS NULL OR device_id = ?1 ORDER BY added_at",
