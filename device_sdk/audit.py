@@ -94,22 +94,25 @@ class AuditLog:
         **data: Any,
     ) -> int:
         """Append one record inside the caller's write transaction; returns its `seq`."""
+        fields = {"device_id": device_id, "session_id": session_id, "checkout_id": checkout_id, **data}
+        return self.append_many(conn, [(kind, fields)])
+
+    def append_many(self, conn: sqlite3.Connection, records: list[tuple[str, dict[str, Any]]]) -> int:
+        """Append records (kind, fields) in one statement inside the caller's write transaction;
+        returns the last `seq`."""
         if self._head is None:
             self._read_head(conn)
         assert self._head is not None
-        seq, prev = self._head[0] + 1, self._head[1]
-        record = {
-            "at": round(time.time(), 6),
-            "kind": kind,
-            "device_id": device_id,
-            "session_id": session_id,
-            "checkout_id": checkout_id,
-            **data,
-        }
-        body = canonical({k: v for k, v in record.items() if v is not None})
-        digest = chain_hash(prev, seq, body.encode())
-        conn.execute("INSERT INTO audit (seq, body, hash) VALUES (?, ?, ?)", (seq, body, digest))
-        self._head = (seq, digest)
+        seq, prev = self._head
+        at, rows = round(time.time(), 6), list[object]()
+        for kind, fields in records:
+            record = {"at": at, "kind": kind, **fields}
+            body = canonical({k: v for k, v in record.items() if v is not None})
+            seq, prev = seq + 1, chain_hash(prev, seq + 1, body.encode())
+            rows.extend((seq, body, prev))
+        values = ", ".join(["(?, ?, ?)"] * len(records))
+        conn.execute(f"INSERT INTO audit (seq, body, hash) VALUES {values}", rows)
+        self._head = (seq, prev)
         return seq
 
     async def record(self, kind: str, **fields: Any) -> int:

@@ -39,8 +39,7 @@ from .audit import AuditLog
 from .checkout import Completion
 from .database import Database
 from .errors import CheckoutError, ConsentError, ErrorCode
-from .keys import DeviceRegistry, PublicKey
-from .keys import lookup as lookup_key
+from .keys import DeviceRegistry, KeyRecord, KeyStatus, PublicKey
 from .mandate import MAX_LIFETIME, SignedMandate, read_mandate, unverified_claims, verify_mandate
 from .messages import CheckoutProposal, ConsentTerms, Decision, Modality, OrderResult, Outcome, decode
 from .policy import PolicyBook, RiskPolicy
@@ -55,6 +54,7 @@ SCHEMA = (
         hash TEXT NOT NULL,
         nonce TEXT NOT NULL UNIQUE,
         terms TEXT NOT NULL,
+        currency TEXT NOT NULL,
         opened_at REAL NOT NULL,
         closed_at REAL
     )""",
@@ -140,6 +140,10 @@ class _Checkout:
     ordered: bool
     closed: bool
     digests: dict[Modality, str]
+    key: KeyRecord | None = None
+    replayed: bool = False
+    spent_today: int = 0
+    orders_last_minute: int = 0
 
     def digest(self, modality: Modality) -> str:
         """The display digest of what the SDK presents for this proposal in `modality`."""
@@ -197,14 +201,15 @@ class ConsentVerifier:
                 "checkout_id": proposal.checkout_id,
             }
             try:
-                self._check_policy(conn, policy, proposal, self.clock())
+                spent, recent = _spending(conn, proposal, self.clock())
+                self._check_limits(policy, proposal, spent, recent)
             except ConsentError as exc:
                 self.audit.append(conn, "refusal", stage="open", code=exc.code.value, reason=exc.text, **ids)
                 return exc  # raised once the refusal is on disk
             try:
                 conn.execute(
-                    "INSERT INTO checkouts (checkout_id, device_id, session_id, raw, hash, nonce, terms, opened_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO checkouts (checkout_id, device_id, session_id, raw, hash, nonce, terms, currency,"
+                    " opened_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         proposal.checkout_id,
                         proposal.device_id,
@@ -213,6 +218,7 @@ class ConsentVerifier:
                         issued.checkout_hash,
                         terms.nonce,
                         terms.model_dump_json(),
+                        proposal.currency,
                         self.clock(),
                     ),
                 )
@@ -359,28 +365,19 @@ class ConsentVerifier:
             claims.modality.value,
             order,
         )
-        record = {k: v for k, v in accepted.as_dict().items() if k not in ids and k != "checks"}
-        self.audit.append(conn, "verification", **ids, **record)
-        self.audit.append(
-            conn,
-            "order",
-            **ids,
-            order_id=order.order_id,
-            total_minor=order.total_minor,
-            currency=order.currency,
-            payee=proposal.merchant.id,
-            payment_handler=claims.payment_handler,
-        )
+        verified = {k: v for k, v in accepted.as_dict().items() if k not in ids and k != "checks"}
+        ordered = {"order_id": order.order_id, "total_minor": order.total_minor, "currency": order.currency,
+                   "payee": proposal.merchant.id, "payment_handler": claims.payment_handler}  # fmt: skip
+        self.audit.append_many(conn, [("verification", {**ids, **verified}), ("order", {**ids, **ordered})])
         self.last = accepted
         return order
 
     def _check(self, conn: sqlite3.Connection, completion: Completion, opened: SignedMandate) -> _Checkout:
-        claims, answer = opened.claims, completion.confirmation
-        checkout = self._load(conn, completion.checkout_id)
+        claims, answer, now = opened.claims, completion.confirmation, self.clock()
+        checkout = self._load(conn, completion.checkout_id, opened, now)
         if checkout is None:
             raise ConsentError(f"no checkout {completion.checkout_id}", ErrorCode.UNKNOWN_CHECKOUT)
-        proposal, now = checkout.proposal, self.clock()
-        key = lookup_key(conn, opened.kid)
+        proposal, key = checkout.proposal, checkout.key
         if key is None or key.device_id != proposal.device_id or key.device_id != completion.device_id:
             raise ConsentError(
                 "the mandate is not signed by the key of the device that owns the session", ErrorCode.UNKNOWN_KEY
@@ -407,7 +404,7 @@ class ConsentVerifier:
             raise ConsentError("the mandate is issued in the future", ErrorCode.MANDATE_EXPIRED)
         if claims.nonce != checkout.nonce:
             raise ConsentError("the nonce was not issued for this checkout", ErrorCode.NONCE_UNKNOWN)
-        if conn.execute("SELECT 1 FROM completions WHERE mandate_id = ?", (claims.jti,)).fetchone():
+        if checkout.replayed:
             raise ConsentError("this mandate was accepted before", ErrorCode.MANDATE_REPLAYED)
         if checkout.ordered:
             raise ConsentError("the nonce was used already: this checkout is ordered", ErrorCode.NONCE_USED)
@@ -429,41 +426,38 @@ class ConsentVerifier:
         if claims.payment_handler != checkout.terms.payment_handler:
             policy.check_payment(claims.payment_handler)
             raise ConsentError("the mandate names another payment channel", ErrorCode.PAYMENT_CHANNEL_NOT_ALLOWED)
-        self._check_policy(conn, policy, proposal, now)
+        self._check_limits(policy, proposal, checkout.spent_today, checkout.orders_last_minute)
         policy.check_modality(proposal, claims.modality)  # after the hard limits: no step-up to a refusal
         if claims.modality not in checkout.terms.modalities:
             raise ConsentError(f"{claims.modality} was not offered for this checkout", ErrorCode.STEP_UP_REQUIRED)
         return checkout
 
-    def _check_policy(
-        self, conn: sqlite3.Connection, policy: RiskPolicy, proposal: CheckoutProposal, now: float
-    ) -> None:
+    def _check_limits(self, policy: RiskPolicy, proposal: CheckoutProposal, spent: int, recent: int) -> None:
         """The limits no confirmation lifts: payment channel, categories, merchants, daily cap, velocity."""
         policy.check_payment(self.payment_handler)
         policy.check_proposal(proposal)
-        spent, recent = conn.execute(
-            "SELECT coalesce(sum(CASE WHEN currency = ? THEN total_minor END), 0), count(CASE WHEN at > ? THEN 1 END)"
-            " FROM completions WHERE order_id IS NOT NULL AND device_id = ? AND at > ?",
-            (proposal.currency, now - 60.0, proposal.device_id, now - 86400.0),
-        ).fetchone()
         policy.check_daily(proposal, spent)
         policy.check_velocity(recent)
 
-    def _load(self, conn: sqlite3.Connection, checkout_id: str) -> _Checkout | None:
-        row = conn.execute(
-            "SELECT raw, hash, nonce, terms, closed_at, EXISTS (SELECT 1 FROM completions WHERE ordered_checkout = ?)"
-            " FROM checkouts WHERE checkout_id = ?",
-            (checkout_id, checkout_id),
-        ).fetchone()
+    def _load(
+        self, conn: sqlite3.Connection, checkout_id: str, opened: SignedMandate | None = None, now: float = 0.0
+    ) -> _Checkout | None:
+        """The checkout and, in the same read, everything its completion is checked against: the
+        mandate's key, whether the mandate or the checkout was used, the device's recent orders."""
+        kid, jti = (opened.kid, opened.claims.jti) if opened else (None, None)
+        row = conn.execute(_STATE, {"checkout": checkout_id, "kid": kid, "jti": jti, "day": now - 86400.0,
+                                    "minute": now - 60.0}).fetchone()  # fmt: skip
         if row is None:
             return None
-        raw, digest, nonce, terms, closed_at, ordered = row
+        raw, digest, nonce, terms, closed_at, ordered, replayed, spent, recent, *key_row = row
         parsed = self._parsed.get(checkout_id)
         if parsed is None or parsed[0] != raw:  # opened by another process, or before a restart
             proposal = decode(raw)
             assert isinstance(proposal, CheckoutProposal)
             parsed = (raw, proposal, ConsentTerms.model_validate_json(terms), {})
-        return _Checkout(parsed[1], digest, nonce, parsed[2], bool(ordered), closed_at is not None, parsed[3])
+        key = _key_record(kid, key_row) if kid is not None and key_row[0] is not None else None
+        return _Checkout(parsed[1], digest, nonce, parsed[2], bool(ordered), closed_at is not None, parsed[3], key,
+                         bool(replayed), spent, recent)  # fmt: skip
 
     def _remember(self, raw: bytes, proposal: CheckoutProposal, terms: ConsentTerms) -> None:
         """Keep the parsed form of a proposal this verifier opened (the database stays the truth)."""
@@ -510,6 +504,34 @@ class ConsentVerifier:
                 "SELECT order_id, checkout_id, total_minor, currency FROM completions WHERE order_id IS NOT NULL"
                 " ORDER BY at"
             ).fetchall()
+
+
+_STATE = """
+SELECT c.raw, c.hash, c.nonce, c.terms, c.closed_at,
+    EXISTS (SELECT 1 FROM completions WHERE ordered_checkout = c.checkout_id),
+    EXISTS (SELECT 1 FROM completions WHERE mandate_id = :jti),
+    (SELECT coalesce(sum(total_minor), 0) FROM completions
+        WHERE order_id IS NOT NULL AND device_id = c.device_id AND currency = c.currency AND at > :day),
+    (SELECT count(*) FROM completions WHERE order_id IS NOT NULL AND device_id = c.device_id AND at > :minute),
+    k.device_id, k.public_key, k.status, k.added_at, k.retired_at
+FROM checkouts c LEFT JOIN device_keys k ON k.kid = :kid
+WHERE c.checkout_id = :checkout
+"""
+
+
+def _spending(conn: sqlite3.Connection, proposal: CheckoutProposal, now: float) -> tuple[int, int]:
+    """The device's orders in its currency over the last 24 hours (sum), and over the last minute (count)."""
+    row = conn.execute(
+        "SELECT coalesce(sum(CASE WHEN currency = ? THEN total_minor END), 0), count(CASE WHEN at > ? THEN 1 END)"
+        " FROM completions WHERE order_id IS NOT NULL AND device_id = ? AND at > ?",
+        (proposal.currency, now - 60.0, proposal.device_id, now - 86400.0),
+    ).fetchone()
+    return int(row[0]), int(row[1])
+
+
+def _key_record(kid: str, row: list[Any]) -> KeyRecord:
+    device_id, raw, status, added_at, retired_at = row
+    return KeyRecord(kid, device_id, PublicKey(raw), KeyStatus(status), added_at, retired_at)
 
 
 def _sha(text: str) -> str:
