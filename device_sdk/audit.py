@@ -25,6 +25,8 @@ from .errors import ErrorCode, StoreError
 from .keys import PublicKey, SigningKey
 
 GENESIS = bytes(32)
+KEY_SUFFIX = ".audit-key.pem"
+"""The log's checkpoint key lives beside it: `<log file>.audit-key.pem`."""
 CHECKPOINT_PREFIX = b"device-sdk audit checkpoint v1\n"
 
 SCHEMA = (
@@ -74,7 +76,7 @@ class AuditLog:
     @classmethod
     def open(cls, db: Database, key_path: str | Path | None = None) -> AuditLog:
         """The log in `db`, signing with the key at `key_path` (default: beside the database), made if new."""
-        path = Path(key_path) if key_path is not None else db.path.with_name(db.path.name + ".audit-key.pem")
+        path = Path(key_path) if key_path is not None else db.path.with_name(db.path.name + KEY_SUFFIX)
         return cls(db, SigningKey.load_or_create(path))
 
     def _register_key(self, conn: sqlite3.Connection) -> None:
@@ -164,11 +166,19 @@ class AuditReport:
 
 
 def verify_log(path: str | Path, *, key: PublicKey | None = None, head: str | None = None) -> AuditReport:
-    """Check the whole log at `path`. `key` pins the checkpoint key (default: the one in the file);
-    `head` (hex) is a checkpoint hash kept elsewhere, which the log must still contain."""
+    """Check the whole log at `path`.
+
+    `key` pins the checkpoint key; by default it is the key file beside the log
+    (`<log>.audit-key.pem`), and only when there is none the key recorded in the log itself (the
+    report says `key_pinned: false`: anyone who can write the file can then re-sign it). `head`
+    (hex) is a checkpoint hash kept elsewhere, which the log must still contain.
+    """
     path = Path(path)
     if not path.is_file():
         raise StoreError(f"no audit log at {path}", ErrorCode.AUDIT_BROKEN)
+    sidecar = path.with_name(path.name + KEY_SUFFIX)
+    if key is None and sidecar.exists():
+        key = SigningKey.load(sidecar).public
     conn = connect(path, readonly=True)
     conn.text_factory = bytes
     try:
@@ -186,21 +196,23 @@ def _verify(conn: sqlite3.Connection, path: str, pinned: PublicKey | None, ancho
     }
     keys = {kid.decode(): PublicKey(raw) for kid, raw in conn.execute("SELECT kid, public_key FROM audit_keys")}
     last_checkpoint = max(checkpoints, default=0)
-    count, prev, good_until, anchored = 0, GENESIS, 0, anchor is None
+    count, prev, anchored = 0, GENESIS, anchor is None
+    matched: list[int] = []  # checkpoints that match the chain so far, oldest first
+
+    def signed(seq: int) -> bool:
+        digest, kid, signature = checkpoints[seq]
+        public = pinned if pinned is not None else keys.get(kid)
+        return public is not None and public.kid == kid and public.verify(signature, checkpoint_message(seq, digest))
+
+    def trusted_until() -> int:
+        """The newest matching checkpoint with a good signature: the records up to it are intact.
+        (Only the signatures needed are checked: a log of a million records has many checkpoints.)"""
+        return next((seq for seq in reversed(matched) if signed(seq)), 0)
 
     def report(first_bad: int | None, problem: str | None) -> AuditReport:
         kid = checkpoints[last_checkpoint][1] if last_checkpoint else None
-        return AuditReport(
-            path,
-            problem is None,
-            count,
-            len(checkpoints),
-            prev.hex() if count else None,
-            kid,
-            pinned is not None,
-            first_bad,
-            problem,
-        )
+        return AuditReport(path, problem is None, count, len(checkpoints), prev.hex() if count else None, kid,
+                           pinned is not None, first_bad, problem)  # fmt: skip
 
     for seq, body, stored in conn.execute("SELECT seq, body, hash FROM audit ORDER BY seq"):
         expected = count + 1
@@ -213,26 +225,22 @@ def _verify(conn: sqlite3.Connection, path: str, pinned: PublicKey | None, ancho
         checkpoint = checkpoints.get(seq)
         if checkpoint is not None:
             if checkpoint[0] != digest:
-                return report(
-                    good_until + 1,
-                    f"records {good_until + 1} to {seq} were rewritten: "
-                    f"the chain no longer matches the checkpoint at {seq}",
-                )
-            good_until = seq
+                good = trusted_until()
+                return report(good + 1, f"records {good + 1} to {seq} were rewritten: the chain no longer matches "
+                              f"the signed checkpoints after {good}")  # fmt: skip
+            matched.append(seq)
         if not anchored and digest == anchor:
             anchored = True
     if last_checkpoint > count:
         return report(count + 1, f"records {count + 1} to {last_checkpoint} were removed (a checkpoint covers them)")
     if count > last_checkpoint:
-        return report(
-            last_checkpoint + 1,
-            f"records {last_checkpoint + 1} to {count} are not covered by a signed checkpoint (added outside the log)",
-        )
-    if count:
-        digest, kid, signature = checkpoints[last_checkpoint]
-        public = pinned or keys.get(kid)
-        if public is None or public.kid != kid or not public.verify(signature, checkpoint_message(count, digest)):
-            return report(count, f"the checkpoint at {count} is not signed by the log's key {kid}")
+        return report(last_checkpoint + 1, f"records {last_checkpoint + 1} to {count} are not covered by a "
+                      "signed checkpoint (added outside the log)")  # fmt: skip
+    if count and not signed(last_checkpoint):
+        good = trusted_until()
+        signer = "the pinned key" if pinned is not None else "the log's key"
+        return report(good + 1, f"the checkpoints after {good} are not signed by {signer}: records {good + 1} to "
+                      f"{count} cannot be trusted")  # fmt: skip
     if not anchored:
         return report(count + 1, "the anchored head is not in the log: newer records and checkpoints were removed")
     return report(None, None)

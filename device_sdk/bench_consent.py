@@ -99,8 +99,8 @@ def measure_completions(n: int, threads: int, devices: int, directory: Path) -> 
             list(pool.map(check, completions))
             verify_s = time.perf_counter() - start
 
-        def place(proposal: CheckoutProposal) -> str:
-            return new_id("ord")
+        def place(proposal: CheckoutProposal, key: str) -> str:
+            return f"ord_{key}"
 
         batches = db.batches
         with ThreadPoolExecutor(threads * 8) as pool:

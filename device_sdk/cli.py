@@ -52,7 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     keys = commands.add_parser("keys", help="device signing keys and the registry the verifier trusts")
     key_commands = keys.add_subparsers(dest="keys", required=True)
-    create = key_commands.add_parser("create", help="make a device's key file and register it (rotating an old one)")
+    create = key_commands.add_parser(
+        "create", help="make a device's key file and register it; an old key keeps verifying mandates issued before "
+        "for 15 minutes (after a compromise, revoke first)",
+    )  # fmt: skip
     create.add_argument("device_id")
     create.add_argument("--out", type=Path, default=None, help="key file to write (default: the state directory)")
     revoke = key_commands.add_parser("revoke", help="revoke every key of a device")
@@ -242,11 +245,14 @@ def _audit(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.as_dict()))
     elif report.ok:
-        pinned = "pinned key" if report.key_pinned else "the key recorded in the log"
+        pinned = "the pinned key" if report.key_pinned else "the key recorded in the log"
         print(f"{path}: intact, {report.records} records, {report.checkpoints} checkpoints")
         print(f"head {report.head}, signed by {report.key_id} ({pinned})")
     else:
         print(f"{path}: BROKEN at record {report.first_bad}: {report.problem}")
+    if not report.key_pinned:
+        print("warning: no key pinned (no key file beside the log, no --key): a log rewritten and re-signed "
+              "with another key would pass", file=sys.stderr)  # fmt: skip
     return 0 if report.ok else 1
 
 

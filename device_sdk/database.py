@@ -10,6 +10,7 @@ the whole batch. Several processes may open the same file; SQLite serialises the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import sqlite3
@@ -59,9 +60,8 @@ class Database:
         self._rollback: list[Callable[[sqlite3.Connection | None], None]] = []
         self._thread: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = None
-        self._local = threading.local()
-        self._readers: list[sqlite3.Connection] = []
         self._closed = False
+        self._lock = threading.Lock()
 
     # lifecycle ---------------------------------------------------------------------------
 
@@ -78,14 +78,15 @@ class Database:
         return self
 
     def close(self) -> None:
-        if self._thread is None or self._closed:
-            return
-        self._closed = True
-        self._jobs.put(_STOP)
+        """Finish the queued jobs, stop the writer and close the file."""
+        with self._lock:
+            if self._thread is None or self._closed:
+                return
+            self._closed = True
+            self._jobs.put(_STOP)
         self._thread.join()
-        for conn in [self._conn, *self._readers]:
-            if conn is not None:
-                conn.close()
+        if self._conn is not None:
+            self._conn.close()
 
     def __enter__(self) -> Database:
         return self.open()
@@ -125,10 +126,11 @@ class Database:
 
     def submit(self, job: Job[T]) -> Future[T]:
         """Queue `job`; its future resolves once the transaction that ran it is committed."""
-        if self._thread is None or self._closed:
-            raise StoreError(f"the database {self.path} is not open")
         future: Future[T] = Future()
-        self._jobs.put((job, future))
+        with self._lock:  # a job is queued before the writer's stop, or refused
+            if self._thread is None or self._closed:
+                raise StoreError(f"the database {self.path} is not open")
+            self._jobs.put((job, future))
         return future
 
     def call(self, job: Job[T]) -> T:
@@ -159,14 +161,10 @@ class Database:
             self._run_batch(conn, batch)
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[tuple[Job[Any], Future[Any]]]) -> None:
+        """Run the batch in one transaction; every future is settled, whatever fails."""
         done: list[tuple[Future[Any], Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            for _, future in batch:
-                _settle(future, None, StoreError(f"cannot write to {self.path}: {exc}"))
-            return
-        try:
             for hook in self._before:
                 hook(conn)
             for job, future in batch:
@@ -175,8 +173,8 @@ class Database:
                 conn.execute("SAVEPOINT job")
                 try:
                     result = job(conn)
-                except BaseException as exc:
-                    conn.execute("ROLLBACK TO job")
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO job")  # if SQLite ended the transaction, this fails the batch
                     conn.execute("RELEASE job")
                     for undo in self._rollback:
                         undo(conn)
@@ -190,12 +188,13 @@ class Database:
             self.batches += 1
         except BaseException as exc:
             log.exception("a batch of %d writes to %s failed", len(batch), self.path)
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
             for undo in self._rollback:
                 undo(None)
             failure = StoreError(f"could not commit to {self.path}: {exc}")
-            for future, _, _ in done:
+            for _, future in batch:  # nothing of the batch was written
                 _settle(future, None, failure)
             return
         for future, result, error in done:
@@ -205,14 +204,17 @@ class Database:
 
     @contextmanager
     def reading(self) -> Iterator[sqlite3.Connection]:
-        """A read connection of this thread's own (it sees every committed write)."""
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            if self._closed:
-                raise StoreError(f"the database {self.path} is closed")
-            conn = self._local.conn = connect(self.path)
-            self._readers.append(conn)
-        yield conn
+        """A read connection of its own (it sees every committed write), closed afterwards."""
+        if self._closed:
+            raise StoreError(f"the database {self.path} is closed")
+        try:
+            conn = connect(self.path, readonly=True)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read {self.path}: {exc}") from None
+        try:
+            yield conn
+        finally:
+            conn.close()
 
 
 def _store_error(exc: BaseException) -> BaseException:

@@ -51,6 +51,7 @@ class ErrorCode(StrEnum):
     PAYEE_MISMATCH = "payee_mismatch"
     MODALITY_MISMATCH = "modality_mismatch"
     IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    BAD_IDEMPOTENCY_KEY = "bad_idempotency_key"
     # risk policy
     STEP_UP_REQUIRED = "step_up_required"
     DAILY_CAP = "daily_cap"

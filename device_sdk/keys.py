@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import os
+import secrets
 import sqlite3
 import stat
 import time
@@ -117,12 +118,20 @@ class SigningKey:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
         path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(pem)
+                out.flush()
+                os.fsync(out.fileno())
+            os.link(temporary, path)  # appears whole, or not at all; never replaces a file
         except FileExistsError:
             raise KeyStoreError(f"{path} exists already; a key file is never overwritten") from None
-        with os.fdopen(fd, "wb") as out:
-            out.write(pem)
+        except OSError as exc:
+            raise KeyStoreError(f"cannot write {path}: {exc.strerror}") from None
+        finally:
+            temporary.unlink(missing_ok=True)
         return path
 
     @classmethod
@@ -144,12 +153,16 @@ class SigningKey:
 
     @classmethod
     def load_or_create(cls, path: str | Path) -> SigningKey:
+        """The key at `path`, made there first if there is none (safe when processes race)."""
         path = Path(path)
-        if path.exists():
-            return cls.load(path)
-        key = cls.generate()
-        key.save(path)
-        return key
+        if not path.exists():
+            key = cls.generate()
+            try:
+                key.save(path)
+                return key
+            except KeyStoreError:
+                pass  # another process made it first: use theirs
+        return cls.load(path)
 
 
 class KeyStatus(StrEnum):
@@ -168,11 +181,24 @@ class KeyRecord:
     added_at: float
     retired_at: float | None
 
-    def valid_at(self, issued_at: float) -> bool:
-        """Whether a mandate issued at `issued_at` may carry this key's signature."""
+    def valid_at(self, issued_at: float, now: float) -> bool:
+        """Whether a mandate issued at `issued_at` may carry this key's signature at `now`.
+
+        A retired key (rotated out) still verifies mandates issued before the rotation, and only
+        for as long as a mandate may live (15 minutes) after it; after a compromise, revoke.
+        """
         if self.status is KeyStatus.ACTIVE:
             return True
-        return self.status is KeyStatus.RETIRED and self.retired_at is not None and issued_at < self.retired_at
+        return (
+            self.status is KeyStatus.RETIRED
+            and self.retired_at is not None
+            and issued_at < self.retired_at
+            and now < self.retired_at + RETIRED_GRACE
+        )
+
+
+RETIRED_GRACE = 900.0
+"""Seconds a rotated-out key keeps verifying mandates issued before its rotation."""
 
 
 SCHEMA = (

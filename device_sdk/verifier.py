@@ -40,7 +40,7 @@ from .checkout import Completion
 from .database import Database
 from .errors import CheckoutError, ConsentError, ErrorCode
 from .keys import DeviceRegistry, KeyRecord, KeyStatus, PublicKey
-from .mandate import MAX_LIFETIME, SignedMandate, read_mandate, unverified_claims, verify_mandate
+from .mandate import MAX_LIFETIME, SignedMandate, mandate_id, read_mandate, verify_mandate
 from .messages import CheckoutProposal, ConsentTerms, Decision, Modality, OrderResult, Outcome, decode
 from .policy import PolicyBook, RiskPolicy
 from .readback import presentation_digest
@@ -82,8 +82,13 @@ KEEP_REFUSALS = 24 * 3600.0
 """Refused completions are kept (answering their idempotency keys) for a day; accepted ones for good."""
 PARSED_KEPT = 100_000
 
-PlaceOrder = Callable[[CheckoutProposal], str]
-"""The payment channel: charge for the proposal and return the order id, inside the transaction."""
+PlaceOrder = Callable[[CheckoutProposal, str], str]
+"""The payment channel: `place(proposal, key)` charges for the proposal and returns the order id.
+
+It runs inside the verifier's transaction, so it may run again for the same checkout when that
+transaction could not commit (a full disk, a crash): `key` (the checkout id) must make it
+idempotent, the same key giving the same order and one charge, as payment APIs' idempotency keys do.
+"""
 
 
 @dataclass(frozen=True)
@@ -177,7 +182,7 @@ class ConsentVerifier:
         self.skew = skew
         self.last: Verification | None = None
         self._keys: dict[str, PublicKey] = {}
-        self._parsed: dict[str, tuple[bytes, CheckoutProposal, ConsentTerms, dict[Modality, str]]] = {}
+        self._parsed: dict[str, tuple[tuple[bytes, str], CheckoutProposal, ConsentTerms, dict[Modality, str]]] = {}
         db.ensure_schema(SCHEMA)
 
     # opening -----------------------------------------------------------------------------
@@ -193,6 +198,8 @@ class ConsentVerifier:
             modalities=policy.modalities(proposal),
             max_lifetime=min(lifetime, MAX_LIFETIME),
         )
+
+        terms_text = terms.model_dump_json()
 
         def job(conn: sqlite3.Connection) -> ConsentTerms | ConsentError:
             ids = {
@@ -217,7 +224,7 @@ class ConsentVerifier:
                         issued.raw,
                         issued.checkout_hash,
                         terms.nonce,
-                        terms.model_dump_json(),
+                        terms_text,
                         proposal.currency,
                         self.clock(),
                     ),
@@ -235,7 +242,7 @@ class ConsentVerifier:
                 **ids,
             )
             conn.execute("DELETE FROM completions WHERE order_id IS NULL AND at < ?", (self.clock() - KEEP_REFUSALS,))
-            self._remember(issued.raw, proposal, terms)
+            self._remember(issued.raw, proposal, terms, terms_text)
             return terms
 
         opened = self.db.call(job)
@@ -283,7 +290,10 @@ class ConsentVerifier:
         outcome = self.db.call(lambda conn: self._admit(conn, completion, body, opened, place))
         if isinstance(outcome, ConsentError):
             raise outcome
-        return outcome
+        order, accepted = outcome
+        if accepted is not None:
+            self.last = accepted  # committed
+        return order
 
     def check_signature(self, completion: Completion) -> SignedMandate:
         """Read the mandate and check its signature against the registered key (no store needed, so
@@ -305,7 +315,8 @@ class ConsentVerifier:
         body: str,
         opened: SignedMandate | ConsentError,
         place: PlaceOrder,
-    ) -> OrderResult | ConsentError:
+    ) -> tuple[OrderResult, Verification | None] | ConsentError:
+        """The completion's result: a new order and its verification, an earlier result, or a refusal."""
         key = completion.idempotency_key
         ids = {
             "device_id": completion.device_id,
@@ -319,7 +330,7 @@ class ConsentVerifier:
                 body,
                 ids,
                 ConsentError(
-                    "an idempotency key has at least 128 bits (27 or more characters)", ErrorCode.IDEMPOTENCY_CONFLICT
+                    "an idempotency key has at least 128 bits (27 or more characters)", ErrorCode.BAD_IDEMPOTENCY_KEY
                 ),
             )
         row = conn.execute("SELECT body_sha256, result FROM completions WHERE idempotency_key = ?", (key,)).fetchone()
@@ -334,7 +345,8 @@ class ConsentVerifier:
                         "this idempotency key was used for another completion", ErrorCode.IDEMPOTENCY_CONFLICT
                     ),
                 )
-            return _result_from(row[1])
+            earlier = _result_from(row[1])
+            return earlier if isinstance(earlier, ConsentError) else (earlier, None)
         try:
             if isinstance(opened, ConsentError):
                 raise opened
@@ -346,7 +358,7 @@ class ConsentVerifier:
             session_id=proposal.session_id,
             checkout_id=proposal.checkout_id,
             outcome=Outcome.ORDERED,
-            order_id=place(proposal),
+            order_id=place(proposal, proposal.checkout_id),
             total_minor=proposal.total_minor,
             currency=proposal.currency,
         )
@@ -369,8 +381,7 @@ class ConsentVerifier:
         ordered = {"order_id": order.order_id, "total_minor": order.total_minor, "currency": order.currency,
                    "payee": proposal.merchant.id, "payment_handler": claims.payment_handler}  # fmt: skip
         self.audit.append_many(conn, [("verification", {**ids, **verified}), ("order", {**ids, **ordered})])
-        self.last = accepted
-        return order
+        return order, accepted
 
     def _check(self, conn: sqlite3.Connection, completion: Completion, opened: SignedMandate) -> _Checkout:
         claims, answer, now = opened.claims, completion.confirmation, self.clock()
@@ -382,7 +393,7 @@ class ConsentVerifier:
             raise ConsentError(
                 "the mandate is not signed by the key of the device that owns the session", ErrorCode.UNKNOWN_KEY
             )
-        if not key.valid_at(claims.iat):
+        if not key.valid_at(claims.iat, now):
             raise ConsentError(f"the device's key {key.kid} is {key.status}", ErrorCode.KEY_REVOKED)
         if claims.checkout_id != proposal.checkout_id:
             raise ConsentError("the mandate is for another checkout", ErrorCode.STALE_CHECKOUT)
@@ -400,6 +411,8 @@ class ConsentVerifier:
             raise ConsentError("the mandate lives longer than allowed", ErrorCode.MANDATE_EXPIRED)
         if claims.exp <= now:
             raise ConsentError("the mandate has expired", ErrorCode.MANDATE_EXPIRED)
+        if claims.exp > now + min(checkout.terms.max_lifetime + self.skew, MAX_LIFETIME):
+            raise ConsentError("the mandate expires too far from now", ErrorCode.MANDATE_EXPIRED)
         if claims.iat > now + self.skew:
             raise ConsentError("the mandate is issued in the future", ErrorCode.MANDATE_EXPIRED)
         if claims.nonce != checkout.nonce:
@@ -451,17 +464,18 @@ class ConsentVerifier:
             return None
         raw, digest, nonce, terms, closed_at, ordered, replayed, spent, recent, *key_row = row
         parsed = self._parsed.get(checkout_id)
-        if parsed is None or parsed[0] != raw:  # opened by another process, or before a restart
+        if parsed is None or parsed[0] != (raw, terms):  # opened elsewhere, before a restart, or rolled back
             proposal = decode(raw)
             assert isinstance(proposal, CheckoutProposal)
-            parsed = (raw, proposal, ConsentTerms.model_validate_json(terms), {})
+            parsed = ((raw, terms), proposal, ConsentTerms.model_validate_json(terms), {})
         key = _key_record(kid, key_row) if kid is not None and key_row[0] is not None else None
         return _Checkout(parsed[1], digest, nonce, parsed[2], bool(ordered), closed_at is not None, parsed[3], key,
                          bool(replayed), spent, recent)  # fmt: skip
 
-    def _remember(self, raw: bytes, proposal: CheckoutProposal, terms: ConsentTerms) -> None:
-        """Keep the parsed form of a proposal this verifier opened (the database stays the truth)."""
-        self._parsed[proposal.checkout_id] = (raw, proposal, terms, {})
+    def _remember(self, raw: bytes, proposal: CheckoutProposal, terms: ConsentTerms, text: str) -> None:
+        """Keep the parsed form of a proposal this verifier opened; it is used only while the stored
+        bytes and terms are these (the database stays the truth)."""
+        self._parsed[proposal.checkout_id] = ((raw, text), proposal, terms, {})
         while len(self._parsed) > PARSED_KEPT:
             del self._parsed[next(iter(self._parsed))]
 
@@ -475,14 +489,13 @@ class ConsentVerifier:
         token: str | None = None,
     ) -> ConsentError:
         """Record the refusal (under the idempotency key, when it may hold one) and return it."""
-        claims = unverified_claims(token) if token else None
         self.audit.append(
             conn,
             "refusal",
             stage="complete",
             code=exc.code.value,
             reason=exc.text,
-            mandate_id=claims.get("jti") if claims else None,
+            mandate_id=mandate_id(token) if token else None,
             mandate_sha256=_sha(token) if token else None,
             **ids,
         )

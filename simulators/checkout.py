@@ -11,12 +11,13 @@ so they must be the merchant's, not the agent's.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from dataclasses import dataclass, field
 
 from device_sdk.agent import IssuedProposal
 from device_sdk.checkout import Completion
 from device_sdk.errors import CheckoutError, ErrorCode
-from device_sdk.messages import CheckoutProposal, ConsentTerms, OrderResult, Outcome, decode, new_id
+from device_sdk.messages import CheckoutProposal, ConsentTerms, OrderResult, Outcome, decode
 from device_sdk.verifier import ConsentVerifier
 
 from .catalog import Catalog
@@ -48,9 +49,10 @@ class CheckoutStandIn:
         return result
 
     @staticmethod
-    def _charge(proposal: CheckoutProposal) -> str:
-        """The stand-in payment channel ("shop-wallet"): always approves."""
-        return new_id("ord")
+    def _charge(proposal: CheckoutProposal, key: str) -> str:
+        """The stand-in payment channel ("shop-wallet"): always approves, once per key (the checkout),
+        so the same key gives the same order id."""
+        return f"ord_{hashlib.sha256(key.encode()).hexdigest()[:32]}"
 
     async def cancel(self, checkout_id: str, outcome: Outcome, reason: str) -> None:
         await asyncio.to_thread(self.verifier.cancel, checkout_id, outcome, reason)

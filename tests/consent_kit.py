@@ -74,10 +74,10 @@ class Shop:
         self.keys[device_id] = key
         return key
 
-    def offer(self, issued: IssuedProposal | None = None) -> ConfirmationRequest:
+    def offer(self, issued: IssuedProposal | None = None, lifetime: int = 300) -> ConfirmationRequest:
         """Open a proposal and make the offer the gateway would send."""
         issued = issued or make_proposal()
-        terms = self.verifier.open(issued)
+        terms = self.verifier.open(issued, lifetime)
         readback = compose_readback(issued.proposal)
         return ConfirmationRequest(
             session_id=issued.proposal.session_id, checkout_id=issued.proposal.checkout_id,
@@ -124,8 +124,12 @@ class Shop:
         token = sign_mandate(key, self.claims(offer, modality=modality, **changes))
         return self.completion(offer, token, modality=modality)
 
-    def place(self, proposal: CheckoutProposal) -> str:
-        return new_id("ord")
+    charges: list[str] = field(default_factory=list)
+
+    def place(self, proposal: CheckoutProposal, key: str) -> str:
+        """The payment channel: idempotent per key, as the verifier requires."""
+        self.charges.append(key)
+        return f"ord_{key}"
 
     def complete(self, completion: Completion) -> Any:
         return self.verifier.complete(completion, self.place)

@@ -94,6 +94,22 @@ def test_a_rewritten_chain_is_caught_by_the_signed_checkpoints(log: Path) -> Non
     assert not report.ok and report.first_bad == 5 and "rewritten" in (report.problem or "")
 
 
+def test_overwritten_checkpoint_hashes_do_not_move_the_blame(log: Path) -> None:
+    """Rewrite record 5, recompute the chain and copy the new hashes into every checkpoint (whose
+    signatures then no longer verify): the first bad record is still found."""
+    conn = sqlite3.connect(log)
+    with conn:
+        conn.execute("UPDATE audit SET body = replace(body, 'record 5', 'record Y') WHERE seq = 5")
+        prev = GENESIS
+        for seq, text in conn.execute("SELECT seq, body FROM audit ORDER BY seq").fetchall():
+            prev = chain_hash(prev, seq, text.encode())
+            conn.execute("UPDATE audit SET hash = ? WHERE seq = ?", (prev, seq))
+            conn.execute("UPDATE audit_checkpoints SET hash = ? WHERE seq = ?", (prev, seq))
+    conn.close()
+    report = verify_log(log)
+    assert not report.ok and report.first_bad == 5
+
+
 def test_a_rewritten_log_re_signed_with_another_key_fails_against_the_pinned_key(log: Path) -> None:
     real = verify_log(log)
     attacker = SigningKey.generate()
@@ -109,11 +125,15 @@ def test_a_rewritten_log_re_signed_with_another_key_fails_against_the_pinned_key
                          (prev, signature, attacker.public.kid, seq))  # fmt: skip
         conn.execute("INSERT INTO audit_keys VALUES (?, ?, 0)", (attacker.public.kid, attacker.public.raw))
     conn.close()
-    assert verify_log(log).ok  # consistent with the key the file now names...
-    pinned_key = SigningKey.load(log.with_name(log.name + ".audit-key.pem")).public
-    report = verify_log(log, key=pinned_key)
-    assert not report.ok and "not signed" in (report.problem or "")  # ...but not with the pinned one
-    assert verify_log(log, head=real.head).ok is False  # nor with the head kept elsewhere
+    report = verify_log(log)  # pinned by default to the key file beside the log
+    assert not report.ok and report.key_pinned and report.first_bad == 1 and "not signed" in (report.problem or "")
+    sidecar = log.with_name(log.name + ".audit-key.pem")
+    pinned_key = SigningKey.load(sidecar).public
+    sidecar.rename(log.with_name("elsewhere.pem"))
+    unpinned = verify_log(log)  # the log alone, away from its key: consistent with the key it names...
+    assert unpinned.ok and not unpinned.key_pinned
+    assert not verify_log(log, key=pinned_key).ok  # ...but not with the key given
+    assert not verify_log(log, head=real.head).ok  # nor with the head kept elsewhere
 
 
 def test_a_removed_record_is_named(log: Path) -> None:

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from device_sdk.errors import ConsentError, ErrorCode
+from device_sdk.errors import ConsentError, ErrorCode, StoreError
 from device_sdk.keys import SigningKey
 from device_sdk.mandate import sign_mandate
 from device_sdk.messages import Modality, Outcome
@@ -104,6 +104,13 @@ def test_expiry_is_checked(shop: Shop, times: tuple[int, int], code: ErrorCode) 
     refused(shop, shop.confirm(shop.offer(), iat=now + times[0], exp=now + times[1]), code)
 
 
+def test_a_mandate_never_lives_past_fifteen_minutes_from_now(shop: Shop) -> None:
+    now = int(time.time())
+    offer = shop.offer(lifetime=900)
+    refused(shop, shop.confirm(offer, iat=now + 60, exp=now + 960), ErrorCode.MANDATE_EXPIRED)
+    assert shop.complete(shop.confirm(offer, iat=now, exp=now + 900)).order_id
+
+
 def test_wrong_audience_is_refused(shop: Shop) -> None:
     refused(shop, shop.confirm(shop.offer(), aud="another-checkout"), ErrorCode.WRONG_AUDIENCE)
 
@@ -148,6 +155,54 @@ def test_an_altered_payload_or_a_truncated_token_is_refused(shop: Shop) -> None:
     none_alg = base64.urlsafe_b64encode(b'{"alg":"none","kid":"x","typ":"shop-consent+jws"}').rstrip(b"=").decode()
     refused(shop, shop.completion(offer, f"{none_alg}.{payload}.{signature}"), ErrorCode.MANDATE_MALFORMED)
     refused(shop, shop.completion(offer, None), ErrorCode.MANDATE_MISSING)
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@pytest.mark.parametrize(
+    ("header", "payload"),
+    [
+        (b'["alg","kid","typ"]', b"{}"),  # a header that is a list with the right names
+        (b"5", b"{}"),
+        (None, b'{"jti": NaN, "amount_minor": 1e999}'),  # numbers JSON does not have
+        (None, b"[" * 2500 + b"]" * 2500),  # nesting deeper than a parser's stack
+        (None, b'{"jti": {"x": 1}, "jti": "dup"}'),
+    ],
+)
+def test_malformed_mandates_get_a_coded_refusal_that_is_audited(
+    shop: Shop, header: bytes | None, payload: bytes
+) -> None:
+    offer = shop.offer()
+    kid = shop.keys["speaker-1"].public.kid
+    head = header or json.dumps({"alg": "Ed25519", "kid": kid, "typ": "shop-consent+jws"}).encode()
+    signing_input = f"{b64(head)}.{b64(payload)}"
+    token = f"{signing_input}.{b64(shop.keys['speaker-1'].sign(signing_input.encode()))}"
+    with pytest.raises(ConsentError) as caught:
+        shop.complete(shop.completion(offer, token))
+    assert caught.value.code in (ErrorCode.MANDATE_MALFORMED, ErrorCode.BAD_SIGNATURE)
+    assert caught.value.code.value in shop.refusals(offer.session_id)
+    assert shop.verifier.orders() == []
+
+
+def test_a_commit_that_fails_after_the_charge_is_retried_into_the_same_order(shop: Shop) -> None:
+    offer = shop.offer()
+    completion = shop.confirm(offer)
+    failing = [True]
+
+    def disk_full(conn: Any) -> None:
+        if failing and failing.pop():
+            raise OSError("disk full")
+
+    shop.db.after_batch(disk_full)
+    with pytest.raises(StoreError):
+        shop.complete(completion)  # charged, then the transaction could not commit
+    assert shop.verifier.orders() == []
+    order = shop.complete(completion)  # the gateway's retry: same idempotency key
+    assert order.order_id == f"ord_{offer.checkout_id}"
+    assert shop.charges == [offer.checkout_id, offer.checkout_id]  # the same payment key both times
+    assert [row[0] for row in shop.verifier.orders()] == [order.order_id]
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -267,7 +322,7 @@ def test_idempotency_same_key_same_result_other_body_conflict(shop: Shop) -> Non
     other = shop.completion(offer, shop.confirm(offer).confirmation.mandate, key=completion.idempotency_key)
     refused(shop, other, ErrorCode.IDEMPOTENCY_CONFLICT)
     short = shop.completion(shop.offer(), None, key="idem_short")
-    refused(shop, short, ErrorCode.IDEMPOTENCY_CONFLICT)
+    refused(shop, short, ErrorCode.BAD_IDEMPOTENCY_KEY)
     assert len(shop.verifier.orders()) == 1
 
 
@@ -329,7 +384,7 @@ def _submit_in_process(path: str, completion: Any, start: Any, results: Any) -> 
         verifier = ConsentVerifier(db, AuditLog.open(db), audience=AUDIENCE)
         start.wait()
         try:
-            results.put(verifier.complete(completion, lambda proposal: f"ord_{id(proposal)}").outcome.value)
+            results.put(verifier.complete(completion, lambda proposal, key: f"ord_{key}").outcome.value)
         except ConsentError as exc:
             results.put(exc.code.value)
 

@@ -69,7 +69,10 @@ def test_registry_register_rotate_revoke(tmp_path: Path) -> None:
         statuses = {r.kid: r.status for r in registry.records("speaker-1")}
         assert statuses == {first.kid: KeyStatus.RETIRED, second.kid: KeyStatus.ACTIVE}
         retired = next(r for r in registry.records("speaker-1") if r.kid == first.kid)
-        assert retired.valid_at(retired.added_at) and not retired.valid_at((retired.retired_at or 0) + 1)
+        retired_at = retired.retired_at or 0.0
+        assert retired.valid_at(retired.added_at, retired_at + 1)
+        assert not retired.valid_at(retired_at + 1, retired_at + 1)  # issued after the rotation
+        assert not retired.valid_at(retired.added_at, retired_at + 901)  # 15 minutes on, not at all
         assert registry.revoke("speaker-1") == 2
         assert {r.status for r in registry.records()} == {KeyStatus.REVOKED}
         with pytest.raises(KeyStoreError):
@@ -142,3 +145,54 @@ def test_a_failing_job_rolls_back_alone_and_batches_commit_together(tmp_path: Pa
     raw = sqlite3.connect(tmp_path / "d.db")
     assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     raw.close()
+
+
+def test_every_job_is_settled_when_a_batch_fails(tmp_path: Path) -> None:
+    with Database(tmp_path / "d.db") as db:
+        db.ensure_schema(["CREATE TABLE t (x)"])
+
+        def ends_the_transaction(conn: sqlite3.Connection) -> None:
+            conn.execute("ROLLBACK")  # as SQLite does itself on a full disk or an I/O error
+            raise RuntimeError("boom")
+
+        started, gate = threading.Event(), threading.Event()
+        db.submit(lambda conn: (started.set(), gate.wait(5)))
+        assert started.wait(5)
+        bad, innocent = (
+            db.submit(ends_the_transaction),
+            db.submit(lambda conn: conn.execute("INSERT INTO t VALUES (1)")),
+        )
+        gate.set()
+        for future in (bad, innocent):
+            with pytest.raises(StoreError):
+                future.result(5)  # settled, not hanging
+        failing = [True]
+        db.before_batch(lambda conn: (_ for _ in ()).throw(RuntimeError("hook")) if failing and failing.pop() else None)
+        with pytest.raises(StoreError):
+            db.call(lambda conn: 1)
+        assert db.call(lambda conn: 2) == 2  # and the writer goes on
+
+
+def test_read_connections_are_closed_after_use(tmp_path: Path) -> None:
+    with Database(tmp_path / "d.db") as db:
+        with db.reading() as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        with pytest.raises(sqlite3.ProgrammingError):
+            conn.execute("SELECT 1")
+
+
+def test_processes_racing_to_make_one_key_file_get_the_same_key(tmp_path: Path) -> None:
+    path, keys = tmp_path / "audit-key.pem", []
+    barrier = threading.Barrier(8)
+
+    def make() -> None:
+        barrier.wait()
+        keys.append(SigningKey.load_or_create(path).public)
+
+    threads = [threading.Thread(target=make) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(keys) == 8 and len(set(keys)) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["audit-key.pem"]  # no temporary file left
