@@ -5,7 +5,8 @@ audit log verified at 100,000 and 1,000,000 records.
   (`ConsentVerifier`'s parallel part), on `--threads` threads.
 - `completions_per_s`: whole completions: every check, the single-use store, the order, the
   idempotency record and two audit records, each on disk (SQLite `synchronous=FULL`, group commit)
-  before it returns, submitted from `--threads` threads.
+  before it returns, submitted by `--clients` concurrent callers (as a checkout service's request
+  handlers would).
 - `audit_verify_s`: `verify_log` over a log of that many records (about 300 bytes each).
 Proposals are opened and mandates signed before the clock starts: that is the devices' work. The
 checkouts are spread over `--devices` devices, each with its own key (the daily cap and velocity
@@ -82,7 +83,7 @@ def _prepare(verifier: ConsentVerifier, keys: list[SigningKey], n: int, threads:
     return completions
 
 
-def measure_completions(n: int, threads: int, devices: int, directory: Path) -> dict[str, float]:
+def measure_completions(n: int, threads: int, clients: int, devices: int, directory: Path) -> dict[str, float]:
     with Database(directory / "consent.db") as db:
         audit = AuditLog.open(db)
         verifier = ConsentVerifier(db, audit, audience="bench", policy=UNLIMITED)
@@ -103,7 +104,7 @@ def measure_completions(n: int, threads: int, devices: int, directory: Path) -> 
             return f"ord_{key}"
 
         batches = db.batches
-        with ThreadPoolExecutor(threads * 8) as pool:
+        with ThreadPoolExecutor(clients) as pool:
             start = time.perf_counter()
             orders = list(pool.map(lambda c: verifier.complete(c, place), completions))
             complete_s = time.perf_counter() - start
@@ -150,16 +151,17 @@ def measure_audit(sizes: list[int], directory: Path) -> dict[str, float]:
 def run_bench_consent(args: argparse.Namespace) -> int:
     sizes = [int(size) for size in args.audit_records.split(",") if size]
     with tempfile.TemporaryDirectory(prefix="bench-consent-", dir=args.dir) as tmp:
-        figures: dict[str, Any] = measure_completions(args.n, args.threads, args.devices, Path(tmp))
+        figures: dict[str, Any] = measure_completions(args.n, args.threads, args.clients, args.devices, Path(tmp))
         figures["audit_verify_s"] = measure_audit(sizes, Path(tmp))
     figures["n"] = args.n
     figures["threads"] = args.threads
+    figures["clients"] = args.clients
     figures["devices"] = args.devices
     figures["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}
     if args.json:
         print(json.dumps(figures))
     else:
-        print(f"{args.n} checkouts, {args.threads} threads, {os.cpu_count()} CPUs")
+        print(f"{args.n} checkouts, {args.threads} threads, {args.clients} clients, {os.cpu_count()} CPUs")
         print(f"  verifications/s: {figures['verifications_per_s']:,}")
         print(f"  durable completions/s: {figures['completions_per_s']:,} ({figures['commits']} commits)")
         for size, seconds in figures["audit_verify_s"].items():

@@ -91,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     consent.add_argument("-n", type=int, default=5000, help="checkouts to sign, verify and complete")
     consent.add_argument("--threads", type=int, default=2, help="threads that verify and submit (default 2)")
     consent.add_argument("--devices", type=int, default=100, help="devices the checkouts are spread over")
+    consent.add_argument("--clients", type=int, default=64, help="concurrent callers of complete() (default 64)")
     consent.add_argument("--audit-records", default="100000,1000000", help="audit log sizes to verify")
     consent.add_argument("--dir", default=None, help="where to put the temporary databases")
     consent.add_argument("--json", action="store_true")

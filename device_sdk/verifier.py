@@ -256,8 +256,8 @@ class ConsentVerifier:
         def job(conn: sqlite3.Connection) -> None:
             row = conn.execute(
                 "SELECT device_id, session_id FROM checkouts WHERE checkout_id = ? AND closed_at IS NULL"
-                " AND NOT EXISTS (SELECT 1 FROM completions WHERE ordered_checkout = checkout_id)",
-                (checkout_id,),
+                " AND NOT EXISTS (SELECT 1 FROM completions WHERE ordered_checkout = ?)",
+                (checkout_id, checkout_id),
             ).fetchone()
             if row is None:
                 return

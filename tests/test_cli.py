@@ -121,3 +121,11 @@ async def test_bench_bus_prints_its_figures(mosquitto: MosquittoServer) -> None:
         rtt = figures[broker]["rtt_ms"]
         assert 0 < rtt["p50"] <= rtt["p95"] <= rtt["p99"]
         assert figures[broker]["per_s"] > 0
+
+
+def test_bench_consent_prints_its_figures() -> None:
+    done = cli("bench", "consent", "--json", "-n", "40", "--devices", "4", "--audit-records", "300,1000")
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    assert figures["verifications_per_s"] > 0 and figures["completions_per_s"] > 0
+    assert set(figures["audit_verify_s"]) == {"300", "1000"}

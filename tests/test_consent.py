@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from device_sdk.audit import trail
 from device_sdk.errors import ConsentError, ErrorCode, StoreError
 from device_sdk.keys import SigningKey
 from device_sdk.mandate import sign_mandate
@@ -290,9 +291,11 @@ def test_daily_cap_and_velocity_are_per_device_at_open_and_at_completion(tmp_pat
 
 
 def test_a_cancelled_checkout_cannot_be_completed(shop: Shop) -> None:
+    shop.complete(shop.confirm(shop.offer()))  # another checkout was ordered before
     offer = shop.offer()
     shop.verifier.cancel(offer.checkout_id, Outcome.DECLINED, "the user declined")
     refused(shop, shop.confirm(offer), ErrorCode.CHECKOUT_CLOSED)
+    assert "cancel" in [r["kind"] for r in trail(shop.db.path, offer.session_id)]
 
 
 def test_the_unsigned_confirmation_must_say_what_the_mandate_says(shop: Shop) -> None:
