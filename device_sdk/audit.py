@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .database import Database, connect
-from .errors import ErrorCode, StoreError
+from .errors import ErrorCode, KeyStoreError, StoreError
 from .keys import PublicKey, SigningKey
 
 GENESIS = bytes(32)
@@ -80,6 +80,13 @@ class AuditLog:
         return cls(db, SigningKey.load_or_create(path))
 
     def _register_key(self, conn: sqlite3.Connection) -> None:
+        """Record this log's key; a log already signed by another key keeps it (no silent new key)."""
+        known = [row[0] for row in conn.execute("SELECT kid FROM audit_keys")]
+        if known and self.key.public.kid not in known:
+            raise KeyStoreError(
+                f"this audit log is signed by {', '.join(known)}, not by {self.key.public.kid}: "
+                "restore its key file instead of making a new one"
+            )
         conn.execute(
             "INSERT OR IGNORE INTO audit_keys (kid, public_key, added_at) VALUES (?, ?, ?)",
             (self.key.public.kid, self.key.public.raw, time.time()),
@@ -176,13 +183,20 @@ def verify_log(path: str | Path, *, key: PublicKey | None = None, head: str | No
     path = Path(path)
     if not path.is_file():
         raise StoreError(f"no audit log at {path}", ErrorCode.AUDIT_BROKEN)
+    try:
+        anchor = bytes.fromhex(head) if head else None
+    except ValueError:
+        raise StoreError(f"--head must be a hex checkpoint hash, not {head!r}", ErrorCode.AUDIT_BROKEN) from None
     sidecar = path.with_name(path.name + KEY_SUFFIX)
     if key is None and sidecar.exists():
         key = SigningKey.load(sidecar).public
-    conn = connect(path, readonly=True)
+    try:
+        conn = connect(path, readonly=True)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open {path}: {exc}", ErrorCode.AUDIT_BROKEN) from None
     conn.text_factory = bytes
     try:
-        return _verify(conn, str(path), key, bytes.fromhex(head) if head else None)
+        return _verify(conn, str(path), key, anchor)
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"{path} is not a readable audit log: {exc}", ErrorCode.AUDIT_BROKEN) from None
     finally:
@@ -248,7 +262,12 @@ def _verify(conn: sqlite3.Connection, path: str, pinned: PublicKey | None, ancho
 
 def trail(path: str | Path, session_id: str) -> list[dict[str, Any]]:
     """Every record of a session, oldest first, each with its `seq`."""
-    conn = connect(path, readonly=True)
+    if not Path(path).is_file():
+        raise StoreError(f"no audit log at {path}", ErrorCode.AUDIT_BROKEN)
+    try:
+        conn = connect(path, readonly=True)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open {path}: {exc}", ErrorCode.AUDIT_BROKEN) from None
     try:
         rows = conn.execute("SELECT seq, body FROM audit WHERE session_id = ? ORDER BY seq", (session_id,)).fetchall()
     except sqlite3.DatabaseError as exc:

@@ -200,14 +200,20 @@ async def _serve(args: argparse.Namespace) -> int:
 def _keys(args: argparse.Namespace) -> int:
     from .database import Database
     from .keys import DeviceRegistry, SigningKey
+    from .topics import check_id
 
     with Database(args.db or default_database()) as db:
         registry = DeviceRegistry(db)
         if args.keys == "create":
-            out = args.out or default_key_file(args.device_id)
+            device_id = check_id(args.device_id, "device id")
+            out = args.out or default_key_file(device_id)
             key = SigningKey.generate()
             key.save(out)
-            kid = registry.rotate(args.device_id, key.public)
+            try:
+                kid = registry.rotate(device_id, key.public)
+            except BaseException:
+                out.unlink()  # not registered: leave no key file behind
+                raise
             print(f"{args.device_id}: key {kid} written to {out} (mode 600) and registered in {db.path}")
         elif args.keys == "revoke":
             count = registry.revoke(args.device_id)
@@ -226,6 +232,7 @@ def _keys(args: argparse.Namespace) -> int:
 
 def _audit(args: argparse.Namespace) -> int:
     from .audit import describe, trail, verify_log
+    from .errors import KeyStoreError
     from .keys import PublicKey
 
     path = args.path or default_database()
@@ -240,7 +247,10 @@ def _audit(args: argparse.Namespace) -> int:
         return 0 if records else 1
     key = None
     if args.key:
-        text = Path(args.key[1:]).read_text() if args.key.startswith("@") else args.key
+        try:
+            text = Path(args.key[1:]).read_text() if args.key.startswith("@") else args.key
+        except OSError as exc:
+            raise KeyStoreError(f"cannot read {args.key[1:]}: {exc.strerror}") from None
         key = PublicKey.from_text(text)
     report = verify_log(path, key=key, head=args.head)
     if args.json:

@@ -227,6 +227,8 @@ class DeviceClient(Service):
         """
         request = offer.request
         digest = display_digest(presented if presented is not None else request.readback)
+        if decision is not Decision.CONFIRM and mandate is not None:
+            raise ProtocolError("a consent mandate goes only with a confirmation", ErrorCode.BAD_MESSAGE)
         if decision is Decision.CONFIRM and mandate is None:
             mandate = self.sign(offer, modality, presented=presented)
         result = ConfirmationResult(

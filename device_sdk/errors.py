@@ -59,6 +59,7 @@ class ErrorCode(StrEnum):
     CATEGORY_BLOCKED = "category_blocked"
     MERCHANT_NOT_ALLOWED = "merchant_not_allowed"
     PAYMENT_CHANNEL_NOT_ALLOWED = "payment_channel_not_allowed"
+    PAYMENT_DECLINED = "payment_declined"
     # local state: keys, configuration, the database and the audit log
     KEY_FILE = "key_file"
     KEY_CONFLICT = "key_conflict"

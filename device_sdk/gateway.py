@@ -512,10 +512,12 @@ class Gateway(Service):
             self._refuse(device_id, exc, ref=answer.checkout_id, session_id=answer.session_id)
             return
         if step in (Step.COMPLETE, Step.CANCEL):
+            retry = step is Step.COMPLETE and session.confirmed is not answer
             await self._audit(
                 "confirmation",
                 session=session,
                 checkout_id=answer.checkout_id,
+                completes="the first confirmation, whose completion got no answer" if retry else None,
                 decision=answer.decision.value,
                 modality=answer.modality.value,
                 display_digest=answer.display_digest,
@@ -538,7 +540,7 @@ class Gateway(Service):
         else:
             reason = "no confirmation from the user" if now() <= offer.expires_at else "the confirmation expired"
             result = await self._cancel(session, Outcome.NOT_CONFIRMED, reason)
-        self._end(session, result)
+        await self._end(session, result)
         log.info("session %s: %s", session.session_id, result.outcome)
         await self._send(device_id, result)
 
@@ -584,7 +586,7 @@ class Gateway(Service):
         session.state = State.COMPLETING
         result = await self._complete(session)
         if result is not None:
-            self._end(session, result)
+            await self._end(session, result)
             log.info("session %s: %s (after a retry)", session.session_id, result.outcome)
             await self._send(session.device_id, result)
 
@@ -602,18 +604,17 @@ class Gateway(Service):
         return OrderResult(session_id=session.session_id, checkout_id=session.offer.checkout_id, outcome=outcome,
                            reason=reason)  # fmt: skip
 
-    def _end(self, session: Session, result: OrderResult) -> None:
+    async def _end(self, session: Session, result: OrderResult) -> None:
+        """End the session with `result`, recorded in the audit log before the device is told."""
         session.end(result)
         self._ended_at[(session.device_id, session.session_id)] = time.monotonic()
-        self._spawn(
-            self._audit(
-                "result",
-                session=session,
-                checkout_id=result.checkout_id,
-                outcome=result.outcome.value,
-                order_id=result.order_id,
-                reason=result.reason,
-            )
+        await self._audit(
+            "result",
+            session=session,
+            checkout_id=result.checkout_id,
+            outcome=result.outcome.value,
+            order_id=result.order_id,
+            reason=result.reason,
         )
 
     async def _audit(self, kind: str, *, session: Session | None = None, **fields: Any) -> None:
@@ -624,14 +625,14 @@ class Gateway(Service):
             fields.update(device_id=session.device_id, session_id=session.session_id)
         try:
             await self.audit.record(kind, **fields)
-        except DeviceSdkError as exc:
-            log.error("could not write the audit record %s: %s", kind, exc)
+        except Exception as exc:
+            log.error("could not write the audit record %s: %r", kind, exc)
 
     async def _expire(self, session: Session, reason: str) -> None:
         if session.state is not State.AWAITING_CONFIRMATION or session.confirmed is not None:
             return  # answered meanwhile, or a confirmation whose completion is being retried
         result = await self._cancel(session, Outcome.NOT_CONFIRMED, reason)
-        self._end(session, result)
+        await self._end(session, result)
         log.info("session %s: not_confirmed (%s)", session.session_id, reason)
         await self._send(session.device_id, result)
 

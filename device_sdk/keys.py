@@ -84,8 +84,10 @@ class PublicKey:
                     raise KeyStoreError("not an Ed25519 public key")
                 return cls(loaded.public_bytes_raw())
             return cls(b64url_decode(text))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise KeyStoreError(f"not a public key: {exc}") from None
+        except KeyStoreError:
+            raise
+        except Exception as exc:  # any text at all: a coded error
+            raise KeyStoreError(f"not an Ed25519 public key: {type(exc).__name__}") from None
 
 
 class SigningKey:
@@ -117,9 +119,9 @@ class SigningKey:
         pem = self._private.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as out:
                 out.write(pem)

@@ -5,7 +5,7 @@ consent terms (audience, a fresh nonce, the payment channel, the modalities the 
 `complete` then admits a completion only if every check passes; none is skipped for want of an
 expected value, since every expected value comes from the verifier's own store:
 
-1. the mandate is a compact JWS with header exactly {alg EdDSA, kid, typ}, at most 8 KiB;
+1. the mandate is a compact JWS with header exactly {alg Ed25519, kid, typ}, at most 8 KiB;
 2. its key is registered to the device that owns the session, and active (or retired after the
    mandate was issued); the Ed25519 signature verifies;
 3. checkout id and hash, device, session, amount, currency and payee equal the stored proposal's;
@@ -83,7 +83,9 @@ KEEP_REFUSALS = 24 * 3600.0
 PARSED_KEPT = 100_000
 
 PlaceOrder = Callable[[CheckoutProposal, str], str]
-"""The payment channel: `place(proposal, key)` charges for the proposal and returns the order id.
+"""The payment channel: `place(proposal, key)` charges for the proposal and returns the order id,
+or raises `CheckoutError` when the payment is declined (a refusal, `payment_declined`); any other
+exception leaves the outcome unknown, and the completion is retried.
 
 It runs inside the verifier's transaction, so it may run again for the same checkout when that
 transaction could not commit (a full disk, a crash): `key` (the checkout id) must make it
@@ -354,11 +356,16 @@ class ConsentVerifier:
         except ConsentError as exc:
             return self._refuse(conn, key, body, ids, exc, completion.confirmation.mandate)
         claims, proposal, now = opened.claims, checkout.proposal, self.clock()
+        try:
+            order_id = place(proposal, proposal.checkout_id)
+        except CheckoutError as exc:  # the payment channel said no: a refusal like any other
+            declined = ConsentError(f"the payment was declined: {exc.text}", ErrorCode.PAYMENT_DECLINED)
+            return self._refuse(conn, key, body, ids, declined, completion.confirmation.mandate)
         order = OrderResult(
             session_id=proposal.session_id,
             checkout_id=proposal.checkout_id,
             outcome=Outcome.ORDERED,
-            order_id=place(proposal, proposal.checkout_id),
+            order_id=order_id,
             total_minor=proposal.total_minor,
             currency=proposal.currency,
         )

@@ -79,13 +79,16 @@ class DemoResult:
             "reason": result.reason if result else None,
             "error": {"code": run.error.code.value, "text": run.error.text} if run.error else None,
             "mandate": {"id": run.mandate_id, "token": run.mandate} if run.mandate else None,
-            "verification": self.verification.as_dict() if self.verification else _refusal(result),
+            "verification": self.verification.as_dict() if self.verification else _refusal(result, run.error),
             "audit": self.audit,
             "timeline": [step.as_dict() for step in self.steps],
         }
 
 
-def _refusal(result: Any) -> dict[str, Any] | None:
+def _refusal(result: Any, error: Any) -> dict[str, Any] | None:
+    """The verifier's refusal: at completion (in the order result) or when the checkout opened."""
+    if error is not None and error.code in OUTCOME_OF:
+        return {"accepted": False, "code": error.code.value, "reason": error.text}
     if result is None or result.outcome is Outcome.ORDERED or not result.reason:
         return None
     code, _, text = result.reason.partition(": ")

@@ -263,3 +263,21 @@ def test_audit_verify_and_show_from_the_command_line(flow_log: tuple[Path, str])
 def test_audit_show_of_an_unknown_session_exits_non_zero(flow_log: tuple[Path, str]) -> None:
     assert cli("show", str(flow_log[0]), "--session", "ses_nope").returncode == 1
     assert cli("verify", str(flow_log[0].with_name("none.db"))).returncode == 2
+
+
+def test_a_log_is_never_given_a_new_key_silently(log: Path) -> None:
+    from device_sdk.errors import KeyStoreError
+
+    log.with_name(log.name + ".audit-key.pem").unlink()  # the key file was lost
+    with Database(log) as db, pytest.raises(KeyStoreError, match="restore its key file"):
+        AuditLog.open(db)
+
+
+def test_bad_arguments_to_the_audit_commands_are_coded_errors(log: Path) -> None:
+    with pytest.raises(StoreError):
+        verify_log(log, head="zz")
+    with pytest.raises(StoreError):
+        trail(log.with_name("missing.db"), "ses_1")
+    assert cli("show", str(log.with_name("missing.db")), "--session", "x").returncode == 2
+    assert cli("verify", str(log), "--key", "@/nonexistent/key.pem").returncode == 2
+    assert cli("verify", str(log), "--head", "zz").returncode == 2

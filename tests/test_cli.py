@@ -129,3 +129,9 @@ def test_bench_consent_prints_its_figures() -> None:
     figures = json.loads(done.stdout)
     assert figures["verifications_per_s"] > 0 and figures["completions_per_s"] > 0
     assert set(figures["audit_verify_s"]) == {"300", "1000"}
+
+
+def test_keys_create_refuses_an_id_that_is_not_topic_safe(state: Path) -> None:
+    done = cli("keys", "create", "../escape")
+    assert done.returncode == 2 and "device id" in done.stderr
+    assert not (state / "escape.pem").exists() and not (state / "keys").exists()

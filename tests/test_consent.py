@@ -413,3 +413,30 @@ def test_concurrent_submissions_from_processes_order_once(shop: Shop) -> None:
     assert outcomes.count("ordered") == 1
     assert set(outcomes) - {"ordered"} == {"mandate_replayed"}
     assert len(shop.verifier.orders()) == 1
+
+
+def test_a_declined_payment_is_a_refusal_with_its_code(shop: Shop) -> None:
+    from device_sdk.errors import CheckoutError
+
+    def decline(proposal: Any, key: str) -> str:
+        raise CheckoutError("insufficient funds")
+
+    offer = shop.offer()
+    with pytest.raises(ConsentError) as caught:
+        shop.verifier.complete(shop.confirm(offer), decline)
+    assert caught.value.code == ErrorCode.PAYMENT_DECLINED
+    assert shop.refusals(offer.session_id) == ["payment_declined"]
+    assert shop.verifier.orders() == []
+
+
+async def test_a_device_never_sends_a_mandate_with_a_decline(shop: Shop) -> None:
+    from device_sdk.device import DeviceClient, Offer
+    from device_sdk.errors import ProtocolError
+    from device_sdk.messages import Decision
+
+    device = DeviceClient("mqtt://127.0.0.1:1", "speaker-1", key=shop.keys["speaker-1"])
+    offer = Offer(shop.offer())
+    token = device.sign(offer, Modality.VOICE)
+    assert token is not None
+    with pytest.raises(ProtocolError):
+        await device.answer(offer, Decision.DECLINE, mandate=token)
