@@ -326,27 +326,13 @@ class ConsentVerifier:
             "checkout_id": completion.checkout_id,
         }
         if not isinstance(key, str) or not IDEMPOTENCY_KEY.match(key):
-            return self._refuse(
-                conn,
-                None,
-                body,
-                ids,
-                ConsentError(
-                    "an idempotency key has at least 128 bits (27 or more characters)", ErrorCode.BAD_IDEMPOTENCY_KEY
-                ),
-            )
+            text = "an idempotency key has at least 128 bits (27 to 128 characters of [A-Za-z0-9_-])"
+            return self._refuse(conn, None, body, ids, ConsentError(text, ErrorCode.BAD_IDEMPOTENCY_KEY))
         row = conn.execute("SELECT body_sha256, result FROM completions WHERE idempotency_key = ?", (key,)).fetchone()
         if row is not None:
             if row[0] != body:
-                return self._refuse(
-                    conn,
-                    None,
-                    body,
-                    ids,
-                    ConsentError(
-                        "this idempotency key was used for another completion", ErrorCode.IDEMPOTENCY_CONFLICT
-                    ),
-                )
+                text = "this idempotency key was used for another completion"
+                return self._refuse(conn, None, body, ids, ConsentError(text, ErrorCode.IDEMPOTENCY_CONFLICT))
             earlier = _result_from(row[1])
             return earlier if isinstance(earlier, ConsentError) else (earlier, None)
         try:

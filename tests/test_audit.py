@@ -56,6 +56,25 @@ def row(path: Path, seq: int) -> tuple[str, bytes]:
     return body, digest
 
 
+def rechain(path: Path, checkpoints: str = "keep", signer: SigningKey | None = None) -> None:
+    """Recompute every record's hash, as an attacker who edited a record would; and the checkpoints'
+    hashes too ("copy"), or re-signed with `signer` ("sign")."""
+    conn = sqlite3.connect(path)
+    with conn:
+        prev = GENESIS
+        for seq, text in conn.execute("SELECT seq, body FROM audit ORDER BY seq").fetchall():
+            prev = chain_hash(prev, seq, text.encode())
+            conn.execute("UPDATE audit SET hash = ? WHERE seq = ?", (prev, seq))
+            if checkpoints == "copy":
+                conn.execute("UPDATE audit_checkpoints SET hash = ? WHERE seq = ?", (prev, seq))
+            elif checkpoints == "sign" and signer is not None:
+                conn.execute("UPDATE audit_checkpoints SET hash = ?, signature = ?, kid = ? WHERE seq = ?",
+                             (prev, signer.sign(checkpoint_message(seq, prev)), signer.public.kid, seq))  # fmt: skip
+        if signer is not None:
+            conn.execute("INSERT INTO audit_keys VALUES (?, ?, 0)", (signer.public.kid, signer.public.raw))
+    conn.close()
+
+
 def test_an_intact_log_verifies(log: Path) -> None:
     report = verify_log(log)
     assert report.ok and report.records == RECORDS and report.first_bad is None
@@ -83,13 +102,7 @@ def test_a_rewritten_chain_is_caught_by_the_signed_checkpoints(log: Path) -> Non
     """Rewrite record 5 and recompute every hash after it: only the checkpoints tell."""
     body, _ = row(log, 5)
     edit(log, ("UPDATE audit SET body = ? WHERE seq = 5", (body.replace("record 5", "record X"),)))
-    conn = sqlite3.connect(log)
-    with conn:
-        prev = GENESIS
-        for seq, text in conn.execute("SELECT seq, body FROM audit ORDER BY seq").fetchall():
-            prev = chain_hash(prev, seq, text.encode())
-            conn.execute("UPDATE audit SET hash = ? WHERE seq = ?", (prev, seq))
-    conn.close()
+    rechain(log)
     report = verify_log(log)
     assert not report.ok and report.first_bad == 5 and "rewritten" in (report.problem or "")
 
@@ -97,34 +110,16 @@ def test_a_rewritten_chain_is_caught_by_the_signed_checkpoints(log: Path) -> Non
 def test_overwritten_checkpoint_hashes_do_not_move_the_blame(log: Path) -> None:
     """Rewrite record 5, recompute the chain and copy the new hashes into every checkpoint (whose
     signatures then no longer verify): the first bad record is still found."""
-    conn = sqlite3.connect(log)
-    with conn:
-        conn.execute("UPDATE audit SET body = replace(body, 'record 5', 'record Y') WHERE seq = 5")
-        prev = GENESIS
-        for seq, text in conn.execute("SELECT seq, body FROM audit ORDER BY seq").fetchall():
-            prev = chain_hash(prev, seq, text.encode())
-            conn.execute("UPDATE audit SET hash = ? WHERE seq = ?", (prev, seq))
-            conn.execute("UPDATE audit_checkpoints SET hash = ? WHERE seq = ?", (prev, seq))
-    conn.close()
+    edit(log, ("UPDATE audit SET body = replace(body, 'record 5', 'record Y') WHERE seq = 5", ()))
+    rechain(log, "copy")
     report = verify_log(log)
     assert not report.ok and report.first_bad == 5
 
 
 def test_a_rewritten_log_re_signed_with_another_key_fails_against_the_pinned_key(log: Path) -> None:
     real = verify_log(log)
-    attacker = SigningKey.generate()
-    conn = sqlite3.connect(log)
-    with conn:
-        conn.execute("UPDATE audit SET body = replace(body, 'record 2', 'record Z') WHERE seq = 2")
-        prev = GENESIS
-        for seq, text in conn.execute("SELECT seq, body FROM audit ORDER BY seq").fetchall():
-            prev = chain_hash(prev, seq, text.encode())
-            conn.execute("UPDATE audit SET hash = ? WHERE seq = ?", (prev, seq))
-            signature = attacker.sign(checkpoint_message(seq, prev))
-            conn.execute("UPDATE audit_checkpoints SET hash = ?, signature = ?, kid = ? WHERE seq = ?",
-                         (prev, signature, attacker.public.kid, seq))  # fmt: skip
-        conn.execute("INSERT INTO audit_keys VALUES (?, ?, 0)", (attacker.public.kid, attacker.public.raw))
-    conn.close()
+    edit(log, ("UPDATE audit SET body = replace(body, 'record 2', 'record Z') WHERE seq = 2", ()))
+    rechain(log, "sign", SigningKey.generate())
     report = verify_log(log)  # pinned by default to the key file beside the log
     assert not report.ok and report.key_pinned and report.first_bad == 1 and "not signed" in (report.problem or "")
     sidecar = log.with_name(log.name + ".audit-key.pem")
