@@ -48,6 +48,8 @@ class Session:
     result: OrderResult | None = None
     confirmed: ConfirmationResult | None = None
     idempotency_key: str = field(default_factory=new_idempotency_key)
+    unanswered: int = 0
+    """Completions of this session's confirmation that got no answer from the checkout."""
     touched: float = field(default_factory=time.monotonic)
 
     def check_owner(self, device_id: str) -> None:
@@ -114,13 +116,17 @@ class Session:
         if self.state is State.COMPLETING:
             self.state = State.AWAITING_CONFIRMATION
             self.touched = time.monotonic()
+            self.unanswered += 1
 
-    def needs_retry(self, now_mono: float, after: float) -> bool:
-        """A completion got no answer `after` seconds ago or more and nothing has retried it since."""
+    def needs_retry(self, now_mono: float, after: float, most: float = 60.0) -> bool:
+        """A completion got no answer and nothing has retried it since: `after` seconds ago for the
+        first retry, doubling with every unanswered one up to `most` (a checkout that stays down is
+        asked once a minute, not hammered)."""
+        wait = min(after * 2 ** max(self.unanswered - 1, 0), most)
         return (
             self.state is State.AWAITING_CONFIRMATION
             and self.confirmed is not None
-            and now_mono - self.touched >= after
+            and now_mono - self.touched >= wait
         )
 
     def idle_since(self, now: float) -> float | None:

@@ -103,3 +103,18 @@ def test_ended_session_takes_no_new_request() -> None:
     with pytest.raises(SessionError) as caught:
         session.on_request("speaker-1", "req_2")
     assert caught.value.code == ErrorCode.SESSION_CLOSED
+
+
+def test_an_unanswered_completion_is_retried_with_growing_pauses() -> None:
+    session, offer = offered()
+    assert session.on_confirmation("speaker-1", answer(offer), now=50.0) is Step.COMPLETE
+    waits = []
+    for _ in range(8):
+        session.on_complete_failed()
+        touched = session.touched
+        wait = next(w for w in (0.5 * i for i in range(1, 200)) if session.needs_retry(touched + w, 2.0))
+        waits.append(wait)
+        session.state = State.COMPLETING  # the retry
+    assert waits == [2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0]
+    session.on_complete_failed()
+    assert session.needs_retry(session.touched + 60.0, 2.0) and not session.needs_retry(session.touched + 59.0, 2.0)
