@@ -124,9 +124,7 @@ class Session:
         asked once a minute, not hammered)."""
         wait = min(after * 2 ** max(self.unanswered - 1, 0), most)
         return (
-            self.state is State.AWAITING_CONFIRMATION
-            and self.confirmed is not None
-            and now_mono - self.touched >= wait
+            self.state is State.AWAITING_CONFIRMATION and self.confirmed is not None and now_mono - self.touched >= wait
         )
 
     def idle_since(self, now: float) -> float | None:
