@@ -23,7 +23,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
 from .bounded import DropOldest
-from .errors import BusError, ErrorCode, RequestTimeout
+from .errors import BusError, DeviceSdkError, ErrorCode, RequestTimeout
 from .service import Service
 
 log = logging.getLogger(__name__)
@@ -214,9 +214,19 @@ class MqttBus(Service):
         self._spawn(self._misc_loop())
 
     async def close(self) -> None:
-        """Disconnect cleanly (no last will) and end every subscription."""
+        """Unsubscribe, disconnect cleanly (no last will) and end every subscription.
+
+        The UNSUBSCRIBE is acknowledged before the DISCONNECT goes: amqtt 0.12 leaks the server-side
+        connection of a client that disconnects with subscriptions (or an unacknowledged unsubscribe).
+        """
         if self._closing:
             return
+        filters = sorted({f for sub in self._subs for f in sub.filters})
+        if filters and self._connected.is_set():
+            result, mid = self._client.unsubscribe(filters)
+            if result == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+                with contextlib.suppress(DeviceSdkError):
+                    await self._wait_ack(mid, 1.0, f"unsubscribing from {len(filters)} filters")
         self._closing = True
         for task in list(self._tasks):
             task.cancel()

@@ -228,8 +228,7 @@ async def answer_raw(speaker: DeviceClient, offer: Offer, mandate: str | None) -
             "mandate": mandate,
         }  # fmt: skip
         await bus.publish(T.device_up(speaker.device_id), json.dumps(payload).encode())
-        async with replies:  # unsubscribed (and acknowledged) before the disconnect: amqtt needs that
-            while True:
-                message = decode((await replies.get(10)).payload)
-                if isinstance(message, OrderResult):
-                    return message
+        while True:
+            message = decode((await replies.get(10)).payload)
+            if isinstance(message, OrderResult):
+                return message
