@@ -12,10 +12,12 @@ anchor the head elsewhere (`audit verify --head`) to catch that too.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -181,8 +183,6 @@ def verify_log(path: str | Path, *, key: PublicKey | None = None, head: str | No
     (hex) is a checkpoint hash kept elsewhere, which the log must still contain.
     """
     path = Path(path)
-    if not path.is_file():
-        raise StoreError(f"no audit log at {path}", ErrorCode.AUDIT_BROKEN)
     try:
         anchor = bytes.fromhex(head) if head else None
     except ValueError:
@@ -190,13 +190,22 @@ def verify_log(path: str | Path, *, key: PublicKey | None = None, head: str | No
     sidecar = path.with_name(path.name + KEY_SUFFIX)
     if key is None and sidecar.exists():
         key = SigningKey.load(sidecar).public
+    with _reading(path) as conn:
+        conn.text_factory = bytes
+        return _verify(conn, str(path), key, anchor)
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to the log at `path`; any SQLite failure is a coded `StoreError`."""
+    if not path.is_file():
+        raise StoreError(f"no audit log at {path}", ErrorCode.AUDIT_BROKEN)
     try:
         conn = connect(path, readonly=True)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open {path}: {exc}", ErrorCode.AUDIT_BROKEN) from None
-    conn.text_factory = bytes
     try:
-        return _verify(conn, str(path), key, anchor)
+        yield conn
     except sqlite3.DatabaseError as exc:
         raise StoreError(f"{path} is not a readable audit log: {exc}", ErrorCode.AUDIT_BROKEN) from None
     finally:
@@ -262,18 +271,8 @@ def _verify(conn: sqlite3.Connection, path: str, pinned: PublicKey | None, ancho
 
 def trail(path: str | Path, session_id: str) -> list[dict[str, Any]]:
     """Every record of a session, oldest first, each with its `seq`."""
-    if not Path(path).is_file():
-        raise StoreError(f"no audit log at {path}", ErrorCode.AUDIT_BROKEN)
-    try:
-        conn = connect(path, readonly=True)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open {path}: {exc}", ErrorCode.AUDIT_BROKEN) from None
-    try:
+    with _reading(Path(path)) as conn:
         rows = conn.execute("SELECT seq, body FROM audit WHERE session_id = ? ORDER BY seq", (session_id,)).fetchall()
-    except sqlite3.DatabaseError as exc:
-        raise StoreError(f"{path} is not a readable audit log: {exc}", ErrorCode.AUDIT_BROKEN) from None
-    finally:
-        conn.close()
     return [{"seq": seq, **json.loads(body)} for seq, body in rows]
 
 

@@ -33,7 +33,6 @@ from .keys import SigningKey
 from .mandate import mandate_for
 from .messages import (
     CheckoutProposal,
-    ConfirmationRequest,
     ConfirmationResult,
     Decision,
     Merchant,
@@ -42,7 +41,7 @@ from .messages import (
     new_id,
 )
 from .policy import PolicyBook
-from .readback import compose_readback, display_digest
+from .readback import confirmation_request
 from .verifier import ConsentVerifier
 
 SELLER = Merchant(id="m-bench", name="Bench Goods")
@@ -66,12 +65,7 @@ def _prepare(verifier: ConsentVerifier, keys: list[SigningKey], n: int, threads:
         terms = list(pool.map(verifier.open, issued))
     completions = []
     for one, consent in zip(issued, terms, strict=True):
-        readback = compose_readback(one.proposal)
-        offer = ConfirmationRequest(
-            session_id=one.proposal.session_id, checkout_id=one.proposal.checkout_id,
-            checkout_hash=one.checkout_hash, proposal=one.proposal, request_id="req_bench", readback=readback,
-            display_digest=display_digest(readback), consent=consent, expires_at=time.time() + 300,
-        )  # fmt: skip
+        offer = confirmation_request(one.proposal, one.checkout_hash, "req_bench", consent, time.time() + 300)
         device_id = one.proposal.device_id
         token = mandate_for(offer, keys[int(device_id.split("-")[1])], device_id=device_id, modality=Modality.VOICE,
                             display_digest=offer.display_digest)  # fmt: skip

@@ -28,13 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     demo.add_argument("--broker", default=None, help="mqtt://host:port (default: an embedded broker)")
     demo.add_argument("--json", action="store_true", help="print one JSON object instead of the timeline")
-    demo.add_argument(
-        "--audit",
-        type=Path,
-        default=None,
-        help=f"SQLite file of the audit log and the verifier's store (default: {default_database()})",
-    )
-    demo.add_argument("--policy", type=Path, default=None, help="risk policy TOML file (default: built-in defaults)")
+    _shop_options(demo)
 
     serve = commands.add_parser(
         "serve", help="run the backend (broker, gateway, reference agent, checkout) for devices"
@@ -42,13 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--broker", default=None, help="mqtt://host:port to use (default: an embedded broker)")
     serve.add_argument("--port", type=int, default=1883, help="port of the embedded broker (default 1883)")
     serve.add_argument("--host", default="127.0.0.1", help="address of the embedded broker (default 127.0.0.1)")
-    serve.add_argument(
-        "--db",
-        type=Path,
-        default=None,
-        help=f"SQLite file of the audit log, keys and verifier store (default: {default_database()})",
-    )
-    serve.add_argument("--policy", type=Path, default=None, help="risk policy TOML file (default: built-in defaults)")
+    _shop_options(serve)
 
     keys = commands.add_parser("keys", help="device signing keys and the registry the verifier trusts")
     key_commands = keys.add_subparsers(dest="keys", required=True)
@@ -63,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     listing = key_commands.add_parser("list", help="registered keys")
     listing.add_argument("--json", action="store_true")
     for sub in (create, revoke, listing):
-        sub.add_argument("--db", type=Path, default=None, help=f"registry database (default: {default_database()})")
+        _shop_options(sub, policy=False)
 
     audit = commands.add_parser("audit", help="check or read the audit log")
     audit_commands = audit.add_subparsers(dest="audit", required=True)
@@ -119,6 +107,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     return asyncio.run(run_bench_bus(args))
 
 
+def _shop_options(command: argparse.ArgumentParser, *, policy: bool = True) -> None:
+    """Where the checkout keeps its state (`demo`, `serve`, `keys`), and its risk policy."""
+    command.add_argument(
+        "--audit", "--db", dest="database", type=Path, default=None,
+        help=f"SQLite file of the audit log, device keys and verifier store (default: {default_database()})",
+    )  # fmt: skip
+    if policy:
+        command.add_argument(
+            "--policy", type=Path, default=None, help="risk policy TOML file (default: built-in defaults)"
+        )
+
+
 def run() -> None:
     """Console entry point: Ctrl-C ends quietly."""
     try:
@@ -147,7 +147,7 @@ async def _demo(args: argparse.Namespace) -> int:
             broker=args.broker,
             on_step=None if quiet else lambda step: print(step.line()),
             present=None if quiet else lambda text: print(f"  speaker says: {text}"),
-            audit=args.audit or default_database(),
+            audit=args.database or default_database(),
             policy=PolicyBook.load(args.policy),
         )
     except DeviceSdkError as exc:
@@ -188,7 +188,7 @@ async def _serve(args: argparse.Namespace) -> int:
         else:
             broker = EmbeddedBroker(args.host, args.port)
             url, shared = (await stack.enter_async_context(broker)).url, False
-        database, policy = args.db or default_database(), PolicyBook.load(args.policy)
+        database, policy = args.database or default_database(), PolicyBook.load(args.policy)
         backend = await stack.enter_async_context(ShopBackend(url, shared=shared, database=database, policy=policy))
         print(f"serving devices on {url} as gateway {backend.gateway.gateway_id}; Ctrl-C stops", flush=True)
         print(f"audit log and verifier store: {database}", flush=True)
@@ -202,7 +202,7 @@ def _keys(args: argparse.Namespace) -> int:
     from .keys import DeviceRegistry, SigningKey
     from .topics import check_id
 
-    with Database(args.db or default_database()) as db:
+    with Database(args.database or default_database()) as db:
         registry = DeviceRegistry(db)
         if args.keys == "create":
             device_id = check_id(args.device_id, "device id")

@@ -63,6 +63,10 @@ class Offer:
     def session_id(self) -> str:
         return self.request.session_id
 
+    def digest(self, presented: str | None = None) -> str:
+        """The display digest of what the device presented (by default, the SDK's read-back)."""
+        return display_digest(presented if presented is not None else self.request.readback)
+
 
 @dataclass
 class _Waiter:
@@ -226,7 +230,7 @@ class DeviceClient(Service):
         is refused. A confirmation is signed with the device's key unless `mandate` is given.
         """
         request = offer.request
-        digest = display_digest(presented if presented is not None else request.readback)
+        digest = offer.digest(presented)
         if decision is not Decision.CONFIRM and mandate is not None:
             raise ProtocolError("a consent mandate goes only with a confirmation", ErrorCode.BAD_MESSAGE)
         if decision is Decision.CONFIRM and mandate is None:
@@ -254,9 +258,9 @@ class DeviceClient(Service):
         """The consent mandate for confirming `offer` by `modality` (None for a device with no key)."""
         if self.key is None:
             return None
-        request = offer.request
-        digest = display_digest(presented if presented is not None else request.readback)
-        return mandate_for(request, self.key, device_id=self.device_id, modality=modality, display_digest=digest)
+        return mandate_for(
+            offer.request, self.key, device_id=self.device_id, modality=modality, display_digest=offer.digest(presented)
+        )
 
     async def _exchange(
         self, session_id: str, payload: bytes, answers: Callable[[Any], bool], ref: str, timeout: float

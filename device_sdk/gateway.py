@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import time
 from collections import deque
@@ -25,9 +24,7 @@ from .messages import (
     AgentRequest,
     AudioStart,
     AudioStop,
-    ConfirmationRequest,
     ConfirmationResult,
-    ConsentTerms,
     ControllerClaim,
     Decision,
     DeviceStatus,
@@ -41,9 +38,10 @@ from .messages import (
     decode,
     new_id,
     now,
+    sha256_hex,
 )
 from .mqtt import BrokerUrl, MqttBus, Received, Subscription
-from .readback import compose_readback, display_digest
+from .readback import confirmation_request
 from .service import Service
 from .session import Session, State, Step
 from .topics import Topics, check_id
@@ -447,7 +445,9 @@ class Gateway(Service):
                 payee=issued.proposal.merchant.id,
             )
             terms = await self.checkout.open(issued)
-            offer = self._offer(issued, request.request_id, terms)
+            offer = confirmation_request(
+                issued.proposal, issued.checkout_hash, request.request_id, terms, now() + self.confirm_timeout
+            )
         except Exception as exc:
             session.on_agent_failed(request.request_id)
             if issued is not None:
@@ -479,20 +479,6 @@ class Gateway(Service):
             raise CheckoutError("the agent proposed for another device or session", ErrorCode.BAD_PROPOSAL)
         return issued
 
-    def _offer(self, issued: IssuedProposal, request_id: str, terms: ConsentTerms) -> ConfirmationRequest:
-        readback = compose_readback(issued.proposal)
-        return ConfirmationRequest(
-            session_id=issued.proposal.session_id,
-            request_id=request_id,
-            checkout_id=issued.proposal.checkout_id,
-            checkout_hash=issued.checkout_hash,
-            proposal=issued.proposal,
-            readback=readback,
-            display_digest=display_digest(readback),
-            consent=terms,
-            expires_at=now() + self.confirm_timeout,
-        )
-
     async def _on_confirmation(self, device_id: str, answer: ConfirmationResult) -> None:
         session = self.sessions.get((device_id, answer.session_id))
         try:
@@ -522,7 +508,7 @@ class Gateway(Service):
                 modality=answer.modality.value,
                 display_digest=answer.display_digest,
                 heard=answer.heard,
-                mandate_sha256=_sha256(answer.mandate),
+                mandate_sha256=sha256_hex(answer.mandate) if answer.mandate else None,
             )
         if step is Step.RESEND_RESULT and session.result is not None:
             await self._send(device_id, session.result)
@@ -687,10 +673,6 @@ class Gateway(Service):
             await self.bus.publish(topic, payload, qos=qos)
         except DeviceSdkError as exc:
             log.warning("could not publish to %s: %s", topic, exc)
-
-
-def _sha256(text: str | None) -> str | None:
-    return hashlib.sha256(text.encode()).hexdigest() if text else None
 
 
 M = TypeVar("M", DeviceStatus, GatewayStatus, ControllerClaim)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -183,6 +184,12 @@ class KeyRecord:
     added_at: float
     retired_at: float | None
 
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...] | list[Any]) -> KeyRecord:
+        """From (kid, device_id, public_key, status, added_at, retired_at) as the registry stores them."""
+        kid, device_id, raw, status, added_at, retired_at = row
+        return cls(kid, device_id, PublicKey(raw), KeyStatus(status), added_at, retired_at)
+
     def valid_at(self, issued_at: float, now: float) -> bool:
         """Whether a mandate issued at `issued_at` may carry this key's signature at `now`.
 
@@ -279,7 +286,7 @@ class DeviceRegistry:
                 f"SELECT {_COLUMNS} FROM device_keys WHERE ?1 IS NULL OR device_id = ?1 ORDER BY added_at",
                 (device_id,),
             ).fetchall()
-        return [_record(row) for row in rows]
+        return [KeyRecord.from_row(row) for row in rows]
 
     def public_key(self, kid: str) -> PublicKey | None:
         """The public key named `kid` (whatever its status; the verifier checks that in its transaction)."""
@@ -293,7 +300,7 @@ _COLUMNS = "kid, device_id, public_key, status, added_at, retired_at"
 
 def lookup(conn: sqlite3.Connection, kid: str) -> KeyRecord | None:
     row = conn.execute(f"SELECT {_COLUMNS} FROM device_keys WHERE kid = ?", (kid,)).fetchone()
-    return _record(row) if row else None
+    return KeyRecord.from_row(row) if row else None
 
 
 def _active(conn: sqlite3.Connection, device_id: str) -> str | None:
@@ -306,8 +313,3 @@ def _insert(conn: sqlite3.Connection, device_id: str, public: PublicKey) -> None
         "INSERT INTO device_keys (kid, device_id, public_key, status, added_at) VALUES (?, ?, ?, 'active', ?)",
         (public.kid, device_id, public.raw, time.time()),
     )
-
-
-def _record(row: tuple[str, str, bytes, str, float, float | None]) -> KeyRecord:
-    kid, device_id, raw, status, added_at, retired_at = row
-    return KeyRecord(kid, device_id, PublicKey(raw), KeyStatus(status), added_at, retired_at)

@@ -7,6 +7,7 @@ minor units (fen for CNY) everywhere. `decode` turns any payload into a model or
 
 from __future__ import annotations
 
+import hashlib
 import time
 import unicodedata
 import uuid
@@ -48,6 +49,11 @@ Name = Annotated[str, Field(min_length=1, max_length=120), AfterValidator(_plain
 """Text from the agent or a merchant that the SDK reads out: one line of plain printable text."""
 Minor = Annotated[int, Field(ge=0, le=10**12, description="Integer minor units (fen for CNY).")]
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+def sha256_hex(text: str) -> str:
+    """SHA-256 of the UTF-8 text, as lower-case hex."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def new_id(prefix: str) -> str:

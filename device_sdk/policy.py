@@ -35,22 +35,6 @@ STRONG_MODALITIES = (Modality.VOICE_PIN, Modality.LENS_TAP, Modality.PHONE_SHEET
 _PAN = re.compile(r"\d[\d -]{11,22}\d")
 
 
-class _Settings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    voice_cap_minor: dict[Currency, Amount] | None = None
-    daily_cap_minor: dict[Currency, Amount] | None = None
-    orders_per_minute: Annotated[int, Field(ge=0)] | None = None
-    blocked_categories: list[str] | None = None
-    allow_uncategorized: bool | None = None
-    merchants: list[str] | None = None
-    payment_handlers: list[str] | None = None
-
-
-class _File(_Settings):
-    devices: dict[str, _Settings] = Field(default_factory=dict)
-
-
 class RiskPolicy(BaseModel):
     """The effective policy for one device (see the module's table for the defaults)."""
 
@@ -110,35 +94,34 @@ class RiskPolicy(BaseModel):
 
 
 class PolicyBook:
-    """The policy file's layers; `for_device` gives one device's effective `RiskPolicy`."""
+    """The policy file's layers; `for_device` gives one device's effective `RiskPolicy`.
+
+    Every layer is validated when the book is made, so a typo fails at start, not at checkout.
+    """
 
     def __init__(self, base: dict[str, Any] | None = None, devices: dict[str, dict[str, Any]] | None = None) -> None:
         self._base = base or {}
-        self._devices = devices or {}
-        self._cache: dict[str, RiskPolicy] = {}
-        self.default = RiskPolicy(**self._base)
+        self.default = _validated(self._base, ())
+        self._policies = {
+            d: _validated({**self._base, **layer}, ("devices", d)) for d, layer in (devices or {}).items()
+        }
 
     def for_device(self, device_id: str) -> RiskPolicy:
-        policy = self._cache.get(device_id)
-        if policy is None:
-            override = self._devices.get(device_id)
-            policy = RiskPolicy(**{**self._base, **override}) if override else self.default
-            self._cache[device_id] = policy
-        return policy
+        return self._policies.get(device_id, self.default)
 
     @classmethod
     def parse(cls, text: str, source: str = "policy") -> PolicyBook:
         try:
-            parsed = _File.model_validate(tomllib.loads(text))
+            data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{source}: not TOML: {exc}") from None
-        except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise ConfigError(f"{source}: {where}: {first['msg']}") from None
-        base = parsed.model_dump(exclude_none=True, exclude={"devices"})
-        devices = {d: layer.model_dump(exclude_none=True) for d, layer in parsed.devices.items()}
-        return cls(base, devices)
+        devices = data.pop("devices", {})
+        if not isinstance(devices, dict) or not all(isinstance(layer, dict) for layer in devices.values()):
+            raise ConfigError(f"{source}: devices: a table of tables, one per device id")
+        try:
+            return cls(data, devices)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc.text}") from None
 
     @classmethod
     def load(cls, path: str | Path | None) -> PolicyBook:
@@ -150,3 +133,12 @@ class PolicyBook:
         except OSError as exc:
             raise ConfigError(f"cannot read the policy {path}: {exc.strerror}") from None
         return cls.parse(text, str(path))
+
+
+def _validated(settings: dict[str, Any], where: tuple[str, ...]) -> RiskPolicy:
+    try:
+        return RiskPolicy(**settings)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        place = ".".join(str(part) for part in (*where, *first["loc"]))
+        raise ConfigError(f"{place}: {first['msg']}") from None

@@ -6,9 +6,7 @@ device and the verifier all derive the same text and the same display digest fro
 
 from __future__ import annotations
 
-import hashlib
-
-from .messages import CheckoutProposal, Modality, ProposalLine
+from .messages import CheckoutProposal, ConfirmationRequest, ConsentTerms, Modality, ProposalLine, sha256_hex
 
 # ISO 4217 minor-unit exponents that are not 2 (every other current currency has 2).
 _EXPONENT = {
@@ -53,7 +51,25 @@ def compose_readback(proposal: CheckoutProposal) -> str:
 
 def display_digest(text: str) -> str:
     """SHA-256 (hex) of the UTF-8 text that was presented to the user."""
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return sha256_hex(text)
+
+
+def confirmation_request(
+    proposal: CheckoutProposal, checkout_hash: str, request_id: str, terms: ConsentTerms, expires_at: float
+) -> ConfirmationRequest:
+    """The offer a device presents: the proposal, the SDK's read-back and its digest, the consent terms."""
+    readback = compose_readback(proposal)
+    return ConfirmationRequest(
+        session_id=proposal.session_id,
+        request_id=request_id,
+        checkout_id=proposal.checkout_id,
+        checkout_hash=checkout_hash,
+        proposal=proposal,
+        readback=readback,
+        display_digest=display_digest(readback),
+        consent=terms,
+        expires_at=expires_at,
+    )
 
 
 def presentation(proposal: CheckoutProposal, modality: Modality) -> str:

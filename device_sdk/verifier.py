@@ -24,7 +24,6 @@ give one order. Every refusal is recorded in the audit log with its reason code.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import secrets
@@ -39,9 +38,9 @@ from .audit import AuditLog
 from .checkout import Completion
 from .database import Database
 from .errors import CheckoutError, ConsentError, ErrorCode
-from .keys import DeviceRegistry, KeyRecord, KeyStatus, PublicKey
+from .keys import DeviceRegistry, KeyRecord, PublicKey
 from .mandate import MAX_LIFETIME, SignedMandate, mandate_id, read_mandate, verify_mandate
-from .messages import CheckoutProposal, ConsentTerms, Decision, Modality, OrderResult, Outcome, decode
+from .messages import CheckoutProposal, ConsentTerms, Decision, Modality, OrderResult, Outcome, decode, sha256_hex
 from .policy import PolicyBook, RiskPolicy
 from .readback import presentation_digest
 
@@ -236,7 +235,7 @@ class ConsentVerifier:
             self.audit.append(
                 conn,
                 "terms",
-                nonce_sha256=_sha(terms.nonce),
+                nonce_sha256=sha256_hex(terms.nonce),
                 audience=terms.audience,
                 payment_handler=terms.payment_handler,
                 modalities=[m.value for m in terms.modalities],
@@ -461,7 +460,7 @@ class ConsentVerifier:
             proposal = decode(raw)
             assert isinstance(proposal, CheckoutProposal)
             parsed = ((raw, terms), proposal, ConsentTerms.model_validate_json(terms), {})
-        key = _key_record(kid, key_row) if kid is not None and key_row[0] is not None else None
+        key = KeyRecord.from_row(key_row) if key_row[0] is not None else None
         return _Checkout(parsed[1], digest, nonce, parsed[2], bool(ordered), closed_at is not None, parsed[3], key,
                          bool(replayed), spent, recent)  # fmt: skip
 
@@ -489,7 +488,7 @@ class ConsentVerifier:
             code=exc.code.value,
             reason=exc.text,
             mandate_id=mandate_id(token) if token else None,
-            mandate_sha256=_sha(token) if token else None,
+            mandate_sha256=sha256_hex(token) if token else None,
             **ids,
         )
         if key is not None:
@@ -519,7 +518,7 @@ SELECT c.raw, c.hash, c.nonce, c.terms, c.closed_at,
     (SELECT coalesce(sum(total_minor), 0) FROM completions
         WHERE order_id IS NOT NULL AND device_id = c.device_id AND currency = c.currency AND at > :day),
     (SELECT count(*) FROM completions WHERE order_id IS NOT NULL AND device_id = c.device_id AND at > :minute),
-    k.device_id, k.public_key, k.status, k.added_at, k.retired_at
+    k.kid, k.device_id, k.public_key, k.status, k.added_at, k.retired_at
 FROM checkouts c LEFT JOIN device_keys k ON k.kid = :kid
 WHERE c.checkout_id = :checkout
 """
@@ -535,15 +534,6 @@ def _spending(conn: sqlite3.Connection, proposal: CheckoutProposal, now: float) 
     return int(row[0]), int(row[1])
 
 
-def _key_record(kid: str, row: list[Any]) -> KeyRecord:
-    device_id, raw, status, added_at, retired_at = row
-    return KeyRecord(kid, device_id, PublicKey(raw), KeyStatus(status), added_at, retired_at)
-
-
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def _body_sha256(completion: Completion) -> str:
     fields = [
         completion.checkout_id,
@@ -552,7 +542,7 @@ def _body_sha256(completion: Completion) -> str:
         completion.session_id,
         completion.confirmation.encode().decode(),
     ]
-    return _sha(json.dumps(fields, separators=(",", ":")))
+    return sha256_hex(json.dumps(fields, separators=(",", ":")))
 
 
 def _result_from(stored: str) -> OrderResult | ConsentError:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from device_sdk.device import DeviceClient, Offer
 from device_sdk.errors import RemoteError
-from device_sdk.mandate import unverified_claims
+from device_sdk.mandate import mandate_id
 from device_sdk.messages import Decision, Modality, OrderResult
 from device_sdk.replies import REPROMPT, ReplyDialog
 
@@ -31,8 +31,7 @@ class SpeakerRun:
 
     @property
     def mandate_id(self) -> str | None:
-        claims = unverified_claims(self.mandate) if self.mandate else None
-        return str(claims["jti"]) if claims and "jti" in claims else None
+        return mandate_id(self.mandate) if self.mandate else None
 
 
 class SimulatedSpeaker:

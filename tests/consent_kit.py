@@ -25,7 +25,7 @@ from device_sdk.messages import (
     new_id,
 )
 from device_sdk.policy import PolicyBook
-from device_sdk.readback import compose_readback, display_digest
+from device_sdk.readback import confirmation_request
 from device_sdk.verifier import ConsentVerifier
 from simulators.catalog import demo_catalog
 
@@ -78,12 +78,7 @@ class Shop:
         """Open a proposal and make the offer the gateway would send."""
         issued = issued or make_proposal()
         terms = self.verifier.open(issued, lifetime)
-        readback = compose_readback(issued.proposal)
-        return ConfirmationRequest(
-            session_id=issued.proposal.session_id, checkout_id=issued.proposal.checkout_id,
-            checkout_hash=issued.checkout_hash, proposal=issued.proposal, request_id=new_id("req"), readback=readback,
-            display_digest=display_digest(readback), consent=terms, expires_at=time.time() + 120,
-        )  # fmt: skip
+        return confirmation_request(issued.proposal, issued.checkout_hash, new_id("req"), terms, time.time() + 120)
 
     def claims(self, offer: ConfirmationRequest, **changes: Any) -> MandateClaims:
         """The claims an honest device signs for `offer`, with `changes` applied."""
