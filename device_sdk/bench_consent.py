@@ -60,6 +60,7 @@ def _proposal(device_id: str) -> IssuedProposal:
 
 def _prepare(verifier: ConsentVerifier, keys: list[SigningKey], n: int, threads: int) -> list[Completion]:
     """Open `n` checkouts spread over the devices and sign a mandate for each, as the devices would."""
+    by_device = {f"bench-{i}": key for i, key in enumerate(keys)}
     issued = [_proposal(f"bench-{i % len(keys)}") for i in range(n)]
     with ThreadPoolExecutor(threads * 4) as pool:
         terms = list(pool.map(verifier.open, issued))
@@ -67,7 +68,7 @@ def _prepare(verifier: ConsentVerifier, keys: list[SigningKey], n: int, threads:
     for one, consent in zip(issued, terms, strict=True):
         offer = confirmation_request(one.proposal, one.checkout_hash, "req_bench", consent, time.time() + 300)
         device_id = one.proposal.device_id
-        token = mandate_for(offer, keys[int(device_id.split("-")[1])], device_id=device_id, modality=Modality.VOICE,
+        token = mandate_for(offer, by_device[device_id], device_id=device_id, modality=Modality.VOICE,
                             display_digest=offer.display_digest)  # fmt: skip
         answer = ConfirmationResult(
             session_id=offer.session_id, checkout_id=offer.checkout_id, checkout_hash=offer.checkout_hash,
