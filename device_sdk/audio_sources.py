@@ -7,7 +7,10 @@
 - `StreamSource`: an audio stream that arrived over the bus (`Gateway.audio_streams()`), gaps
   included, resampled when the device sent another rate.
 
-The microphone source (sounddevice) joins them with the voice pipeline.
+- `MicrophoneSource`: a live input device through sounddevice (PortAudio): 16 kHz, int16, mono
+  when the device gives it, else the device's own rate resampled; choose the device by index or
+  name (`list_microphones`). A block the reader did not take in time is dropped and counted, and
+  its samples stay on the timeline as a gap.
 """
 
 from __future__ import annotations
@@ -17,13 +20,13 @@ import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import soxr
 
 from .audio import AudioStream
-from .errors import DeviceSdkError, ErrorCode
+from .errors import DeviceSdkError, ErrorCode, VoiceError
 
 RATE = 16_000
 """Samples per second of every source's output."""
@@ -151,3 +154,88 @@ class StreamSource:
             tail = resampler.resample_chunk(nothing, last=True)
             if len(tail):
                 yield Pcm(produced, tail.astype("<i2").tobytes())
+
+
+def _sounddevice() -> Any:
+    try:
+        import sounddevice
+    except OSError as exc:  # raised at import when the PortAudio library is missing
+        raise VoiceError(f"no audio input: {exc} (apt-get install libportaudio2)", ErrorCode.AUDIO_DEVICE) from None
+    return sounddevice
+
+
+def list_microphones() -> list[dict[str, Any]]:
+    """Input devices as sounddevice sees them: `index`, `name`, `channels`, `default_rate`."""
+    sd = _sounddevice()
+    return [
+        {"index": i, "name": d["name"], "channels": d["max_input_channels"], "default_rate": d["default_samplerate"]}
+        for i, d in enumerate(sd.query_devices())
+        if d["max_input_channels"] > 0
+    ]
+
+
+class MicrophoneSource:
+    """A live microphone in blocks of `block_ms`, stamped by the samples captured so far."""
+
+    def __init__(self, device: int | str | None = None, *, block_ms: int = 100, queue_blocks: int = 50) -> None:
+        if not 10 <= block_ms <= 1000:
+            raise ValueError("block_ms is between 10 and 1000")
+        self.device = device
+        self.block_ms = block_ms
+        self.dropped = 0
+        self._queue_blocks = queue_blocks
+
+    def _open(self, sd: Any, callback: Any) -> tuple[Any, int]:
+        """An input stream at 16 kHz if the device takes it, else at its default rate."""
+        try:
+            sd.check_input_settings(device=self.device, channels=1, dtype="int16", samplerate=RATE)
+            rate = RATE
+        except (sd.PortAudioError, ValueError):
+            try:
+                rate = int(sd.query_devices(self.device, "input")["default_samplerate"])
+            except (sd.PortAudioError, ValueError) as exc:
+                raise VoiceError(f"no input device {self.device!r}: {exc}", ErrorCode.AUDIO_DEVICE) from None
+        try:
+            stream = sd.RawInputStream(
+                samplerate=rate,
+                blocksize=rate * self.block_ms // 1000,
+                device=self.device,
+                channels=1,
+                dtype="int16",
+                callback=callback,
+            )
+        except (sd.PortAudioError, ValueError) as exc:
+            raise VoiceError(f"cannot open input device {self.device!r}: {exc}", ErrorCode.AUDIO_DEVICE) from None
+        return stream, rate
+
+    async def __aiter__(self) -> AsyncIterator[Pcm]:
+        sd = _sounddevice()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue(self._queue_blocks)
+        captured = 0  # samples at the device's rate, counted in the audio thread
+
+        def put(item: tuple[int, bytes]) -> None:
+            try:
+                queue.put_nowait(item)
+            except asyncio.QueueFull:
+                self.dropped += 1
+
+        def callback(data: Any, frames: int, _time: Any, _status: Any) -> None:
+            nonlocal captured
+            loop.call_soon_threadsafe(put, (captured, bytes(data)))
+            captured += frames
+
+        stream, rate = self._open(sd, callback)
+        resampler = None if rate == RATE else soxr.ResampleStream(rate, RATE, 1, dtype="int16")
+        produced = 0
+        with stream:
+            while True:
+                offset, pcm = await queue.get()
+                if resampler is None:
+                    yield Pcm(offset, pcm)
+                    continue
+                out = resampler.resample_chunk(np.frombuffer(pcm, dtype="<i2"))
+                produced = max(produced, offset * RATE // rate)
+                if len(out):
+                    yield Pcm(produced, out.astype("<i2").tobytes())
+                    produced += len(out)

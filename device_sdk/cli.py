@@ -9,6 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import DeviceSdkError
 from .messages import message_schemas
@@ -28,6 +29,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )  # fmt: skip
     demo.add_argument("--broker", default=None, help="mqtt://host:port (default: an embedded broker)")
     demo.add_argument("--json", action="store_true", help="print one JSON object instead of the timeline")
+    demo.add_argument(
+        "--voice", action="store_true",
+        help="speak the request and replies (espeak-ng) and let the speaker hear them (pocketsphinx)",
+    )  # fmt: skip
     _shop_options(demo)
 
     serve = commands.add_parser(
@@ -65,6 +70,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     show.add_argument("--session", required=True, help="session id")
     show.add_argument("--json", action="store_true")
 
+    evaluate = commands.add_parser("eval", help="evaluations")
+    eval_kinds = evaluate.add_subparsers(dest="eval", required=True)
+    voice = eval_kinds.add_parser("voice", help="spoken cases through the whole voice pipeline, scored")
+    voice.add_argument("cases", type=Path, help="JSON Lines cases (the format of tests/data/voice-public.jsonl)")
+    voice.add_argument("--engine", choices=("sphinx", "vosk"), default="sphinx")
+    voice.add_argument("--model", default=None, help="model directory (vosk: else $DEVICE_SDK_VOSK_MODEL)")
+    voice.add_argument("--realtime", action="store_true", help="audio at real-time pace (latency figures)")
+    voice.add_argument("--limit", type=int, default=None, help="only the first N cases")
+    voice.add_argument("--json", action="store_true", help="print one JSON object (default: a summary)")
+
     schema = commands.add_parser("schema", help="write the JSON Schema of every bus message")
     schema.add_argument("--out", type=Path, required=True, help="directory for <type>.schema.json files")
 
@@ -98,6 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _keys(args)
     if args.command == "audit":
         return _audit(args)
+    if args.command == "eval":
+        return asyncio.run(_eval_voice(args))
     if args.bench == "consent":
         from .bench_consent import run_bench_consent
 
@@ -134,12 +151,19 @@ async def _demo(args: argparse.Namespace) -> int:
     from simulators.scenario import DEFAULT_REPLY, DEFAULT_SAY, run_demo
 
     from .policy import PolicyBook
+    from .tts import espeak_available
 
     say = args.say or DEFAULT_SAY
     replies = args.reply if args.reply is not None else [DEFAULT_REPLY]
     quiet = args.json
+    if args.voice and not espeak_available():
+        print(
+            "device-sdk: espeak-ng is not installed (apt-get install espeak-ng): the demo runs on text", file=sys.stderr
+        )
+        args.voice = False
     if not quiet:
-        print(f'user says: "{say}"')
+        how = "spoken with espeak-ng, heard by the speaker's recogniser" if args.voice else "typed"
+        print(f'user says: "{say}" ({how})')
     try:
         result = await run_demo(
             say,
@@ -149,6 +173,7 @@ async def _demo(args: argparse.Namespace) -> int:
             present=None if quiet else lambda text: print(f"  speaker says: {text}"),
             audit=args.database or default_database(),
             policy=PolicyBook.load(args.policy),
+            voice=args.voice,
         )
     except DeviceSdkError as exc:
         if quiet:
@@ -159,6 +184,8 @@ async def _demo(args: argparse.Namespace) -> int:
     if quiet:
         print(json.dumps(result.as_dict()))
     else:
+        if result.run.heard_command is not None:
+            print(f'speaker heard: "{result.run.heard_command}"; replies heard: {result.run.heard}')
         order = result.run.result
         error = f" ({result.run.error})" if result.run.error else ""
         print(f"outcome: {result.outcome}{error}" + (f", order {order.order_id}" if order and order.order_id else ""))
@@ -171,6 +198,31 @@ async def _demo(args: argparse.Namespace) -> int:
             session = result.run.offer.session_id
             print(f"audit log: {result.audit} (device-sdk audit show --session {session} {result.audit})")
     return 0 if result.ordered else 1
+
+
+async def _eval_voice(args: argparse.Namespace) -> int:
+    from simulators.voice_eval import report_json, run_eval
+
+    def progress(result: Any) -> None:
+        mark = "ok  " if result.success else "MISS"
+        print(f"{mark} {result.case.id}: heard {result.run.command!r} -> {result.outcome}", file=sys.stderr)
+
+    report = await run_eval(
+        args.cases,
+        engine=args.engine,
+        model=args.model,
+        realtime=args.realtime,
+        limit=args.limit,
+        progress=None if args.json else progress,
+    )
+    if args.json:
+        print(report_json(report))
+    else:
+        summary = report.as_dict()
+        summary.pop("results")
+        for key, value in summary.items():
+            print(f"{key}: {value}")
+    return 0
 
 
 async def _serve(args: argparse.Namespace) -> int:

@@ -66,6 +66,13 @@ class ErrorCode(StrEnum):
     BAD_CONFIG = "bad_config"
     STORE_FAILED = "store_failed"
     AUDIT_BROKEN = "audit_broken"
+    # voice: recognition, synthesis and audio devices
+    NO_MODEL = "no_model"
+    NO_PRONUNCIATION = "no_pronunciation"
+    BAD_GRAMMAR = "bad_grammar"
+    ASR_FAILED = "asr_failed"
+    TTS_UNAVAILABLE = "tts_unavailable"
+    AUDIO_DEVICE = "audio_device"
 
 
 OUTCOME_OF: dict[ErrorCode, str] = {
@@ -164,3 +171,10 @@ class SessionError(DeviceSdkError):
     """A message that the session it names cannot accept (wrong owner, closed, stale)."""
 
     code = ErrorCode.UNEXPECTED_MESSAGE
+
+
+class VoiceError(DeviceSdkError):
+    """Recognition, synthesis or an audio device failed: no model, a word with no pronunciation, a
+    grammar the engine refused, no espeak-ng, a microphone that cannot be opened."""
+
+    code = ErrorCode.ASR_FAILED

@@ -6,7 +6,7 @@ Layered: the built-in defaults, then the top level of a TOML file, then that fil
 - `voice_cap_minor` = `{CNY = 50000}` (500.00 CNY per order): above it, or with no cap for the
   currency, a `voice` or `text` confirmation gives `step_up_required`; `voice_pin`, `lens_tap`
   and `phone_sheet` are the stronger modalities.
-- `daily_cap_minor` = `{CNY = 500000}` per device in any 24 hours: `daily_cap` (blocked); a
+- `daily_cap_minor` = `{CNY = 1000000}` (10,000.00 CNY) per device in any 24 hours: `daily_cap` (blocked); a
   currency with no cap is blocked too.
 - `orders_per_minute` = 5 per device: `velocity_limit` (blocked).
 - `blocked_categories` = `["alcohol"]`: `category_blocked` (blocked); so is a line with no category
@@ -41,7 +41,7 @@ class RiskPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     voice_cap_minor: dict[Currency, Amount] = Field(default_factory=lambda: {"CNY": 50_000})
-    daily_cap_minor: dict[Currency, Amount] = Field(default_factory=lambda: {"CNY": 500_000})
+    daily_cap_minor: dict[Currency, Amount] = Field(default_factory=lambda: {"CNY": 1_000_000})
     orders_per_minute: Annotated[int, Field(ge=0)] = 5
     blocked_categories: list[str] = Field(default_factory=lambda: ["alcohol"])
     allow_uncategorized: bool = False

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from device_sdk.errors import AgentError, ErrorCode
+from device_sdk.grammar import Vocabulary
 
 from .catalog import Catalog, Product
 
@@ -23,16 +25,17 @@ _ONES = {
     "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18, "nineteen": 19, "couple": 2,
 }  # fmt: skip
 _TENS = {"twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60, "seventy": 70, "eighty": 80, "ninety": 90}
-_UNITS = {
+UNITS = {
     "pack", "packet", "bottle", "box", "bag", "roll", "piece", "pair", "case", "tube", "bunch", "cup", "can",
     "jar", "carton", "set", "unit", "item", "container", "loaf", "dozen",
 }  # fmt: skip
-_LEADING = (
+LEADS = (
     "please", "can you", "could you", "would you", "i want to", "i'd like to", "i would like to", "i want",
     "i'd like", "i would like", "i need", "buy me", "order me", "get me", "buy", "order", "purchase", "get", "add",
     "me", "some", "also", "and",
 )  # fmt: skip
-_TRAILING = ("to my cart", "to the cart", "to cart", "to my basket", "for me", "please", "thanks", "thank you")
+TRAILS = ("to my cart", "to the cart", "to cart", "to my basket", "for me", "please", "thanks", "thank you")
+CONNECTORS = ("and", "and also", "plus", "as well as")
 _CONNECTOR = re.compile(r"\s*(?:,|\band also\b|\bplus\b|\band\b|\bas well as\b|&)\s*")
 
 
@@ -76,6 +79,17 @@ class CommandParser:
                 if key:
                     self._aliases.setdefault(key, product)
 
+    def vocabulary(self, **options: Any) -> Vocabulary:
+        """What a command grammar for this agent is built from: every alias and short name, with
+        the unit its product is sold by, and the phrases this parser strips around them."""
+        spoken = {
+            (name, product.unit)
+            for product in self.catalog.products
+            for name in (*product.aliases, product.name.split(",")[0])
+        }
+        options = {"leads": LEADS, "trails": TRAILS, "connectors": CONNECTORS, **options}
+        return Vocabulary(products=tuple(sorted(spoken)), **options)
+
     def parse(self, text: str) -> list[ParsedLine]:
         """The lines a command asks for, same products merged; `AgentError` for anything not understood."""
         body = normalise(text)
@@ -101,7 +115,7 @@ class CommandParser:
         for qty, used in _quantities(words):
             rest = words[used:]
             candidates: list[tuple[str | None, list[str]]] = [(None, rest)]
-            if len(rest) > 1 and stem(rest[0]) in _UNITS:
+            if len(rest) > 1 and stem(rest[0]) in UNITS:
                 unit_words = rest[2:] if len(rest) > 2 and rest[1] == "of" else rest[1:]
                 candidates.insert(0, (stem(rest[0]), unit_words))
             for unit, candidate in candidates:
@@ -122,12 +136,12 @@ def _strip(words: list[str]) -> list[str]:
     changed = True
     while changed and words:
         changed = False
-        for phrase in _LEADING:
+        for phrase in LEADS:
             p = phrase.split()
             if words[: len(p)] == p and len(words) > len(p):
                 words, changed = words[len(p) :], True
                 break
-        for phrase in _TRAILING:
+        for phrase in TRAILS:
             p = phrase.split()
             if words[-len(p) :] == p and len(words) > len(p):
                 words, changed = words[: -len(p)], True

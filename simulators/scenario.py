@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from device_sdk.agent import AgentCore, AgentWorker
+from device_sdk.asr import AsrEngine, SphinxEngine
 from device_sdk.audit import AuditLog
 from device_sdk.database import Database
 from device_sdk.device import DeviceClient
@@ -30,6 +31,7 @@ from device_sdk.verifier import ConsentVerifier, Verification
 from .agent_core import CatalogAgent
 from .catalog import demo_catalog
 from .checkout import CheckoutStandIn
+from .command_parser import CommandParser
 from .speaker import SimulatedSpeaker, SpeakerRun
 
 DEFAULT_SAY = "buy two packs of AA batteries and a bottle of milk"
@@ -64,6 +66,7 @@ class DemoResult:
         return {
             "broker": self.broker,
             "say": run.said,
+            "heard_command": run.heard_command,
             "proposal": offer.proposal.model_dump(mode="json") if offer else None,
             "checkout_hash": offer.checkout_hash if offer else None,
             "readback": offer.readback if offer else None,
@@ -182,9 +185,14 @@ async def run_demo(
     timeout: float = 30.0,
     audit: str | Path | None = None,
     policy: PolicyBook | None = None,
+    voice: bool = False,
+    engine: AsrEngine | None = None,
 ) -> DemoResult:
     """Run one spoken request to its outcome; with no broker URL, on an embedded broker; with no
-    audit path, the audit log and the verifier's store live in a temporary file."""
+    audit path, the audit log and the verifier's store live in a temporary file.
+
+    With `voice` the request and the replies are synthesised with espeak-ng and heard through
+    the speaker's voice pipeline (`engine`, default pocketsphinx); without it they are typed."""
     topics = topics or Topics()
     async with contextlib.AsyncExitStack() as stack:
         if broker is None:
@@ -197,7 +205,13 @@ async def run_demo(
         )
         key = await asyncio.to_thread(backend.provision, device_id)
         device = await stack.enter_async_context(DeviceClient(url, device_id, topics=topics, key=key))
-        run = await SimulatedSpeaker(device, present).run(say, replies, timeout=timeout)
+        speaker = SimulatedSpeaker(device, present)
+        if voice:
+            asr: AsrEngine = engine if engine is not None else await asyncio.to_thread(SphinxEngine)
+            vocabulary = CommandParser(backend.catalog).vocabulary()
+            run = await speaker.run_voice(say, replies, engine=asr, vocabulary=vocabulary, timeout=timeout)
+        else:
+            run = await speaker.run(say, replies, timeout=timeout)
         await timeline_settle(timeline)
         return DemoResult(
             str(url),

@@ -1,19 +1,28 @@
-"""A simulated smart speaker, driven by text until the voice pipeline lands.
+"""A simulated smart speaker.
 
-It asks, presents the SDK's read-back, takes the user's replies through the confirmation
-dialog (one re-prompt after an unclear reply), and reports how the session ended.
+`run_voice` hears through a real audio path: the user's command and replies are synthesised with
+espeak-ng and played into a simulated room that the SDK's voice pipeline listens to (endpointing,
+ASR, read-back, spoken answer, signed mandate). `run` is the text-driven variant for machines
+without espeak-ng: the same dialog (one re-prompt after an unclear reply) on typed words.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from device_sdk.asr import AsrEngine
 from device_sdk.device import DeviceClient, Offer
 from device_sdk.errors import RemoteError
+from device_sdk.grammar import Vocabulary
 from device_sdk.mandate import mandate_id
 from device_sdk.messages import Decision, Modality, OrderResult
 from device_sdk.replies import REPROMPT, ReplyDialog
+from device_sdk.tts import synthesize, trim_silence
+from device_sdk.voice import Voice, VoiceAssistant, VoiceConfig
+
+from .voice_user import RoomSource, VoiceUser
 
 
 @dataclass
@@ -21,6 +30,8 @@ class SpeakerRun:
     """What happened in one spoken exchange."""
 
     said: str
+    heard_command: str | None = None
+    """What the speaker's recogniser heard (None when driven by text)."""
     offer: Offer | None = None
     presented: list[str] = field(default_factory=list)
     heard: list[str] = field(default_factory=list)
@@ -64,6 +75,55 @@ class SimulatedSpeaker:
             timeout=timeout,
         )
         return run
+
+    async def run_voice(
+        self,
+        say: str,
+        replies: Iterable[str],
+        *,
+        engine: AsrEngine,
+        vocabulary: Vocabulary,
+        realtime: bool = False,
+        timeout: float = 30.0,
+    ) -> SpeakerRun:
+        """The user speaks `say`, then each reply after the speaker stops talking; the speaker
+        hears them through its voice pipeline."""
+        command = trim_silence(await asyncio.to_thread(synthesize, say))
+        answers = [trim_silence(await asyncio.to_thread(synthesize, reply)) for reply in replies]
+        room = RoomSource(realtime=realtime)
+        user = VoiceUser(room, command, answers, realtime=realtime)
+        presented: list[str] = []
+
+        async def output(text: str, pcm: bytes | None) -> None:
+            presented.append(text)
+            self.present(text)
+            await user.output(text, pcm)
+
+        assistant = VoiceAssistant(
+            self.device,
+            engine,
+            vocabulary,
+            room,
+            voice=Voice(output=output, synthesize=realtime),
+            config=VoiceConfig(request_timeout_s=timeout),
+        )
+        user.start()
+        try:
+            voice_run = await assistant.session()
+        finally:
+            room.close()
+            await assistant.listener.aclose()
+        return SpeakerRun(
+            said=say,
+            heard_command=voice_run.command,
+            offer=voice_run.offer,
+            presented=presented,
+            heard=voice_run.answers,
+            decision=voice_run.decision,
+            mandate=voice_run.mandate,
+            result=voice_run.result,
+            error=voice_run.error,
+        )
 
     def _say(self, run: SpeakerRun, text: str) -> None:
         run.presented.append(text)

@@ -57,7 +57,7 @@ def test_demo_writes_the_audit_log_it_is_given(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("say", "outcome", "code"),
     [
-        ("buy a smartphone", "blocked", "daily_cap"),  # 5,999 CNY: over the daily cap as well
+        ("buy a smartphone", "step_up_required", "step_up_required"),  # 5,999 CNY: within the daily cap
         ("buy two yoga mats and a pair of running shoes", "step_up_required", "step_up_required"),
         ("buy a bottle of red wine", "blocked", "category_blocked"),
     ],

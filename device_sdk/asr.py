@@ -1,0 +1,371 @@
+"""Speech recognition engines behind one interface: `engine.recognizer(grammar)` gives a
+`Recognizer` for one utterance; feed it 16 kHz s16le mono PCM with `accept` (a partial
+`Recognition` comes back when the hypothesis changed) and end it with `result` (the final one,
+with word timings and confidence where the engine gives them).
+
+- `SphinxEngine`: pocketsphinx with the en-us model in its wheel, the engine that works out of the
+  box. JSGF grammars (words missing from its dictionary get espeak-ng pronunciations), the open
+  language model when no grammar is given, and keyphrase spotting for the wake word.
+- `VoskEngine`: vosk (Kaldi) on a model directory from configuration or `DEVICE_SDK_VOSK_MODEL`,
+  never downloaded. Runtime grammars on models built for them (`graph/HCLr.fst` and `graph/Gr.fst`);
+  a grammar on any other model is refused with `bad_grammar`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .audio_sources import RATE
+from .errors import ErrorCode, VoiceError
+from .grammar import UNKNOWN, Grammar
+from .lexicon import pronunciations
+
+log = logging.getLogger(__name__)
+
+VOSK_MODEL_ENV = "DEVICE_SDK_VOSK_MODEL"
+_FRAMES_PER_S = 100  # pocketsphinx's frame rate
+
+
+@dataclass(frozen=True)
+class Word:
+    text: str
+    start: float
+    """Seconds from the start of the utterance."""
+    end: float
+    confidence: float | None = None
+
+
+@dataclass(frozen=True)
+class Recognition:
+    text: str
+    final: bool
+    confidence: float | None = None
+    """0 to 1 where the engine gives one: the lowest word posterior (pocketsphinx) or word
+    confidence (vosk)."""
+    words: tuple[Word, ...] = ()
+    engine: str = ""
+    grammar: str | None = None
+
+
+class Recognizer(Protocol):
+    def accept(self, pcm: bytes) -> Recognition | None: ...
+
+    def result(self) -> Recognition: ...
+
+
+class AsrEngine(Protocol):
+    name: str
+
+    def recognizer(self, grammar: Grammar | None = None) -> Recognizer: ...
+
+    def spotter(self, phrase: str, threshold: float) -> Recognizer: ...
+
+
+def transcribe(engine: AsrEngine, pcm: bytes, grammar: Grammar | None = None) -> Recognition:
+    """A whole utterance at once."""
+    recognizer = engine.recognizer(grammar)
+    recognizer.accept(pcm)
+    return recognizer.result()
+
+
+# pocketsphinx ------------------------------------------------------------------------------
+
+
+_NOT_WORDS = {"<s>", "</s>", "<sil>", "[NOISE]", "[BREATH]", "[COUGH]", "[SMACK]", "[UH]", "[UM]"}
+
+
+class SphinxEngine:
+    """pocketsphinx; `model` is an acoustic model directory (default: the en-us model in the wheel),
+    `dictionary` a pronunciation dictionary (default: the CMU dictionary beside it).
+
+    `word_penalty` is the word insertion probability in grammar searches (pocketsphinx's `wip`,
+    0.65 by default there) unless the grammar brings its own. The garbage loop spends one word
+    per phone, so a low value makes it expensive wherever real words fit and leaves it the
+    cheaper path only for speech that is not in the grammar (see docs/voice.md)."""
+
+    name = "sphinx"
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        dictionary: str | Path | None = None,
+        *,
+        word_penalty: float = 1e-3,
+    ) -> None:
+        import pocketsphinx
+
+        self.word_penalty = word_penalty
+        base = Path(pocketsphinx.get_model_path()) / "en-us"
+        self._config: dict[str, Any] = {
+            "hmm": str(model or base / "en-us"),
+            "dict": str(dictionary or base / "cmudict-en-us.dict"),
+            "samprate": RATE,
+            "loglevel": "FATAL",
+            "fwdflat": False,  # one forward pass: several times faster, the same words on commands
+            "bestpath": False,
+        }
+        for key in ("hmm", "dict"):
+            if not Path(self._config[key]).exists():
+                raise VoiceError(f"pocketsphinx {key} {self._config[key]} does not exist", ErrorCode.NO_MODEL)
+        self._lm = base / "en-us.lm.bin" if model is None else None
+        self._idle: dict[str, list[Any]] = {}
+        self._lock = threading.Lock()
+
+    def _decoder(self, key: str, setup: Any, **extra: Any) -> Any:
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            if idle:
+                return idle.pop()
+        from pocketsphinx import Decoder
+
+        config = {**self._config, **extra}
+        if key == "_lm":
+            if self._lm is None:
+                raise VoiceError("no language model for this acoustic model: give a grammar", ErrorCode.NO_MODEL)
+            config["lm"] = str(self._lm)
+        else:
+            config["lm"] = None
+            config["wip"] = extra.get("wip", self.word_penalty)
+        try:
+            decoder = Decoder(**config)
+            setup(decoder)
+        except RuntimeError as exc:
+            raise VoiceError(f"pocketsphinx refused {key}: {exc}", ErrorCode.BAD_GRAMMAR) from None
+        return decoder
+
+    def _release(self, key: str, decoder: Any) -> None:
+        with self._lock:
+            self._idle.setdefault(key, []).append(decoder)
+
+    def _add_words(self, decoder: Any, words: Iterable[str]) -> None:
+        """Words missing from the dictionary get espeak-ng's pronunciation."""
+        missing = sorted(w for w in words if decoder.lookup_word(w) is None)
+        found = pronunciations(missing) if missing else {}
+        for i, word in enumerate(missing):
+            decoder.add_word(word, found[word], update=i == len(missing) - 1)
+
+    def recognizer(self, grammar: Grammar | None = None) -> SphinxRecognizer:
+        if grammar is None:
+            return SphinxRecognizer(self, "_lm", self._decoder("_lm", lambda d: None), None)
+
+        def setup(decoder: Any) -> None:
+            self._add_words(decoder, grammar.words)
+            for word, phones in grammar.lexicon:
+                decoder.add_word(word, phones, update=False)
+            decoder.add_jsgf_string(grammar.name, grammar.jsgf)
+            decoder.activate_search(grammar.name)
+
+        key = f"jsgf:{grammar.name}:{hash(grammar.jsgf)}:{grammar.word_penalty}:{grammar.silence_prob}"
+        tuning: dict[str, float] = {"wip": self.word_penalty if grammar.word_penalty is None else grammar.word_penalty}
+        if grammar.silence_prob is not None:
+            tuning["silprob"] = grammar.silence_prob
+        return SphinxRecognizer(self, key, self._decoder(key, setup, **tuning), grammar.name, grammar.garbage)
+
+    def spotter(self, phrase: str, threshold: float = 1e-40) -> SphinxRecognizer:
+        """Keyphrase spotting: a non-empty partial as soon as `phrase` is heard."""
+        words = phrase.lower().split()
+
+        def setup(decoder: Any) -> None:
+            self._add_words(decoder, words)
+            decoder.add_keyphrase("wake", " ".join(words))
+            decoder.activate_search("wake")
+
+        key = f"kws:{' '.join(words)}:{threshold:g}"
+        return SphinxRecognizer(self, key, self._decoder(key, setup, kws_threshold=threshold), "wake")
+
+
+@dataclass
+class SphinxRecognizer:
+    """One utterance on a pooled decoder. Partials come from a live pass as audio arrives; the
+    final result decodes the utterance again, normalised by the cepstral mean the live pass
+    adapted to. pocketsphinx adapts that mean slowly, from the model's default: a decoder that
+    had not yet heard a few utterances took "buy a dog food" for garbage and "confirm" for
+    silence (on the public voice cases: task success 0.77 with one pass, 0.84 with two)."""
+
+    engine: SphinxEngine
+    key: str
+    decoder: Any
+    grammar: str | None
+    garbage: frozenset[str] = frozenset()
+    _last: str = ""
+    _open: bool = field(default=False)
+    _done: bool = field(default=False)
+    _audio: list[bytes] = field(default_factory=list)
+
+    def accept(self, pcm: bytes) -> Recognition | None:
+        if self._done:
+            raise VoiceError("this recognizer has given its result", ErrorCode.ASR_FAILED)
+        if not self._open:
+            self.decoder.start_utt()
+            self._open = True
+        self._audio.append(pcm)
+        self.decoder.process_raw(pcm, False, False)
+        hyp = self.decoder.hyp()
+        text = self._clean(hyp.hypstr) if hyp is not None else ""
+        if text == self._last:
+            return None
+        self._last = text
+        return Recognition(text, final=False, engine="sphinx", grammar=self.grammar)
+
+    def result(self) -> Recognition:
+        if self._done:
+            raise VoiceError("this recognizer has given its result", ErrorCode.ASR_FAILED)
+        self._done = True
+        try:
+            if not self._open:
+                self.decoder.start_utt()
+            self.decoder.end_utt()
+            if self._audio:  # again, normalised by the mean the first pass adapted to
+                self.decoder.set_cmn(self.decoder.get_cmn(True))
+                self.decoder.start_utt()
+                self.decoder.process_raw(b"".join(self._audio), False, False)
+                self.decoder.end_utt()
+            hyp = self.decoder.hyp()
+            words: list[Word] = []
+            for seg in self.decoder.seg() if hyp is not None else ():
+                token = seg.word.split("(")[0]
+                if not token or token in _NOT_WORDS:
+                    continue
+                start, end = seg.start_frame / _FRAMES_PER_S, (seg.end_frame + 1) / _FRAMES_PER_S
+                if token in self.garbage:
+                    if words and words[-1].text == UNKNOWN:
+                        words[-1] = Word(UNKNOWN, words[-1].start, end)
+                        continue
+                    words.append(Word(UNKNOWN, start, end))
+                    continue
+                words.append(Word(token, start, end, min(1.0, max(0.0, seg.prob))))
+        finally:
+            self.engine._release(self.key, self.decoder)
+        text = self._clean(hyp.hypstr) if hyp is not None else ""
+        confidence = min((w.confidence for w in words if w.confidence is not None), default=None)
+        return Recognition(text, True, confidence, tuple(words), "sphinx", self.grammar)
+
+    def _clean(self, text: str) -> str:
+        """Garbage-loop words as one `[unk]` per stretch."""
+        words: list[str] = []
+        for word in text.split():
+            word = UNKNOWN if word in self.garbage else word
+            if not (word == UNKNOWN and words and words[-1] == UNKNOWN):
+                words.append(word)
+        return " ".join(words)
+
+
+# vosk ------------------------------------------------------------------------------------
+
+
+class VoskEngine:
+    """vosk on a model directory: `model`, else `$DEVICE_SDK_VOSK_MODEL`; never downloads one."""
+
+    name = "vosk"
+
+    def __init__(self, model: str | Path | None = None) -> None:
+        path = model or os.environ.get(VOSK_MODEL_ENV)
+        if not path:
+            raise VoiceError(f"no vosk model: give its directory or set {VOSK_MODEL_ENV}", ErrorCode.NO_MODEL)
+        self.path = Path(path)
+        if not (self.path / "am").is_dir() or not (self.path / "conf").is_dir():
+            raise VoiceError(f"{self.path} is not a vosk model directory (no am/ and conf/)", ErrorCode.NO_MODEL)
+        import vosk
+
+        vosk.SetLogLevel(-1)
+        try:
+            self.model = vosk.Model(model_path=str(self.path))
+        except Exception as exc:  # vosk raises a bare Exception when Kaldi cannot load the model
+            raise VoiceError(f"vosk could not load {self.path}: {exc}", ErrorCode.NO_MODEL) from None
+        graph = self.path / "graph"
+        self.supports_grammar = (graph / "HCLr.fst").exists() and (graph / "Gr.fst").exists()
+        words = graph / "words.txt"
+        self.vocabulary: frozenset[str] | None = (
+            frozenset(line.split()[0] for line in words.read_text(encoding="utf-8").splitlines() if line.strip())
+            if words.exists()
+            else None
+        )
+
+    def check_grammar(self, grammar: Grammar) -> list[str]:
+        """The grammar's words the model cannot recognise (empty when it has no word list to check
+        against); `bad_grammar` when the model takes no runtime grammar or knows none of the words."""
+        if not self.supports_grammar:
+            raise VoiceError(
+                f"{self.path} takes no runtime grammar (it needs graph/HCLr.fst and graph/Gr.fst)",
+                ErrorCode.BAD_GRAMMAR,
+            )
+        if self.vocabulary is None:
+            log.warning("vosk model %s has no graph/words.txt: words it lacks are ignored unseen", self.path)
+            return []
+        missing = sorted(grammar.words - self.vocabulary)
+        if len(missing) == len(grammar.words):
+            raise VoiceError(f"the vosk model knows none of the words of grammar {grammar.name}", ErrorCode.BAD_GRAMMAR)
+        if missing:
+            log.warning("vosk model %s lacks %d grammar words, ignored: %s", self.path, len(missing), missing[:20])
+        return missing
+
+    def recognizer(self, grammar: Grammar | None = None) -> VoskRecognizer:
+        import vosk
+
+        if grammar is None:
+            kaldi = vosk.KaldiRecognizer(self.model, RATE)
+        else:
+            self.check_grammar(grammar)
+            kaldi = vosk.KaldiRecognizer(self.model, RATE, json.dumps([*grammar.phrases, "[unk]"]))
+        kaldi.SetWords(True)
+        return VoskRecognizer(kaldi, grammar.name if grammar else None)
+
+    def spotter(self, phrase: str, threshold: float = 0.0) -> VoskRecognizer:
+        """The wake phrase through a grammar of the phrase and `[unk]`."""
+        import vosk
+
+        kaldi = vosk.KaldiRecognizer(self.model, RATE, json.dumps([phrase.lower(), "[unk]"]))
+        return VoskRecognizer(kaldi, "wake")
+
+
+@dataclass
+class VoskRecognizer:
+    kaldi: Any
+    grammar: str | None
+    _segments: list[dict[str, Any]] = field(default_factory=list)
+    _last: str = ""
+    _done: bool = False
+
+    def _text(self, partial: str = "") -> str:
+        return " ".join(" ".join([*(s.get("text", "") for s in self._segments), partial]).split())
+
+    def accept(self, pcm: bytes) -> Recognition | None:
+        if self._done:
+            raise VoiceError("this recognizer has given its result", ErrorCode.ASR_FAILED)
+        if self.kaldi.AcceptWaveform(pcm):  # vosk closed a segment at a pause of its own
+            self._segments.append(json.loads(self.kaldi.Result()))
+            text = self._text()
+        else:
+            text = self._text(json.loads(self.kaldi.PartialResult()).get("partial", ""))
+        if text == self._last:
+            return None
+        self._last = text
+        return Recognition(text, final=False, engine="vosk", grammar=self.grammar)
+
+    def result(self) -> Recognition:
+        if self._done:
+            raise VoiceError("this recognizer has given its result", ErrorCode.ASR_FAILED)
+        self._done = True
+        self._segments.append(json.loads(self.kaldi.FinalResult()))
+        words = tuple(
+            Word(w["word"], float(w["start"]), float(w["end"]), float(w["conf"]))
+            for segment in self._segments
+            for w in segment.get("result", [])
+        )
+        confidence = min((w.confidence for w in words if w.confidence is not None), default=None)
+        return Recognition(self._text(), True, confidence, words, "vosk", self.grammar)
+
+
+def engine_named(name: str, model: str | Path | None = None) -> AsrEngine:
+    if name == "sphinx":
+        return SphinxEngine(model)
+    if name == "vosk":
+        return VoskEngine(model)
+    raise VoiceError(f"no ASR engine {name!r}: sphinx or vosk", ErrorCode.NO_MODEL)

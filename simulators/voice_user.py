@@ -1,0 +1,102 @@
+"""A simulated user in front of a simulated microphone: the room is silent until the user speaks.
+
+`RoomSource` is an audio source that yields silence, and the user's speech when `speak` queued
+some, at real-time pace or faster: `speed=1` is a live microphone; the default plays queued
+speech as fast as it is read and silence at 20 times real time, so timeouts counted in samples
+still pass while the pipeline waits on the network. `sample_time(n)` tells when sample `n` was
+delivered, for latency measurements.
+
+`VoiceUser` speaks a command, then its replies each time the device finishes talking: it is the
+`output` of the device's `Voice`, so it "hears" the read-back end as a person would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from device_sdk.audio_sources import RATE, Pcm
+
+_BLOCK = RATE // 10  # 100 ms
+
+
+class RoomSource:
+    def __init__(self, *, realtime: bool = False, idle_speed: float = 20.0, lead_in_s: float = 0.3) -> None:
+        self.realtime = realtime
+        self.idle_speed = idle_speed
+        self._queue: deque[bytes] = deque()
+        self._wake = asyncio.Event()
+        self._times: list[tuple[int, float]] = []  # (sample, monotonic time it was delivered)
+        self.position = 0
+        self.closed = False
+        self._lead_in = round(lead_in_s * RATE) * 2
+        self.spoken: list[tuple[int, int]] = []
+        """(first, end) samples of each queued utterance, as placed on the timeline."""
+
+    def speak(self, pcm: bytes) -> None:
+        """Queue speech after whatever is queued, with a short silence before it."""
+        self._queue.append(b"\x00" * self._lead_in + pcm)
+        self._wake.set()
+
+    def close(self) -> None:
+        """End the stream once the speech already queued has been played."""
+        self.closed = True
+        self._wake.set()
+
+    def sample_time(self, sample: int) -> float:
+        """`time.monotonic()` when `sample` was delivered (interpolated within its block)."""
+        for end, at in self._times:
+            if end >= sample:
+                return at
+        raise ValueError(f"sample {sample} was not delivered")
+
+    async def __aiter__(self) -> AsyncIterator[Pcm]:
+        pending = b""
+        started = time.monotonic()
+        while not (self.closed and not pending and not self._queue):
+            if not pending and self._queue:
+                pending = self._queue.popleft()
+                first = self.position + self._lead_in // 2
+                self.spoken.append((first, self.position + len(pending) // 2))
+            if self.realtime:
+                await asyncio.sleep(max(0.0, started + self.position / RATE - time.monotonic()))
+            elif pending:
+                await asyncio.sleep(0)
+            else:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), _BLOCK / RATE / self.idle_speed)
+                    continue  # speech arrived: play it now rather than more silence
+                except TimeoutError:
+                    pass
+            block, pending = pending[: _BLOCK * 2], pending[_BLOCK * 2 :]
+            yield Pcm(self.position, block.ljust(_BLOCK * 2, b"\x00"))
+            self.position += _BLOCK
+            self._times.append((self.position, time.monotonic()))
+
+
+@dataclass
+class VoiceUser:
+    """Says `command` at once, then one reply from `replies` each time the device stops talking."""
+
+    room: RoomSource
+    command: bytes
+    replies: Sequence[bytes]
+    realtime: bool = False
+    heard: list[str] = field(default_factory=list)
+    _next: int = 0
+
+    def start(self) -> None:
+        self.room.speak(self.command)
+
+    async def output(self, text: str, pcm: bytes | None) -> None:
+        """The device's loudspeaker: the user listens to the end, then answers if it was a question."""
+        self.heard.append(text)
+        if self.realtime and pcm is not None:
+            await asyncio.sleep(len(pcm) / 2 / RATE)
+        if "Say confirm" in text and self._next < len(self.replies):
+            self.room.speak(self.replies[self._next])
+            self._next += 1
