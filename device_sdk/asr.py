@@ -59,6 +59,9 @@ class Recognizer(Protocol):
 
     def result(self) -> Recognition: ...
 
+    def close(self) -> None:
+        """Done without a result (the engine may reuse what the recogniser held)."""
+
 
 class AsrEngine(Protocol):
     name: str
@@ -183,11 +186,11 @@ class SphinxEngine:
 
 @dataclass
 class SphinxRecognizer:
-    """One utterance on a pooled decoder. Partials come from a live pass as audio arrives; the
-    final result decodes the utterance again, normalised by the cepstral mean the live pass
-    adapted to. pocketsphinx adapts that mean slowly, from the model's default: a decoder that
-    had not yet heard a few utterances took "buy a dog food" for garbage and "confirm" for
-    silence (on the public voice cases: task success 0.77 with one pass, 0.84 with two)."""
+    """One utterance on a pooled decoder. Partials come from a live pass as audio arrives; when
+    that pass heard nothing, or took the garbage path, the utterance is decoded again,
+    normalised by the cepstral mean the live pass adapted to. pocketsphinx adapts that mean
+    slowly, from the model's default: a decoder that had not yet heard a few utterances took
+    "buy a dog food" for garbage and "confirm" for silence (see docs/voice.md, "Two passes")."""
 
     engine: SphinxEngine
     key: str
@@ -214,6 +217,13 @@ class SphinxRecognizer:
         self._last = text
         return Recognition(text, final=False, engine="sphinx", grammar=self.grammar)
 
+    def close(self) -> None:
+        if not self._done:
+            self._done = True
+            if self._open:
+                self.decoder.end_utt()
+            self.engine._release(self.key, self.decoder)
+
     def result(self) -> Recognition:
         if self._done:
             raise VoiceError("this recognizer has given its result", ErrorCode.ASR_FAILED)
@@ -222,7 +232,9 @@ class SphinxRecognizer:
             if not self._open:
                 self.decoder.start_utt()
             self.decoder.end_utt()
-            if self._audio:  # again, normalised by the mean the first pass adapted to
+            first = self.decoder.hyp()
+            unclear = first is None or not first.hypstr.strip() or any(w in self.garbage for w in first.hypstr.split())
+            if self._audio and unclear:  # again, normalised by the mean the first pass adapted to
                 self.decoder.set_cmn(self.decoder.get_cmn(True))
                 self.decoder.start_utt()
                 self.decoder.process_raw(b"".join(self._audio), False, False)
@@ -348,6 +360,9 @@ class VoskRecognizer:
             return None
         self._last = text
         return Recognition(text, final=False, engine="vosk", grammar=self.grammar)
+
+    def close(self) -> None:
+        self._done = True
 
     def result(self) -> Recognition:
         if self._done:

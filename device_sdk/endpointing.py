@@ -11,7 +11,7 @@ OVOS), at most 10 s.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import webrtcvad
@@ -71,6 +71,9 @@ class Endpointer:
         self._pending = b""
         self._position = 0  # samples of the source consumed into frames
         self._speech: list[bytes] | None = None
+        self.on_speech: Callable[[bytes], None] | None = None
+        """Called with the audio of the utterance in progress as it comes (pre-roll first), so a
+        recogniser can decode while the user speaks; cleared when that utterance closes."""
         self._speech_start = 0
         self._silent = 0
 
@@ -112,11 +115,15 @@ class Endpointer:
                 first_voiced = len(self._window) - next(i for i, v in enumerate(self._window) if v)
                 keep = min(len(self._history), first_voiced + round(self.config.pre_roll_s * RATE / self._frame))
                 self._speech = list(self._history)[-keep:]
+                if self.on_speech is not None:
+                    self.on_speech(b"".join(self._speech))
                 self._speech_start = self._position - keep * self._frame
                 self._silent = 0
                 self._window.clear()
             return None
         self._speech.append(frame)
+        if self.on_speech is not None:
+            self.on_speech(frame)
         self._silent = 0 if voiced else self._silent + 1
         if self._silent >= self._end_frames:
             return self._close("silence")
@@ -126,6 +133,7 @@ class Endpointer:
 
     def _close(self, reason: str) -> Utterance:
         assert self._speech is not None
+        self.on_speech = None
         pcm = b"".join(self._speech)
         utterance = Utterance(self._speech_start, self._speech_start + len(pcm) // 2, pcm, reason)
         self._speech = None

@@ -35,8 +35,6 @@ GARBAGE = tuple((f"gbg{phone.lower()}", phone) for phone in ARPABET)
 """The out-of-grammar path: a loop over one-phone words, which can match any speech but pays for
 every phone, so real words win where they fit (a garbage model)."""
 UNKNOWN = "[unk]"
-FILLER_WEIGHT = 1.0
-"""The prior of the out-of-grammar path against the in-grammar paths (a JSGF weight)."""
 COMMAND_WORD_PENALTY = 0.05
 REPLY_WORD_PENALTY = 1e-4
 REPLY_SILENCE_PROB = 1e-9
@@ -142,7 +140,7 @@ class Vocabulary:
                 grouped.setdefault(unit, set()).add(" ".join([*words[:-1], form]))
         return {unit: sorted(names) for unit, names in grouped.items()}
 
-    def command_grammar(self, *, out_of_grammar: bool = True, filler_weight: float = FILLER_WEIGHT) -> Grammar:
+    def command_grammar(self, *, out_of_grammar: bool = True) -> Grammar:
         """The command grammar; with `out_of_grammar`, speech that is no command can take the
         garbage loop instead of being forced onto the nearest order."""
         groups = self.names_by_unit()
@@ -157,14 +155,13 @@ class Vocabulary:
                 rules.append(f"<unit{i}> = {_alternatives(forms)};")
                 choices.append(f"<unit{i}> [of] <product{i}>")
         items = "<item>" + " [<connector> <item>" * (self.max_items - 1) + "]" * (self.max_items - 1)
-        request = f"[<lead>] [<lead>] {items} [<trail>]"
+        leads = [lead for lead in self.leads if lead != "please"]
+        request = f"[please] [<lead>] {items} [<trail>]" if leads else f"[please] {items} [<trail>]"
         rules[:0] = [
-            f"public <command> = /1/ ({request}) | /{filler_weight:.12f}/ <other>;"
-            if out_of_grammar
-            else f"public <command> = {request};",
+            f"public <command> = ({request}) | <other>;" if out_of_grammar else f"public <command> = {request};",
             f"<item> = [<quantity>] ({' | '.join(choices)});",
             f"<quantity> = {_alternatives(number_words(self.max_quantity))};",
-            f"<lead> = {_alternatives(self.leads)};",
+            *([f"<lead> = {_alternatives(leads)};"] if leads else []),
             f"<trail> = {_alternatives(self.trails)};",
             f"<connector> = {_alternatives(self.connectors)};",
         ]
@@ -172,6 +169,7 @@ class Vocabulary:
             *(name for names in groups.values() for name in names),
             *(form for unit in groups if unit for form in (unit, plural(unit))),
             *number_words(self.max_quantity),
+            "please",
             *self.leads,
             *self.trails,
             *self.connectors,
@@ -183,11 +181,10 @@ class Vocabulary:
 def reply_grammar(
     accept: Iterable[str] = ACCEPT_PHRASES,
     decline: Iterable[str] = DECLINE_PHRASES,
-    filler_weight: float = FILLER_WEIGHT,
 ) -> Grammar:
     """Accept and decline phrases, and the garbage loop for anything else."""
     rules = [
-        f"public <reply> = /1/ [<other>] (<accept> | <decline>) [<other>] | /{filler_weight:.12f}/ <other>;",
+        "public <reply> = [<other>] (<accept> | <decline>) [<other>] | <other>;",
         f"<accept> = {_alternatives(accept)};",
         f"<decline> = {_alternatives(decline)};",
     ]

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import webrtcvad
 
-from .asr import AsrEngine, Recognition, Word
+from .asr import AsrEngine, Recognition, Recognizer, Word
 from .audio_sources import RATE, Pcm
 from .device import DeviceClient, Offer
 from .endpointing import EndpointConfig, Endpointer, Utterance
@@ -70,6 +70,17 @@ class Listener:
         """Forget utterances already closed (heard while the device was talking)."""
         self._ready.clear()
 
+    def stream_next(self, sink: Callable[[bytes], None]) -> bool:
+        """Hand the audio of the next utterance to `sink` as it is heard; False (and nothing
+        handed) when an utterance has already begun."""
+        if self._endpointer.in_speech or self._ready:
+            return False
+        self._endpointer.on_speech = sink
+        return True
+
+    def stop_streaming(self) -> None:
+        self._endpointer.on_speech = None
+
     async def next(self, timeout_s: float | None = None) -> Utterance | None:
         """The next utterance, or None when `timeout_s` of audio passed with no speech (or the
         source ended)."""
@@ -91,6 +102,25 @@ class Listener:
         if self._reader is not None:
             self._reader.cancel()
             await asyncio.gather(self._reader, return_exceptions=True)
+
+
+@dataclass
+class LiveDecode:
+    """A recogniser fed while the user speaks (on the listener's task), so that only the final
+    pass is left when the utterance ends."""
+
+    recognizer: Recognizer
+    chunks: list[bytes] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def accept(self, pcm: bytes) -> None:
+        started = time.perf_counter()
+        self.chunks.append(pcm)
+        self.recognizer.accept(pcm)
+        self.seconds += time.perf_counter() - started
+
+    def audio(self) -> bytes:
+        return b"".join(self.chunks)
 
 
 @dataclass
@@ -223,16 +253,26 @@ class VoiceAssistant:
         self.command_grammar: Grammar = vocabulary.command_grammar()
         self.reply_grammar: Grammar = reply_grammar()
 
-    async def recognise(self, utterance: Utterance, grammar: Grammar | None, run: VoiceRun) -> Recognition:
+    async def recognise(
+        self, utterance: Utterance, grammar: Grammar | None, run: VoiceRun, live: LiveDecode | None = None
+    ) -> Recognition:
+        """The utterance's words: finished from `live` when it decoded this utterance as it was
+        heard, else decoded now."""
         started = time.perf_counter()
-        recognizer = self.engine.recognizer(grammar)
+        if live is not None and live.audio() == utterance.pcm:
+            recognizer, rest = live.recognizer, b""
+        else:
+            if live is not None:
+                live.recognizer.close()
+            recognizer, rest = self.engine.recognizer(grammar), utterance.pcm
 
         def decode() -> Recognition:
-            recognizer.accept(utterance.pcm)
+            if rest:
+                recognizer.accept(rest)
             return recognizer.result()
 
         recognition = await asyncio.to_thread(decode)
-        run.asr_seconds += time.perf_counter() - started
+        run.asr_seconds += time.perf_counter() - started + (live.seconds if live is not None else 0.0)
         run.audio_seconds += len(utterance.pcm) / 2 / RATE
         return recognition
 
@@ -282,10 +322,17 @@ class VoiceAssistant:
             if attempt:
                 await self.voice.say(ASK_AGAIN)
                 self.listener.drain()
+            live = LiveDecode(self.engine.recognizer(self.command_grammar))
+            streaming = self.listener.stream_next(live.accept)  # False: speech already under way
+            if not streaming:
+                live.recognizer.close()
             utterance = await self.listener.next(self.config.command_timeout_s)
             if utterance is None:
+                if streaming:
+                    self.listener.stop_streaming()
+                    live.recognizer.close()
                 continue
-            recognition = await self.recognise(utterance, self.command_grammar, run)
+            recognition = await self.recognise(utterance, self.command_grammar, run, live if streaming else None)
             run.commands.append(recognition)
             run.command_end_sample = utterance.end
             if recognition.text and UNKNOWN not in recognition.text.split():

@@ -1,9 +1,9 @@
 """A simulated user in front of a simulated microphone: the room is silent until the user speaks.
 
 `RoomSource` is an audio source that yields silence, and the user's speech when `speak` queued
-some, at real-time pace or faster: `speed=1` is a live microphone; the default plays queued
-speech as fast as it is read and silence at 20 times real time, so timeouts counted in samples
-still pass while the pipeline waits on the network. `sample_time(n)` tells when sample `n` was
+some, in blocks of 1,024 samples (64 ms): with `realtime` at the pace of a live microphone;
+by default speech as fast as it is read and silence at 20 times real time, so timeouts counted
+in samples still pass while the pipeline waits on the network. `sample_time(n)` tells when sample `n` was
 delivered, for latency measurements.
 
 `VoiceUser` speaks a command, then its replies each time the device finishes talking: it is the
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from device_sdk.audio_sources import RATE, Pcm
 
-_BLOCK = RATE // 10  # 100 ms
+_BLOCK = 1024  # 64 ms, as Wyoming sends
 
 
 class RoomSource:
