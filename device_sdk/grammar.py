@@ -5,9 +5,11 @@ what it sells, its units, and the words around them), so recognition is steered 
 bought: `[lead] item [connector item]... [trail]`, with at most `max_items` items (an unbounded
 item loop lets the decoder invent extra items), each `[quantity] [unit [of]] product`.
 
-The reply grammar holds the accept and decline phrases and, beside them, an out-of-grammar path:
-a loop over common words, so that speech that is neither lands there instead of being forced onto
-"confirm the order" (what a closed grammar does).
+Both grammars have an out-of-grammar path (`GARBAGE`: a loop over one-phone words, reported as
+`[unk]`), so speech that is neither a command nor an answer lands there instead of being forced
+onto the nearest phrase: a closed reply grammar heard "buy two packs of double a batteries" as
+"confirm the order". The engines' search settings that make the garbage path work travel with the
+grammar (`word_penalty`, `silence_prob`); docs/voice.md says how they were chosen.
 
 `Grammar` carries both forms the engines take: JSGF for pocketsphinx, a phrase list for vosk.
 """

@@ -276,12 +276,20 @@ class VoiceAssistant:
         run.audio_seconds += len(utterance.pcm) / 2 / RATE
         return recognition
 
-    async def sessions(self, wake: WakeWord | None = None) -> AsyncIterator[VoiceRun]:
-        """Session after session until the source ends: after the wake phrase, or, with no
-        `wake`, at once each time (push-to-talk: call `session` when the button is pressed)."""
-        while not self.listener.ended:
-            if wake is not None and await wake.wait(self.listener) is None:
-                return
+    async def __aenter__(self) -> VoiceAssistant:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop listening to the source."""
+        await self.listener.aclose()
+
+    async def sessions(self, wake: WakeWord) -> AsyncIterator[VoiceRun]:
+        """A session after each wake phrase, until the source ends. With a push-to-talk button
+        instead, call `session` when it is pressed."""
+        while await wake.wait(self.listener) is not None:
             yield await self.session()
 
     async def session(self) -> VoiceRun:
@@ -296,7 +304,7 @@ class VoiceAssistant:
             run.offer = await self.device.ask(text, timeout=self.config.request_timeout_s)
         except RemoteError as exc:
             run.error = exc
-            run.outcome = OUTCOME_OF.get(exc.code, "not_understood")
+            run.outcome = OUTCOME_OF.get(exc.code, "not_understood" if exc.code in _NOT_UNDERSTOOD else "not_confirmed")
             await self.voice.say(_refusal_text(exc))
             return run
         run.rendered_at = time.monotonic()
@@ -395,13 +403,18 @@ class VoiceAssistant:
         return False
 
 
+_NOT_UNDERSTOOD = (ErrorCode.NOT_UNDERSTOOD, ErrorCode.ITEM_NOT_FOUND, ErrorCode.QUANTITY_OUT_OF_RANGE)
+
+
 def reply_text(recognition: Recognition, pcm: bytes) -> str:
-    """What a reply counts as: the words heard, with two checks that keep anything but a clear
+    """What a reply counts as: the words heard, with three checks that keep anything but a clear
     answer from reading as one.
 
     - Speech the words do not explain: voiced audio (WebRTC VAD, strictest mode) outside every
       recognised word, over `UNEXPLAINED_S`, adds `[unk]` ("yesterday was fun" heard as "yes"
       and silence).
+    - No vowel: recognised words holding under `VOICED_S` of periodic audio add `[unk]` (white
+      noise heard as "yes").
     - Garbage that is only room noise: an `[unk]` stretch much quieter than the words is dropped
       (noise around "confirm" is not speech); a loud one stays.
     """

@@ -112,7 +112,7 @@ class SimulatedSpeaker:
             voice_run = await assistant.session()
         finally:
             room.close()
-            await assistant.listener.aclose()
+            await assistant.aclose()
         return SpeakerRun(
             said=say,
             heard_command=voice_run.command,

@@ -197,7 +197,7 @@ async def run_case(
             run = await assistant.session()
         finally:
             room.close()
-            await assistant.listener.aclose()
+            await assistant.aclose()
     cart: list[dict[str, Any]] = []
     if run.offer is not None:
         cart = [{"sku": line.sku, "qty": line.qty} for line in run.offer.request.proposal.lines]

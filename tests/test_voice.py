@@ -285,7 +285,7 @@ async def voice_session(
             run = await asyncio.wait_for(assistant.session(), 60)
         finally:
             room.close()
-            await assistant.listener.aclose()
+            await assistant.aclose()
     return run, user
 
 
@@ -335,7 +335,7 @@ async def test_stop_during_the_read_back_cancels_it(backend: ShopBackend) -> Non
         room.speak(trim_silence(speech("please buy a pack of socks")))
         run = await asyncio.wait_for(assistant.session(), 30)
         room.close()
-        await assistant.listener.aclose()
+        await assistant.aclose()
     assert run.barge_in and run.outcome == "declined" and played[-1] == "Cancelled."
 
 
@@ -450,3 +450,51 @@ def test_the_demo_speaks_and_the_speaker_hears(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert out["outcome"] == "ordered" and "socks" in out["heard_command"]
     assert out["heard"] == ["yes please buy it"] and out["mandate"] is not None
+
+
+async def test_recorded_wavs_of_any_shape_run_through_the_same_pipeline(tmp_path: Path) -> None:
+    """A case with `command_wav` and `reply_wav`: stereo 44.1 kHz and 8-bit 11.025 kHz files."""
+    import soxr
+
+    from simulators.voice_eval import run_eval
+
+    def save(name: str, text: str, rate: int, width: int, channels: int) -> str:
+        mono = np.frombuffer(speech(text), dtype="<i2").astype(np.float64) / 32768
+        resampled = soxr.resample(mono, RATE, rate)
+        if width == 1:
+            frames = np.clip(resampled * 127 + 128, 0, 255).astype(np.uint8)
+        else:
+            frames = np.clip(resampled * 32767, -32768, 32767).astype("<i2")
+        with wave.open(str(tmp_path / name), "wb") as out:
+            out.setnchannels(channels)
+            out.setsampwidth(width)
+            out.setframerate(rate)
+            out.writeframes(np.repeat(frames, channels).tobytes())
+        return name
+
+    case = {
+        "id": "rec-1", "kind": "single", "expect": [{"sku": "socks-5", "qty": 1}], "expect_outcome": "ordered",
+        "command_wav": save("command.wav", "please buy a pack of socks", 44_100, 2, 2),
+        "reply_wav": save("reply.wav", "yes please buy it", 11_025, 1, 1),
+    }  # fmt: skip
+    (tmp_path / "cases.jsonl").write_text(json.dumps(case) + "\n")
+    report = (await run_eval(tmp_path / "cases.jsonl")).as_dict()
+    assert report["results"][0]["outcome"] == "ordered", report["results"]
+    assert report["task_success"] == 1.0 and report["false_confirmations"] == 0
+
+
+def test_a_truncated_recording_is_a_clear_error(tmp_path: Path) -> None:
+    cut = tmp_path / "cut.wav"
+    with wave.open(str(cut), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(RATE)
+        out.writeframes(b"\x01\x00" * 16000)
+    cut.write_bytes(cut.read_bytes()[:20000])
+    case = {"id": "r", "kind": "single", "expect": [], "expect_outcome": "declined", "command_wav": "cut.wav"}
+    (tmp_path / "cases.jsonl").write_text(json.dumps(case) + "\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "device_sdk.cli", "eval", "voice", str(tmp_path / "cases.jsonl")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2 and "truncated" in done.stderr
