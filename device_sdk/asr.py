@@ -330,7 +330,8 @@ class VoskEngine:
         return VoskRecognizer(kaldi, grammar.name if grammar else None)
 
     def spotter(self, phrase: str, threshold: float = 0.0) -> VoskRecognizer:
-        """The wake phrase through a grammar of the phrase and `[unk]`."""
+        """The wake phrase through a grammar of the phrase and `[unk]` (vosk has no detection
+        threshold: `threshold` is not used)."""
         import vosk
 
         kaldi = vosk.KaldiRecognizer(self.model, RATE, json.dumps([phrase.lower(), "[unk]"]))

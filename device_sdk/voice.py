@@ -345,7 +345,7 @@ class VoiceAssistant:
             run.command_end_sample = utterance.end
             if recognition.text and UNKNOWN not in recognition.text.split():
                 return recognition.text
-            if self.config.open_vocabulary and self.engine.name == "sphinx":
+            if self.config.open_vocabulary:
                 open_text = await self.recognise(utterance, None, run)
                 run.commands.append(open_text)
                 if open_text.text:
