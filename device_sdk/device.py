@@ -38,6 +38,7 @@ from .messages import (
     OrderResult,
     Ping,
     Pong,
+    Transcript,
     decode,
     new_id,
 )
@@ -292,6 +293,12 @@ class DeviceClient(Service):
             waiters.remove(waiter)
             if not waiters:
                 self._waiters.pop(session_id, None)
+
+    async def transcript(self, session_id: str, text: str, *, final: bool, confidence: float | None = None) -> None:
+        """Tell the gateway what the device's recogniser heard (logged and on the timeline): final
+        transcripts at QoS 1, partials at QoS 0."""
+        message = Transcript(session_id=session_id, text=text, final=final, confidence=confidence)
+        await self.bus.publish(self.topics.device_up(self.device_id), message.encode(), qos=1 if final else 0)
 
     async def stream_audio(
         self,

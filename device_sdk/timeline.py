@@ -20,6 +20,7 @@ from .messages import (
     Error,
     GatewayStatus,
     OrderResult,
+    Transcript,
     decode,
 )
 from .mqtt import BrokerUrl, MqttBus, Received
@@ -68,6 +69,8 @@ def describe(message: Any) -> str:
         return "online" if message.online else "offline"
     if isinstance(message, ControllerClaim):
         return f"controlled by {message.controller_id}"
+    if isinstance(message, Transcript):
+        return f"heard {message.text!r}" + ("" if message.final else " (partial)")
     return ""
 
 

@@ -27,7 +27,7 @@ from .device import DeviceClient, Offer
 from .endpointing import EndpointConfig, Endpointer, Utterance
 from .errors import OUTCOME_OF, ErrorCode, RemoteError, VoiceError
 from .grammar import UNKNOWN, Grammar, Vocabulary, reply_grammar
-from .messages import Decision, Modality, OrderResult, Outcome
+from .messages import Decision, Modality, OrderResult, Outcome, new_id
 from .replies import REPROMPT, ReplyDialog, interpret_reply
 from .tts import espeak_available, play, synthesize
 
@@ -229,6 +229,7 @@ class VoiceRun:
     (no command was heard)."""
     asr_seconds: float = 0.0
     audio_seconds: float = 0.0
+    session_id: str = field(default_factory=lambda: new_id("ses"))
 
 
 class VoiceAssistant:
@@ -292,6 +293,13 @@ class VoiceAssistant:
         while await wake.wait(self.listener) is not None:
             yield await self.session()
 
+    async def _transcript(self, run: VoiceRun, recognition: Recognition) -> None:
+        """What was heard goes on the bus too, so each session's audio trail is on the timeline."""
+        if recognition.text:
+            await self.device.transcript(
+                run.session_id, recognition.text, final=True, confidence=recognition.confidence
+            )
+
     async def session(self) -> VoiceRun:
         """From the command (push-to-talk: the device is already listening) to the outcome."""
         run = VoiceRun()
@@ -301,7 +309,7 @@ class VoiceAssistant:
             return run
         run.command = text
         try:
-            run.offer = await self.device.ask(text, timeout=self.config.request_timeout_s)
+            run.offer = await self.device.ask(text, session_id=run.session_id, timeout=self.config.request_timeout_s)
         except RemoteError as exc:
             run.error = exc
             run.outcome = OUTCOME_OF.get(exc.code, "not_understood" if exc.code in _NOT_UNDERSTOOD else "not_confirmed")
@@ -342,12 +350,14 @@ class VoiceAssistant:
                 continue
             recognition = await self.recognise(utterance, self.command_grammar, run, live if streaming else None)
             run.commands.append(recognition)
+            await self._transcript(run, recognition)
             run.command_end_sample = utterance.end
             if recognition.text and UNKNOWN not in recognition.text.split():
                 return recognition.text
             if self.config.open_vocabulary:
                 open_text = await self.recognise(utterance, None, run)
                 run.commands.append(open_text)
+                await self._transcript(run, open_text)
                 if open_text.text:
                     return open_text.text  # the agent may know it; if not, it says so
         return None
@@ -364,6 +374,7 @@ class VoiceAssistant:
             if utterance is not None:
                 recognition = await self.recognise(utterance, self.reply_grammar, run)
                 run.replies.append(recognition)
+                await self._transcript(run, recognition)
                 reply = reply_text(recognition, utterance.pcm)
                 run.answers.append(reply)
             decision = dialog.feed(reply)

@@ -450,6 +450,8 @@ def test_the_demo_speaks_and_the_speaker_hears(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert out["outcome"] == "ordered" and "socks" in out["heard_command"]
     assert out["heard"] == ["yes please buy it"] and out["mandate"] is not None
+    heard = [step["summary"] for step in out["timeline"] if step["type"] == "transcript"]
+    assert len(heard) == 2 and "socks" in heard[0] and "yes please buy it" in heard[1]
 
 
 async def test_recorded_wavs_of_any_shape_run_through_the_same_pipeline(tmp_path: Path) -> None:
