@@ -9,7 +9,6 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from .errors import DeviceSdkError
 from .messages import message_schemas
@@ -201,9 +200,9 @@ async def _demo(args: argparse.Namespace) -> int:
 
 
 async def _eval_voice(args: argparse.Namespace) -> int:
-    from simulators.voice_eval import report_json, run_eval
+    from simulators.voice_eval import CaseResult, report_json, run_eval
 
-    def progress(result: Any) -> None:
+    def progress(result: CaseResult) -> None:
         mark = "ok  " if result.success else "MISS"
         print(f"{mark} {result.case.id}: heard {result.run.command!r} -> {result.outcome}", file=sys.stderr)
 

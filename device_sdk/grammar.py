@@ -58,6 +58,7 @@ def plural(word: str) -> str:
 
 
 def singular(word: str) -> str:
+    """A plural-insensitive form: batteries -> battery, boxes -> box, glasses -> glass, eggs -> egg."""
     if len(word) > 4 and word.endswith("ies"):
         return word[:-3] + "y"
     if word.endswith(("ches", "shes", "sses", "xes")):

@@ -8,10 +8,10 @@ the 39 ARPAbet phones of the CMU dictionary that the en-us acoustic model was tr
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 
 from .errors import ErrorCode, VoiceError
+from .tts import espeak_available
 
 # Longest symbols first; vowels followed by ɹ keep the r as its own phone (CMU style).
 _IPA: dict[str, tuple[str, ...]] = {
@@ -50,10 +50,6 @@ def ipa_to_arpabet(ipa: str) -> list[str]:
         else:
             i += 1  # stress, length and tie marks, or a symbol with no ARPAbet phone
     return phones
-
-
-def espeak_available() -> bool:
-    return shutil.which("espeak-ng") is not None
 
 
 def espeak_ipa(words: list[str], voice: str = "en-us") -> list[str]:

@@ -7,6 +7,7 @@ device and the verifier all derive the same text and the same display digest fro
 from __future__ import annotations
 
 from .messages import CheckoutProposal, ConfirmationRequest, ConsentTerms, Modality, ProposalLine, sha256_hex
+from .replies import ANSWER_PROMPT
 
 # ISO 4217 minor-unit exponents that are not 2 (every other current currency has 2).
 _EXPONENT = {
@@ -45,7 +46,7 @@ def compose_readback(proposal: CheckoutProposal) -> str:
             f"{format_amount(line.line_total_minor, proposal.currency)}."
         )
     parts.append(f"Total {format_amount(proposal.total_minor, proposal.currency)}, paid to {proposal.merchant.name}.")
-    parts.append("Say confirm to place the order, or cancel.")
+    parts.append(ANSWER_PROMPT)
     return " ".join(parts)
 
 

@@ -16,7 +16,9 @@ ACCEPT_PHRASES = frozenset(
     {"confirm", "yes confirm", "yes", "confirm the order", "yes please buy it", "place the order"}
 )
 DECLINE_PHRASES = frozenset({"cancel", "no", "no thanks", "stop", "cancel the order", "don't buy it"})
-REPROMPT = "Sorry, I did not get that. Say confirm to place the order, or cancel."
+ANSWER_PROMPT = "Say confirm to place the order, or cancel."
+"""How every read-back and re-prompt ends: the question the user answers."""
+REPROMPT = f"Sorry, I did not get that. {ANSWER_PROMPT}"
 
 _NOT_WORD = re.compile(r"[^a-z0-9' ]+")
 

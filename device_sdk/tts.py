@@ -2,25 +2,19 @@
 
 `synthesize` gives 16 kHz s16le mono PCM (the pipeline's format), so the same audio can be
 played on a loudspeaker, written to a WAV, or fed straight into a recogniser in tests and in the
-evaluation. Where espeak-ng is absent, `Voice.say` shows the text instead and says so once.
+evaluation. Where espeak-ng is absent, `device_sdk.voice.Voice` shows the prompts as text only.
 """
 
 from __future__ import annotations
 
-import asyncio
 import io
-import logging
 import shutil
 import subprocess
 import wave
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from .audio_sources import RATE, to_mono_16k
 from .errors import ErrorCode, VoiceError
-
-log = logging.getLogger(__name__)
 
 
 def espeak_available() -> bool:
@@ -82,35 +76,3 @@ def play(pcm: bytes, *, device: int | str | None = None) -> None:
         sounddevice.play(np.frombuffer(pcm, dtype="<i2"), RATE, device=device, blocking=True)
     except sounddevice.PortAudioError as exc:
         raise VoiceError(f"cannot play on {device or 'the default output'}: {exc}", ErrorCode.AUDIO_DEVICE) from None
-
-
-@dataclass
-class Voice:
-    """What a device says: spoken through espeak-ng and a loudspeaker when it can, shown as text
-    always (`show`), and kept (`said`) for the caller."""
-
-    speak: bool = True
-    voice: str = "en-us"
-    speed: int = 160
-    device: int | str | None = None
-    show: Callable[[str], None] = field(default=lambda text: None)
-    said: list[str] = field(default_factory=list)
-    _warned: bool = False
-
-    async def say(self, text: str) -> None:
-        self.said.append(text)
-        self.show(text)
-        if not self.speak:
-            return
-        if not espeak_available():
-            if not self._warned:
-                log.warning("espeak-ng is not installed: prompts are shown as text only")
-                self._warned = True
-            return
-        pcm = await asyncio.to_thread(synthesize, text, voice=self.voice, speed=self.speed)
-        try:
-            await asyncio.to_thread(play, pcm, device=self.device)
-        except VoiceError as exc:
-            if not self._warned:
-                log.warning("prompts are shown as text only: %s", exc)
-                self._warned = True

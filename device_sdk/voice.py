@@ -34,7 +34,7 @@ from .tts import espeak_available, play, synthesize
 log = logging.getLogger(__name__)
 
 ASK_AGAIN = "Sorry, I did not catch that. What would you like to buy?"
-NOT_UNDERSTOOD = "Sorry, I could not find that."
+NOT_FOUND = "Sorry, I could not find that."
 CANCELLED = "Cancelled."
 
 
@@ -215,7 +215,6 @@ class VoiceRun:
     offer: Offer | None = None
     rendered_at: float | None = None
     """`time.monotonic()` when the offer was ready to present (read-back about to start)."""
-    command_end_sample: int | None = None
     replies: list[Recognition] = field(default_factory=list)
     answers: list[str] = field(default_factory=list)
     """Each reply as it counted (`reply_text`): what the dialog judged."""
@@ -351,7 +350,6 @@ class VoiceAssistant:
             recognition = await self.recognise(utterance, self.command_grammar, run, live if streaming else None)
             run.commands.append(recognition)
             await self._transcript(run, recognition)
-            run.command_end_sample = utterance.end
             if recognition.text and UNKNOWN not in recognition.text.split():
                 return recognition.text
             if self.config.open_vocabulary:
@@ -500,5 +498,5 @@ def _refusal_text(refusal: RemoteError | OrderResult) -> str:
     if code in OUTCOME_OF:
         return "Sorry, this order is not allowed."
     if isinstance(refusal, RemoteError) and refusal.code in (ErrorCode.NOT_UNDERSTOOD, ErrorCode.ITEM_NOT_FOUND):
-        return NOT_UNDERSTOOD
+        return NOT_FOUND
     return "The order was not placed."

@@ -15,6 +15,7 @@ from typing import Any
 
 from device_sdk.errors import AgentError, ErrorCode
 from device_sdk.grammar import Vocabulary
+from device_sdk.grammar import singular as stem
 
 from .catalog import Catalog, Product
 
@@ -36,18 +37,9 @@ LEADS = (
 )  # fmt: skip
 TRAILS = ("to my cart", "to the cart", "to cart", "to my basket", "for me", "please", "thanks", "thank you")
 CONNECTORS = ("and", "and also", "plus", "as well as")
-_CONNECTOR = re.compile(r"\s*(?:,|\band also\b|\bplus\b|\band\b|\bas well as\b|&)\s*")
-
-
-def stem(word: str) -> str:
-    """A plural-insensitive form: batteries -> battery, boxes -> box, glasses -> glass, eggs -> egg."""
-    if len(word) > 4 and word.endswith("ies"):
-        return word[:-3] + "y"
-    if word.endswith(("ches", "shes", "sses", "xes")):
-        return word[:-2]
-    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us")):
-        return word[:-1]
-    return word
+_CONNECTOR = re.compile(
+    r"\s*(?:,|&|" + "|".join(rf"\b{c}\b" for c in sorted(CONNECTORS, key=len, reverse=True)) + r")\s*"
+)
 
 
 def normalise(text: str) -> str:

@@ -20,9 +20,9 @@ from device_sdk.mandate import mandate_id
 from device_sdk.messages import Decision, Modality, OrderResult
 from device_sdk.replies import REPROMPT, ReplyDialog
 from device_sdk.tts import synthesize, trim_silence
-from device_sdk.voice import Voice, VoiceAssistant, VoiceConfig
+from device_sdk.voice import VoiceConfig
 
-from .voice_user import RoomSource, VoiceUser
+from .voice_user import converse
 
 
 @dataclass
@@ -90,34 +90,21 @@ class SimulatedSpeaker:
         hears them through its voice pipeline."""
         command = trim_silence(await asyncio.to_thread(synthesize, say))
         answers = [trim_silence(await asyncio.to_thread(synthesize, reply)) for reply in replies]
-        room = RoomSource(realtime=realtime)
-        user = VoiceUser(room, command, answers, realtime=realtime)
-        presented: list[str] = []
-
-        async def output(text: str, pcm: bytes | None) -> None:
-            presented.append(text)
-            self.present(text)
-            await user.output(text, pcm)
-
-        assistant = VoiceAssistant(
+        voice_run, user = await converse(
             self.device,
             engine,
             vocabulary,
-            room,
-            voice=Voice(output=output, synthesize=realtime),
+            command,
+            answers,
+            realtime=realtime,
+            present=self.present,
             config=VoiceConfig(request_timeout_s=timeout),
         )
-        user.start()
-        try:
-            voice_run = await assistant.session()
-        finally:
-            room.close()
-            await assistant.aclose()
         return SpeakerRun(
             said=say,
             heard_command=voice_run.command,
             offer=voice_run.offer,
-            presented=presented,
+            presented=user.heard,
             heard=voice_run.answers,
             decision=voice_run.decision,
             mandate=voice_run.mandate,

@@ -35,11 +35,11 @@ from device_sdk.embedded_broker import EmbeddedBroker
 from device_sdk.errors import AgentError, ConfigError, ErrorCode
 from device_sdk.grammar import Vocabulary
 from device_sdk.tts import synthesize, trim_silence
-from device_sdk.voice import Voice, VoiceAssistant, VoiceRun
+from device_sdk.voice import VoiceRun
 
 from .command_parser import CommandParser
 from .scenario import ShopBackend
-from .voice_user import RoomSource, VoiceUser
+from .voice_user import converse
 
 
 class Line(BaseModel):
@@ -186,18 +186,9 @@ async def run_case(
     command, reply = await asyncio.to_thread(case_audio, case, base)
     key = await asyncio.to_thread(backend.provision, device_id)
     orders_before = len(backend.checkout.orders)
-    room = RoomSource(realtime=realtime)
-    user = VoiceUser(room, command, [reply] if reply else [], realtime=realtime)
     async with DeviceClient(backend.url, device_id, topics=backend.topics, key=key) as device:
-        assistant = VoiceAssistant(
-            device, engine, vocabulary, room, voice=Voice(output=user.output, synthesize=realtime)
-        )
-        user.start()
-        try:
-            run = await assistant.session()
-        finally:
-            room.close()
-            await assistant.aclose()
+        run, user = await converse(device, engine, vocabulary, command, [reply] if reply else [], realtime=realtime)
+    room = user.room
     cart: list[dict[str, Any]] = []
     if run.offer is not None:
         cart = [{"sku": line.sku, "qty": line.qty} for line in run.offer.request.proposal.lines]

@@ -15,10 +15,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
+from device_sdk.asr import AsrEngine
 from device_sdk.audio_sources import RATE, Pcm
+from device_sdk.device import DeviceClient
+from device_sdk.grammar import Vocabulary
+from device_sdk.replies import ANSWER_PROMPT
+from device_sdk.voice import Voice, VoiceAssistant, VoiceConfig, VoiceRun
 
 _BLOCK = 1024  # 64 ms, as Wyoming sends
 
@@ -97,6 +102,36 @@ class VoiceUser:
         self.heard.append(text)
         if self.realtime and pcm is not None:
             await asyncio.sleep(len(pcm) / 2 / RATE)
-        if "Say confirm" in text and self._next < len(self.replies):
+        if text.endswith(ANSWER_PROMPT) and self._next < len(self.replies):
             self.room.speak(self.replies[self._next])
             self._next += 1
+
+
+async def converse(
+    device: DeviceClient,
+    engine: AsrEngine,
+    vocabulary: Vocabulary,
+    command: bytes,
+    replies: Sequence[bytes],
+    *,
+    realtime: bool = False,
+    present: Callable[[str], None] | None = None,
+    config: VoiceConfig | None = None,
+) -> tuple[VoiceRun, VoiceUser]:
+    """One voice session in a room: the user says `command`, then a reply each time the device
+    asks; the device's `VoiceAssistant` hears them. `present` sees each prompt as it is said."""
+    room = RoomSource(realtime=realtime)
+    user = VoiceUser(room, command, replies, realtime=realtime)
+
+    async def output(text: str, pcm: bytes | None) -> None:
+        if present is not None:
+            present(text)
+        await user.output(text, pcm)
+
+    voice = Voice(output=output, synthesize=realtime)  # a read-back takes its time only in real time
+    async with VoiceAssistant(device, engine, vocabulary, room, voice=voice, config=config) as assistant:
+        user.start()
+        try:
+            return await assistant.session(), user
+        finally:
+            room.close()

@@ -32,7 +32,7 @@ from device_sdk.voice import Listener, Voice, VoiceAssistant, VoiceRun, WakeWord
 from simulators.catalog import demo_catalog
 from simulators.command_parser import CommandParser
 from simulators.scenario import ShopBackend
-from simulators.voice_user import RoomSource, VoiceUser
+from simulators.voice_user import RoomSource, VoiceUser, converse
 
 
 def need(tool: str, package: str) -> None:
@@ -275,17 +275,12 @@ async def voice_session(
     backend: ShopBackend, sphinx: SphinxEngine, command: str, replies: list[str], device_id: str = "speaker-v"
 ) -> tuple[VoiceRun, VoiceUser]:
     key = await asyncio.to_thread(backend.provision, device_id)
-    room = RoomSource()
-    user = VoiceUser(room, trim_silence(speech(command)), [trim_silence(speech(r)) for r in replies])
     vocabulary = CommandParser(backend.catalog).vocabulary()
+    spoken = [trim_silence(speech(r)) for r in replies]
     async with DeviceClient(backend.url, device_id, topics=backend.topics, key=key) as device:
-        assistant = VoiceAssistant(device, sphinx, vocabulary, room, voice=Voice(output=user.output, synthesize=False))
-        user.start()
-        try:
-            run = await asyncio.wait_for(assistant.session(), 60)
-        finally:
-            room.close()
-            await assistant.aclose()
+        run, user = await asyncio.wait_for(
+            converse(device, sphinx, vocabulary, trim_silence(speech(command)), spoken), 60
+        )
     return run, user
 
 
