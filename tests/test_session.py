@@ -111,10 +111,11 @@ def test_an_unanswered_completion_is_retried_with_growing_pauses() -> None:
     waits = []
     for _ in range(8):
         session.on_complete_failed()
-        touched = session.touched
+        session.touched = touched = 1000.0  # an exact clock: monotonic() + w - monotonic() may round below w
         wait = next(w for w in (0.5 * i for i in range(1, 200)) if session.needs_retry(touched + w, 2.0))
         waits.append(wait)
         session.state = State.COMPLETING  # the retry
     assert waits == [2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0]
     session.on_complete_failed()
+    session.touched = 1000.0
     assert session.needs_retry(session.touched + 60.0, 2.0) and not session.needs_retry(session.touched + 59.0, 2.0)
