@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from .audio_sources import RATE
-from .errors import ErrorCode, VoiceError
+from .errors import ConfigError, ErrorCode, VoiceError
 from .grammar import UNKNOWN, Grammar
 from .lexicon import pronunciations
 
@@ -31,6 +33,8 @@ log = logging.getLogger(__name__)
 
 VOSK_MODEL_ENV = "DEVICE_SDK_VOSK_MODEL"
 _FRAMES_PER_S = 100  # pocketsphinx's frame rate
+WARM_S = 5.0
+"""Audio a pocketsphinx decoder hears before its live cepstral mean counts as adapted."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,13 @@ class SphinxEngine:
     """pocketsphinx; `model` is an acoustic model directory (default: the en-us model in the wheel),
     `dictionary` a pronunciation dictionary (default: the CMU dictionary beside it).
 
+    `noise_floor` is the standard deviation, in int16 steps, of the low noise every recognizer
+    adds to its audio (about -64 dBFS at 20). A microphone never gives exact zeros, and the en-us
+    model never heard them: on the digital silence of synthesised, gated or streamed audio its
+    live cepstral mean and its silence model go wrong, and whole commands came out as garbage
+    (see docs/voice.md, "A noise floor"). On real microphone audio, already noisier, it changes
+    nothing. 0 turns it off.
+
     `word_penalty` is the word insertion probability in grammar searches (pocketsphinx's `wip`,
     0.65 by default there) unless the grammar brings its own. The garbage loop spends one word
     per phone, so a low value makes it expensive wherever real words fit and leaves it the
@@ -101,10 +112,14 @@ class SphinxEngine:
         dictionary: str | Path | None = None,
         *,
         word_penalty: float = 1e-3,
+        noise_floor: float = 20.0,
     ) -> None:
         import pocketsphinx
 
+        if noise_floor < 0:
+            raise ConfigError(f"noise_floor is 0 or more, not {noise_floor}")
         self.word_penalty = word_penalty
+        self.noise_floor = noise_floor
         base = Path(pocketsphinx.get_model_path()) / "en-us"
         self._config: dict[str, Any] = {
             "hmm": str(model or base / "en-us"),
@@ -119,6 +134,7 @@ class SphinxEngine:
                 raise VoiceError(f"pocketsphinx {key} {self._config[key]} does not exist", ErrorCode.NO_MODEL)
         self._lm = base / "en-us.lm.bin" if model is None else None
         self._idle: dict[str, list[Any]] = {}
+        self._heard: dict[int, float] = {}
         self._lock = threading.Lock()
 
     def _decoder(self, key: str, setup: Any, **extra: Any) -> Any:
@@ -147,6 +163,16 @@ class SphinxEngine:
         with self._lock:
             self._idle.setdefault(key, []).append(decoder)
 
+    def _warm_up(self, decoder: Any, seconds: float) -> bool:
+        """Count `seconds` more audio heard by `decoder`; True while its live cepstral mean is
+        still cold (under `WARM_S` heard before this utterance), so the utterance is decoded
+        again with the mean it adapted to. A fresh decoder heard "please buy a pack of socks"
+        as "please buy two pack of socks", and the second pass got it right."""
+        with self._lock:
+            before = self._heard.get(id(decoder), 0.0)
+            self._heard[id(decoder)] = before + seconds
+        return before < WARM_S
+
     def _add_words(self, decoder: Any, words: Iterable[str]) -> None:
         """Words missing from the dictionary get espeak-ng's pronunciation."""
         missing = sorted(w for w in words if decoder.lookup_word(w) is None)
@@ -156,7 +182,8 @@ class SphinxEngine:
 
     def recognizer(self, grammar: Grammar | None = None) -> SphinxRecognizer:
         if grammar is None:
-            return SphinxRecognizer(self, "_lm", self._decoder("_lm", lambda d: None), None)
+            decoder = self._decoder("_lm", lambda d: None)
+            return SphinxRecognizer(self, "_lm", decoder, None, noise_floor=self.noise_floor)
 
         def setup(decoder: Any) -> None:
             self._add_words(decoder, grammar.words)
@@ -166,10 +193,12 @@ class SphinxEngine:
             decoder.activate_search(grammar.name)
 
         key = f"jsgf:{grammar.name}:{hash(grammar.jsgf)}:{grammar.word_penalty}:{grammar.silence_prob}"
+        floor = self.noise_floor if grammar.noise_floor is None else grammar.noise_floor
         tuning: dict[str, float] = {"wip": self.word_penalty if grammar.word_penalty is None else grammar.word_penalty}
         if grammar.silence_prob is not None:
             tuning["silprob"] = grammar.silence_prob
-        return SphinxRecognizer(self, key, self._decoder(key, setup, **tuning), grammar.name, grammar.garbage)
+        decoder = self._decoder(key, setup, **tuning)
+        return SphinxRecognizer(self, key, decoder, grammar.name, grammar.garbage, noise_floor=floor)
 
     def spotter(self, phrase: str, threshold: float = 1e-40) -> SphinxRecognizer:
         """Keyphrase spotting: a non-empty partial as soon as `phrase` is heard."""
@@ -181,7 +210,8 @@ class SphinxEngine:
             decoder.activate_search("wake")
 
         key = f"kws:{' '.join(words)}:{threshold:g}"
-        return SphinxRecognizer(self, key, self._decoder(key, setup, kws_threshold=threshold), "wake")
+        decoder = self._decoder(key, setup, kws_threshold=threshold)
+        return SphinxRecognizer(self, key, decoder, "wake", noise_floor=self.noise_floor)
 
 
 @dataclass
@@ -197,14 +227,21 @@ class SphinxRecognizer:
     decoder: Any
     grammar: str | None
     garbage: frozenset[str] = frozenset()
+    noise_floor: float = 0.0
     _last: str = ""
     _open: bool = field(default=False)
     _done: bool = field(default=False)
     _audio: list[bytes] = field(default_factory=list)
+    _noise: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
 
     def accept(self, pcm: bytes) -> Recognition | None:
         if self._done:
             raise VoiceError("this recognizer has given its result", ErrorCode.ASR_FAILED)
+        if len(pcm) % 2:
+            raise VoiceError("PCM for recognition is whole 16-bit samples", ErrorCode.BAD_AUDIO)
+        if self.noise_floor and pcm:
+            samples = np.frombuffer(pcm, dtype="<i2") + self._noise.normal(0.0, self.noise_floor, len(pcm) // 2)
+            pcm = np.clip(np.rint(samples), -32768, 32767).astype("<i2").tobytes()
         if not self._open:
             self.decoder.start_utt()
             self._open = True
@@ -234,7 +271,8 @@ class SphinxRecognizer:
             self.decoder.end_utt()
             first = self.decoder.hyp()
             unclear = first is None or not first.hypstr.strip() or any(w in self.garbage for w in first.hypstr.split())
-            if self._audio and unclear:  # again, normalised by the mean the first pass adapted to
+            cold = self.engine._warm_up(self.decoder, sum(len(chunk) for chunk in self._audio) / (2 * RATE))
+            if self._audio and (unclear or cold):  # again, normalised by the mean the first pass adapted to
                 self.decoder.set_cmn(self.decoder.get_cmn(True))
                 self.decoder.start_utt()
                 self.decoder.process_raw(b"".join(self._audio), False, False)

@@ -27,6 +27,8 @@ _ONES = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 _TEENS = ("ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen")
 _TENS = ("twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety")
 DEFAULT_LEADS = ("please", "buy", "order", "add", "get", "purchase", "i want", "i need", "i would like", "me", "some")
+DEFAULT_VERBS = ("buy", "order", "get", "purchase", "add")
+OPENER_ENDS = (" to", " you")
 DEFAULT_TRAILS = ("to my cart", "to the cart", "please", "for me", "thanks", "thank you")
 DEFAULT_CONNECTORS = ("and", "and also", "plus")
 ARPABET = (
@@ -40,6 +42,7 @@ UNKNOWN = "[unk]"
 COMMAND_WORD_PENALTY = 0.05
 REPLY_WORD_PENALTY = 1e-4
 REPLY_SILENCE_PROB = 1e-9
+REPLY_NOISE_FLOOR = 0.0
 
 _TOKEN = re.compile(r"^[a-z][a-z']*$")
 
@@ -104,6 +107,9 @@ class Grammar:
     silence_prob: float | None = None
     """Silence insertion probability (pocketsphinx's `silprob`): near zero for replies, so the
     decoder cannot call the end of "yes confirm" silence and keep only "yes"."""
+    noise_floor: float | None = None
+    """The noise floor the engine adds to the audio for this grammar (`SphinxEngine.noise_floor`),
+    None for the engine's own: 0 for replies, whose rejection was tuned on exact digital silence."""
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,11 @@ class Vocabulary:
     products: tuple[tuple[str, str | None], ...]
     """(spoken name, unit or None) pairs."""
     leads: tuple[str, ...] = DEFAULT_LEADS
+    """What may come before the items ("buy", "i need"). A lead ending in "to" or "you" ("i
+    would like to", "can you") is an opener and takes a verb after it ("i would like to buy"):
+    "i would like to" alone let the decoder hear "i would like two tubes" as "to tubes"."""
+    verbs: tuple[str, ...] = DEFAULT_VERBS
+    """The words a lead that follows an opener starts with."""
     trails: tuple[str, ...] = DEFAULT_TRAILS
     connectors: tuple[str, ...] = DEFAULT_CONNECTORS
     max_items: int = 3
@@ -158,13 +169,21 @@ class Vocabulary:
                 rules.append(f"<unit{i}> = {_alternatives(forms)};")
                 choices.append(f"<unit{i}> [of] <product{i}>")
         items = "<item>" + " [<connector> <item>" * (self.max_items - 1) + "]" * (self.max_items - 1)
-        leads = [lead for lead in self.leads if lead != "please"]
-        request = f"[please] [<lead>] {items} [<trail>]" if leads else f"[please] {items} [<trail>]"
+        leads = [lead for lead in self.leads if lead != "please" and not lead.endswith(OPENER_ENDS)]
+        openers = [lead for lead in self.leads if lead.endswith(OPENER_ENDS)]
+        verbs = [lead for lead in leads if words_of(lead)[0] in self.verbs]
+        lead_rule = "<lead>" + (" | <opener> <verb>" if openers and verbs else "")
+        request = f"[please] [{lead_rule}] {items} [<trail>]" if leads else f"[please] {items} [<trail>]"
         rules[:0] = [
             f"public <command> = ({request}) | <other>;" if out_of_grammar else f"public <command> = {request};",
             f"<item> = [<quantity>] ({' | '.join(choices)});",
             f"<quantity> = {_alternatives(number_words(self.max_quantity))};",
             *([f"<lead> = {_alternatives(leads)};"] if leads else []),
+            *(
+                [f"<opener> = {_alternatives(openers)};", f"<verb> = {_alternatives(verbs)};"]
+                if openers and verbs
+                else []
+            ),
             f"<trail> = {_alternatives(self.trails)};",
             f"<connector> = {_alternatives(self.connectors)};",
         ]
@@ -198,6 +217,7 @@ def reply_grammar(
         garbage=True,
         word_penalty=REPLY_WORD_PENALTY,
         silence_prob=REPLY_SILENCE_PROB,
+        noise_floor=REPLY_NOISE_FLOOR,
     )
 
 
@@ -209,6 +229,7 @@ def _grammar(
     garbage: bool,
     word_penalty: float | None = None,
     silence_prob: float | None = None,
+    noise_floor: float | None = None,
 ) -> Grammar:
     if garbage:
         rules = [*rules, "<other> = <garbage>+;", f"<garbage> = {' | '.join(word for word, _ in GARBAGE)};"]
@@ -220,5 +241,9 @@ def _grammar(
         raise VoiceError(f"grammar words that are not words: {bad}", ErrorCode.BAD_GRAMMAR)
     if garbage:
         garbage_words = frozenset(w for w, _ in GARBAGE)
-        return Grammar(name, text, tuple(normal), words, GARBAGE, garbage_words, word_penalty, silence_prob)
-    return Grammar(name, text, tuple(normal), words, word_penalty=word_penalty, silence_prob=silence_prob)
+        return Grammar(
+            name, text, tuple(normal), words, GARBAGE, garbage_words, word_penalty, silence_prob, noise_floor
+        )
+    return Grammar(
+        name, text, tuple(normal), words, word_penalty=word_penalty, silence_prob=silence_prob, noise_floor=noise_floor
+    )
