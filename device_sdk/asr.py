@@ -193,12 +193,11 @@ class SphinxEngine:
             decoder.activate_search(grammar.name)
 
         key = f"jsgf:{grammar.name}:{hash(grammar.jsgf)}:{grammar.word_penalty}:{grammar.silence_prob}"
-        floor = self.noise_floor if grammar.noise_floor is None else grammar.noise_floor
         tuning: dict[str, float] = {"wip": self.word_penalty if grammar.word_penalty is None else grammar.word_penalty}
         if grammar.silence_prob is not None:
             tuning["silprob"] = grammar.silence_prob
         decoder = self._decoder(key, setup, **tuning)
-        return SphinxRecognizer(self, key, decoder, grammar.name, grammar.garbage, noise_floor=floor)
+        return SphinxRecognizer(self, key, decoder, grammar.name, grammar.garbage, noise_floor=self.noise_floor)
 
     def spotter(self, phrase: str, threshold: float = 1e-40) -> SphinxRecognizer:
         """Keyphrase spotting: a non-empty partial as soon as `phrase` is heard."""

@@ -98,6 +98,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     consent.add_argument("--dir", default=None, help="where to put the temporary databases")
     consent.add_argument("--json", action="store_true")
 
+    asr = bench_kinds.add_parser("asr", help="the recogniser alone: commands, replies and non-answers, synthesised")
+    asr.add_argument("cases", type=Path, nargs="*", help="case files whose commands are decoded (none: replies only)")
+    asr.add_argument("--noise-floor", type=float, default=None, help="SphinxEngine.noise_floor (default 20)")
+    asr.add_argument("--reply-word-penalty", type=float, default=None, help="the reply grammar's wip (1e-3)")
+    asr.add_argument("--reply-silence-prob", type=float, default=None, help="the reply grammar's silprob (0.005)")
+    asr.add_argument("--json", action="store_true")
+
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
@@ -114,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _audit(args)
     if args.command == "eval":
         return asyncio.run(_eval_voice(args))
+    if args.bench == "asr":
+        return _bench_asr(args)
     if args.bench == "consent":
         from .bench_consent import run_bench_consent
 
@@ -221,6 +230,27 @@ async def _eval_voice(args: argparse.Namespace) -> int:
         summary.pop("results")
         for key, value in summary.items():
             print(f"{key}: {value}")
+    return 0
+
+
+def _bench_asr(args: argparse.Namespace) -> int:
+    from simulators.asr_bench import run_bench_asr
+
+    report = run_bench_asr(
+        args.cases,
+        noise_floor=args.noise_floor,
+        reply_word_penalty=args.reply_word_penalty,
+        reply_silence_prob=args.reply_silence_prob,
+    )
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for key, value in report.items():
+            if isinstance(value, list):
+                for item in value:
+                    print(f"{key}: {item}")
+            else:
+                print(f"{key}: {value}")
     return 0
 
 

@@ -40,9 +40,8 @@ GARBAGE = tuple((f"gbg{phone.lower()}", phone) for phone in ARPABET)
 every phone, so real words win where they fit (a garbage model)."""
 UNKNOWN = "[unk]"
 COMMAND_WORD_PENALTY = 0.05
-REPLY_WORD_PENALTY = 1e-4
-REPLY_SILENCE_PROB = 1e-9
-REPLY_NOISE_FLOOR = 0.0
+REPLY_WORD_PENALTY = 1e-3
+REPLY_SILENCE_PROB = 0.005
 
 _TOKEN = re.compile(r"^[a-z][a-z']*$")
 
@@ -107,9 +106,6 @@ class Grammar:
     silence_prob: float | None = None
     """Silence insertion probability (pocketsphinx's `silprob`): near zero for replies, so the
     decoder cannot call the end of "yes confirm" silence and keep only "yes"."""
-    noise_floor: float | None = None
-    """The noise floor the engine adds to the audio for this grammar (`SphinxEngine.noise_floor`),
-    None for the engine's own: 0 for replies, whose rejection was tuned on exact digital silence."""
 
 
 @dataclass(frozen=True)
@@ -217,7 +213,6 @@ def reply_grammar(
         garbage=True,
         word_penalty=REPLY_WORD_PENALTY,
         silence_prob=REPLY_SILENCE_PROB,
-        noise_floor=REPLY_NOISE_FLOOR,
     )
 
 
@@ -229,7 +224,6 @@ def _grammar(
     garbage: bool,
     word_penalty: float | None = None,
     silence_prob: float | None = None,
-    noise_floor: float | None = None,
 ) -> Grammar:
     if garbage:
         rules = [*rules, "<other> = <garbage>+;", f"<garbage> = {' | '.join(word for word, _ in GARBAGE)};"]
@@ -241,9 +235,5 @@ def _grammar(
         raise VoiceError(f"grammar words that are not words: {bad}", ErrorCode.BAD_GRAMMAR)
     if garbage:
         garbage_words = frozenset(w for w, _ in GARBAGE)
-        return Grammar(
-            name, text, tuple(normal), words, GARBAGE, garbage_words, word_penalty, silence_prob, noise_floor
-        )
-    return Grammar(
-        name, text, tuple(normal), words, word_penalty=word_penalty, silence_prob=silence_prob, noise_floor=noise_floor
-    )
+        return Grammar(name, text, tuple(normal), words, GARBAGE, garbage_words, word_penalty, silence_prob)
+    return Grammar(name, text, tuple(normal), words, word_penalty=word_penalty, silence_prob=silence_prob)

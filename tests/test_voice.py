@@ -21,7 +21,7 @@ from device_sdk.audio_sources import RATE, MicrophoneSource, list_microphones
 from device_sdk.device import DeviceClient
 from device_sdk.embedded_broker import EmbeddedBroker
 from device_sdk.endpointing import EndpointConfig, Endpointer
-from device_sdk.errors import ErrorCode, VoiceError
+from device_sdk.errors import ConfigError, ErrorCode, VoiceError
 from device_sdk.grammar import UNKNOWN, Vocabulary, reply_grammar
 from device_sdk.lexicon import ipa_to_arpabet, pronunciations
 from device_sdk.mandate import unverified_claims
@@ -121,6 +121,47 @@ def test_sphinx_gives_partials_while_audio_streams(sphinx: SphinxEngine, parser:
     assert cart(parser, final.text) == [("olive-oil-1l", 2)]
     with pytest.raises(VoiceError):
         recognizer.result()
+
+
+SILENT_ROOM = [  # (command, voice, speed, cart): heard as garbage when the audio around them was exact zeros
+    ("add one coffee mug to my cart", "en-us", 150, [("mug-ceramic", 1)]),
+    ("buy one cat food and a milk", "en-us", 150, [("food-cat-2kg", 1), ("milk-1l", 1)]),
+    ("order a pair of running shoes", "en-us+f3", 140, [("shoes-running-42", 1)]),
+]
+
+
+def test_commands_between_digital_silences_are_heard_over_the_noise_floor(
+    sphinx: SphinxEngine, parser: CommandParser
+) -> None:
+    need("espeak-ng", "espeak-ng")
+    grammar = parser.vocabulary().command_grammar()
+    assert sphinx.noise_floor > 0  # the default; with 0, each of these came out as garbage
+    for text, voice, speed, expected in SILENT_ROOM:
+        pcm = bytes(9600) + trim_silence(synthesize(text, voice=voice, speed=speed)) + bytes(16000)
+        heard = transcribe(sphinx, pcm, grammar)
+        assert cart(parser, heard.text) == sorted(expected), (text, heard.text)
+
+
+def test_an_opener_takes_a_verb_so_two_is_not_heard_as_to(sphinx: SphinxEngine, parser: CommandParser) -> None:
+    grammar = parser.vocabulary().command_grammar()
+    assert "[<lead> | <opener> <verb>]" in grammar.jsgf
+    rules = dict(line.split(" = ", 1) for line in grammar.jsgf.splitlines() if " = " in line)
+    assert "i would like to" in rules["<opener>"] and "i would like to" not in rules["<lead>"]
+    heard = transcribe(sphinx, speech("i would like two tubes of toothpaste", speed=170), grammar)
+    assert cart(parser, heard.text) == [("toothpaste-120", 2)], heard.text
+    assert cart(parser, transcribe(sphinx, speech("i would like to buy a toothpaste"), grammar).text) == [
+        ("toothpaste-120", 1)
+    ]
+
+
+def test_a_negative_noise_floor_and_half_samples_are_refused(sphinx: SphinxEngine) -> None:
+    with pytest.raises(ConfigError):
+        SphinxEngine(noise_floor=-1)
+    recognizer = sphinx.recognizer(reply_grammar())
+    with pytest.raises(VoiceError) as odd:
+        recognizer.accept(b"\x00\x01\x02")
+    assert odd.value.code is ErrorCode.BAD_AUDIO
+    recognizer.close()
 
 
 def heard_reply(engine: SphinxEngine, pcm: bytes) -> str:
@@ -352,6 +393,21 @@ def test_eval_voice_prints_the_scores(tmp_path: Path) -> None:
     assert all(r["outcome"] != "ordered" for r in report["results"][1:])
 
 
+def test_the_asr_bench_scores_commands_replies_and_non_answers(tmp_path: Path) -> None:
+    from simulators.asr_bench import NON_ANSWERS, run_bench_asr
+
+    need("espeak-ng", "espeak-ng")
+    case = {"id": "b-1", "kind": "single", "command": "order two bottles of shampoo", "reply": "confirm",
+            "expect": [{"sku": "shampoo-400", "qty": 2}], "expect_outcome": "ordered"}  # fmt: skip
+    (tmp_path / "cases.jsonl").write_text(json.dumps(case) + "\n")
+    report = run_bench_asr([tmp_path / "cases.jsonl"], voices=[("en-us", 160)])
+    assert report["commands"] == 1 and report["command_accuracy"] == 1.0, report["command_misses"]
+    assert report["replies"] == 12 and report["non_answers"] == len(NON_ANSWERS)
+    assert report["reply_accuracy"] == round(1 - len(report["reply_misses"]) / 12, 4)
+    assert report["false_accepts"] == len(report["false_accept_cases"]) == 0, report["false_accept_cases"]
+    assert 0 < report["asr_rtf"] < 1
+
+
 def test_eval_voice_refuses_a_malformed_case_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x", "kind": "single", "command": "buy milk", "expect": [], "expect_outcome": "maybe"}\n')
@@ -470,14 +526,14 @@ async def test_recorded_wavs_of_any_shape_run_through_the_same_pipeline(tmp_path
         return name
 
     case = {
-        "id": "rec-1", "kind": "single", "expect": [{"sku": "socks-5", "qty": 1}], "expect_outcome": "ordered",
-        "command_wav": save("command.wav", "please buy a pack of socks", 44_100, 2, 2),
+        "id": "rec-1", "kind": "single", "expect": [{"sku": "shampoo-400", "qty": 2}], "expect_outcome": "ordered",
+        "command_wav": save("command.wav", "order two bottles of shampoo", 44_100, 2, 2),
         "reply_wav": save("reply.wav", "yes please buy it", 11_025, 1, 1),
     }  # fmt: skip
     (tmp_path / "cases.jsonl").write_text(json.dumps(case) + "\n")
     report = (await run_eval(tmp_path / "cases.jsonl")).as_dict()
     assert report["results"][0]["outcome"] == "ordered", report["results"]
-    assert report["task_success"] == 1.0 and report["false_confirmations"] == 0
+    assert report["task_success"] == 1.0 and report["false_confirmations"] == 0, report["results"]
 
 
 def test_a_truncated_recording_is_a_clear_error(tmp_path: Path) -> None:
