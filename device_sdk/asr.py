@@ -96,8 +96,8 @@ class SphinxEngine:
     adds to its audio (about -64 dBFS at 20). A microphone never gives exact zeros, and the en-us
     model never heard them: on the digital silence of synthesised, gated or streamed audio its
     live cepstral mean and its silence model go wrong, and whole commands came out as garbage
-    (see docs/voice.md, "A noise floor"). On real microphone audio, already noisier, it changes
-    nothing. 0 turns it off.
+    (see docs/voice.md, "A noise floor"). Real microphone audio, already noisier, changes little.
+    0 turns it off.
 
     `word_penalty` is the word insertion probability in grammar searches (pocketsphinx's `wip`,
     0.65 by default there) unless the grammar brings its own. The garbage loop spends one word
