@@ -73,6 +73,9 @@ class ErrorCode(StrEnum):
     ASR_FAILED = "asr_failed"
     TTS_UNAVAILABLE = "tts_unavailable"
     AUDIO_DEVICE = "audio_device"
+    # BLE frames
+    BAD_FRAME = "bad_frame"
+    BAD_CRC = "bad_crc"
 
 
 OUTCOME_OF: dict[ErrorCode, str] = {
@@ -178,3 +181,10 @@ class VoiceError(DeviceSdkError):
     grammar the engine refused, no espeak-ng, a microphone that cannot be opened."""
 
     code = ErrorCode.ASR_FAILED
+
+
+class FrameError(DeviceSdkError, ValueError):
+    """A BLE frame or message that cannot be taken: malformed, over the size limit, of an unknown
+    protocol version or type, or with a CRC that does not match."""
+
+    code = ErrorCode.BAD_FRAME
