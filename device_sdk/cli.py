@@ -98,6 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     consent.add_argument("--dir", default=None, help="where to put the temporary databases")
     consent.add_argument("--json", action="store_true")
 
+    frames = bench_kinds.add_parser("frames", help="the BLE frame codec alone: frames per message and MB/s")
+    frames.add_argument("--bytes", type=int, default=102_400, help="message size (default 100 KB)")
+    frames.add_argument("--att-payload", type=int, default=244, help="ATT MTU minus 3 (default 244: MTU 247)")
+    frames.add_argument("--repeats", type=int, default=50, help="runs; the best counts (default 50)")
+    frames.add_argument("--json", action="store_true")
+
     asr = bench_kinds.add_parser("asr", help="the recogniser alone: commands, replies and non-answers, synthesised")
     asr.add_argument("cases", type=Path, nargs="*", help="case files whose commands are decoded (none: replies only)")
     asr.add_argument("--noise-floor", type=float, default=None, help="SphinxEngine.noise_floor (default 20)")
@@ -123,6 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_eval_voice(args))
     if args.bench == "asr":
         return _bench_asr(args)
+    if args.bench == "frames":
+        from firmware_bridge.bench import run_bench_frames
+
+        report = run_bench_frames(args.bytes, args.att_payload, args.repeats)
+        print(json.dumps(report) if args.json else "\n".join(f"{k}: {v}" for k, v in report.items()))
+        return 0
     if args.bench == "consent":
         from .bench_consent import run_bench_consent
 

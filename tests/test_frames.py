@@ -187,3 +187,12 @@ def test_any_message_survives_any_order_of_its_frames(
     frames = encode(MessageType.DISPLAY, seq, payload, att_payload)
     order.shuffle(frames)
     assert feed_all(Reassembler(att_payload), frames) == [Message(MessageType.DISPLAY, seq, payload)]
+
+
+def test_bench_frames_prints_the_efficiency_and_the_codec_speed(capsys: pytest.CaptureFixture[str]) -> None:
+    from device_sdk.cli import main
+
+    assert main(["bench", "frames", "--repeats", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["frames"], report["min_frames"], report["efficiency"]) == (424, 420, 0.9906)
+    assert 0 < report["codec_mb_s"] <= min(report["encode_mb_s"], report["decode_mb_s"])
