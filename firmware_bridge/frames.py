@@ -122,6 +122,10 @@ class Reassembler:
         self.max_message = max_message
         self.timeout_s = timeout_s
         self.dropped = 0
+        self.taken = 0
+        """New chunks stored so far (duplicates are not): a caller tells a duplicate by it."""
+        self.refused: int | None = None
+        """The sequence number of the last message dropped for a CRC mismatch."""
         self._partial: _Partial | None = None
         self._done: int | None = None  # the sequence number completed last: its late duplicates are dropped
 
@@ -145,6 +149,7 @@ class Reassembler:
                 raise FrameError(f"chunk {index} does not fit a message of {current.length} bytes", ErrorCode.BAD_FRAME)
             current.buffer[start:end] = frame[FRAME_HEADER:]
             have.add(index)
+            self.taken += 1
             return self._finish(current) if len(have) == current.count else None
         low = word >> 13
         done = self._done
@@ -166,8 +171,10 @@ class Reassembler:
             if (len(partial.early) + 1) * self.rest > self.max_message or index >= MAX_CHUNKS:
                 raise FrameError("chunks of a message over the limit", ErrorCode.TOO_LARGE)
             partial.early[index] = bytes(frame[FRAME_HEADER:])
+            self.taken += 1
         else:
             self._put(partial, index, frame[FRAME_HEADER:])
+            self.taken += 1
         if fresh:  # the frame was good: it starts a new message, and an unfinished one is lost
             self.dropped += current is not None
             self._partial = partial
@@ -195,6 +202,7 @@ class Reassembler:
         partial.buffer = bytearray(length)
         partial.buffer[: len(body)] = body
         partial.have.add(0)
+        self.taken += 1
         early, partial.early = partial.early, {}
         for index, data in sorted(early.items()):
             with contextlib.suppress(FrameError):  # one that does not fit is dropped: missing() asks again
@@ -218,6 +226,7 @@ class Reassembler:
         self._partial, self._done = None, partial.seq
         payload = bytes(partial.buffer)
         if zlib.crc32(payload) != crc:
+            self.refused = partial.seq
             raise FrameError(f"message {partial.seq}: CRC mismatch", ErrorCode.BAD_CRC)
         return Message(kind, partial.seq, payload)
 
