@@ -148,20 +148,23 @@ class Receiver:
             raise
         if message is not None:
             return message, self._sent(Ack(message.seq, AckStatus.COMPLETE, 0))
-        if reassembler.taken == taken:  # a duplicate: the sender is probing
+        if reassembler.taken == taken:  # a duplicate: the sender is probing, or missed our last ack
+            if reassembler.progress() is None and reassembler.completed is not None:
+                return None, self._sent(Ack(reassembler.completed, AckStatus.COMPLETE, 0))
             return None, self.ack()
         self._since_ack += 1
         return None, self.ack() if self._since_ack >= self.window // 2 else None
 
     def ack(self) -> Ack | None:
         """Where the message in progress stands (None while its header is unknown)."""
-        partial = self.reassembler._partial
-        if partial is None or partial.header is None:
+        progress = self.reassembler.progress()
+        if progress is None:
             return None
+        seq, count, highest = progress
         missing = self.reassembler.missing()
-        lowest = missing[0] if missing else partial.count
-        gaps = as_ranges(i for i in missing if i < max(partial.have))[:MAX_RANGES]
-        return self._sent(Ack(partial.seq, AckStatus.RECEIVING, min(lowest + self.window, partial.count), gaps))
+        lowest = missing[0] if missing else count
+        gaps = as_ranges(i for i in missing if i < highest)[:MAX_RANGES]
+        return self._sent(Ack(seq, AckStatus.RECEIVING, min(lowest + self.window, count), gaps))
 
     def _sent(self, ack: Ack) -> Ack:
         self._since_ack = 0

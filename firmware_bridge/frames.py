@@ -230,6 +230,19 @@ class Reassembler:
             raise FrameError(f"message {partial.seq}: CRC mismatch", ErrorCode.BAD_CRC)
         return Message(kind, partial.seq, payload)
 
+    @property
+    def completed(self) -> int | None:
+        """The sequence number of the message completed last."""
+        return self._done
+
+    def progress(self) -> tuple[int, int, int] | None:
+        """The message in progress as (sequence number, chunk count, highest chunk held), or None
+        when there is none or its header has not come."""
+        partial = self._partial
+        if partial is None or partial.header is None:
+            return None
+        return partial.seq, partial.count, max(partial.have)
+
     def missing(self) -> list[int]:
         """Chunk indices the message in progress still lacks ([0] while its header is unknown)."""
         partial = self._partial

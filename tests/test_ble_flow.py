@@ -78,6 +78,18 @@ def test_a_corrupted_message_is_refused_back_to_the_sender() -> None:
     assert [receiver.feed(frame, 0.0)[0] for frame in again][-1] == Message(MessageType.EVENT, 1, b"x" * 100)
 
 
+def test_a_lost_completion_ack_is_given_again_when_the_sender_probes() -> None:
+    sender, receiver = Sender(64, window=4), Receiver(64, window=4)
+    frames = sender.send(MessageType.EVENT, b"done soon")
+    message, ack = receiver.feed(frames[0], 0.0)
+    assert message is not None and ack is not None and ack.status is AckStatus.COMPLETE  # and it is lost
+    probe = sender.stalled()
+    assert probe == frames
+    _, again = receiver.feed(probe[0], 0.0)
+    assert again == Ack(sender.seq, AckStatus.COMPLETE, 0)
+    assert sender.on_ack(again) == [] and sender.done
+
+
 def test_acks_round_trip_and_malformed_acks_get_typed_errors() -> None:
     ack = Ack(513, AckStatus.RECEIVING, 40, ((3, 2), (9, 1)))
     assert Ack.decode(ack.encode()) == ack
