@@ -9,6 +9,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from .errors import DeviceSdkError
 from .messages import message_schemas
@@ -132,9 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.bench == "frames":
         from firmware_bridge.bench import run_bench_frames
 
-        report = run_bench_frames(args.bytes, args.att_payload, args.repeats)
-        print(json.dumps(report) if args.json else "\n".join(f"{k}: {v}" for k, v in report.items()))
-        return 0
+        return _print_report(run_bench_frames(args.bytes, args.att_payload, args.repeats), args.json)
     if args.bench == "consent":
         from .bench_consent import run_bench_consent
 
@@ -254,15 +253,17 @@ def _bench_asr(args: argparse.Namespace) -> int:
         reply_word_penalty=args.reply_word_penalty,
         reply_silence_prob=args.reply_silence_prob,
     )
-    if args.json:
+    return _print_report(report, args.json)
+
+
+def _print_report(report: dict[str, Any], as_json: bool) -> int:
+    """A benchmark's figures: one JSON object, or a line per figure (and per item of a list)."""
+    if as_json:
         print(json.dumps(report))
-    else:
-        for key, value in report.items():
-            if isinstance(value, list):
-                for item in value:
-                    print(f"{key}: {item}")
-            else:
-                print(f"{key}: {value}")
+        return 0
+    for key, value in report.items():
+        for item in value if isinstance(value, list) else [value]:
+            print(f"{key}: {item}")
     return 0
 
 

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 
-from device_sdk.errors import ErrorCode, FrameError
+from device_sdk.errors import ConfigError, ErrorCode, FrameError
 
 from .frames import DEFAULT_MAX_MESSAGE, Message, MessageType, Reassembler, encode
 
@@ -81,7 +81,7 @@ class Sender:
 
     def __init__(self, att_payload: int, *, window: int = DEFAULT_WINDOW) -> None:
         if window < 2:
-            raise FrameError("a window of at least 2 chunks", ErrorCode.BAD_FRAME)
+            raise ConfigError(f"a window of at least 2 chunks, not {window}")
         self.att_payload, self.window = att_payload, window
         self.seq = -1
         self.sent = self.retransmitted = 0

@@ -95,12 +95,13 @@ def encode(
 
 @dataclass(slots=True)
 class _Partial:
-    seq: int
+    seq: int  # its low 3 bits until chunk 0 gives the whole number
     started: float
-    low: int = 0
-    header: tuple[MessageType, int, int] | None = None  # type, length, crc
-    count: int = 0
+    low: int
+    count: int = 0  # chunks in the message; 0 until chunk 0 has come
+    type: MessageType = MessageType.CONTROL
     length: int = 0
+    crc: int = 0
     buffer: bytearray = field(default_factory=bytearray)
     early: dict[int, bytes] = field(default_factory=dict)  # chunks that came before chunk 0
     have: set[int] = field(default_factory=set)
@@ -141,12 +142,7 @@ class Reassembler:
             have = current.have
             if index in have:
                 return None
-            rest = self.rest
-            start = self.first + (index - 1) * rest
-            end = start + size - FRAME_HEADER
-            full, length = start + rest, current.length
-            if index >= current.count or end != (full if full < length else length):
-                raise FrameError(f"chunk {index} does not fit a message of {current.length} bytes", ErrorCode.BAD_FRAME)
+            start, end = self._span(current, index, size - FRAME_HEADER)
             current.buffer[start:end] = frame[FRAME_HEADER:]
             have.add(index)
             self.taken += 1
@@ -160,25 +156,22 @@ class Reassembler:
             and (index or frame[4:6] == done.to_bytes(2, "little"))
         ):
             return None  # a late duplicate of the message just completed
-        fresh = current is None or current.seq & 7 != low
+        fresh = current is None or current.low != low
         partial = _Partial(low, now, low) if fresh else current
         assert partial is not None
         if index in partial.have or index in partial.early:
             return None  # a duplicate
-        if index == 0:
-            self._start(partial, frame)
-        elif partial.header is None:
-            if (len(partial.early) + 1) * self.rest > self.max_message or index >= MAX_CHUNKS:
+        if index:  # before chunk 0 (with chunk 0 known, the common case above took it)
+            if (len(partial.early) + 1) * self.rest > self.max_message:
                 raise FrameError("chunks of a message over the limit", ErrorCode.TOO_LARGE)
             partial.early[index] = bytes(frame[FRAME_HEADER:])
-            self.taken += 1
         else:
-            self._put(partial, index, frame[FRAME_HEADER:])
-            self.taken += 1
+            self._start(partial, frame)
+        self.taken += 1
         if fresh:  # the frame was good: it starts a new message, and an unfinished one is lost
             self.dropped += current is not None
             self._partial = partial
-        return self._finish(partial) if partial.header is not None else None
+        return self._finish(partial) if partial.count else None
 
     def _start(self, partial: _Partial, frame: bytes) -> None:
         if len(frame) < FRAME_HEADER + MESSAGE_HEADER:
@@ -186,7 +179,7 @@ class Reassembler:
         version, kind, seq, length, crc = _MESSAGE.unpack_from(frame, FRAME_HEADER)
         if version != PROTOCOL_VERSION:
             raise FrameError(f"frame protocol version {version}", ErrorCode.UNSUPPORTED_VERSION)
-        if seq & 7 != partial.seq & 7:
+        if seq & 7 != partial.low:
             raise FrameError("the message header's sequence number disagrees with the frame's", ErrorCode.BAD_FRAME)
         try:
             message_type = MessageType(kind)
@@ -197,38 +190,35 @@ class Reassembler:
         body = frame[FRAME_HEADER + MESSAGE_HEADER :]
         if len(body) != min(length, self.first):
             raise FrameError(f"chunk 0 holds {len(body)} payload bytes", ErrorCode.BAD_FRAME)
-        count = chunk_count(length, self.att_payload)
-        partial.seq, partial.header, partial.count, partial.length = seq, (message_type, length, crc), count, length
+        partial.seq, partial.type, partial.length, partial.crc = seq, message_type, length, crc
+        partial.count = chunk_count(length, self.att_payload)
         partial.buffer = bytearray(length)
         partial.buffer[: len(body)] = body
         partial.have.add(0)
-        self.taken += 1
         early, partial.early = partial.early, {}
         for index, data in sorted(early.items()):
             with contextlib.suppress(FrameError):  # one that does not fit is dropped: missing() asks again
-                self._put(partial, index, data)
+                start, end = self._span(partial, index, len(data))
+                partial.buffer[start:end] = data
+                partial.have.add(index)
 
-    def _put(self, partial: _Partial, index: int, data: bytes | memoryview) -> None:
-        assert partial.header is not None
-        length = partial.header[1]
+    def _span(self, partial: _Partial, index: int, size: int) -> tuple[int, int]:
+        """Where chunk `index`, `size` bytes long, goes in the payload; `FrameError` if it does not fit."""
         start = self.first + (index - 1) * self.rest
-        end = min(start + self.rest, length)
-        if start >= length or len(data) != end - start:
-            raise FrameError(f"chunk {index} does not fit a message of {length} bytes", ErrorCode.BAD_FRAME)
-        partial.buffer[start:end] = data
-        partial.have.add(index)
+        end, full = start + size, start + self.rest
+        if index >= partial.count or end != (full if full < partial.length else partial.length):
+            raise FrameError(f"chunk {index} does not fit a message of {partial.length} bytes", ErrorCode.BAD_FRAME)
+        return start, end
 
     def _finish(self, partial: _Partial) -> Message | None:
-        assert partial.header is not None
         if len(partial.have) < partial.count:
             return None
-        kind, _, crc = partial.header
         self._partial, self._done = None, partial.seq
         payload = bytes(partial.buffer)
-        if zlib.crc32(payload) != crc:
+        if zlib.crc32(payload) != partial.crc:
             self.refused = partial.seq
             raise FrameError(f"message {partial.seq}: CRC mismatch", ErrorCode.BAD_CRC)
-        return Message(kind, partial.seq, payload)
+        return Message(partial.type, partial.seq, payload)
 
     @property
     def completed(self) -> int | None:
@@ -239,7 +229,7 @@ class Reassembler:
         """The message in progress as (sequence number, chunk count, highest chunk held), or None
         when there is none or its header has not come."""
         partial = self._partial
-        if partial is None or partial.header is None:
+        if partial is None or not partial.count:
             return None
         return partial.seq, partial.count, max(partial.have)
 
@@ -248,7 +238,7 @@ class Reassembler:
         partial = self._partial
         if partial is None:
             return []
-        if partial.header is None:
+        if not partial.count:
             return [0]
         return [i for i in range(partial.count) if i not in partial.have]
 
