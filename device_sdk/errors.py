@@ -76,6 +76,8 @@ class ErrorCode(StrEnum):
     # BLE frames
     BAD_FRAME = "bad_frame"
     BAD_CRC = "bad_crc"
+    # camera images
+    BAD_IMAGE = "bad_image"
 
 
 OUTCOME_OF: dict[ErrorCode, str] = {

@@ -50,6 +50,23 @@ def compose_readback(proposal: CheckoutProposal) -> str:
     return " ".join(parts)
 
 
+LENS_PROMPT = "Tap to confirm, swipe to cancel"
+
+
+def compose_lens_card(proposal: CheckoutProposal) -> str:
+    """The card a pair of glasses shows on the lens, one line per row: a title, per item its
+    quantity, name and total, then its seller, then the total and payee, then how to answer. Its
+    digest is what a `lens_tap` mandate signs; `device_sdk.lens` draws it."""
+    rows = ["Confirm order"]
+    for line in proposal.lines:
+        rows.append(f"{line.qty} x {line.name} | {format_amount(line.line_total_minor, proposal.currency)}")
+        rows.append(f"  from {line.seller.name}")
+    rows.append(f"Total {format_amount(proposal.total_minor, proposal.currency)}")
+    rows.append(f"Paid to {proposal.merchant.name}")
+    rows.append(LENS_PROMPT)
+    return "\n".join(rows)
+
+
 def display_digest(text: str) -> str:
     """SHA-256 (hex) of the UTF-8 text that was presented to the user."""
     return sha256_hex(text)
@@ -74,9 +91,10 @@ def confirmation_request(
 
 
 def presentation(proposal: CheckoutProposal, modality: Modality) -> str:
-    """What the SDK presents for `proposal` when the user confirms by `modality`: the read-back,
-    spoken or shown (device drivers with a card or a sheet of their own add theirs here)."""
-    del modality  # every modality presents the read-back so far
+    """What the SDK presents for `proposal` when the user confirms by `modality`: the lens card for
+    `lens_tap`, else the read-back, spoken or shown."""
+    if modality is Modality.LENS_TAP:
+        return compose_lens_card(proposal)
     return compose_readback(proposal)
 
 
