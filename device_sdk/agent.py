@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .errors import AgentError, DeviceSdkError, ErrorCode, ProtocolError, RequestTimeout
+from .images import ImageStore
 from .messages import AgentRequest, CheckoutProposal, Error, decode
 from .mqtt import MqttBus, Received
 from .pending import Pending
@@ -70,8 +71,11 @@ class AgentWorker(Service):
         group: str = DEFAULT_AGENT_GROUP,
         shared: bool | None = None,
         concurrency: int = 64,
+        images: ImageStore | None = None,
     ) -> None:
         self.bus = bus
+        self.images = images
+        """Where camera images the devices publish are kept for the core (None: not subscribed)."""
         self.core = core
         self.topics = topics or Topics()
         self.group = group
@@ -89,6 +93,16 @@ class AgentWorker(Service):
         topic = self.topics.agent_request_shared(self.group) if self.shared else self.topics.agent_request()
         sub = await self.bus.subscribe(topic)
         self._loop_task = asyncio.create_task(self._serve(sub))
+        if self.images is not None:
+            pictures = await self.bus.subscribe(self.topics.all_devices("image"))
+            self._tasks.add(asyncio.create_task(self._keep_images(pictures, self.images)))
+
+    async def _keep_images(self, sub: Any, images: ImageStore) -> None:
+        async for received in sub:
+            try:
+                await images.put(received.payload)
+            except ProtocolError as exc:
+                log.warning("an image on %s refused: %s", received.topic, exc)
 
     async def stop(self) -> None:
         tasks = [t for t in (self._loop_task, *self._tasks) if t is not None]

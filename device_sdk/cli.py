@@ -105,6 +105,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     frames.add_argument("--repeats", type=int, default=50, help="runs; the best counts (default 50)")
     frames.add_argument("--json", action="store_true")
 
+    ble = bench_kinds.add_parser("ble", help="a 100 KB photo from the simulated glasses over the virtual BLE link")
+    ble.add_argument("--repeats", type=int, default=5, help="photos sent; the fastest counts (default 5)")
+    ble.add_argument("--mtu", type=int, default=247, help="the ATT MTU asked for (default 247)")
+    ble.add_argument("--json", action="store_true")
+
+    simulate = commands.add_parser("simulate", help="simulated devices, end to end, with no hardware")
+    simulate_kinds = simulate.add_subparsers(dest="device", required=True)
+    glasses = simulate_kinds.add_parser(
+        "glasses", help="look, ask, see the card on the lens, tap: simulated glasses over a virtual BLE link"
+    )
+    glasses.add_argument("--say", default="buy two of these", help="what the wearer asks for")
+    glasses.add_argument("--tap", choices=["confirm", "cancel", "none"], default="confirm", help="the wearer's answer")
+    glasses.add_argument("--png", type=Path, default=None, help="save the lens (640x400) as PNG here")
+    glasses.add_argument("--sku", default="bat-aa-4", help="the product the wearer looks at (catalog SKU)")
+    glasses.add_argument("--voice", action="store_true", help="speak --say into the glasses' microphone (espeak-ng)")
+    glasses.add_argument("--broker", default=None, help="MQTT broker URL (default: an embedded one)")
+    glasses.add_argument("--json", action="store_true")
+
     asr = bench_kinds.add_parser("asr", help="the recogniser alone: commands, replies and non-answers, synthesised")
     asr.add_argument("cases", type=Path, nargs="*", help="case files whose commands are decoded (none: replies only)")
     asr.add_argument("--noise-floor", type=float, default=None, help="SphinxEngine.noise_floor (default 20)")
@@ -128,6 +146,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _audit(args)
     if args.command == "eval":
         return asyncio.run(_eval_voice(args))
+    if args.command == "simulate":
+        return asyncio.run(_simulate_glasses(args))
+    if args.bench == "ble":
+        from simulators.ble_bench import run_bench_ble
+
+        return _print_report(asyncio.run(run_bench_ble(args.repeats, args.mtu)), args.json)
     if args.bench == "asr":
         return _bench_asr(args)
     if args.bench == "frames":
@@ -254,6 +278,26 @@ def _bench_asr(args: argparse.Namespace) -> int:
         reply_silence_prob=args.reply_silence_prob,
     )
     return _print_report(report, args.json)
+
+
+async def _simulate_glasses(args: argparse.Namespace) -> int:
+    from simulators.glasses_demo import run_glasses
+
+    demo = await run_glasses(args.say, tap=args.tap, png=args.png, voice=args.voice, broker=args.broker, sku=args.sku)
+    if args.json:
+        print(json.dumps(demo.as_dict()))
+    else:
+        for step in demo.steps:
+            print(step.line())
+        if demo.run.card is not None:
+            print("lens:", *demo.run.card.text.split("\n"), sep="\n  ")
+        report = demo.as_dict()
+        print(
+            f"gesture: {report['gesture']}; outcome: {report['outcome']}"
+            + (f"; lens saved to {demo.png}" if demo.png else "")
+        )
+    run = demo.run
+    return 0 if run.result is not None and (run.result.outcome.value == "ordered") == (args.tap == "confirm") else 1
 
 
 def _print_report(report: dict[str, Any], as_json: bool) -> int:

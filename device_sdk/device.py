@@ -19,6 +19,7 @@ from typing import Any
 from .audio import MAX_CHUNK, AudioChunk
 from .bounded import DropOldest
 from .errors import BusError, DeviceSdkError, ErrorCode, ProtocolError, RemoteError, RequestTimeout
+from .images import image_ref, strip_metadata
 from .keys import SigningKey
 from .mandate import mandate_for
 from .messages import (
@@ -293,6 +294,13 @@ class DeviceClient(Service):
             waiters.remove(waiter)
             if not waiters:
                 self._waiters.pop(session_id, None)
+
+    async def send_image(self, jpeg: bytes, *, timeout: float = 10.0) -> str:
+        """Strip the image's metadata (EXIF, GPS, comments) and publish it for the agent; return the
+        reference to pass as `ask(..., image_ref=...)`."""
+        clean = strip_metadata(jpeg)
+        await self.bus.publish(self.topics.device_image(self.device_id), clean, qos=1, timeout=timeout)
+        return image_ref(clean)
 
     async def transcript(self, session_id: str, text: str, *, final: bool, confidence: float | None = None) -> None:
         """Tell the gateway what the device's recogniser heard (logged and on the timeline): final

@@ -16,6 +16,7 @@ from .agent import IssuedProposal
 from .checkout import new_idempotency_key
 from .errors import ErrorCode, SessionError
 from .messages import ConfirmationRequest, ConfirmationResult, Decision, OrderResult
+from .readback import presentation_digest
 
 
 class State(StrEnum):
@@ -99,8 +100,11 @@ class Session:
             raise SessionError(f"checkout {result.checkout_id} is not the one on offer", ErrorCode.STALE_CHECKOUT)
         if result.checkout_hash != self.offer.checkout_hash:
             raise SessionError("the confirmation names another version of the cart", ErrorCode.HASH_MISMATCH)
-        if result.display_digest != self.offer.display_digest:
-            raise SessionError("what the device presented is not the SDK's read-back", ErrorCode.DISPLAY_MISMATCH)
+        if result.display_digest != presentation_digest(self.offer.proposal, result.modality):
+            raise SessionError(
+                f"what the device presented is not what the SDK presents for {result.modality}",
+                ErrorCode.DISPLAY_MISMATCH,
+            )
         self.state = State.COMPLETING
         if self.confirmed is not None:
             return Step.COMPLETE  # an earlier completion got no answer: finish that one, same key

@@ -121,8 +121,8 @@ class Timeline:
     def _step(self, received: Received) -> Step | None:
         if received.retain or not received.payload:
             return None  # state from before the tap started
-        if received.topic.startswith(f"{self.topics.base}/probe/") or received.topic.endswith("/audio"):
-            return None  # a broker capability probe, or binary chunks (audio.start and audio.stop stand for them)
+        if received.topic.startswith(f"{self.topics.base}/probe/") or received.topic.endswith(("/audio", "/image")):
+            return None  # a broker capability probe, or binary chunks and images (requests name them)
         kind: str
         try:
             message = decode(received.payload)

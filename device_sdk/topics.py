@@ -49,6 +49,9 @@ class Topics:
     def device_audio(self, device_id: str) -> str:
         return f"{self.base}/device/{check_id(device_id, 'device id')}/audio"
 
+    def device_image(self, device_id: str) -> str:
+        return f"{self.base}/device/{check_id(device_id, 'device id')}/image"
+
     def all_devices(self, leaf: str) -> str:
         """Filter for one leaf (`status`, `up`, `controller`...) of every device."""
         return f"{self.base}/device/+/{leaf}"

@@ -151,6 +151,8 @@ class GlassesLink:
         self.version: int | None = None
         self.reconnects = 0
         self.bytes_in = self.bytes_out = self.retransmits_asked = 0
+        self.frames_out = 0
+        """GATT writes made, of every kind."""
         self._closing = False
         self._welcome: asyncio.Future[gatt.Welcome] | None = None
         self._ready = asyncio.Event()
@@ -200,7 +202,8 @@ class GlassesLink:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.client is not None:
             with contextlib.suppress(BleakError, OSError, TimeoutError):
-                await self.client.disconnect()
+                async with asyncio.timeout(self.hello_timeout):
+                    await self.client.disconnect()
         self._events.close()
         self._audio.close()
 
@@ -375,13 +378,13 @@ class GlassesLink:
             log.warning("glasses %s: dropped a frame on %s: %s", self.address, uuid, exc)
 
     def _on_event(self, event: gatt.Welcome | gatt.Shown | gatt.Input | gatt.Battery | gatt.DeviceFault) -> None:
-        waiting = self._welcome is not None and not self._welcome.done()
+        waiting = self._welcome if self._welcome is not None and not self._welcome.done() else None
         if isinstance(event, gatt.Welcome):
-            if waiting:
-                self._welcome.set_result(event)  # type: ignore[union-attr]
+            if waiting is not None:
+                waiting.set_result(event)
             return
-        if waiting and isinstance(event, gatt.DeviceFault) and event.code == ErrorCode.UNSUPPORTED_VERSION:
-            self._welcome.set_exception(FrameError(event.text, ErrorCode.UNSUPPORTED_VERSION))  # type: ignore[union-attr]
+        if waiting is not None and isinstance(event, gatt.DeviceFault) and event.code == ErrorCode.UNSUPPORTED_VERSION:
+            waiting.set_exception(FrameError(event.text, ErrorCode.UNSUPPORTED_VERSION))
         if isinstance(event, gatt.Shown) and event.digest in self._shown:
             future = self._shown[event.digest]
             if not future.done():
@@ -432,6 +435,7 @@ class GlassesLink:
         for frame in frames:
             await self.client.write_gatt_char(uuid, frame, response=True)
             self.bytes_out += len(frame)
+            self.frames_out += 1
 
     async def _writer(self) -> None:
         """Writes go out in order, one at a time; a write while the link is down is lost (the
@@ -444,8 +448,12 @@ class GlassesLink:
             try:
                 await client.write_gatt_char(uuid, frame, response=response)
                 self.bytes_out += len(frame)
+                self.frames_out += 1
             except (BleakError, OSError, TimeoutError) as exc:
                 log.debug("glasses %s: a write was lost: %s", self.address, exc)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # the BLE stack swallowed our cancellation
+                raise asyncio.CancelledError
 
     async def _health(self) -> None:
         last = self.bytes_in

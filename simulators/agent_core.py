@@ -6,10 +6,17 @@ It stands in for the real shopping agent; the SDK reaches it only through the bu
 
 from __future__ import annotations
 
+import re
+
+from device_sdk.errors import AgentError, ErrorCode
+from device_sdk.images import ImageStore
 from device_sdk.messages import AgentRequest, CheckoutProposal, ProposalLine, new_id, now
 
 from .catalog import MARKETPLACE, Catalog, demo_catalog
 from .command_parser import CommandParser
+from .photos import read_tag
+
+_DEICTIC = re.compile(r"\b(?:of )?(?:these|this|those|that|them|it)\b", re.IGNORECASE)
 
 __all__ = ["MARKETPLACE", "CatalogAgent"]
 
@@ -17,11 +24,13 @@ __all__ = ["MARKETPLACE", "CatalogAgent"]
 class CatalogAgent:
     """Proposes a cart from a catalog for each request; one seller is also the payee, else the marketplace."""
 
-    def __init__(self, catalog: Catalog | None = None) -> None:
+    def __init__(self, catalog: Catalog | None = None, *, images: ImageStore | None = None) -> None:
         self.catalog = catalog or demo_catalog()
         self.parser = CommandParser(self.catalog)
+        self.images = images
 
     async def propose(self, request: AgentRequest) -> CheckoutProposal:
+        text = await self._looked_at(request) if request.image_ref else request.text
         lines = [
             ProposalLine(
                 sku=parsed.product.sku,
@@ -33,7 +42,7 @@ class CatalogAgent:
                 seller=self.catalog.merchant(parsed.product.merchant_id),
                 category=parsed.product.category,
             )
-            for parsed in self.parser.parse(request.text)
+            for parsed in self.parser.parse(text)
         ]
         return CheckoutProposal(
             checkout_id=new_id("co"),
@@ -46,3 +55,17 @@ class CatalogAgent:
             total_minor=sum(line.line_total_minor for line in lines),
             created_at=now(),
         )
+
+    async def _looked_at(self, request: AgentRequest) -> str:
+        """The request with "this" or "these" replaced by the product in the picture. The stand-in
+        for vision: the simulator's photos carry their SKU in a tag strip (`photos.read_tag`)."""
+        jpeg = await self.images.wait(request.image_ref, 5.0) if self.images and request.image_ref else None
+        if jpeg is None:
+            raise AgentError(f"the image {request.image_ref} never arrived", ErrorCode.NOT_UNDERSTOOD)
+        sku = read_tag(jpeg)
+        product = self.catalog.product(sku) if sku else None
+        if product is None:
+            raise AgentError("nothing I know is in that picture", ErrorCode.ITEM_NOT_FOUND)
+        name = product.aliases[0] if product.aliases else product.name.split(",")[0]
+        text, replaced = _DEICTIC.subn(name, request.text, count=1)
+        return text if replaced else request.text  # the words name the product themselves

@@ -69,6 +69,10 @@ class SimulatedGlasses:
         """The card on the lens (None: blank)."""
         self.screen: Image.Image = Image.new("RGB", LENS_SIZE, "black")
         self.photos_sent: list[bytes] = []
+        self.frames_sent = 0
+        """Notifications sent, of every kind."""
+        self.camera_frames_last = 0
+        """Camera frames the last photo took, resends included."""
         self.connections = 0
         self.mic_open = False
         self._device: Device | None = None
@@ -83,6 +87,8 @@ class SimulatedGlasses:
         self._mic_offset = 0
         self._mic: asyncio.Queue[bytes] = asyncio.Queue()
         self._welcomed = asyncio.Event()
+        self._mic_opened = asyncio.Event()
+        self._card = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
 
     # lifecycle -----------------------------------------------------------------------------
@@ -159,15 +165,29 @@ class SimulatedGlasses:
 
     async def gesture(self, gesture: gatt.Gesture) -> None:
         """The wearer taps, double-taps, swipes or nods: an input event with the card on the lens."""
-        await self._event(gatt.Input(gesture=gesture, digest=self.shown))
+        self._event(gatt.Input(gesture=gesture, digest=self.shown))
 
     def hear(self, pcm: bytes) -> None:
         """Queue what the microphone hears (16 kHz s16le mono); it streams while the mic is open."""
         self._mic.put_nowait(pcm)
 
+    async def speak(self, pcm: bytes, timeout: float = 10.0) -> None:
+        """The wearer speaks once the gateway opens the microphone (a second of silence after)."""
+        async with asyncio.timeout(timeout):
+            await self._mic_opened.wait()
+        self.hear(pcm + bytes(2 * gatt.AUDIO_RATE))
+
+    async def wait_card(self, timeout: float = 10.0) -> str:
+        """The digest of the next card the lens shows."""
+        self._card.clear()
+        async with asyncio.timeout(timeout):
+            await self._card.wait()
+        assert self.shown is not None
+        return self.shown
+
     async def set_battery(self, level: int) -> None:
         self.battery = level
-        await self._event(gatt.Battery(level=level))
+        self._event(gatt.Battery(level=level))
 
     def drop_link_after(self, camera_frames: int) -> None:
         """Cut the link once this many camera frames of the next photo have gone out."""
@@ -192,13 +212,13 @@ class SimulatedGlasses:
                 raise FrameError(f"a {message.type.name} message on the control characteristic")
         except FrameError as exc:
             log.warning("glasses: refused a control frame: %s", exc)
-            self._spawn(self._event(gatt.DeviceFault(code=exc.code, text=exc.text)))
+            self._event(gatt.DeviceFault(code=exc.code, text=exc.text))
 
     def _command(self, command: gatt.Hello | gatt.Capture | gatt.Mic | gatt.Clear) -> None:
         if isinstance(command, gatt.Hello):
             version = gatt.choose_version(command.versions) if set(command.versions) & set(self.versions) else None
             if version is None:
-                self._spawn(self._event(gatt.DeviceFault(code="unsupported_version", text=f"I speak {self.versions}")))
+                self._event(gatt.DeviceFault(code="unsupported_version", text=f"I speak {self.versions}"))
                 return
             own = self.own.model_copy(update={"att_payload": min(self.own.att_payload, self._att_mtu() - 3)})
             limits = self.limits = own.common(command.limits)
@@ -215,11 +235,14 @@ class SimulatedGlasses:
             self.mic_open = command.on
             if command.on:
                 self._mic_offset = 0
+                self._mic_opened.set()
+            else:
+                self._mic_opened.clear()
         else:
             self._show(None)
 
     async def _welcome(self, welcome: gatt.Welcome) -> None:
-        await self._event(welcome)
+        self._event(welcome)
         self._welcomed.set()
         sender = self._camera
         if sender is not None and not sender.done:
@@ -249,10 +272,11 @@ class SimulatedGlasses:
         try:
             self.screen = render_card(message.payload.decode(), LENS_SIZE)
         except (UnicodeDecodeError, ValueError) as exc:
-            self._spawn(self._event(gatt.DeviceFault(code="bad_message", text=f"cannot draw that card: {exc}")))
+            self._event(gatt.DeviceFault(code="bad_message", text=f"cannot draw that card: {exc}"))
             return
         self.shown = display_digest(message.payload.decode())
-        self._spawn(self._event(gatt.Shown(digest=self.shown)))
+        self._card.set()
+        self._event(gatt.Shown(digest=self.shown))
 
     # glasses -> gateway ----------------------------------------------------------------------
 
@@ -265,7 +289,7 @@ class SimulatedGlasses:
         sender = self._camera
         if sender is None or sender.att_payload != self.limits.att_payload:
             sender = self._camera = Sender(self.limits.att_payload, window=self.limits.window)
-        self._camera_progress = 0
+        self._camera_progress = self.camera_frames_last = 0
         self._notify_all(gatt.CAMERA_UUID, sender.send(MessageType.IMAGE, jpeg))
         self._spawn(self._watch_camera(sender))
 
@@ -302,7 +326,7 @@ class SimulatedGlasses:
                     await asyncio.sleep(0)
                 self._mic_offset += len(block) // 2
 
-    async def _event(self, event: Any) -> None:
+    def _event(self, event: Any) -> None:
         self._notify_message(gatt.EVENTS_UUID, MessageType.EVENT, event.encode(), hello=isinstance(event, gatt.Welcome))
 
     def _notify_message(self, uuid: str, type: MessageType, payload: bytes, *, hello: bool = False) -> None:
@@ -335,6 +359,9 @@ class SimulatedGlasses:
                 self._drop_after -= 1
             with contextlib.suppress(Exception):  # the link went down under us: the frame is lost
                 await device.notify_subscriber(connection, characteristic, frame)
+                self.frames_sent += 1
+                if characteristic is self._chars[gatt.CAMERA_UUID]:
+                    self.camera_frames_last += 1
 
     def _att_mtu(self) -> int:
         return self._connection.att_mtu if self._connection is not None else 23

@@ -20,6 +20,7 @@ from device_sdk.device import DeviceClient
 from device_sdk.embedded_broker import EmbeddedBroker
 from device_sdk.errors import OUTCOME_OF
 from device_sdk.gateway import Gateway
+from device_sdk.images import ImageStore
 from device_sdk.keys import SigningKey
 from device_sdk.messages import Outcome
 from device_sdk.mqtt import BrokerUrl, MqttBus
@@ -123,7 +124,8 @@ class ShopBackend:
         self.url = url
         self.topics = topics or Topics()
         self.catalog = demo_catalog()
-        self.agent = agent or CatalogAgent(self.catalog)
+        self.images = ImageStore()
+        self.agent = agent or CatalogAgent(self.catalog, images=self.images)
         self._gateway_args: dict[str, Any] = {
             "topics": self.topics,
             "gateway_id": gateway_id,
@@ -151,7 +153,9 @@ class ShopBackend:
             self.checkout = self._make_checkout(self.verifier)
             self.gateway = Gateway(self.url, self.checkout, audit=self.audit, **self._gateway_args)
             agent_bus = await stack.enter_async_context(MqttBus(self.url, f"agent-{self.gateway.gateway_id}"))
-            self.worker = AgentWorker(agent_bus, self.agent, topics=self.topics, shared=self._shared)
+            self.worker = AgentWorker(
+                agent_bus, self.agent, topics=self.topics, shared=self._shared, images=self.images
+            )
             await stack.enter_async_context(self.worker)
             await stack.enter_async_context(self.gateway)
         except BaseException:

@@ -1,0 +1,132 @@
+"""The glasses flow end to end with no hardware: simulated glasses on a virtual BLE link, driven
+through bleak, carried onto the bus by the glasses driver, in front of the shop backend.
+
+`device-sdk simulate glasses --say TEXT --tap confirm|cancel|none --png PATH [--voice] [--json]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from device_sdk.asr import AsrEngine, SphinxEngine
+from device_sdk.device import DeviceClient
+from device_sdk.embedded_broker import EmbeddedBroker
+from device_sdk.glasses import GlassesDriver, GlassesRun
+from device_sdk.messages import Capability, DeviceKind
+from device_sdk.mqtt import BrokerUrl
+from device_sdk.timeline import Step, Timeline
+from device_sdk.tts import synthesize, trim_silence
+from firmware_bridge import gatt
+from firmware_bridge.link import GlassesLink, find_glasses
+
+from .ble_radio import BumbleClient, BumbleScanner, VirtualRadio
+from .command_parser import CommandParser
+from .glasses import SimulatedGlasses
+from .photos import product_photo
+from .scenario import ShopBackend, timeline_settle
+
+Tap = Literal["confirm", "cancel", "none"]
+GLASSES_CAPABILITIES = (Capability.MIC, Capability.CAMERA, Capability.DISPLAY, Capability.TOUCH)
+
+
+@dataclass
+class GlassesDemo:
+    run: GlassesRun
+    steps: list[Step] = field(default_factory=list)
+    orders: int = 0
+    photo_bytes: int = 0
+    png: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        run = self.run
+        return {
+            "said": run.said,
+            "heard": run.heard,
+            "image_ref": run.image_ref,
+            "photo_bytes": self.photo_bytes,
+            "card": run.card.text if run.card else None,
+            "card_digest": run.card.digest if run.card else None,
+            "gesture": run.gesture.value if run.gesture else None,
+            "decision": run.decision.value if run.decision else None,
+            "outcome": run.result.outcome.value if run.result else (run.error.code.value if run.error else None),
+            "order_id": run.result.order_id if run.result else None,
+            "orders": self.orders,
+            "png": self.png,
+            "steps": [step.as_dict() for step in self.steps],
+        }
+
+
+async def run_glasses(
+    say: str = "buy two of these",
+    *,
+    tap: Tap = "confirm",
+    png: str | Path | None = None,
+    voice: bool = False,
+    engine: AsrEngine | None = None,
+    broker: str | None = None,
+    sku: str = "bat-aa-4",
+    device_id: str = "glasses-1",
+    decision_timeout: float = 5.0,
+) -> GlassesDemo:
+    """The wearer looks at `sku`, says `say` (typed, or spoken through the glasses' microphone with
+    `voice`), and answers the card on the lens with `tap`; the lens is saved to `png`."""
+    async with contextlib.AsyncExitStack() as stack:
+        if broker is None:
+            url, shared = (await stack.enter_async_context(EmbeddedBroker())).url, False
+        else:
+            url, shared = BrokerUrl.parse(broker), None
+        timeline = await stack.enter_async_context(Timeline(url))
+        backend = await stack.enter_async_context(ShopBackend(url, shared=shared))
+        product = backend.catalog.product(sku)
+        if product is None:
+            raise ValueError(f"no product {sku!r} in the catalog")
+        key = await asyncio.to_thread(backend.provision, device_id)
+        radio = VirtualRadio()
+        photo = product_photo(product.sku, product.name)
+        glasses = await stack.enter_async_context(SimulatedGlasses(radio, device_id=device_id, photo=lambda: photo))
+        central = await radio.central()
+        found = await find_glasses(name=glasses.name, timeout=5.0, backend=BumbleScanner, central=central)
+        if not found:
+            raise RuntimeError("the simulated glasses were not heard advertising")
+        link = await stack.enter_async_context(GlassesLink(found[0].device, backend=BumbleClient, rssi=found[0].rssi))
+        device = await stack.enter_async_context(
+            DeviceClient(url, device_id, kind=DeviceKind.GLASSES, capabilities=GLASSES_CAPABILITIES, key=key)
+        )
+        driver = GlassesDriver(link, device, decision_timeout=decision_timeout)
+        wearer = asyncio.create_task(_wearer(glasses, tap, Path(png) if png else None))
+        text: str | None = say
+        asr: AsrEngine | None = None
+        if voice:
+            asr = engine if engine is not None else await asyncio.to_thread(SphinxEngine)
+            speech = trim_silence(await asyncio.to_thread(synthesize, say))
+            speaking = asyncio.create_task(glasses.speak(speech))
+            text = None
+        try:
+            vocabulary = CommandParser(backend.catalog).vocabulary()
+            run = await driver.run(text, engine=asr, vocabulary=vocabulary)
+            run.said = say
+        finally:
+            if voice:
+                speaking.cancel()
+            wearer.cancel()
+            await asyncio.gather(wearer, return_exceptions=True)
+        await timeline_settle(timeline)
+        return GlassesDemo(
+            run, list(timeline.steps), len(backend.checkout.orders), len(photo), str(png) if png else None
+        )
+
+
+async def _wearer(glasses: SimulatedGlasses, tap: Tap, png: Path | None) -> None:
+    """Reads the card on the lens, saves what it looks like, then taps, swipes or does nothing."""
+    await glasses.wait_card(timeout=60.0)
+    if png is not None:
+        png.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(glasses.screen.save, png)
+    if tap == "confirm":
+        await glasses.gesture(gatt.Gesture.TAP)
+    elif tap == "cancel":
+        await glasses.gesture(gatt.Gesture.SWIPE)
