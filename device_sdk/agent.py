@@ -84,6 +84,7 @@ class AgentWorker(Service):
         self._limit = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._images_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         if self.shared is None:
@@ -95,7 +96,7 @@ class AgentWorker(Service):
         self._loop_task = asyncio.create_task(self._serve(sub))
         if self.images is not None:
             pictures = await self.bus.subscribe(self.topics.all_devices("image"))
-            self._tasks.add(asyncio.create_task(self._keep_images(pictures, self.images)))
+            self._images_task = asyncio.create_task(self._keep_images(pictures, self.images))
 
     async def _keep_images(self, sub: Any, images: ImageStore) -> None:
         async for received in sub:
@@ -105,7 +106,7 @@ class AgentWorker(Service):
                 log.warning("an image on %s refused: %s", received.topic, exc)
 
     async def stop(self) -> None:
-        tasks = [t for t in (self._loop_task, *self._tasks) if t is not None]
+        tasks = [t for t in (self._loop_task, self._images_task, *self._tasks) if t is not None]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

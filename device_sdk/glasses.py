@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from dataclasses import dataclass
 
 from firmware_bridge import gatt
@@ -52,16 +53,7 @@ class GlassesRun:
 
 def glasses_vocabulary(vocabulary: Vocabulary) -> Vocabulary:
     """A command vocabulary that also takes "buy two of these" for the product in view."""
-    extra = tuple((name, None) for name in DEICTIC_NAMES)
-    return Vocabulary(
-        products=vocabulary.products + extra,
-        leads=vocabulary.leads,
-        verbs=vocabulary.verbs,
-        trails=vocabulary.trails,
-        connectors=vocabulary.connectors,
-        max_items=vocabulary.max_items,
-        max_quantity=vocabulary.max_quantity,
-    )
+    return dataclasses.replace(vocabulary, products=vocabulary.products + tuple((n, None) for n in DEICTIC_NAMES))
 
 
 class GlassesDriver:

@@ -192,11 +192,11 @@ def hello_reassembler() -> Reassembler:
     return Reassembler(HELLO_ATT_PAYLOAD, max_message=MAX_CONTROL)
 
 
-def choose_version(offered: list[int]) -> int:
+def choose_version(offered: list[int], spoken: tuple[int, ...] = SUPPORTED_VERSIONS) -> int:
     """The highest version both speak, or `FrameError(unsupported_version)`."""
-    common = set(offered) & set(SUPPORTED_VERSIONS)
+    common = set(offered) & set(spoken)
     if not common:
-        raise FrameError(f"no common protocol version: offered {offered}, spoken {list(SUPPORTED_VERSIONS)}",
+        raise FrameError(f"no common protocol version: offered {offered}, spoken {list(spoken)}",
                          ErrorCode.UNSUPPORTED_VERSION)  # fmt: skip
     return max(common)
 

@@ -398,6 +398,8 @@ class GlassesLink:
         message, ack = camera.feed(frame, now)
         if ack is not None:
             self._ack_camera(ack)
+        if message is not None and message.type is not MessageType.IMAGE:
+            raise FrameError(f"a {message.type.name} message on the camera characteristic", ErrorCode.UNKNOWN_TYPE)
         if message is not None and self._photo is not None and not self._photo.done():
             self._photo.set_result(message.payload)
 

@@ -23,12 +23,14 @@ from .ble_radio import BumbleClient, BumbleScanner, VirtualRadio
 from .glasses import SimulatedGlasses
 from .photos import product_photo
 
-BENCH_PHOTO = {"size": (1280, 960), "quality": 88}
+BENCH_SIZE, BENCH_QUALITY = (1280, 960), 88
 """A product photo of about 100 KB."""
 
 
 async def run_bench_ble(repeats: int = 5, mtu: int = 247) -> dict[str, Any]:
-    photo = await asyncio.to_thread(product_photo, "bat-aa-4", "AA batteries, pack of 4", **BENCH_PHOTO)  # type: ignore[arg-type]
+    photo = await asyncio.to_thread(
+        lambda: product_photo("bat-aa-4", "AA batteries, pack of 4", size=BENCH_SIZE, quality=BENCH_QUALITY)
+    )
     radio = VirtualRadio()
     async with SimulatedGlasses(radio, photo=lambda: photo) as glasses:
         central = await radio.central()

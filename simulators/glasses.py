@@ -216,10 +216,7 @@ class SimulatedGlasses:
 
     def _command(self, command: gatt.Hello | gatt.Capture | gatt.Mic | gatt.Clear) -> None:
         if isinstance(command, gatt.Hello):
-            version = gatt.choose_version(command.versions) if set(command.versions) & set(self.versions) else None
-            if version is None:
-                self._event(gatt.DeviceFault(code="unsupported_version", text=f"I speak {self.versions}"))
-                return
+            version = gatt.choose_version(command.versions, self.versions)  # else an error event says why
             own = self.own.model_copy(update={"att_payload": min(self.own.att_payload, self._att_mtu() - 3)})
             limits = self.limits = own.common(command.limits)
             self._control = Reassembler(limits.att_payload, max_message=gatt.MAX_CONTROL)
@@ -262,7 +259,7 @@ class SimulatedGlasses:
             return
         if ack is not None:
             self._notify_message(gatt.EVENTS_UUID, MessageType.ACK, ack.encode())
-        if message is not None:
+        if message is not None and message.type is MessageType.DISPLAY:
             self._show(message)
 
     def _show(self, message: Message | None) -> None:
