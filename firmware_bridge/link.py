@@ -163,7 +163,6 @@ class GlassesLink:
         self._photo: asyncio.Future[bytes] | None = None
         self._display: Sender | None = None
         self._display_progress = 0
-        self._display_sent = 0
         self._shown: dict[str, asyncio.Future[None]] = {}
         self._control_seq = -1
         self._writes: asyncio.Queue[tuple[str, bytes, bool]] = asyncio.Queue()
@@ -230,12 +229,16 @@ class GlassesLink:
         hello = gatt.Hello(versions=list(gatt.SUPPORTED_VERSIONS), limits=offer)
         await self._write_now(gatt.CONTROL_UUID, self._control(hello.encode(), gatt.HELLO_ATT_PAYLOAD))
         try:
-            async with asyncio.timeout(self.hello_timeout):
-                welcome = await self._welcome
-        except TimeoutError:
-            await client.disconnect()
-            raise RequestTimeout(f"{self.address} did not answer hello within {self.hello_timeout} s") from None
-        self._agree(welcome)
+            try:
+                async with asyncio.timeout(self.hello_timeout):
+                    welcome = await self._welcome
+            except TimeoutError:
+                raise RequestTimeout(f"{self.address} did not answer hello within {self.hello_timeout} s") from None
+            self._agree(welcome)
+        except BaseException:  # no session agreed: leave no half-open connection behind
+            with contextlib.suppress(BleakError, OSError, TimeoutError):
+                await client.disconnect()
+            raise
         self._ready.set()
         self._events.put(Connected(self.address, welcome.version, welcome.limits, reconnect))
         if self._camera is not None and self._camera.reassembler.progress() is not None:
