@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from firmware_bridge import gatt
@@ -30,6 +31,8 @@ from .lens import LensCard
 from .messages import Decision, Modality, OrderResult
 from .voice import Listener
 
+DEFAULT_ASK = "buy this"
+"""What a session asks for when the driver has no recogniser: one of what the photo shows."""
 DEICTIC_NAMES = ("these", "of these", "this", "this one", "those", "of those", "that", "that one")
 """What a wearer calls the thing they look at; the agent resolves it from the photo."""
 
@@ -110,6 +113,16 @@ class GlassesDriver:
         except TimeoutError:
             pass
         return None
+
+    async def sessions(
+        self, *, engine: AsrEngine | None = None, vocabulary: Vocabulary | None = None, ask: str = DEFAULT_ASK
+    ) -> AsyncIterator[GlassesRun]:
+        """A session each time the wearer taps or nods on a blank lens, until the link closes: a
+        photo, the words (heard through the microphone with `engine`, else `ask`), the card, the
+        gesture, the outcome."""
+        async for event in self.link.events():
+            if isinstance(event, gatt.Input) and event.digest is None and event.gesture in gatt.CONFIRM_GESTURES:
+                yield await self.run(None if engine is not None else ask, engine=engine, vocabulary=vocabulary)
 
     async def run(
         self,

@@ -97,7 +97,7 @@ async def run_glasses(
             DeviceClient(url, device_id, kind=DeviceKind.GLASSES, capabilities=GLASSES_CAPABILITIES, key=key)
         )
         driver = GlassesDriver(link, device, decision_timeout=decision_timeout)
-        wearer = asyncio.create_task(_wearer(glasses, tap, Path(png) if png else None))
+        wearer = asyncio.create_task(answer_card(glasses, tap, Path(png) if png else None))
         text: str | None = say
         asr: AsrEngine | None = None
         if voice:
@@ -120,7 +120,7 @@ async def run_glasses(
         )
 
 
-async def _wearer(glasses: SimulatedGlasses, tap: Tap, png: Path | None) -> None:
+async def answer_card(glasses: SimulatedGlasses, tap: Tap, png: Path | None = None) -> None:
     """Reads the card on the lens, saves what it looks like, then taps, swipes or does nothing."""
     await glasses.wait_card(timeout=60.0)
     if png is not None:

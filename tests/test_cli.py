@@ -135,3 +135,21 @@ def test_keys_create_refuses_an_id_that_is_not_topic_safe(state: Path) -> None:
     done = cli("keys", "create", "../escape")
     assert done.returncode == 2 and "device id" in done.stderr
     assert not (state / "escape.pem").exists() and not (state / "keys").exists()
+
+
+def test_simulate_glasses_saves_the_lens_and_exits_by_the_outcome(tmp_path: Path) -> None:
+    png = tmp_path / "lens.png"
+    done = cli("simulate", "glasses", "--tap", "confirm", "--png", str(png), "--json")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["outcome"] == "ordered" and out["gesture"] == "tap" and png.stat().st_size > 1000
+    cancelled = cli("simulate", "glasses", "--tap", "cancel", "--json")
+    assert cancelled.returncode == 0 and json.loads(cancelled.stdout)["orders"] == 0
+
+
+def test_bench_ble_prints_its_figures() -> None:
+    done = cli("bench", "ble", "--repeats", "1", "--json")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["att_mtu"] == 247 and out["min_att_packets"] == -(-out["bytes"] // 244)
+    assert out["efficiency"] >= 0.99 and out["att_packets"] < out["all_att_packets"]

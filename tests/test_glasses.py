@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
 
 from device_sdk.errors import BusError, ErrorCode, FrameError
 from device_sdk.glasses import GlassesDriver
+from device_sdk.keys import SigningKey
 from device_sdk.lens import LENS_SIZE, LensCard
 from device_sdk.mandate import unverified_claims
 from device_sdk.messages import Decision, Modality, Outcome
@@ -24,6 +29,7 @@ from simulators.ble_radio import BumbleClient, BumbleScanner, VirtualRadio
 from simulators.glasses import SimulatedGlasses
 from simulators.glasses_demo import run_glasses
 from simulators.photos import product_photo, read_tag
+from simulators.scenario import ShopBackend
 
 pytestmark = pytest.mark.timeout(60)
 PHOTO = product_photo("bat-aa-4", "AA batteries, pack of 4")
@@ -190,3 +196,45 @@ def test_card_png_is_the_lens_size() -> None:
     card = LensCard("Confirm order\nTap to confirm, swipe to cancel")
     with Image.open(io.BytesIO(card.png())) as image:
         assert image.size == LENS_SIZE and image.format == "PNG"
+
+
+async def _bridge(url: str, key_file: str, *extra: str) -> tuple[int, list[dict[str, object]], str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "firmware_bridge", "run", "--simulated", "--broker", url, "--key", key_file,
+        "--sessions", "1", "--json", *extra,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 90)
+    assert process.returncode is not None
+    return process.returncode, [json.loads(line) for line in out.decode().splitlines()], err.decode()
+
+
+@pytest.mark.timeout(120)
+async def test_firmware_bridge_process_carries_the_glasses_onto_mosquitto(mosquitto: Any, tmp_path: Path) -> None:
+    """`firmware-bridge run --simulated` as its own process, on a real Mosquitto, in front of the shop:
+    the wearer taps the blank lens, the bridge asks for one of what the photo shows, the wearer taps
+    the card, the order is placed with a lens_tap mandate by the glasses' own key."""
+    key = SigningKey.generate()
+    key.save(tmp_path / "glasses.key")
+    async with ShopBackend(mosquitto.url, shared=None) as shop:
+        shop.enroll("glasses-1", key)
+        code, sessions, err = await _bridge(str(mosquitto.url), str(tmp_path / "glasses.key"))
+        assert code == 0, err
+        assert [s["outcome"] for s in sessions] == ["ordered"] and sessions[0]["gesture"] == "tap"
+        assert len(shop.checkout.orders) == 1
+        last = shop.verifier.last
+        assert last is not None and (last.device_id, last.modality) == ("glasses-1", "lens_tap")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(not espeak_available(), reason="needs espeak-ng (./dev test installs it)")
+async def test_bridge_hears_the_wearer_through_the_glasses_microphone(mosquitto: Any, tmp_path: Path) -> None:
+    key = SigningKey.generate()
+    key.save(tmp_path / "glasses.key")
+    async with ShopBackend(mosquitto.url, shared=None) as shop:
+        shop.enroll("glasses-1", key)
+        said = "buy two packs of double a batteries"
+        code, sessions, err = await _bridge(str(mosquitto.url), str(tmp_path / "glasses.key"), "--say", said)
+        assert code == 0, err
+        assert sessions[0]["heard"] == said and sessions[0]["outcome"] == "ordered"
+        assert [order.total_minor for order in shop.checkout.orders] == [2 * 1290]  # two packs, 12.90 each

@@ -1,0 +1,180 @@
+"""`firmware-bridge run`: one pair of glasses on a BLE link, carried onto the MQTT device protocol, so
+the gateway treats them like any other device.
+
+    firmware-bridge run --ble AA:BB:CC:DD:EE:FF --broker mqtt://127.0.0.1:1883
+    firmware-bridge run --name Lens-01 --broker mqtt://127.0.0.1:1883 --asr sphinx
+    firmware-bridge run --simulated --broker mqtt://127.0.0.1:1883 --sessions 1 --json
+
+A tap or a nod on a blank lens starts a session (`GlassesDriver.sessions`): a photo, the words (heard
+through the glasses' microphone with `--asr sphinx`, else "buy this": one of what the photo shows),
+the card on the lens, the wearer's gesture, the order. The device's signing key is read from
+`--key` (default: the state directory, where `device-sdk keys create DEVICE_ID` puts it).
+
+`--simulated` runs simulated glasses on a virtual link in this process, driven through bleak as
+real ones are, with a simulated wearer who taps the blank lens (saying `--say` into the microphone,
+if given) and answers each card with `--tap`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from device_sdk.asr import AsrEngine
+from device_sdk.device import DeviceClient
+from device_sdk.errors import ConfigError, DeviceSdkError
+from device_sdk.glasses import GlassesDriver, GlassesRun
+from device_sdk.keys import SigningKey
+from device_sdk.messages import Capability, DeviceKind
+from device_sdk.mqtt import BrokerUrl
+from device_sdk.state import default_key_file
+from device_sdk.topics import check_id
+
+from . import gatt
+from .link import GlassesLink, find_glasses
+
+GLASSES_CAPABILITIES = (Capability.MIC, Capability.CAMERA, Capability.DISPLAY, Capability.TOUCH)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="firmware-bridge", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="carry one pair of glasses onto the bus")
+    where = run.add_mutually_exclusive_group(required=True)
+    where.add_argument("--ble", metavar="ADDRESS", help="the glasses' Bluetooth address")
+    where.add_argument("--name", help="scan for glasses advertising this name (strongest signal first)")
+    where.add_argument("--simulated", action="store_true", help="simulated glasses on a virtual link")
+    run.add_argument("--broker", required=True, help="MQTT broker URL, e.g. mqtt://127.0.0.1:1883")
+    run.add_argument("--device-id", default="glasses-1", help="the glasses' device id on the bus")
+    run.add_argument("--key", type=Path, default=None, help="the device's signing key file")
+    run.add_argument("--asr", choices=["none", "sphinx"], default="none", help="hear the wearer (default: none)")
+    run.add_argument("--sessions", type=int, default=0, help="stop after this many sessions (default: never)")
+    run.add_argument("--scan-timeout", type=float, default=10.0, help="seconds to look for the glasses")
+    run.add_argument("--say", default=None, help="--simulated: what the wearer says (implies --asr sphinx)")
+    run.add_argument("--tap", choices=["confirm", "cancel", "none"], default="confirm", help="--simulated: answer")
+    run.add_argument("--json", action="store_true", help="one JSON object per session")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    if args.say is not None and not args.simulated:
+        raise ConfigError("--say is for --simulated glasses: a real wearer speaks for themselves")
+    return asyncio.run(_run(args))
+
+
+async def _run(args: argparse.Namespace) -> int:
+    device_id = check_id(args.device_id, "device id")
+    key_file = args.key or default_key_file(device_id)
+    if not key_file.exists():
+        raise ConfigError(f"no key file {key_file}: run `device-sdk keys create {device_id}` first")
+    key = SigningKey.load(key_file)
+    engine: AsrEngine | None = None
+    vocabulary = None
+    if args.asr == "sphinx" or args.say is not None:
+        from device_sdk.asr import SphinxEngine
+        from simulators.catalog import demo_catalog
+        from simulators.command_parser import CommandParser
+
+        engine = await asyncio.to_thread(SphinxEngine)
+        vocabulary = CommandParser(demo_catalog()).vocabulary()  # the reference agent's words
+    done = 0
+    async with contextlib.AsyncExitStack() as stack:
+        link = await stack.enter_async_context(await _link(args, stack))
+        device = await stack.enter_async_context(
+            DeviceClient(
+                BrokerUrl.parse(args.broker), device_id, kind=DeviceKind.GLASSES,
+                capabilities=GLASSES_CAPABILITIES, firmware=await link.read_firmware(), key=key,
+            )
+        )  # fmt: skip
+        driver = GlassesDriver(link, device)
+        print(f"firmware-bridge: {link.address} is {device_id} on {args.broker}", file=sys.stderr)
+        async for session in driver.sessions(engine=engine, vocabulary=vocabulary):
+            _report(session, args.json)
+            done += 1
+            if done == args.sessions:
+                break
+    return 0
+
+
+async def _link(args: argparse.Namespace, stack: contextlib.AsyncExitStack) -> GlassesLink:
+    if args.ble:
+        return GlassesLink(args.ble)
+    if args.name:
+        found = await find_glasses(name=args.name, timeout=args.scan_timeout)
+        if not found:
+            raise ConfigError(f"no glasses named {args.name!r} heard within {args.scan_timeout} s")
+        return GlassesLink(found[0].device, rssi=found[0].rssi)
+    from simulators.ble_radio import BumbleClient, BumbleScanner, VirtualRadio
+    from simulators.glasses import SimulatedGlasses
+
+    radio = VirtualRadio()
+    glasses = await stack.enter_async_context(SimulatedGlasses(radio, device_id=args.device_id))
+    central = await radio.central()
+    found = await find_glasses(name=glasses.name, timeout=args.scan_timeout, backend=BumbleScanner, central=central)
+    task = asyncio.create_task(_simulated_wearer(glasses, args.say, args.tap, args.sessions))
+    stack.push_async_callback(_cancel, task)
+    return GlassesLink(found[0].device, backend=BumbleClient, rssi=found[0].rssi)
+
+
+async def _simulated_wearer(glasses: Any, say: str | None, tap: Any, sessions: int) -> None:
+    """Taps the blank lens, speaks `say` if given, answers the card; once per session."""
+    from device_sdk.tts import synthesize, trim_silence
+    from simulators.glasses_demo import answer_card
+
+    speech = trim_silence(await asyncio.to_thread(synthesize, say)) if say else None
+    count = 0
+    while sessions == 0 or count < sessions:
+        await glasses.wait_welcomed(timeout=30.0)
+        answering = asyncio.create_task(answer_card(glasses, tap))
+        await asyncio.sleep(0.05)
+        await glasses.gesture(gatt.Gesture.TAP)
+        if speech is not None:
+            await glasses.speak(speech)
+        await answering
+        await asyncio.sleep(0.5)  # the outcome, then the lens is cleared
+        count += 1
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+def _report(session: GlassesRun, as_json: bool) -> None:
+    outcome = session.result.outcome.value if session.result else (session.error.code.value if session.error else None)
+    report = {
+        "heard": session.heard,
+        "image_ref": session.image_ref,
+        "card_digest": session.card.digest if session.card else None,
+        "gesture": session.gesture.value if session.gesture else None,
+        "decision": session.decision.value if session.decision else None,
+        "outcome": outcome,
+        "order_id": session.result.order_id if session.result else None,
+    }
+    if as_json:
+        print(json.dumps(report), flush=True)
+    else:
+        print(
+            f"session: {report['gesture'] or '-'} -> {outcome}"
+            + (f" ({report['order_id']})" if report["order_id"] else ""),
+            flush=True,
+        )
+
+
+def run() -> None:
+    """Console entry point: Ctrl-C ends quietly."""
+    try:
+        raise SystemExit(main())
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+    except DeviceSdkError as exc:
+        print(f"firmware-bridge: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
