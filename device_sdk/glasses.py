@@ -28,9 +28,11 @@ from .endpointing import EndpointConfig
 from .errors import ErrorCode, ProtocolError, RemoteError
 from .grammar import UNKNOWN, Vocabulary
 from .lens import LensCard
-from .messages import Decision, Modality, OrderResult
+from .messages import Capability, Decision, Modality, OrderResult
 from .voice import Listener
 
+CAPABILITIES = (Capability.MIC, Capability.CAMERA, Capability.DISPLAY, Capability.TOUCH)
+"""What a pair of glasses announces in its device status."""
 DEFAULT_ASK = "buy this"
 """What a session asks for when the driver has no recogniser: one of what the photo shows."""
 DEICTIC_NAMES = ("these", "of these", "this", "this one", "those", "of those", "that", "that one")

@@ -25,14 +25,14 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from device_sdk.asr import AsrEngine
 from device_sdk.device import DeviceClient
 from device_sdk.errors import ConfigError, DeviceSdkError
-from device_sdk.glasses import GlassesDriver, GlassesRun
+from device_sdk.glasses import CAPABILITIES, GlassesDriver, GlassesRun
 from device_sdk.keys import SigningKey
-from device_sdk.messages import Capability, DeviceKind
+from device_sdk.messages import DeviceKind
 from device_sdk.mqtt import BrokerUrl
 from device_sdk.state import default_key_file
 from device_sdk.topics import check_id
@@ -40,7 +40,9 @@ from device_sdk.topics import check_id
 from . import gatt
 from .link import GlassesLink, find_glasses
 
-GLASSES_CAPABILITIES = (Capability.MIC, Capability.CAMERA, Capability.DISPLAY, Capability.TOUCH)
+if TYPE_CHECKING:
+    from simulators.glasses import SimulatedGlasses
+    from simulators.glasses_demo import Tap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,7 +93,7 @@ async def _run(args: argparse.Namespace) -> int:
         device = await stack.enter_async_context(
             DeviceClient(
                 BrokerUrl.parse(args.broker), device_id, kind=DeviceKind.GLASSES,
-                capabilities=GLASSES_CAPABILITIES, firmware=await link.read_firmware(), key=key,
+                capabilities=CAPABILITIES, firmware=await link.read_firmware(), key=key,
             )
         )  # fmt: skip
         driver = GlassesDriver(link, device)
@@ -124,7 +126,7 @@ async def _link(args: argparse.Namespace, stack: contextlib.AsyncExitStack) -> G
     return GlassesLink(found[0].device, backend=BumbleClient, rssi=found[0].rssi)
 
 
-async def _simulated_wearer(glasses: Any, say: str | None, tap: Any, sessions: int) -> None:
+async def _simulated_wearer(glasses: SimulatedGlasses, say: str | None, tap: Tap, sessions: int) -> None:
     """Taps the blank lens, speaks `say` if given, answers the card; once per session."""
     from device_sdk.tts import synthesize, trim_silence
     from simulators.glasses_demo import answer_card

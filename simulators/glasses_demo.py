@@ -15,8 +15,8 @@ from typing import Any, Literal
 from device_sdk.asr import AsrEngine, SphinxEngine
 from device_sdk.device import DeviceClient
 from device_sdk.embedded_broker import EmbeddedBroker
-from device_sdk.glasses import GlassesDriver, GlassesRun
-from device_sdk.messages import Capability, DeviceKind
+from device_sdk.glasses import CAPABILITIES, GlassesDriver, GlassesRun
+from device_sdk.messages import DeviceKind
 from device_sdk.mqtt import BrokerUrl
 from device_sdk.timeline import Step, Timeline
 from device_sdk.tts import synthesize, trim_silence
@@ -30,7 +30,6 @@ from .photos import product_photo
 from .scenario import ShopBackend, timeline_settle
 
 Tap = Literal["confirm", "cancel", "none"]
-GLASSES_CAPABILITIES = (Capability.MIC, Capability.CAMERA, Capability.DISPLAY, Capability.TOUCH)
 
 
 @dataclass
@@ -94,7 +93,7 @@ async def run_glasses(
             raise RuntimeError("the simulated glasses were not heard advertising")
         link = await stack.enter_async_context(GlassesLink(found[0].device, backend=BumbleClient, rssi=found[0].rssi))
         device = await stack.enter_async_context(
-            DeviceClient(url, device_id, kind=DeviceKind.GLASSES, capabilities=GLASSES_CAPABILITIES, key=key)
+            DeviceClient(url, device_id, kind=DeviceKind.GLASSES, capabilities=CAPABILITIES, key=key)
         )
         driver = GlassesDriver(link, device, decision_timeout=decision_timeout)
         wearer = asyncio.create_task(answer_card(glasses, tap, Path(png) if png else None))

@@ -50,3 +50,29 @@ async def test_speaker_device_example_against_device_sdk_serve(
         finally:
             serve.terminate()
             await serve.wait()
+
+
+async def test_documented_glasses_bridge_against_device_sdk_serve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/ble.md, "The bridge as a process": keys create, serve, firmware-bridge run --simulated."""
+    monkeypatch.setenv("DEVICE_SDK_STATE", str(tmp_path))
+    made = await asyncio.create_subprocess_exec(sys.executable, "-m", "device_sdk.cli", "keys", "create", "glasses-1")
+    assert await made.wait() == 0
+    port = free_port()
+    serve = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "device_sdk.cli", "serve", "--port", str(port), stdout=subprocess.PIPE
+    )
+    try:
+        assert serve.stdout is not None
+        assert (await asyncio.wait_for(serve.stdout.readline(), 30)).startswith(b"serving devices on")
+        bridge = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "firmware_bridge", "run", "--simulated", "--broker", f"mqtt://127.0.0.1:{port}",
+            "--sessions", "1", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(bridge.communicate(), 90)
+        assert bridge.returncode == 0, err
+        assert b"session: tap -> ordered (ord_" in out
+    finally:
+        serve.terminate()
+        await serve.wait()
