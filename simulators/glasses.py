@@ -22,7 +22,7 @@ from bumble.profiles.battery_service import BatteryService
 from bumble.profiles.device_information_service import DeviceInformationService
 from PIL import Image
 
-from device_sdk.errors import FrameError
+from device_sdk.errors import ErrorCode, FrameError
 from device_sdk.lens import LENS_SIZE, render_card
 from device_sdk.readback import display_digest
 from firmware_bridge import gatt
@@ -154,6 +154,7 @@ class SimulatedGlasses:
         if self._connection is connection:
             self._connection = None
         self.mic_open = False
+        self._mic_opened.clear()
         while not self._out.empty():  # what was queued for the old connection is gone with it
             self._out.get_nowait()
 
@@ -209,7 +210,7 @@ class SimulatedGlasses:
             elif message.type is MessageType.CONTROL:
                 self._command(gatt.decode_control(message.payload))
             else:
-                raise FrameError(f"a {message.type.name} message on the control characteristic")
+                raise FrameError(f"a {message.type.name} message on the control characteristic", ErrorCode.UNKNOWN_TYPE)
         except FrameError as exc:
             log.warning("glasses: refused a control frame: %s", exc)
             self._event(gatt.DeviceFault(code=exc.code, text=exc.text))
