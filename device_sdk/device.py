@@ -32,6 +32,7 @@ from .messages import (
     ConfirmationResult,
     ControllerClaim,
     Decision,
+    DeviceInfo,
     DeviceKind,
     DeviceStatus,
     Error,
@@ -109,6 +110,7 @@ class DeviceClient(Service):
         kind: DeviceKind = DeviceKind.SPEAKER,
         capabilities: Sequence[Capability] = (Capability.MIC, Capability.AUDIO_OUT, Capability.TEXT),
         firmware: str | None = None,
+        room: str | None = None,
         topics: Topics | None = None,
         heartbeat: float = 2.0,
         pong_timeout: float = 5.0,
@@ -127,6 +129,10 @@ class DeviceClient(Service):
         self._status = DeviceStatus(
             device_id=device_id, online=True, kind=kind, capabilities=list(capabilities), firmware=firmware
         )
+        self.info = DeviceInfo(
+            device_id=device_id, kind=kind, capabilities=list(capabilities), firmware=firmware, room=room
+        )
+        """What the device is: retained on its info topic, and its zeroconf TXT record when advertised."""
         self._waiters: dict[str, list[_Waiter]] = {}
         self._events: DropOldest[Any] = DropOldest(1000)
         self._last_pong: float = 0.0
@@ -175,6 +181,7 @@ class DeviceClient(Service):
             await self._bus.close()
 
     async def _announce(self) -> None:
+        await self.bus.publish(self.topics.device_info(self.device_id), self.info.encode(), retain=True)
         await self.bus.publish(self.topics.device_status(self.device_id), self._status.encode(), retain=True)
 
     def _spawn(self, coro: Any) -> None:

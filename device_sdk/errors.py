@@ -78,6 +78,15 @@ class ErrorCode(StrEnum):
     BAD_CRC = "bad_crc"
     # camera images
     BAD_IMAGE = "bad_image"
+    # the broker: credentials and access control
+    NOT_AUTHORIZED = "not_authorized"
+    # phone OEM intents
+    UNKNOWN_ACTION = "unknown_action"
+    UNSIGNED = "unsigned"
+    STALE = "stale"
+    REPLAYED = "replayed"
+    # multi-device arbitration
+    NOT_CHOSEN = "not_chosen"
 
 
 OUTCOME_OF: dict[ErrorCode, str] = {
@@ -183,6 +192,13 @@ class VoiceError(DeviceSdkError):
     grammar the engine refused, no espeak-ng, a microphone that cannot be opened."""
 
     code = ErrorCode.ASR_FAILED
+
+
+class IntentError(DeviceSdkError, ValueError):
+    """A phone OEM intent that is refused: unknown action, unsigned, badly signed, by an unknown key,
+    stale, replayed, too large or malformed. Nothing was asked of the agent."""
+
+    code = ErrorCode.BAD_MESSAGE
 
 
 class FrameError(DeviceSdkError, ValueError):

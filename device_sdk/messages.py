@@ -140,6 +140,19 @@ class DeviceStatus(_Message):
     firmware: Annotated[str, Field(max_length=64)] | None = None
 
 
+class DeviceInfo(_Message):
+    """Retained on the device's info topic: what the device is, the same fields as its zeroconf TXT
+    record (`device_sdk.discovery`), so a client on the bus and one on the LAN see one description."""
+
+    type: Literal["device.info"] = "device.info"
+    device_id: Id
+    kind: DeviceKind = DeviceKind.OTHER
+    capabilities: list[Capability] = Field(default_factory=list, max_length=32)
+    protocol: int = Field(default=PROTOCOL_VERSION, ge=1, le=255, description="Highest protocol version spoken.")
+    firmware: Annotated[str, Field(max_length=64, pattern=r"^[\x21-\x7e]+$")] | None = None
+    room: Id | None = Field(default=None, description="Where the device is; wake words are arbitrated per room.")
+
+
 class GatewayStatus(_Message):
     """Retained on the gateway's status topic; the last will publishes it with online=false."""
 
@@ -178,6 +191,28 @@ class Transcript(_Message):
     text: Text
     final: bool
     confidence: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+class Wake(_Message):
+    """A device heard its wake word and asks to open `session_id`. When several devices of one room
+    hear it within the arbitration window, the gateway grants one (`wake.result`)."""
+
+    type: Literal["wake"] = "wake"
+    wake_id: Id
+    session_id: Id
+    confidence: float = Field(ge=0.0, le=1.0, description="The wake-word detector's confidence.")
+    energy_db: float = Field(ge=-120.0, le=0.0, description="Loudness of the wake word, dBFS (RMS).")
+
+
+class WakeResult(_Message):
+    """The arbitration's answer to a `wake`: granted, open the session; not granted, `winner` took
+    it and the device goes back to listening."""
+
+    type: Literal["wake.result"] = "wake.result"
+    wake_id: Id
+    session_id: Id
+    granted: bool
+    winner: Id = Field(description="The device whose wake opened the session.")
 
 
 class AudioFormat(_Model):
@@ -338,6 +373,23 @@ class OrderResult(_Message):
         return self
 
 
+class IntentResult(_Message):
+    """The intent bridge's answer to a phone OEM intent, on the OEM's reply topic (or as the body
+    of the local endpoint's response): how the intent ended, or why it was refused (`code`)."""
+
+    type: Literal["intent.result"] = "intent.result"
+    intent_id: Id | None = Field(default=None, description="None when the intent could not be read.")
+    outcome: Outcome | None = Field(default=None, description="The session's outcome; None when refused.")
+    order_id: Id | None = None
+    total_minor: Minor | None = None
+    currency: str | None = None
+    deep_link: Annotated[str, Field(max_length=2048)] | None = Field(
+        default=None, description="Set when the checkout was handed to the phone's app to confirm there."
+    )
+    code: ErrorCode | None = Field(default=None, description="Why the intent was refused or did not order.")
+    text: Text | None = None
+
+
 class Error(_Message):
     """A refusal or failure, answered to whoever sent the message it refers to."""
 
@@ -353,11 +405,14 @@ class Error(_Message):
 Message = Annotated[
     (
         DeviceStatus
+        | DeviceInfo
         | GatewayStatus
         | ControllerClaim
         | Ping
         | Pong
         | Transcript
+        | Wake
+        | WakeResult
         | AudioStart
         | AudioStop
         | AgentRequest
@@ -365,17 +420,21 @@ Message = Annotated[
         | ConfirmationRequest
         | ConfirmationResult
         | OrderResult
+        | IntentResult
         | Error
     ),
     Field(discriminator="type"),
 ]
 MESSAGE_TYPES: tuple[type[_Message], ...] = (
     DeviceStatus,
+    DeviceInfo,
     GatewayStatus,
     ControllerClaim,
     Ping,
     Pong,
     Transcript,
+    Wake,
+    WakeResult,
     AudioStart,
     AudioStop,
     AgentRequest,
@@ -383,6 +442,7 @@ MESSAGE_TYPES: tuple[type[_Message], ...] = (
     ConfirmationRequest,
     ConfirmationResult,
     OrderResult,
+    IntentResult,
     Error,
 )
 _ADAPTER: TypeAdapter[Message] = TypeAdapter(Message)

@@ -19,8 +19,11 @@ from .messages import (
     DeviceStatus,
     Error,
     GatewayStatus,
+    IntentResult,
     OrderResult,
     Transcript,
+    Wake,
+    WakeResult,
     decode,
 )
 from .mqtt import BrokerUrl, MqttBus, Received
@@ -71,6 +74,12 @@ def describe(message: Any) -> str:
         return f"controlled by {message.controller_id}"
     if isinstance(message, Transcript):
         return f"heard {message.text!r}" + ("" if message.final else " (partial)")
+    if isinstance(message, Wake):
+        return f"wake word, confidence {message.confidence:.2f}, {message.energy_db:.1f} dBFS"
+    if isinstance(message, WakeResult):
+        return f"{'granted' if message.granted else 'not chosen'}: {message.winner} opens {message.session_id}"
+    if isinstance(message, IntentResult):
+        return f"{message.intent_id}: {message.outcome or message.code} {message.order_id or message.deep_link or ''}"
     return ""
 
 
@@ -83,7 +92,7 @@ class Timeline:
         *,
         topics: Topics | None = None,
         echo: Callable[[Step], None] | None = None,
-        skip: frozenset[str] = frozenset({"ping", "pong"}),
+        skip: frozenset[str] = frozenset({"ping", "pong", "device.info"}),
     ) -> None:
         self.topics = topics or Topics()
         self.steps: list[Step] = []

@@ -52,6 +52,10 @@ class Topics:
     def device_image(self, device_id: str) -> str:
         return f"{self.base}/device/{check_id(device_id, 'device id')}/image"
 
+    def device_info(self, device_id: str) -> str:
+        """Retained `device.info`: what the device's zeroconf TXT record says, on the bus."""
+        return f"{self.base}/device/{check_id(device_id, 'device id')}/info"
+
     def all_devices(self, leaf: str) -> str:
         """Filter for one leaf (`status`, `up`, `controller`...) of every device."""
         return f"{self.base}/device/+/{leaf}"
@@ -71,6 +75,18 @@ class Topics:
 
     def agent_reply(self, gateway_id: str) -> str:
         return f"{self.base}/agent/reply/{check_id(gateway_id, 'gateway id')}"
+
+    # phone OEM intents
+    def oem_intent(self, oem_id: str) -> str:
+        """Where an OEM's assistant publishes signed intents (compact JWS) for the intent bridge."""
+        return f"{self.base}/oem/{check_id(oem_id, 'OEM id')}/intent"
+
+    def oem_reply(self, oem_id: str) -> str:
+        """Where the intent bridge answers an OEM with `intent.result` messages."""
+        return f"{self.base}/oem/{check_id(oem_id, 'OEM id')}/reply"
+
+    def all_oem_intents(self) -> str:
+        return f"{self.base}/oem/+/intent"
 
     def errors(self) -> str:
         return f"{self.base}/errors"
