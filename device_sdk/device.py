@@ -41,6 +41,8 @@ from .messages import (
     Ping,
     Pong,
     Transcript,
+    Wake,
+    WakeResult,
     decode,
     new_id,
 )
@@ -301,6 +303,27 @@ class DeviceClient(Service):
             waiters.remove(waiter)
             if not waiters:
                 self._waiters.pop(session_id, None)
+
+    async def wake(
+        self, confidence: float, energy_db: float, *, session_id: str | None = None, timeout: float = 5.0
+    ) -> WakeResult:
+        """Say the wake word was heard (with the detector's confidence and its loudness in dBFS) and
+        wait for the arbitration: open `result.session_id` when `result.granted`, else go back to
+        listening, another device of the room has the session."""
+        wake = Wake(
+            wake_id=new_id("wk"),
+            session_id=session_id or new_id("ses"),
+            confidence=confidence,
+            energy_db=max(-120.0, min(0.0, energy_db)),
+        )
+        reply: WakeResult = await self._exchange(
+            wake.session_id,
+            wake.encode(),
+            lambda m: isinstance(m, WakeResult) and m.wake_id == wake.wake_id,
+            wake.wake_id,
+            timeout,
+        )
+        return reply
 
     async def send_image(self, jpeg: bytes, *, timeout: float = 10.0) -> str:
         """Strip the image's metadata (EXIF, GPS, comments) and publish it for the agent; return the

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
 from .agent import IssuedProposal, RemoteAgent
+from .arbitration import DEFAULT_WINDOW, Arbiter, Contender, Round
 from .audio import AudioStream, decode_chunk
 from .audit import AuditLog
 from .checkout import CheckoutBackend, Completion
@@ -27,6 +28,7 @@ from .messages import (
     ConfirmationResult,
     ControllerClaim,
     Decision,
+    DeviceInfo,
     DeviceStatus,
     Error,
     GatewayStatus,
@@ -35,6 +37,7 @@ from .messages import (
     Ping,
     Pong,
     Transcript,
+    Wake,
     decode,
     new_id,
     now,
@@ -70,6 +73,7 @@ class Gateway(Service):
         claim_settle: float = 0.1,
         checkout_timeout: float = 10.0,
         audit: AuditLog | None = None,
+        wake_window: float = DEFAULT_WINDOW,
     ) -> None:
         self.url = url
         self.checkout = checkout
@@ -84,6 +88,9 @@ class Gateway(Service):
         self.claim_settle = claim_settle
         self.checkout_timeout = checkout_timeout
         self.sessions: dict[SessionKey, Session] = {}
+        self.arbiter = Arbiter(wake_window)
+        self.rooms: dict[str, str | None] = {}
+        """Each device's room, from its retained `device.info`: wake words are arbitrated per room."""
         self.claims: dict[str, str] = {}
         self.gateways_online: dict[str, bool] = {}
         self.refused = 0
@@ -121,6 +128,7 @@ class Gateway(Service):
                 t.all_gateways_status(),
                 t.all_devices("controller"),
                 t.all_devices("status"),
+                t.all_devices("info"),
                 t.all_devices("up"),
                 t.all_devices("audio"),
             )
@@ -193,6 +201,9 @@ class Gateway(Service):
         if leaf == "controller":
             self._on_claim(device_id, received)
             return
+        if leaf == "info":
+            self._on_info(device_id, received)
+            return
         if not received.payload and received.retain:
             return  # a cleared retained message
         if device_id in self._claiming:
@@ -232,6 +243,8 @@ class Gateway(Service):
             self._in_session((device_id, message.session_id), self._on_request(device_id, message))
         elif isinstance(message, ConfirmationResult):
             self._in_session((device_id, message.session_id), self._on_confirmation(device_id, message))
+        elif isinstance(message, Wake):
+            self._on_wake(device_id, message)
         elif isinstance(message, AudioStart | AudioStop):
             self._on_audio_control(device_id, message)
         elif isinstance(message, Transcript):
@@ -239,6 +252,44 @@ class Gateway(Service):
         else:
             exc = ProtocolError(f"{message.type} is not sent by devices", ErrorCode.UNEXPECTED_MESSAGE)
             self._refuse(device_id, exc, ref=message.type)
+
+    # wake-word arbitration ---------------------------------------------------------------
+
+    def _on_wake(self, device_id: str, wake: Wake) -> None:
+        """Put the wake in its room's round; the round's opener closes it after the window."""
+        done = self.arbiter.decided(device_id, wake.wake_id)
+        if done is not None:
+            self._spawn(self._send(device_id, done))  # a resend: the same answer
+            return
+        round_, opened = self.arbiter.offer(self.rooms.get(device_id), Contender(device_id, wake), time.monotonic())
+        if opened:
+            self._spawn(self._close_round(round_))
+
+    async def _close_round(self, round_: Round) -> None:
+        await asyncio.sleep(self.arbiter.window)
+        results = self.arbiter.close(round_)
+        won = round_.winner()
+        log.info("wake in room %s: %s of %d device(s) opens a session", round_.room, won.device_id, len(results))
+        await self._audit(
+            "arbitration",
+            device_id=won.device_id,
+            session_id=won.wake.session_id,
+            room=round_.room,
+            contenders=[[c.device_id, c.wake.confidence, c.wake.energy_db] for c in round_.contenders],
+        )
+        for device_id, result in results:
+            await self._send(device_id, result)
+
+    def _on_info(self, device_id: str, received: Received) -> None:
+        if not received.payload:
+            self.rooms.pop(device_id, None)
+            return
+        try:
+            info = _decode_as(received.payload, DeviceInfo, device_id)
+        except ProtocolError as exc:
+            self._refuse(None, exc, ref=received.topic)
+            return
+        self.rooms[device_id] = info.room
 
     # audio -------------------------------------------------------------------------------
 
@@ -675,7 +726,7 @@ class Gateway(Service):
             log.warning("could not publish to %s: %s", topic, exc)
 
 
-M = TypeVar("M", DeviceStatus, GatewayStatus, ControllerClaim)
+M = TypeVar("M", DeviceStatus, DeviceInfo, GatewayStatus, ControllerClaim)
 
 
 def _decode_as(payload: bytes, kind: type[M], topic_id: str) -> M:

@@ -67,6 +67,23 @@ def compose_lens_card(proposal: CheckoutProposal) -> str:
     return "\n".join(rows)
 
 
+SHEET_ACTIONS = "[Cancel]  [Confirm]"
+
+
+def compose_phone_sheet(proposal: CheckoutProposal) -> str:
+    """The phone's system confirmation sheet, one line per row: a title, the payee, per item its
+    quantity, name, seller and total, the total, then the two buttons. Its digest is what a
+    `phone_sheet` mandate signs."""
+    rows = ["Confirm purchase", f"Pay {proposal.merchant.name}"]
+    for line in proposal.lines:
+        rows.append(
+            f"{line.qty} x {line.name} ({line.seller.name}) {format_amount(line.line_total_minor, proposal.currency)}"
+        )
+    rows.append(f"Total {format_amount(proposal.total_minor, proposal.currency)}")
+    rows.append(SHEET_ACTIONS)
+    return "\n".join(rows)
+
+
 def display_digest(text: str) -> str:
     """SHA-256 (hex) of the UTF-8 text that was presented to the user."""
     return sha256_hex(text)
@@ -92,9 +109,11 @@ def confirmation_request(
 
 def presentation(proposal: CheckoutProposal, modality: Modality) -> str:
     """What the SDK presents for `proposal` when the user confirms by `modality`: the lens card for
-    `lens_tap`, else the read-back, spoken or shown."""
+    `lens_tap`, the system sheet for `phone_sheet`, else the read-back, spoken or shown."""
     if modality is Modality.LENS_TAP:
         return compose_lens_card(proposal)
+    if modality is Modality.PHONE_SHEET:
+        return compose_phone_sheet(proposal)
     return compose_readback(proposal)
 
 

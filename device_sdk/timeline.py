@@ -133,11 +133,14 @@ class Timeline:
         if received.topic.startswith(f"{self.topics.base}/probe/") or received.topic.endswith(("/audio", "/image")):
             return None  # a broker capability probe, or binary chunks and images (requests name them)
         kind: str
-        try:
-            message = decode(received.payload)
-            kind, summary = message.type, describe(message)
-        except ProtocolError as exc:
-            kind, summary = "(refused)", str(exc)
+        if received.topic.startswith(f"{self.topics.base}/oem/") and received.topic.endswith("/intent"):
+            kind, summary = "oem.intent", f"signed intent, {len(received.payload)} bytes"  # a JWS, not a message
+        else:
+            try:
+                message = decode(received.payload)
+                kind, summary = message.type, describe(message)
+            except ProtocolError as exc:
+                kind, summary = "(refused)", str(exc)
         if kind in self._skip:
             return None
         t_ms = (time.perf_counter() - self._t0) * 1000
@@ -158,4 +161,8 @@ class Timeline:
                 return f"agent -> {gateway[:12]}"
             case ["gateway", gateway, leaf]:
                 return f"{gateway[:12]} {leaf}"
+            case ["oem", oem, "intent"]:
+                return f"{oem[:14]} -> bridge"
+            case ["oem", oem, "reply"]:
+                return f"bridge -> {oem[:14]}"
         return topic

@@ -25,7 +25,7 @@ from .asr import AsrEngine, Recognition, Recognizer, Word
 from .audio_sources import RATE, Pcm
 from .device import DeviceClient, Offer
 from .endpointing import EndpointConfig, Endpointer, Utterance
-from .errors import OUTCOME_OF, ErrorCode, RemoteError, VoiceError
+from .errors import OUTCOME_OF, ErrorCode, RemoteError, RequestTimeout, VoiceError
 from .grammar import UNKNOWN, Grammar, Vocabulary, reply_grammar
 from .messages import Decision, Modality, OrderResult, Outcome, new_id
 from .replies import REPROMPT, ReplyDialog, interpret_reply
@@ -134,17 +134,21 @@ class WakeWord:
     lockout_s: float = 2.0
     detections: list[int] = field(default_factory=list)
     """Sample offsets where the phrase was heard and taken."""
+    confidence: float = 1.0
+    """The engine's confidence in the last detection (1.0 where it gives none)."""
     _locked_until: int = -1
 
     def heard(self, utterance: Utterance) -> bool:
         spotter = self.engine.spotter(self.phrase, self.threshold)
         spotter.accept(utterance.pcm)
-        if self.phrase not in spotter.result().text:
+        result = spotter.result()
+        if self.phrase not in result.text:
             return False
         if utterance.start < self._locked_until:
             return False
         self._locked_until = utterance.end + round(self.lockout_s * RATE)
         self.detections.append(utterance.start)
+        self.confidence = 1.0 if result.confidence is None else result.confidence
         return True
 
     async def wait(self, listener: Listener) -> Utterance | None:
@@ -153,6 +157,15 @@ class WakeWord:
             if await asyncio.to_thread(self.heard, utterance):
                 return utterance
         return None
+
+
+def loudness_db(pcm: bytes) -> float:
+    """RMS level of 16-bit PCM in dBFS (0 is full scale; silence is -120)."""
+    samples = np.frombuffer(pcm[: len(pcm) // 2 * 2], dtype="<i2").astype(np.float64)
+    if samples.size == 0:
+        return -120.0
+    rms = float(np.sqrt(np.mean(samples * samples))) / 32768.0
+    return max(-120.0, 20.0 * float(np.log10(rms)) if rms > 0 else -120.0)
 
 
 Speak = Callable[[str, bytes | None], Awaitable[None]]
@@ -286,11 +299,28 @@ class VoiceAssistant:
         """Stop listening to the source."""
         await self.listener.aclose()
 
-    async def sessions(self, wake: WakeWord) -> AsyncIterator[VoiceRun]:
+    async def sessions(self, wake: WakeWord, *, arbitrate: bool = True) -> AsyncIterator[VoiceRun]:
         """A session after each wake phrase, until the source ends. With a push-to-talk button
-        instead, call `session` when it is pressed."""
-        while await wake.wait(self.listener) is not None:
-            yield await self.session()
+        instead, call `session` when it is pressed.
+
+        With `arbitrate` each wake goes to the gateway first (`DeviceClient.wake`, with the wake
+        phrase's confidence and loudness): when another device of the room heard it better, this
+        one goes back to listening. A gateway that does not answer within a second is taken as one
+        that does not arbitrate, and the session opens."""
+        while (heard := await wake.wait(self.listener)) is not None:
+            session_id = new_id("ses")
+            if arbitrate:
+                try:
+                    result = await self.device.wake(
+                        wake.confidence, loudness_db(heard.pcm), session_id=session_id, timeout=1.0
+                    )
+                except (RemoteError, RequestTimeout) as exc:
+                    log.warning("no wake arbitration (%s): opening the session", exc)
+                else:
+                    if not result.granted:
+                        log.info("%s heard the wake word better: listening again", result.winner)
+                        continue
+            yield await self.session(session_id=session_id)
 
     async def _transcript(self, run: VoiceRun, recognition: Recognition) -> None:
         """What was heard goes on the bus too, so each session's audio trail is on the timeline."""
@@ -299,9 +329,9 @@ class VoiceAssistant:
                 run.session_id, recognition.text, final=True, confidence=recognition.confidence
             )
 
-    async def session(self) -> VoiceRun:
+    async def session(self, *, session_id: str | None = None) -> VoiceRun:
         """From the command (push-to-talk: the device is already listening) to the outcome."""
-        run = VoiceRun()
+        run = VoiceRun() if session_id is None else VoiceRun(session_id=session_id)
         text = await self._hear_command(run)
         if text is None:
             run.outcome = "not_understood"

@@ -28,11 +28,13 @@ from device_sdk.messages import (
     ConsentTerms,
     ControllerClaim,
     Decision,
+    DeviceInfo,
     DeviceKind,
     DeviceStatus,
     Error,
     ErrorCode,
     GatewayStatus,
+    IntentResult,
     Merchant,
     Modality,
     OrderResult,
@@ -41,12 +43,17 @@ from device_sdk.messages import (
     Pong,
     ProposalLine,
     Transcript,
+    Wake,
+    WakeResult,
 )
 from device_sdk.readback import compose_readback, display_digest
+from firmware_bridge.intents import ACTION_BUY, IntentExtras, OemIntent, sign_intent
 
 OUT = Path(__file__).parent
 TEST_SEED = bytes(range(32))
 """The test device key's Ed25519 seed (00 01 ... 1f): for these vectors only, never for a device."""
+TEST_OEM_SEED = bytes(range(32, 64))
+"""The test OEM key's Ed25519 seed (20 21 ... 3f): for these vectors only."""
 
 
 def main() -> None:
@@ -86,6 +93,18 @@ def main() -> None:
         "device.status.will": status.model_copy(update={"online": False}),
         "gateway.status": GatewayStatus(gateway_id="gw-1", online=True),
         "controller.claim": ControllerClaim(device_id="speaker-1", controller_id="gw-1", claimed_at=1764099990.5),
+        "device.info": DeviceInfo(
+            device_id="speaker-1",
+            kind=DeviceKind.SPEAKER,
+            capabilities=[Capability.MIC, Capability.AUDIO_OUT],
+            firmware="2.4.1",
+            room="kitchen",
+        ),
+        "wake": Wake(wake_id="wk_0001", session_id="ses_0001", confidence=0.8, energy_db=-21.5),
+        "wake.result": WakeResult(wake_id="wk_0001", session_id="ses_0001", granted=False, winner="speaker-2"),
+        "intent.result": IntentResult(
+            intent_id="int_0001", outcome=Outcome.ORDERED, order_id="ord_0001", total_minor=2580, currency="CNY"
+        ),
         "ping": Ping(seq=41),
         "pong": Pong(seq=41, controller_id="gw-1"),
         "transcript": Transcript(session_id="ses_0001", text="buy two packs of", final=False, confidence=0.62),
@@ -157,6 +176,26 @@ def main() -> None:
             "signature": f"{header}.{payload}.{signature[:-4]}AAAA",
         },
     }  # fmt: skip
+    oem_key = SigningKey(Ed25519PrivateKey.from_private_bytes(TEST_OEM_SEED))
+    intent = OemIntent(
+        intent_id="int_0001", action=ACTION_BUY, extras=IntentExtras(query="buy two packs of AA batteries"),
+        source_package="com.oemdemo.assistant", oem_id="oem-demo", device_id="phone-1", timestamp=1764100000000,
+    )  # fmt: skip
+    token = sign_intent(oem_key, intent)
+    header, payload, signature = token.split(".")
+    manifest["intent"] = {
+        "seed_hex": TEST_OEM_SEED.hex(), "public_key_hex": oem_key.public.raw.hex(), "kid": oem_key.public.kid,
+        "header": json.loads(base64url(header)), "intent": intent.model_dump(mode="json", exclude_none=True),
+        "token": token, "signing_input": f"{header}.{payload}", "signature_hex": base64url(signature).hex(),
+        "accepted_at": 1764100030.0,
+        "refused": {
+            "unsigned": [intent.model_dump_json(exclude_none=True), "unsigned"],
+            "alg_none": [f"{b64(json.dumps({'alg': 'none', 'typ': 'shop-intent+jws'}).encode())}.{payload}.",
+                         "unsigned"],
+            "tampered": [swap_claim(token, '"query":"buy two', '"query":"buy ten'), "bad_signature"],
+            "signature": [f"{header}.{payload}.{signature[:-4]}AAAA", "bad_signature"],
+        },
+    }  # fmt: skip
     bidi = raw.replace(b'"name":"FreshMart"', b'"name":"Fresh\\u202eMart"')
     invalid = [
         ("not-json", b"buy milk", "bad_json"),
@@ -199,6 +238,12 @@ def base64url(text: str) -> bytes:
     import base64
 
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def b64(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def swap_claim(token: str, old: str, new: str) -> str:

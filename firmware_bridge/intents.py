@@ -1,0 +1,235 @@
+"""Phone OEM intents: what a phone maker's system assistant sends to reach the shopping agent.
+
+Shaped like an Android intent (an action, extras, the package that sent it) and signed by the
+OEM's registered Ed25519 key. The wire form is a compact JWS (RFC 7515), made and checked with
+joserfc like the consent mandate: header exactly `{"alg": "Ed25519", "kid": <RFC 7638 thumbprint>,
+"typ": "shop-intent+jws"}`, payload the `OemIntent` as compact JSON. See docs/phone.md for the
+schema, the refusals and a test vector.
+
+`IntentVerifier.check` refuses, with an `IntentError` whose code says why, in this order: a token
+over `MAX_INTENT` bytes (`too_large`); an intent that is not signed at all, plain JSON or `alg`
+`none` (`unsigned`); a token that is not a well-formed JWS of this type (`bad_message`); a key no
+OEM registered (`unknown_key`); a signature that does not verify (`bad_signature`); a payload that
+is not an `OemIntent` (`bad_message`); an OEM id other than the key's (`unknown_key`); a timestamp
+more than `max_skew` seconds from now, either way (`stale`); an action it does not know
+(`unknown_action`); an intent id it has accepted before (`replayed`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+from joserfc import jws
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from device_sdk.errors import ErrorCode, IntentError, KeyStoreError
+from device_sdk.keys import PublicKey, SigningKey, b64url_decode
+from device_sdk.messages import Id
+
+JWS_TYPE = "shop-intent+jws"
+ALG = "Ed25519"
+ACTION_BUY = "ai.shop.intent.action.BUY"
+"""Ask the agent for what `extras.query` says (about `extras.image`, when there is one), confirm on the sheet."""
+ACTIONS = frozenset({ACTION_BUY})
+MAX_IMAGE_B64 = 4 * ((256 * 1024 + 2) // 3)
+"""An intent's image is at most 256 KiB of JPEG (base64 in the intent)."""
+MAX_INTENT = 512 * 1024
+"""Largest intent token accepted, in bytes."""
+DEFAULT_MAX_SKEW = 120.0
+_TOKEN = re.compile(rb"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*$")
+_HEADER_KEYS = frozenset({"alg", "kid", "typ"})
+
+
+class IntentExtras(BaseModel):
+    """The intent's extras: what the user asked, and what the camera saw."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    query: Annotated[str, Field(min_length=1, max_length=2000)] = Field(description="What the user asked for.")
+    image: Annotated[str, Field(max_length=MAX_IMAGE_B64, pattern=r"^[A-Za-z0-9+/]*={0,2}$")] | None = Field(
+        default=None, description="A JPEG the user pointed the camera at, standard base64."
+    )
+    locale: Annotated[str, Field(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")] = "en-US"
+
+    def jpeg(self) -> bytes | None:
+        if self.image is None:
+            return None
+        try:
+            return base64.b64decode(self.image, validate=True)
+        except binascii.Error:
+            raise IntentError("extras.image is not base64", ErrorCode.BAD_MESSAGE) from None
+
+
+class OemIntent(BaseModel):
+    """One intent from a phone OEM's assistant, as signed. Unknown fields are refused: what was
+    signed is read whole or not at all."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    intent_id: Id = Field(description="Unique per intent; the bridge takes each once.")
+    action: Annotated[str, Field(min_length=1, max_length=128)]
+    extras: IntentExtras
+    source_package: Annotated[
+        str, Field(max_length=255, pattern=r"^[A-Za-z][A-Za-z0-9_]*(\.[A-Za-z][A-Za-z0-9_]*)+$")
+    ] = Field(description="The Android package of the assistant that sent it.")
+    oem_id: Id = Field(description="The phone maker, as registered with its key.")
+    device_id: Id = Field(description="The phone: the device whose sheet confirms, on the bus.")
+    timestamp: Annotated[int, Field(ge=0, le=2**53, strict=True)] = Field(
+        description="When the assistant sent it: milliseconds since the Unix epoch."
+    )
+
+
+def sign_intent(key: SigningKey, intent: OemIntent) -> str:
+    """The compact JWS of `intent`, signed with the OEM's key."""
+    header = {"alg": ALG, "kid": key.public.kid, "typ": JWS_TYPE}
+    return jws.serialize_compact(
+        header, intent.model_dump_json(exclude_none=True).encode(), key.jwk(), algorithms=[ALG]
+    )
+
+
+@dataclass(frozen=True)
+class OemKey:
+    oem_id: str
+    public: PublicKey
+
+
+class OemKeys:
+    """The OEM keys a bridge trusts, by key id. From a JSON file: `{"oems": {"<oem id>": ["<public
+    key: base64url raw, JWK or PEM>", ...]}}`."""
+
+    def __init__(self, keys: Iterable[tuple[str, PublicKey]] = ()) -> None:
+        self._by_kid: dict[str, OemKey] = {}
+        for oem_id, public in keys:
+            self.add(oem_id, public)
+
+    def add(self, oem_id: str, public: PublicKey) -> str:
+        known = self._by_kid.get(public.kid)
+        if known is not None and known.oem_id != oem_id:
+            raise KeyStoreError(f"key {public.kid} is already registered to {known.oem_id}", ErrorCode.KEY_CONFLICT)
+        self._by_kid[public.kid] = OemKey(oem_id, public)
+        return public.kid
+
+    def get(self, kid: str) -> OemKey | None:
+        return self._by_kid.get(kid)
+
+    def __len__(self) -> int:
+        return len(self._by_kid)
+
+    @classmethod
+    def load(cls, path: str | Path) -> OemKeys:
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise KeyStoreError(f"cannot read the OEM keys {path}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise KeyStoreError(f"the OEM keys {path} are not JSON: {exc}") from None
+        oems = data.get("oems") if isinstance(data, dict) else None
+        if not isinstance(oems, dict) or not all(isinstance(v, list) for v in oems.values()):
+            raise KeyStoreError(f'{path}: expected {{"oems": {{"<oem id>": ["<public key>", ...]}}}}')
+        return cls((oem_id, PublicKey.from_text(str(text))) for oem_id, texts in oems.items() for text in texts)
+
+    def dump(self) -> str:
+        oems: dict[str, list[str]] = {}
+        for key in self._by_kid.values():
+            oems.setdefault(key.oem_id, []).append(json.dumps(key.public.jwk().as_dict(private=False)))
+        return json.dumps({"oems": oems}, indent=2) + "\n"
+
+
+class IntentVerifier:
+    """Checks intents against the registered OEM keys, the clock and the intents already taken."""
+
+    def __init__(
+        self,
+        keys: OemKeys,
+        *,
+        max_skew: float = DEFAULT_MAX_SKEW,
+        remember: int = 100_000,
+        actions: frozenset[str] = ACTIONS,
+    ) -> None:
+        self.keys = keys
+        self.max_skew = max_skew
+        self.actions = actions
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._remember = remember
+
+    def check(self, token: bytes | str, *, now: float | None = None) -> OemIntent:
+        """The intent in `token`, or `IntentError` with the reason. An accepted intent is remembered
+        (for twice the allowed skew, when a replay would be stale anyway) and refused after."""
+        raw = token.encode() if isinstance(token, str) else bytes(token)
+        if len(raw) > MAX_INTENT:
+            raise IntentError(f"an intent of {len(raw)} bytes (at most {MAX_INTENT})", ErrorCode.TOO_LARGE)
+        compact = _read(raw)
+        header: dict[str, Any] = compact.protected
+        key = self.keys.get(header["kid"])
+        if key is None:
+            raise IntentError(f"no OEM registered the key {header['kid']}", ErrorCode.UNKNOWN_KEY)
+        try:
+            valid = jws.validate_compact(compact, key.public.jwk(), algorithms=[ALG])
+        except Exception as exc:
+            raise IntentError(f"unreadable signature: {type(exc).__name__}", ErrorCode.BAD_MESSAGE) from None
+        if not valid:
+            raise IntentError("the intent's signature does not verify", ErrorCode.BAD_SIGNATURE)
+        try:
+            intent = OemIntent.model_validate_json(compact.payload)
+        except RecursionError:
+            raise IntentError("the intent nests too deep", ErrorCode.BAD_MESSAGE) from None
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise IntentError(f"intent: {where + ': ' if where else ''}{first['msg']}", ErrorCode.BAD_MESSAGE) from None
+        if intent.oem_id != key.oem_id:
+            raise IntentError(f"the key is {key.oem_id}'s, the intent says {intent.oem_id}", ErrorCode.UNKNOWN_KEY)
+        now = time.time() if now is None else now
+        skew = intent.timestamp / 1000 - now
+        if abs(skew) > self.max_skew:
+            when = "in the future" if skew > 0 else "old"
+            raise IntentError(f"the intent is {abs(skew):.0f} s {when} (at most {self.max_skew:.0f})", ErrorCode.STALE)
+        if intent.action not in self.actions:
+            raise IntentError(f"unknown action {intent.action!r}", ErrorCode.UNKNOWN_ACTION)
+        self._forget(now)
+        seen_key = f"{key.oem_id}/{intent.intent_id}"
+        if seen_key in self._seen:
+            raise IntentError(f"intent {intent.intent_id} was taken already", ErrorCode.REPLAYED)
+        self._seen[seen_key] = now + 2 * self.max_skew
+        return intent
+
+    def _forget(self, now: float) -> None:
+        while self._seen and (len(self._seen) >= self._remember or next(iter(self._seen.values())) < now):
+            self._seen.popitem(last=False)
+
+
+def _read(raw: bytes) -> jws.CompactSignature:
+    """The JWS's parts, with its header checked (exactly alg, kid and typ), or the refusal."""
+    stripped = raw.strip()
+    if stripped.startswith(b"{"):
+        raise IntentError("an intent must be signed (a compact JWS), not plain JSON", ErrorCode.UNSIGNED)
+    if not _TOKEN.match(stripped):
+        raise IntentError("an intent is a compact JWS: three base64url parts", ErrorCode.BAD_MESSAGE)
+    header_part, _, signature = stripped.rpartition(b".")
+    try:
+        header = json.loads(b64url_decode(header_part.split(b".")[0].decode()))
+    except Exception:
+        raise IntentError("the intent's header is not base64url JSON", ErrorCode.BAD_MESSAGE) from None
+    if not isinstance(header, dict):
+        raise IntentError("the intent's header is not a JSON object", ErrorCode.BAD_MESSAGE)
+    if not signature or str(header.get("alg", "")).lower() == "none":
+        raise IntentError("the intent carries no signature", ErrorCode.UNSIGNED)
+    if set(header) != _HEADER_KEYS or header["alg"] != ALG or header["typ"] != JWS_TYPE:
+        raise IntentError(
+            f"the intent's header must be exactly alg {ALG}, typ {JWS_TYPE} and kid", ErrorCode.BAD_MESSAGE
+        )
+    if not isinstance(header["kid"], str) or not re.fullmatch(r"[A-Za-z0-9_-]{43}", header["kid"]):
+        raise IntentError("the intent names no key thumbprint", ErrorCode.BAD_MESSAGE)
+    try:
+        return jws.extract_compact(stripped)
+    except Exception as exc:
+        raise IntentError(f"unreadable intent: {type(exc).__name__}", ErrorCode.BAD_MESSAGE) from None

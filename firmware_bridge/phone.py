@@ -1,0 +1,250 @@
+"""The phone intent bridge: a phone OEM's assistant reaches the shopping agent with no app opened.
+
+    async with DeviceClient(url, "phone-1", kind=DeviceKind.PHONE) as phone, \\
+            IntentBridge(phone, IntentVerifier(oem_keys), sheet, intake=bridge_bus, listen=("127.0.0.1", 8787)):
+        ...
+
+An intent (a compact JWS, `firmware_bridge.intents`) arrives on the bus (`<root>/v1/oem/<oem_id>/intent`,
+answered on `.../reply`) or at the local endpoint (`POST /v1/intents`, answered in the response).
+The bridge checks it (`IntentVerifier`), sends the image (metadata stripped) and the query to the
+agent as the phone, and puts the SDK's sheet text (`readback.compose_phone_sheet`) on the phone's
+system confirmation sheet. The sheet returns the user's decision and, for a confirmation, a
+`phone_sheet` consent mandate signed on the phone over exactly that text; the bridge sends it on
+and answers the intent with the order's outcome. When the phone cannot confirm at all (no sheet,
+the sheet cannot be shown, or the checkout does not take `phone_sheet`), nothing is ordered: the
+offer is left unconfirmed and the answer carries a deep link that hands the cart to the phone's
+shopping app, to be confirmed there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from device_sdk.device import DeviceClient, Offer
+from device_sdk.errors import OUTCOME_OF, DeviceSdkError, ErrorCode, IntentError, RemoteError
+from device_sdk.messages import Decision, IntentResult, Modality, Outcome
+from device_sdk.mqtt import MqttBus, Received
+from device_sdk.readback import compose_phone_sheet
+from device_sdk.service import Service
+
+from .intents import MAX_INTENT, IntentVerifier, OemIntent
+
+log = logging.getLogger(__name__)
+
+DEEP_LINK_BASE = "shopagent://cart"
+HTTP_STATUS = {
+    ErrorCode.TOO_LARGE: 413,
+    ErrorCode.UNSIGNED: 401,
+    ErrorCode.BAD_SIGNATURE: 401,
+    ErrorCode.UNKNOWN_KEY: 401,
+    ErrorCode.REPLAYED: 409,
+    ErrorCode.UNKNOWN_ACTION: 422,
+    ErrorCode.BUSY: 503,
+}
+"""The local endpoint's status for a refused intent (any other refusal: 400); a handled intent is 200
+whatever its outcome."""
+
+
+@dataclass(frozen=True)
+class SheetAnswer:
+    """What the user did on the sheet; a confirmation carries the mandate the phone signed."""
+
+    decision: Decision
+    mandate: str | None = None
+
+
+class ConfirmationSheet(Protocol):
+    """The phone's system confirmation sheet. `present` shows `text` (the SDK's sheet for the
+    offer, exactly) and returns the user's answer, or None when no sheet can be shown now (locked
+    phone, driving mode): the bridge then hands the cart to the app by a deep link."""
+
+    async def present(self, offer: Offer, text: str) -> SheetAnswer | None: ...
+
+
+def deep_link(offer: Offer, base: str = DEEP_LINK_BASE) -> str:
+    """A link that hands the cart to the phone's shopping app, to be confirmed there: the items,
+    the payee, the total and the checkout it came from (for the app's records, not to complete)."""
+    proposal = offer.request.proposal
+    query = {
+        "items": ",".join(f"{line.sku}:{line.qty}" for line in proposal.lines),
+        "merchant": proposal.merchant.id,
+        "total": str(proposal.total_minor),
+        "currency": proposal.currency,
+        "ref": proposal.checkout_id,
+    }
+    return f"{base}?{urlencode(query)}"
+
+
+class IntentBridge(Service):
+    """Takes signed intents for one phone, from the bus (`intake`, a connection with the bridge's
+    credentials) and/or at a local HTTP endpoint (`listen=(host, port)`; port 0 picks one), and
+    runs each to its outcome as that phone. At most `concurrency` intents run at once; more are
+    refused with `busy`."""
+
+    def __init__(
+        self,
+        device: DeviceClient,
+        verifier: IntentVerifier,
+        sheet: ConfirmationSheet | None,
+        *,
+        intake: MqttBus | None = None,
+        listen: tuple[str, int] | None = None,
+        deep_link_base: str = DEEP_LINK_BASE,
+        concurrency: int = 4,
+        timeout: float = 120.0,
+    ) -> None:
+        self.device = device
+        self.verifier = verifier
+        self.sheet = sheet
+        self.intake = intake
+        self.listen = listen
+        self.deep_link_base = deep_link_base
+        self.timeout = timeout
+        self.results: list[IntentResult] = []
+        self.port: int | None = None
+        """The local endpoint's port once started."""
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        if self.intake is not None:
+            inbox = await self.intake.subscribe(self.device.topics.all_oem_intents())
+            self._spawn(self._take_from_bus(inbox))
+        if self.listen is not None:
+            app = web.Application(client_max_size=MAX_INTENT + 1)
+            app.router.add_post("/v1/intents", self._post_intent)
+            app.router.add_get("/v1/device", self._get_device)
+            self._runner = web.AppRunner(app, access_log=None)
+            await self._runner.setup()
+            site = web.TCPSite(self._runner, self.listen[0], self.listen[1])
+            await site.start()
+            self.port = int(self._runner.addresses[0][1])
+            log.info("intent endpoint on http://%s:%s/v1/intents", self.listen[0], self.port)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # intake ------------------------------------------------------------------------------
+
+    async def _take_from_bus(self, inbox: Any) -> None:
+        async for received in inbox:
+            self._spawn(self._answer_on_bus(received))
+
+    async def _answer_on_bus(self, received: Received) -> None:
+        parts = received.topic.split("/")
+        oem_id = parts[-2] if len(parts) >= 2 else ""
+        try:
+            reply_to = self.device.topics.oem_reply(oem_id)
+        except DeviceSdkError:
+            log.warning("an intent on %s: not an OEM topic", received.topic)
+            return
+        result = await self.handle(received.payload, oem_id=oem_id)
+        assert self.intake is not None
+        with contextlib.suppress(DeviceSdkError):
+            await self.intake.publish(reply_to, result.encode())
+
+    async def _post_intent(self, request: web.Request) -> web.Response:
+        body = bytearray()  # at most one byte over the limit: enough to refuse it as too large
+        while len(body) <= MAX_INTENT and (chunk := await request.content.read(MAX_INTENT + 1 - len(body))):
+            body += chunk
+        result = await self.handle(bytes(body))
+        status = 200 if result.code is None or result.outcome is not None else HTTP_STATUS.get(result.code, 400)
+        return web.Response(status=status, body=result.encode(), content_type="application/json")
+
+    async def _get_device(self, _request: web.Request) -> web.Response:
+        return web.Response(body=self.device.info.encode(), content_type="application/json")
+
+    # one intent --------------------------------------------------------------------------
+
+    async def handle(self, token: bytes, *, oem_id: str | None = None) -> IntentResult:
+        """Check one intent and run it to its outcome; every refusal is an answer with a code."""
+        if self._slots.locked():
+            return self._record(IntentResult(code=ErrorCode.BUSY, text="too many intents at once; try again"))
+        async with self._slots:
+            try:
+                intent = self.verifier.check(token)
+                if oem_id is not None and intent.oem_id != oem_id:
+                    raise IntentError(f"an intent of {intent.oem_id} on {oem_id}'s topic", ErrorCode.WRONG_TOPIC)
+                if intent.device_id != self.device.device_id:
+                    raise IntentError(f"this bridge serves {self.device.device_id}", ErrorCode.BAD_MESSAGE)
+            except IntentError as exc:
+                log.info("refused an intent: %s", exc)
+                return self._record(IntentResult(code=exc.code, text=exc.text))
+            try:
+                async with asyncio.timeout(self.timeout):
+                    result = await self._run(intent)
+            except TimeoutError:
+                result = IntentResult(intent_id=intent.intent_id, code=ErrorCode.TIMEOUT, text="no outcome in time")
+            except DeviceSdkError as exc:
+                result = IntentResult(intent_id=intent.intent_id, code=exc.code, text=exc.text[:2000])
+            return self._record(result)
+
+    def _record(self, result: IntentResult) -> IntentResult:
+        self.results.append(result)
+        del self.results[:-1000]
+        return result
+
+    async def _run(self, intent: OemIntent) -> IntentResult:
+        extras = intent.extras
+        jpeg = extras.jpeg()
+        image_ref = await self.device.send_image(jpeg) if jpeg is not None else None
+        try:
+            offer = await self.device.ask(extras.query, image_ref=image_ref, locale=extras.locale)
+        except RemoteError as exc:
+            outcome = OUTCOME_OF.get(exc.code)
+            return IntentResult(
+                intent_id=intent.intent_id, outcome=Outcome(outcome) if outcome else None, code=exc.code, text=exc.text
+            )
+        text = compose_phone_sheet(offer.request.proposal)
+        answer: SheetAnswer | None = None
+        if self.sheet is not None and Modality.PHONE_SHEET in offer.request.consent.modalities:
+            answer = await self.sheet.present(offer, text)
+        if answer is None:
+            link = deep_link(offer, self.deep_link_base)
+            result = await self.device.answer(
+                offer, Decision.NO_ANSWER, modality=Modality.PHONE_SHEET, presented=text, heard="handed to the app"
+            )
+            return IntentResult(
+                intent_id=intent.intent_id,
+                outcome=result.outcome,
+                deep_link=link,
+                code=ErrorCode.NOT_CONFIRMED,
+                text="the phone could not confirm here: the cart is handed to the app",
+            )
+        decision = answer.decision
+        if decision is Decision.CONFIRM and answer.mandate is None:
+            log.warning("the sheet confirmed without a mandate: taken as no answer")
+            decision = Decision.NO_ANSWER
+        order = await self.device.answer(
+            offer,
+            decision,
+            modality=Modality.PHONE_SHEET,
+            presented=text,
+            heard=f"sheet: {decision.value}",
+            mandate=answer.mandate if decision is Decision.CONFIRM else None,
+        )
+        return IntentResult(
+            intent_id=intent.intent_id,
+            outcome=order.outcome,
+            order_id=order.order_id,
+            total_minor=order.total_minor,
+            currency=order.currency,
+            text=order.reason,
+        )

@@ -1,0 +1,75 @@
+"""A simulated phone: its OEM's system assistant signs intents with the OEM's key, and its system
+confirmation sheet shows the SDK's sheet text and, when the user taps Confirm, signs a
+`phone_sheet` consent mandate with the phone's own device key."""
+
+from __future__ import annotations
+
+import base64
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from device_sdk.device import Offer
+from device_sdk.keys import SigningKey
+from device_sdk.mandate import mandate_for
+from device_sdk.messages import Decision, Modality, new_id
+from device_sdk.readback import display_digest
+from firmware_bridge.intents import ACTION_BUY, IntentExtras, OemIntent, sign_intent
+from firmware_bridge.phone import SheetAnswer
+
+SheetTap = Literal["confirm", "cancel", "none", "unavailable"]
+"""What the simulated user does with the sheet; `unavailable`: the sheet cannot be shown at all."""
+
+
+@dataclass
+class SimulatedPhone:
+    device_id: str
+    device_key: SigningKey
+    oem_key: SigningKey
+    oem_id: str = "oem-demo"
+    package: str = "com.oemdemo.assistant"
+    tap: SheetTap = "confirm"
+    shown: list[str] = field(default_factory=list)
+    """Every sheet put on the screen, as shown."""
+
+    def intent(
+        self,
+        query: str,
+        *,
+        image: bytes | None = None,
+        locale: str = "en-US",
+        action: str = ACTION_BUY,
+        timestamp_ms: int | None = None,
+        intent_id: str | None = None,
+    ) -> str:
+        """What the assistant sends for `query`: a signed intent (a compact JWS)."""
+        intent = OemIntent(
+            intent_id=intent_id or new_id("int"),
+            action=action,
+            extras=IntentExtras(
+                query=query, image=base64.b64encode(image).decode() if image is not None else None, locale=locale
+            ),
+            source_package=self.package,
+            oem_id=self.oem_id,
+            device_id=self.device_id,
+            timestamp=int(time.time() * 1000) if timestamp_ms is None else timestamp_ms,
+        )
+        return sign_intent(self.oem_key, intent)
+
+    async def present(self, offer: Offer, text: str) -> SheetAnswer | None:
+        """The system sheet: show `text`; the user's tap; a mandate over exactly `text` on Confirm."""
+        if self.tap == "unavailable":
+            return None
+        self.shown.append(text)
+        if self.tap == "cancel":
+            return SheetAnswer(Decision.DECLINE)
+        if self.tap == "none":
+            return SheetAnswer(Decision.NO_ANSWER)
+        mandate = mandate_for(
+            offer.request,
+            self.device_key,
+            device_id=self.device_id,
+            modality=Modality.PHONE_SHEET,
+            display_digest=display_digest(text),
+        )
+        return SheetAnswer(Decision.CONFIRM, mandate)

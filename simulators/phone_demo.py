@@ -1,0 +1,117 @@
+"""The phone flow end to end with no phone: a simulated OEM assistant sends a signed intent, over the
+bus or to the bridge's local endpoint; the bridge asks the agent as the phone; the simulated system
+sheet shows the order and the user's tap signs the consent mandate.
+
+`device-sdk simulate phone --say TEXT --sheet confirm|cancel|none|unavailable --via bus|http
+[--photo SKU] [--json]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import aiohttp
+
+from device_sdk.device import DeviceClient
+from device_sdk.embedded_broker import EmbeddedBroker
+from device_sdk.keys import SigningKey
+from device_sdk.messages import Capability, DeviceKind, IntentResult, decode
+from device_sdk.mqtt import BrokerUrl, MqttBus
+from device_sdk.timeline import Step, Timeline
+from firmware_bridge.intents import IntentVerifier, OemKeys
+from firmware_bridge.phone import IntentBridge
+
+from .phone import SheetTap, SimulatedPhone
+from .photos import product_photo
+from .scenario import ShopBackend, timeline_settle
+
+Via = Literal["bus", "http"]
+PHONE_CAPABILITIES = (Capability.DISPLAY, Capability.TOUCH, Capability.MIC, Capability.CAMERA, Capability.TEXT)
+
+
+@dataclass
+class PhoneDemo:
+    result: IntentResult
+    sheet: str | None
+    orders: int
+    steps: list[Step] = field(default_factory=list)
+    mandate_modality: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            **self.result.model_dump(mode="json", exclude_none=True),
+            "sheet": self.sheet,
+            "orders": self.orders,
+            "mandate_modality": self.mandate_modality,
+            "steps": [step.as_dict() for step in self.steps],
+        }
+
+
+async def send_intent(via: Via, token: str, *, bus: MqttBus | None, bridge: IntentBridge, oem_id: str) -> IntentResult:
+    """What an OEM assistant does: publish on its intent topic and wait on its reply topic, or POST
+    to the bridge's local endpoint."""
+    if via == "http":
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"http://127.0.0.1:{bridge.port}/v1/intents", data=token.encode()) as response,
+        ):
+            message = decode(await response.read())
+    else:
+        assert bus is not None
+        topics = bridge.device.topics
+        async with await bus.subscribe(topics.oem_reply(oem_id)) as replies:
+            await bus.publish(topics.oem_intent(oem_id), token.encode())
+            message = decode((await replies.get(timeout=60.0)).payload)
+    if not isinstance(message, IntentResult):
+        raise TypeError(f"the bridge answered {message.type}")
+    return message
+
+
+async def run_phone(
+    say: str = "buy two packs of AA batteries",
+    *,
+    tap: SheetTap = "confirm",
+    via: Via = "bus",
+    photo: str | None = None,
+    broker: str | None = None,
+    device_id: str = "phone-1",
+) -> PhoneDemo:
+    """One intent from the assistant to its outcome, with the user answering the sheet with `tap`;
+    with `photo` (a catalog SKU) the intent carries a photo of that product."""
+    async with contextlib.AsyncExitStack() as stack:
+        if broker is None:
+            url, shared = (await stack.enter_async_context(EmbeddedBroker())).url, False
+        else:
+            url, shared = BrokerUrl.parse(broker), None
+        timeline = await stack.enter_async_context(Timeline(url))
+        backend = await stack.enter_async_context(ShopBackend(url, shared=shared))
+        phone = SimulatedPhone(device_id, await asyncio.to_thread(backend.provision, device_id), SigningKey.generate())
+        phone.tap = tap
+        verifier = IntentVerifier(OemKeys([(phone.oem_id, phone.oem_key.public)]))
+        device = await stack.enter_async_context(
+            DeviceClient(url, device_id, kind=DeviceKind.PHONE, capabilities=PHONE_CAPABILITIES)
+        )
+        intake = await stack.enter_async_context(MqttBus(url, f"bridge-{device_id}"))
+        bridge = await stack.enter_async_context(
+            IntentBridge(device, verifier, phone, intake=intake, listen=("127.0.0.1", 0))
+        )
+        oem_bus = await stack.enter_async_context(MqttBus(url, f"oem-{phone.oem_id}")) if via == "bus" else None
+        image = None
+        if photo is not None:
+            product = backend.catalog.product(photo)
+            if product is None:
+                raise ValueError(f"no product {photo!r} in the catalog")
+            image = product_photo(product.sku, product.name)
+        result = await send_intent(via, phone.intent(say, image=image), bus=oem_bus, bridge=bridge, oem_id=phone.oem_id)
+        await timeline_settle(timeline)
+        verification = backend.verifier.last
+        return PhoneDemo(
+            result,
+            phone.shown[-1] if phone.shown else None,
+            len(backend.checkout.orders),
+            list(timeline.steps),
+            verification.modality if verification is not None else None,
+        )

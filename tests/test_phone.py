@@ -1,0 +1,288 @@
+"""Phone OEM intents: a signed intent from a simulated phone's assistant becomes an order confirmed
+on the simulated system sheet, over the bus and over the bridge's local endpoint, on both brokers;
+every kind of bad intent is refused with its code and asks nothing of the agent."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import aiohttp
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from device_sdk.device import DeviceClient
+from device_sdk.errors import ErrorCode, IntentError
+from device_sdk.keys import SigningKey
+from device_sdk.mandate import unverified_claims
+from device_sdk.messages import DeviceKind, IntentResult, Modality, Outcome, decode
+from device_sdk.mqtt import MqttBus
+from device_sdk.readback import compose_phone_sheet, display_digest
+from firmware_bridge.intents import MAX_INTENT, IntentVerifier, OemIntent, OemKeys
+from firmware_bridge.phone import IntentBridge, deep_link
+from simulators.phone import SimulatedPhone
+from simulators.phone_demo import run_phone, send_intent
+from simulators.scenario import ShopBackend
+from tests.conftest import Restartable
+
+VECTORS = Path(__file__).parent.parent / "docs" / "vectors"
+
+
+# end to end --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("via", ["bus", "http"])
+async def test_a_phone_intent_becomes_an_order_confirmed_on_the_sheet(broker: Restartable, via: str) -> None:
+    demo = await run_phone("buy two packs of AA batteries", via=via, broker=str(broker.url))  # type: ignore[arg-type]
+    result = demo.result
+    assert result.outcome is Outcome.ORDERED and result.order_id and result.code is None
+    assert (result.total_minor, result.currency) == (2580, "CNY")
+    assert demo.orders == 1 and demo.mandate_modality == "phone_sheet"
+    assert demo.sheet is not None and demo.sheet.splitlines()[0] == "Confirm purchase"
+    assert "2 x AA batteries, pack of 4 (HomeGoods Direct) 25.80 CNY" in demo.sheet.splitlines()
+    kinds = [step.type for step in demo.steps]
+    assert kinds.index("agent.request") < kinds.index("confirmation.request") < kinds.index("confirmation.result")
+    answer = next(step for step in demo.steps if step.type == "confirmation.result")
+    assert "confirm by phone_sheet" in answer.summary
+
+
+async def test_an_intent_with_a_photo_asks_about_what_the_camera_saw() -> None:
+    demo = await run_phone("buy two of these", photo="bat-aa-4", via="http")
+    assert demo.result.outcome is Outcome.ORDERED and demo.orders == 1
+    assert demo.sheet is not None and "2 x AA batteries, pack of 4" in demo.sheet
+
+
+@pytest.mark.parametrize(
+    ("tap", "outcome"), [("cancel", Outcome.DECLINED), ("none", Outcome.NOT_CONFIRMED)]
+)  # fmt: skip
+async def test_a_sheet_cancelled_or_left_orders_nothing(tap: str, outcome: Outcome) -> None:
+    demo = await run_phone(tap=tap, via="bus")  # type: ignore[arg-type]
+    assert demo.result.outcome is outcome and demo.result.order_id is None and demo.orders == 0
+    assert demo.sheet is not None  # it was shown
+
+
+async def test_a_phone_that_cannot_show_the_sheet_hands_the_cart_to_the_app() -> None:
+    demo = await run_phone("buy two packs of AA batteries and a bottle of milk", tap="unavailable", via="http")
+    result = demo.result
+    assert result.outcome is Outcome.NOT_CONFIRMED and demo.orders == 0 and demo.sheet is None
+    assert result.code is ErrorCode.NOT_CONFIRMED and result.deep_link is not None
+    link = urlsplit(result.deep_link)
+    query = parse_qs(link.query)
+    assert f"{link.scheme}://{link.netloc}" == "shopagent://cart"
+    assert query["items"] == ["bat-aa-4:2,milk-1l:1"] and query["total"] == ["3830"] and query["currency"] == ["CNY"]
+    assert query["ref"][0].startswith("co_")
+
+
+# a bridge to send bad intents to ---------------------------------------------------------------------
+
+
+@dataclass
+class Rig:
+    phone: SimulatedPhone
+    bridge: IntentBridge
+    oem_bus: MqttBus
+    shop: ShopBackend
+
+    async def post(self, body: bytes) -> tuple[int, IntentResult]:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"http://127.0.0.1:{self.bridge.port}/v1/intents", data=body) as response,
+        ):
+            message = decode(await response.read())
+        assert isinstance(message, IntentResult)
+        return response.status, message
+
+
+@pytest.fixture
+async def rig(embedded: Restartable) -> AsyncIterator[Rig]:
+    async with contextlib.AsyncExitStack() as stack:
+        shop = await stack.enter_async_context(ShopBackend(embedded.url))
+        phone = SimulatedPhone("phone-1", shop.provision("phone-1"), SigningKey.generate())
+        device = await stack.enter_async_context(DeviceClient(embedded.url, "phone-1", kind=DeviceKind.PHONE))
+        intake = await stack.enter_async_context(MqttBus(embedded.url, "bridge-phone-1"))
+        verifier = IntentVerifier(OemKeys([(phone.oem_id, phone.oem_key.public)]))
+        bridge = await stack.enter_async_context(
+            IntentBridge(device, verifier, phone, intake=intake, listen=("127.0.0.1", 0))
+        )
+        oem_bus = await stack.enter_async_context(MqttBus(embedded.url, "oem-demo"))
+        yield Rig(phone, bridge, oem_bus, shop)
+
+
+def forged(token: str, old: str, new: str) -> str:
+    header, payload, signature = token.split(".")
+    data = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)).decode().replace(old, new)
+    return f"{header}.{base64.urlsafe_b64encode(data.encode()).rstrip(b'=').decode()}.{signature}"
+
+
+async def test_bad_intents_are_refused_with_their_codes_and_ask_nothing(rig: Rig) -> None:
+    phone = rig.phone
+    stranger = SimulatedPhone("phone-1", phone.device_key, SigningKey.generate())  # an OEM key nobody registered
+    good = phone.intent("buy two packs of AA batteries")
+    plain = json.dumps(unverified_claims(good)).encode()
+    header, payload, _ = good.split(".")
+    none_header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"shop-intent+jws"}').rstrip(b"=").decode()
+    now_ms = int(time.time() * 1000)
+    cases: list[tuple[str, bytes, ErrorCode, int]] = [
+        ("plain JSON", plain, ErrorCode.UNSIGNED, 401),
+        ("alg none", f"{none_header}.{payload}.".encode(), ErrorCode.UNSIGNED, 401),
+        ("no signature", f"{header}.{payload}.".encode(), ErrorCode.UNSIGNED, 401),
+        ("unknown key", stranger.intent("buy milk").encode(), ErrorCode.UNKNOWN_KEY, 401),
+        ("tampered", forged(good, "buy two", "buy ten").encode(), ErrorCode.BAD_SIGNATURE, 401),
+        ("old", phone.intent("buy milk", timestamp_ms=now_ms - 600_000).encode(), ErrorCode.STALE, 400),
+        ("future", phone.intent("buy milk", timestamp_ms=now_ms + 600_000).encode(), ErrorCode.STALE, 400),
+        ("unknown action", phone.intent("buy milk", action="ai.shop.intent.action.LAUNCH").encode(),
+         ErrorCode.UNKNOWN_ACTION, 422),
+        ("oversized", b"x" * (MAX_INTENT + 1), ErrorCode.TOO_LARGE, 413),
+        ("not a JWS", b"buy me milk", ErrorCode.BAD_MESSAGE, 400),
+        ("another phone", SimulatedPhone("phone-2", phone.device_key, phone.oem_key).intent("buy milk").encode(),
+         ErrorCode.BAD_MESSAGE, 400),
+        ("bad image", phone.intent("buy this", image=b"not a jpeg").encode(), ErrorCode.BAD_IMAGE, 400),
+    ]  # fmt: skip
+    for name, body, code, status in cases:
+        got_status, result = await rig.post(body)
+        assert (result.code, got_status) == (code, status), name
+        assert result.outcome is None and result.order_id is None, name
+    assert rig.shop.gateway.sessions == {}  # no agent request came from any of them
+    assert rig.shop.checkout.orders == []
+    status, result = await rig.post(good.encode())  # nothing was lost: the good one still orders
+    assert status == 200 and result.outcome is Outcome.ORDERED
+    status, again = await rig.post(good.encode())
+    assert (status, again.code) == (409, ErrorCode.REPLAYED)
+    assert len(rig.shop.checkout.orders) == 1
+
+
+async def test_over_the_bus_an_intent_on_another_oems_topic_is_refused(rig: Rig) -> None:
+    token = rig.phone.intent("buy two packs of AA batteries")
+    topics = rig.bridge.device.topics
+    async with await rig.oem_bus.subscribe(topics.oem_reply("oem-other")) as replies:
+        await rig.oem_bus.publish(topics.oem_intent("oem-other"), token.encode())
+        message = decode((await replies.get(timeout=10)).payload)
+    assert isinstance(message, IntentResult) and message.code is ErrorCode.WRONG_TOPIC
+    result = await send_intent(
+        "bus", rig.phone.intent("buy a bottle of milk"), bus=rig.oem_bus, bridge=rig.bridge, oem_id="oem-demo"
+    )
+    assert result.outcome is Outcome.ORDERED
+
+
+async def test_the_endpoint_describes_the_phone(rig: Rig) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{rig.bridge.port}/v1/device") as response,
+    ):
+        info = decode(await response.read())
+    assert response.status == 200 and info.type == "device.info"
+    assert info.kind is DeviceKind.PHONE  # type: ignore[union-attr]
+
+
+# the verifier alone ---------------------------------------------------------------------------------
+
+
+def test_the_published_intent_vector_verifies_byte_exact() -> None:
+    vector = json.loads((VECTORS / "manifest.json").read_text())["intent"]
+    key = SigningKey(Ed25519PrivateKey.from_private_bytes(bytes.fromhex(vector["seed_hex"])))
+    assert key.public.kid == vector["kid"] and key.public.raw.hex() == vector["public_key_hex"]
+    from firmware_bridge.intents import sign_intent
+
+    intent = OemIntent.model_validate(vector["intent"])
+    assert sign_intent(key, intent) == vector["token"]  # Ed25519 is deterministic
+    verifier = IntentVerifier(OemKeys([(intent.oem_id, key.public)]))
+    assert verifier.check(vector["token"], now=vector["accepted_at"]) == intent
+    for name, (token, code) in vector["refused"].items():
+        with pytest.raises(IntentError) as refused:
+            IntentVerifier(OemKeys([(intent.oem_id, key.public)])).check(token, now=vector["accepted_at"])
+        assert refused.value.code == code, name
+
+
+def test_a_key_belongs_to_one_oem_and_an_intent_must_name_it() -> None:
+    key = SigningKey.generate()
+    keys = OemKeys([("oem-a", key.public)])
+    with pytest.raises(Exception, match="already registered"):
+        keys.add("oem-b", key.public)
+    phone = SimulatedPhone("phone-1", SigningKey.generate(), key, oem_id="oem-b")
+    with pytest.raises(IntentError) as refused:
+        IntentVerifier(keys).check(phone.intent("buy milk"))
+    assert refused.value.code is ErrorCode.UNKNOWN_KEY
+
+
+def test_oem_keys_round_trip_through_their_file(tmp_path: Path) -> None:
+    keys = OemKeys([("oem-a", SigningKey.generate().public), ("oem-b", SigningKey.generate().public)])
+    path = tmp_path / "oem-keys.json"
+    path.write_text(keys.dump())
+    loaded = OemKeys.load(path)
+    assert len(loaded) == 2
+    path.write_text('{"oems": "nope"}')
+    with pytest.raises(Exception, match="expected"):
+        OemKeys.load(path)
+
+
+_PHONE = SimulatedPhone("phone-1", SigningKey.generate(), SigningKey.generate())
+_VERIFIER = IntentVerifier(OemKeys([(_PHONE.oem_id, _PHONE.oem_key.public)]))
+_GOOD = _PHONE.intent("buy two packs of AA batteries", intent_id="int_fuzz")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2048) | st.text(max_size=2048).map(str.encode))
+def test_any_bytes_are_an_intent_or_a_coded_refusal(data: bytes) -> None:
+    with pytest.raises(IntentError) as refused:  # and nothing else: a coded refusal
+        _VERIFIER.check(data)
+    assert refused.value.code in set(ErrorCode)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, len(_GOOD) - 1), st.sampled_from("AQgw_-.xZ="))
+def test_a_signed_intent_with_any_character_changed_is_refused(position: int, char: str) -> None:
+    changed = _GOOD[:position] + char + _GOOD[position + 1 :]
+    if changed == _GOOD:
+        return
+    verifier = IntentVerifier(OemKeys([(_PHONE.oem_id, _PHONE.oem_key.public)]))
+    if base64url_bytes(changed) == base64url_bytes(_GOOD):
+        return  # a base64url part's last character can carry unused bits: the same bytes, the same intent
+    with pytest.raises(IntentError) as refused:
+        verifier.check(changed)
+    assert refused.value.code in {
+        ErrorCode.BAD_SIGNATURE,
+        ErrorCode.BAD_MESSAGE,
+        ErrorCode.UNSIGNED,
+        ErrorCode.UNKNOWN_KEY,
+    }
+
+
+def base64url_bytes(token: str) -> list[bytes | None]:
+    out: list[bytes | None] = []
+    for part in token.split("."):
+        try:
+            out.append(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+        except ValueError:
+            out.append(None)
+    return out
+
+
+def test_the_sheet_and_the_deep_link_say_exactly_the_proposal() -> None:
+    from device_sdk.device import Offer
+    from device_sdk.messages import ConfirmationRequest
+
+    request = decode((VECTORS / "confirmation.request.json").read_bytes())
+    assert isinstance(request, ConfirmationRequest)
+    sheet = compose_phone_sheet(request.proposal)
+    assert sheet.splitlines() == [
+        "Confirm purchase",
+        "Pay Shop Agent Marketplace",
+        "2 x AA batteries, pack of 4 (HomeGoods Direct) 25.80 CNY",
+        "1 x Whole milk, 1 litre (FreshMart) 12.50 CNY",
+        "Total 38.30 CNY",
+        "[Cancel]  [Confirm]",
+    ]
+    assert display_digest(sheet) != request.display_digest  # a sheet is not the spoken read-back
+    from device_sdk.readback import presentation
+
+    assert presentation(request.proposal, Modality.PHONE_SHEET) == sheet
+    link = deep_link(Offer(request), "https://shop.example/cart")
+    assert link.startswith("https://shop.example/cart?items=bat-aa-4%3A2%2Cmilk-1l%3A1&merchant=m-marketplace")
