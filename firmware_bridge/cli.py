@@ -1,5 +1,5 @@
 """`firmware-bridge run`: one pair of glasses on a BLE link, carried onto the MQTT device protocol, so
-the gateway treats them like any other device.
+the gateway treats them like any other device. `firmware-bridge phone`: a phone's OEM intents.
 
     firmware-bridge run --ble AA:BB:CC:DD:EE:FF --broker mqtt://127.0.0.1:1883
     firmware-bridge run --name Lens-01 --broker mqtt://127.0.0.1:1883 --asr sphinx
@@ -13,6 +13,13 @@ the card on the lens, the wearer's gesture, the order. The device's signing key 
 `--simulated` runs simulated glasses on a virtual link in this process, driven through bleak as
 real ones are, with a simulated wearer who taps the blank lens (saying `--say` into the microphone,
 if given) and answers each card with `--tap`.
+
+    firmware-bridge phone --broker mqtt://127.0.0.1:1883 --device-id phone-1 --oem-keys oem-keys.json \
+        --listen 127.0.0.1:8787 --sheet-url http://127.0.0.1:8788/sheet
+
+takes signed intents for one phone on the bus and at `POST http://127.0.0.1:8787/v1/intents`, and
+puts each order on the phone's system sheet through its local sheet service (`--sheet-url`, see
+docs/phone.md); without one, every cart is handed to the phone's app by a deep link.
 """
 
 from __future__ import annotations
@@ -63,13 +70,64 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--say", default=None, help="--simulated: what the wearer says (implies --asr sphinx)")
     run.add_argument("--tap", choices=["confirm", "cancel", "none"], default="confirm", help="--simulated: answer")
     run.add_argument("--json", action="store_true", help="one JSON object per session")
+    phone = commands.add_parser("phone", help="take a phone's OEM intents (bus and local endpoint) for the agent")
+    phone.add_argument("--broker", required=True, help="MQTT broker URL for the phone, e.g. mqtt://127.0.0.1:1883")
+    phone.add_argument("--device-id", default="phone-1", help="the phone's device id on the bus")
+    phone.add_argument("--oem-keys", type=Path, required=True, help='JSON {"oems": {"<oem id>": ["<public key>"]}}')
+    phone.add_argument("--listen", default="127.0.0.1:8787", help="local endpoint HOST:PORT ('off' for none)")
+    phone.add_argument(
+        "--intake-broker", default=None,
+        help="broker URL with the bridge's own credentials for intents on the bus (default: --broker; 'off': none)",
+    )  # fmt: skip
+    phone.add_argument("--sheet-url", default=None, help="the phone's sheet service (default: none: deep links)")
+    phone.add_argument("--deep-link-base", default="shopagent://cart", help="the app's cart link")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    if args.command == "phone":
+        return asyncio.run(_phone(args))
     if args.say is not None and not args.simulated:
         raise ConfigError("--say is for --simulated glasses: a real wearer speaks for themselves")
     return asyncio.run(_run(args))
+
+
+async def _phone(args: argparse.Namespace) -> int:
+    from device_sdk.messages import Capability
+    from device_sdk.mqtt import MqttBus
+
+    from .intents import IntentVerifier, OemKeys
+    from .phone import HttpSheet, IntentBridge
+
+    device_id = check_id(args.device_id, "device id")
+    keys = OemKeys.load(args.oem_keys)
+    listen = None
+    if args.listen != "off":
+        host, _, port = args.listen.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"--listen {args.listen!r}: expected HOST:PORT")
+        listen = (host, int(port))
+    sheet = HttpSheet(args.sheet_url) if args.sheet_url else None
+    capabilities = [Capability.DISPLAY, Capability.TOUCH, Capability.TEXT]
+    async with contextlib.AsyncExitStack() as stack:
+        device = await stack.enter_async_context(
+            DeviceClient(BrokerUrl.parse(args.broker), device_id, kind=DeviceKind.PHONE, capabilities=capabilities)
+        )
+        intake = None
+        if args.intake_broker != "off":
+            url = BrokerUrl.parse(args.intake_broker or args.broker)
+            intake = await stack.enter_async_context(MqttBus(url, f"bridge-{device_id}"))
+        bridge = await stack.enter_async_context(
+            IntentBridge(device, IntentVerifier(keys), sheet, intake=intake, listen=listen,
+                         deep_link_base=args.deep_link_base)
+        )  # fmt: skip
+        where = [f"bus {device.topics.all_oem_intents()}"] if intake else []
+        if bridge.port is not None and listen is not None:
+            where.append(f"http://{listen[0]}:{bridge.port}/v1/intents")
+        print(f"firmware-bridge: {device_id} takes intents of {len(keys)} OEM key(s) on {', '.join(where)}",
+              file=sys.stderr, flush=True)  # fmt: skip
+        await asyncio.Event().wait()
+    return 0
 
 
 async def _run(args: argparse.Namespace) -> int:

@@ -22,16 +22,18 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 from urllib.parse import urlencode
 
+import aiohttp
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from device_sdk.device import DeviceClient, Offer
 from device_sdk.errors import OUTCOME_OF, DeviceSdkError, ErrorCode, IntentError, RemoteError
 from device_sdk.messages import Decision, IntentResult, Modality, Outcome
 from device_sdk.mqtt import MqttBus, Received
-from device_sdk.readback import compose_phone_sheet
+from device_sdk.readback import compose_phone_sheet, display_digest
 from device_sdk.service import Service
 
 from .intents import MAX_INTENT, IntentVerifier, OemIntent
@@ -66,6 +68,49 @@ class ConfirmationSheet(Protocol):
     phone, driving mode): the bridge then hands the cart to the app by a deep link."""
 
     async def present(self, offer: Offer, text: str) -> SheetAnswer | None: ...
+
+
+class SheetReply(BaseModel):
+    """The sheet service's answer (body of a 200 response): the decision, and the mandate the phone
+    signed over exactly the text it showed when the user confirmed."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    decision: Decision
+    mandate: Annotated[str, Field(max_length=8192)] | None = None
+
+
+class HttpSheet:
+    """A sheet on the phone's own system service, reached over local HTTP, so the OEM implements it
+    in any language (and signs with the platform keystore): the bridge POSTs `{"v": 1, "type":
+    "sheet.request", "text", "display_digest", "confirmation"}` to `url` and reads a `SheetReply`.
+    503 (or any failure to answer) means no sheet can be shown now."""
+
+    def __init__(self, url: str, *, timeout: float = 120.0) -> None:
+        self.url = url
+        self.timeout = timeout
+
+    async def present(self, offer: Offer, text: str) -> SheetAnswer | None:
+        body = {
+            "v": 1,
+            "type": "sheet.request",
+            "text": text,
+            "display_digest": display_digest(text),
+            "confirmation": offer.request.model_dump(mode="json", exclude_none=True),
+        }
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as http,
+                http.post(self.url, json=body) as response,
+            ):
+                if response.status != 200:
+                    log.warning("the sheet at %s answered %d: no sheet", self.url, response.status)
+                    return None
+                reply = SheetReply.model_validate_json(await response.read())
+        except (aiohttp.ClientError, TimeoutError, ValidationError) as exc:
+            log.warning("the sheet at %s gave no answer (%s): no sheet", self.url, type(exc).__name__)
+            return None
+        return SheetAnswer(reply.decision, reply.mandate)
 
 
 def deep_link(offer: Offer, base: str = DEEP_LINK_BASE) -> str:

@@ -9,13 +9,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Literal
 
+from aiohttp import web
+
 from device_sdk.device import Offer
 from device_sdk.keys import SigningKey
 from device_sdk.mandate import mandate_for
-from device_sdk.messages import Decision, Modality, new_id
+from device_sdk.messages import ConfirmationRequest, Decision, Modality, new_id
 from device_sdk.readback import display_digest
 from firmware_bridge.intents import ACTION_BUY, IntentExtras, OemIntent, sign_intent
-from firmware_bridge.phone import SheetAnswer
+from firmware_bridge.phone import SheetAnswer, SheetReply
 
 SheetTap = Literal["confirm", "cancel", "none", "unavailable"]
 """What the simulated user does with the sheet; `unavailable`: the sheet cannot be shown at all."""
@@ -73,3 +75,38 @@ class SimulatedPhone:
             display_digest=display_digest(text),
         )
         return SheetAnswer(Decision.CONFIRM, mandate)
+
+
+class SheetServer:
+    """The simulated phone's system service for `HttpSheet`: `POST /sheet` shows the sheet on
+    `phone` and answers with its `SheetReply` (503 when no sheet can be shown).
+    `async with SheetServer(phone) as server:` then `server.url`."""
+
+    def __init__(self, phone: SimulatedPhone, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.phone = phone
+        self._where = (host, port)
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def __aenter__(self) -> SheetServer:
+        app = web.Application()
+        app.router.add_post("/sheet", self._sheet)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, *self._where).start()
+        host, port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{port}/sheet"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _sheet(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        offer = Offer(ConfirmationRequest.model_validate(body["confirmation"]))
+        answer = await self.phone.present(offer, body["text"])
+        if answer is None:
+            return web.Response(status=503)
+        reply = SheetReply(decision=answer.decision, mandate=answer.mandate)
+        return web.Response(body=reply.model_dump_json(exclude_none=True), content_type="application/json")

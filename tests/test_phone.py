@@ -4,9 +4,11 @@ every kind of bad intent is refused with its code and asks nothing of the agent.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -286,3 +288,91 @@ def test_the_sheet_and_the_deep_link_say_exactly_the_proposal() -> None:
     assert presentation(request.proposal, Modality.PHONE_SHEET) == sheet
     link = deep_link(Offer(request), "https://shop.example/cart")
     assert link.startswith("https://shop.example/cart?items=bat-aa-4%3A2%2Cmilk-1l%3A1&merchant=m-marketplace")
+
+
+# the bridge as its own process ----------------------------------------------------------------------
+
+
+@pytest.mark.mosquitto
+async def test_firmware_bridge_phone_runs_as_a_process_with_the_sheet_on_the_phones_service(
+    mosquitto: Restartable, tmp_path: Path
+) -> None:
+    """`firmware-bridge phone` in front of the shop on a Mosquitto started by the test; the phone's
+    sheet service (simulated, over local HTTP) shows the sheet and signs the mandate; one intent
+    arrives at the local endpoint, one on the bus."""
+    from device_sdk.mosquitto import free_port
+    from simulators.phone import SheetServer
+
+    async with ShopBackend(mosquitto.url) as shop, contextlib.AsyncExitStack() as stack:
+        phone = SimulatedPhone("phone-7", shop.provision("phone-7"), SigningKey.generate())
+        sheet = await stack.enter_async_context(SheetServer(phone))
+        keys = tmp_path / "oem-keys.json"
+        keys.write_text(OemKeys([(phone.oem_id, phone.oem_key.public)]).dump())
+        port = free_port()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "firmware_bridge", "phone", "--broker", str(mosquitto.url), "--device-id", "phone-7",
+            "--oem-keys", str(keys), "--listen", f"127.0.0.1:{port}", "--sheet-url", sheet.url,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            assert process.stderr is not None
+            ready = await asyncio.wait_for(process.stderr.readline(), 30)
+            assert b"takes intents of 1 OEM key(s)" in ready and f":{port}/v1/intents".encode() in ready
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(f"http://127.0.0.1:{port}/v1/intents", data=phone.intent("buy a bottle of milk")) as reply,
+            ):
+                posted = decode(await reply.read())
+            oem = await stack.enter_async_context(MqttBus(mosquitto.url, "oem-demo"))
+            topics = shop.topics
+            token = phone.intent("buy two packs of AA batteries").encode()
+            async with await oem.subscribe(topics.oem_reply(phone.oem_id)) as replies:
+                await oem.publish(topics.oem_intent(phone.oem_id), token)
+                on_bus = decode((await replies.get(timeout=30)).payload)
+        finally:
+            process.terminate()
+            await process.wait()
+    assert isinstance(posted, IntentResult) and posted.outcome is Outcome.ORDERED and reply.status == 200
+    assert isinstance(on_bus, IntentResult) and on_bus.outcome is Outcome.ORDERED
+    assert len(shop.checkout.orders) == 2 and len(phone.shown) == 2
+    assert shop.verifier.last is not None and shop.verifier.last.modality == "phone_sheet"
+    assert shop.verifier.last.device_id == "phone-7"
+
+
+async def test_a_sheet_service_that_cannot_show_or_does_not_answer_means_no_sheet() -> None:
+    from device_sdk.device import Offer
+    from device_sdk.messages import ConfirmationRequest
+    from device_sdk.mosquitto import free_port
+    from firmware_bridge.phone import HttpSheet
+    from simulators.phone import SheetServer
+
+    request = decode((VECTORS / "confirmation.request.json").read_bytes())
+    assert isinstance(request, ConfirmationRequest)
+    offer, text = Offer(request), compose_phone_sheet(request.proposal)
+    phone = SimulatedPhone("speaker-1", SigningKey.generate(), SigningKey.generate(), tap="unavailable")
+    async with SheetServer(phone) as server:
+        assert await HttpSheet(server.url).present(offer, text) is None
+        phone.tap = "cancel"
+        answer = await HttpSheet(server.url).present(offer, text)
+    assert answer is not None and answer.decision.value == "decline" and answer.mandate is None
+    assert phone.shown == [text]
+    assert await HttpSheet(f"http://127.0.0.1:{free_port()}/sheet", timeout=2).present(offer, text) is None
+
+
+def test_simulate_phone_on_the_command_line() -> None:
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-m", "device_sdk.cli", "simulate", "phone", "--via", "http", "--json"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["outcome"] == "ordered" and report["orders"] == 1 and report["mandate_modality"] == "phone_sheet"
+    assert report["sheet"].startswith("Confirm purchase\n")
+    declined = subprocess.run(
+        [sys.executable, "-m", "device_sdk.cli", "simulate", "phone", "--sheet", "unavailable"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert declined.returncode == 0, declined.stderr  # as asked: nothing ordered
+    assert "handed to the app: shopagent://cart?items=bat-aa-4%3A2" in declined.stdout
