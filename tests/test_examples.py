@@ -76,3 +76,44 @@ async def test_documented_glasses_bridge_against_device_sdk_serve(
     finally:
         serve.terminate()
         await serve.wait()
+
+
+async def test_documented_phone_oem_sequence_against_device_sdk_serve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """examples/phone_oem.py's docstring: keys create, the OEM key, serve, firmware-bridge phone, ask."""
+    monkeypatch.setenv("DEVICE_SDK_STATE", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    made = await asyncio.create_subprocess_exec(sys.executable, "-m", "device_sdk.cli", "keys", "create", "phone-1")
+    assert await made.wait() == 0
+    oem = await asyncio.create_subprocess_exec(sys.executable, str(EXAMPLES / "phone_oem.py"), "keys")
+    assert await oem.wait() == 0 and (tmp_path / "oem-keys.json").exists()
+    port, bridge_port, sheet_port = free_port(), free_port(), free_port()
+    serve = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "device_sdk.cli", "serve", "--port", str(port), stdout=subprocess.PIPE
+    )
+    bridge = None
+    try:
+        assert serve.stdout is not None
+        assert (await asyncio.wait_for(serve.stdout.readline(), 30)).startswith(b"serving devices on")
+        bridge = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "firmware_bridge", "phone", "--broker", f"mqtt://127.0.0.1:{port}",
+            "--oem-keys", "oem-keys.json", "--listen", f"127.0.0.1:{bridge_port}",
+            "--sheet-url", f"http://127.0.0.1:{sheet_port}/sheet", stderr=subprocess.PIPE,
+        )  # fmt: skip
+        assert bridge.stderr is not None
+        assert b"takes intents" in await asyncio.wait_for(bridge.stderr.readline(), 30)
+        ask = await asyncio.create_subprocess_exec(
+            sys.executable, str(EXAMPLES / "phone_oem.py"), "ask", "--say", "buy two packs of AA batteries",
+            "--tap", "confirm", "--bridge", f"http://127.0.0.1:{bridge_port}/v1/intents",
+            "--sheet-port", str(sheet_port), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(ask.communicate(), 60)
+        assert ask.returncode == 0, err
+        assert b"2 x AA batteries, pack of 4 (HomeGoods Direct) 25.80 CNY" in out
+        assert b"HTTP 200: ordered ord_" in out
+    finally:
+        for process in (bridge, serve):
+            if process is not None:
+                process.terminate()
+                await process.wait()
