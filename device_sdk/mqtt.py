@@ -16,7 +16,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Self
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -33,13 +33,18 @@ ConnectHook = Callable[[], Awaitable[None]]
 
 @dataclass(frozen=True)
 class BrokerUrl:
-    """`mqtt://[user[:password]@]host[:port]` or `mqtts://...` (TLS, default port 8883)."""
+    """`mqtt://[user[:password]@]host[:port]` or `mqtts://...[?ca=PATH]` (TLS, default port 8883).
+
+    `ca` is the CA certificate file that the broker's certificate must chain to (default: the
+    system's trusted CAs); it rides in the URL so that every client built from one can use it.
+    """
 
     host: str
     port: int = 1883
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     tls: bool = False
+    ca: str | None = None
 
     @classmethod
     def parse(cls, url: str) -> BrokerUrl:
@@ -55,7 +60,11 @@ class BrokerUrl:
             raise BusError(f"no host in broker URL {url!r}")
         user = unquote(parts.username) if parts.username else None
         password = unquote(parts.password) if parts.password else None
-        return cls(parts.hostname, port, user, password, tls)
+        query = parse_qs(parts.query, keep_blank_values=True)
+        if set(query) - {"ca"} or len(query.get("ca", [])) > 1 or (query and not tls):
+            raise BusError(f"a broker URL takes one query parameter, ca, with mqtts:// only: {url!r}")
+        ca = query["ca"][0] if "ca" in query else None
+        return cls(parts.hostname, port, user, password, tls, ca or None)
 
     def __str__(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
@@ -126,6 +135,16 @@ class Subscription:
         await self.close()
 
 
+class _Denied(BusError):
+    """A SUBACK that refused the filters at `indices`."""
+
+    code = ErrorCode.NOT_AUTHORIZED
+
+    def __init__(self, indices: list[int]) -> None:
+        super().__init__("the broker refused a subscription")
+        self.indices = indices
+
+
 class MqttBus(Service):
     """One MQTT client connection, kept up until the context exits.
 
@@ -173,7 +192,7 @@ class MqttBus(Service):
         if self.url.username is not None:
             client.username_pw_set(self.url.username, self.url.password)
         if self.url.tls:
-            client.tls_set(ca_certs=tls_ca, cert_reqs=ssl.CERT_REQUIRED)
+            client.tls_set(ca_certs=tls_ca or self.url.ca, cert_reqs=ssl.CERT_REQUIRED)
         if will is not None:
             client.will_set(will[0], will[1], qos=1, retain=True)
         client.on_connect = self._on_connect
@@ -181,7 +200,7 @@ class MqttBus(Service):
         client.on_message = self._on_message
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
-        client.on_unsubscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
         client.on_socket_open = self._on_socket_open
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write
@@ -201,10 +220,17 @@ class MqttBus(Service):
         return self._connected.is_set()
 
     async def connect(self) -> None:
-        """Connect, retrying with backoff for up to `connect_timeout` seconds."""
+        """Connect, retrying with backoff for up to `connect_timeout` seconds.
+
+        A refusal that no retry can change ends it at once: bad credentials or not authorised
+        (`BusError` with code `not_authorized`), or a TLS certificate that does not verify.
+        """
         try:
             async with asyncio.timeout(self._connect_timeout):
-                await self._connect_with_backoff()
+                await self._connect_with_backoff(final=True)
+        except BusError:
+            await self.close()
+            raise
         except TimeoutError:
             await self.close()  # a connect still under way must not come alive later
             why = f" (last error: {self._last_error})" if self._last_error else ""
@@ -296,7 +322,9 @@ class MqttBus(Service):
     async def subscribe(self, *filters: str, qos: int = 1, maxsize: int = 10_000) -> Subscription:
         """Start receiving, as one ordered stream, messages that match any of `filters`.
 
-        A filter may be a shared subscription, `$share/<group>/<filter>`.
+        A filter may be a shared subscription, `$share/<group>/<filter>`. A filter the broker
+        refuses (SUBACK 0x80) raises `BusError` with code `not_authorized`, and none of the filters
+        stays subscribed. (Mosquitto's ACL file grants every subscription and filters each message.)
         """
         sub = Subscription(self, filters, qos, maxsize)
         self._subs.append(sub)
@@ -304,7 +332,13 @@ class MqttBus(Service):
             result, mid = self._client.subscribe([(f, qos) for f in filters])
             if result != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
                 raise BusError(f"subscribe to {filters} failed: {paho.error_string(result)}")
-            await self._wait_ack(mid, 10.0, f"a subscription to {filters}")
+            try:
+                await self._wait_ack(mid, 10.0, f"a subscription to {filters}")
+            except _Denied as exc:
+                await sub.close()
+                denied = ", ".join(filters[i] for i in exc.indices if i < len(filters))
+                who = self.url.username or "an anonymous client"
+                raise BusError(f"{who} may not subscribe to {denied}", ErrorCode.NOT_AUTHORIZED) from None
         return sub
 
     async def _unsubscribe(self, sub: Subscription) -> None:
@@ -320,13 +354,17 @@ class MqttBus(Service):
 
     # connection management ---------------------------------------------------------------
 
-    async def _connect_with_backoff(self) -> None:
-        """Connect until connected. While this runs, a dropped attempt is retried here, not by a second loop."""
+    async def _connect_with_backoff(self, *, final: bool = False) -> None:
+        """Connect until connected. While this runs, a dropped attempt is retried here, not by a second loop.
+
+        With `final`, a refusal no retry can change raises `BusError`; otherwise (reconnecting) it is
+        retried too: the broker's password file may be on its way back.
+        """
         delay = self._backoff[0]
         self._connecting = True
         try:
             while not self._closing:
-                if await self._attempt():
+                if await self._attempt(final):
                     return
                 await asyncio.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, self._backoff[1])
@@ -334,17 +372,27 @@ class MqttBus(Service):
             self._connecting = False
         raise BusError("the bus is closed")
 
-    async def _attempt(self) -> bool:
+    async def _attempt(self, final: bool = False) -> bool:
         self._connack = self._loop.create_future()
         try:
             await self._loop.run_in_executor(None, self._blocking_connect)
             async with asyncio.timeout(max(self._keepalive, 5)):
                 await self._connack
             return self._connected.is_set()  # not if it dropped again right after CONNACK
-        except (OSError, BusError, TimeoutError, ssl.SSLError) as exc:
+        except ssl.SSLCertVerificationError as exc:
+            self._last_error = f"TLS: the broker's certificate does not verify: {exc.verify_message}"
+            if final:
+                raise BusError(f"{self.url}: {self._last_error}") from None
+        except BusError as exc:
+            if final and exc.code is ErrorCode.NOT_AUTHORIZED:
+                raise
+            if exc.code is ErrorCode.NOT_AUTHORIZED and self._last_error != str(exc):  # once, not every retry
+                log.warning("%s: %s; retrying", self.client_id, exc.text)
+            self._last_error = str(exc)
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
             self._last_error = str(exc) or type(exc).__name__
-            log.debug("connect to %s failed: %s", self.url, exc)
-            return False
+        log.debug("connect to %s failed: %s", self.url, self._last_error)
+        return False
 
     def _blocking_connect(self) -> None:
         self._client.connect(self.url.host, self.url.port, keepalive=self._keepalive)
@@ -382,7 +430,14 @@ class MqttBus(Service):
             return
         if rc.is_failure:
             if self._connack and not self._connack.done():
-                self._connack.set_exception(BusError(f"broker refused the connection: {rc}"))
+                # MQTT 3.1.1 CONNACK 4 and 5, as paho names them
+                refused = rc.getName() in ("Bad user name or password", "Not authorized")
+                who = f"user {self.url.username!r}" if self.url.username is not None else "an anonymous client"
+                self._connack.set_exception(
+                    BusError(f"broker {self.url} refused {who}: {rc}", ErrorCode.NOT_AUTHORIZED)
+                    if refused
+                    else BusError(f"broker {self.url} refused the connection: {rc}")
+                )
             return
         filters = {f: sub.qos for sub in self._subs for f in sub.filters}
         if filters:
@@ -412,7 +467,14 @@ class MqttBus(Service):
     def _on_publish(self, _c: paho.Client, _u: Any, mid: int, _rc: ReasonCode, _p: Any) -> None:
         self._ack(mid)
 
-    def _on_subscribe(self, _c: paho.Client, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
+    def _on_subscribe(self, _c: paho.Client, _u: Any, mid: int, codes: list[ReasonCode], _p: Any) -> None:
+        denied = [i for i, code in enumerate(codes) if code.is_failure]
+        fut = self._acks.get(mid)
+        if denied and fut is not None and not fut.done():
+            fut.set_exception(_Denied(denied))
+        self._ack(mid)
+
+    def _on_unsubscribe(self, _c: paho.Client, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
         self._ack(mid)
 
     def _ack(self, mid: int) -> None:

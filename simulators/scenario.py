@@ -120,8 +120,11 @@ class ShopBackend:
         agent: AgentCore | None = None,
         database: str | Path | None = None,
         policy: PolicyBook | None = None,
+        agent_url: BrokerUrl | None = None,
     ) -> None:
         self.url = url
+        self.agent_url = agent_url or url
+        """Where the agent worker connects: on a secured broker, with the agent role's credentials."""
         self.topics = topics or Topics()
         self.catalog = demo_catalog()
         self.images = ImageStore()
@@ -152,7 +155,7 @@ class ShopBackend:
             )
             self.checkout = self._make_checkout(self.verifier)
             self.gateway = Gateway(self.url, self.checkout, audit=self.audit, **self._gateway_args)
-            agent_bus = await stack.enter_async_context(MqttBus(self.url, f"agent-{self.gateway.gateway_id}"))
+            agent_bus = await stack.enter_async_context(MqttBus(self.agent_url, f"agent-{self.gateway.gateway_id}"))
             self.worker = AgentWorker(
                 agent_bus, self.agent, topics=self.topics, shared=self._shared, images=self.images
             )
