@@ -38,10 +38,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve = commands.add_parser(
         "serve", help="run the backend (broker, gateway, reference agent, checkout) for devices"
     )
-    serve.add_argument("--broker", default=None, help="mqtt://host:port to use (default: an embedded broker)")
+    serve.add_argument(
+        "--broker", default=None,
+        help="mqtt://host:port to use, or auto: the first _mqtt._tcp broker zeroconf finds (default: embedded)",
+    )  # fmt: skip
     serve.add_argument("--port", type=int, default=1883, help="port of the embedded broker (default 1883)")
     serve.add_argument("--host", default="127.0.0.1", help="address of the embedded broker (default 127.0.0.1)")
+    serve.add_argument("--advertise", action="store_true", help="advertise the gateway with zeroconf")
+    serve.add_argument("--interface", action="append", metavar="IP", help="zeroconf on this address only (repeat)")
     _shop_options(serve)
+
+    discover = commands.add_parser("discover", help="devices, gateways and MQTT brokers on the LAN (zeroconf)")
+    discover.add_argument("--json", action="store_true", help="print one JSON array (default: a table)")
+    discover.add_argument("--timeout", type=float, default=3.0, help="seconds to browse (default 3)")
+    discover.add_argument("--interface", action="append", metavar="IP", help="browse on this address only (repeat)")
 
     keys = commands.add_parser("keys", help="device signing keys and the registry the verifier trusts")
     key_commands = keys.add_subparsers(dest="keys", required=True)
@@ -57,6 +67,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     listing.add_argument("--json", action="store_true")
     for sub in (create, revoke, listing):
         _shop_options(sub, policy=False)
+
+    provision = commands.add_parser(
+        "provision", help="broker credentials (and, for a device, its signing key) for one client; "
+        "writes the Mosquitto password file, ACL and configuration (docs/security.md)",
+    )  # fmt: skip
+    provision.add_argument("name", metavar="DEVICE_ID", help="the client's id: its broker user name")
+    provision.add_argument("--role", choices=["device", "gateway", "agent", "oem", "bridge", "monitor"],
+                           default="device", help="what it may read and write (default: device)")  # fmt: skip
+    provision.add_argument("--dir", type=Path, default=None, help="broker directory (default: <state>/broker)")
+    provision.add_argument("--database", "--db", dest="database", type=Path, default=None,
+                           help=f"the verifier's SQLite file (default: {default_database()})")  # fmt: skip
+    provision.add_argument("--key-out", type=Path, default=None, help="a device's key file (default: state dir)")
+    provision.add_argument("--rotate", action="store_true", help="new password (and key) for a provisioned one")
+    provision.add_argument("--revoke", action="store_true", help="remove the user; revoke a device's keys")
+    provision.add_argument("--host", default=None, help="name clients connect to (kept; default localhost)")
+    provision.add_argument("--tls-port", type=int, default=None, help="TLS listener port (kept; default 8883)")
+    provision.add_argument("--plain-port", type=int, default=None, help="also a loopback listener without TLS")
+    provision.add_argument("--tls-files", nargs=3, metavar=("CA", "CERT", "KEY"), default=None,
+                           help="your own CA and server certificate instead of the test CA")  # fmt: skip
+    provision.add_argument("--json", action="store_true", help="one JSON object (no password in it)")
 
     audit = commands.add_parser("audit", help="check or read the audit log")
     audit_commands = audit.add_subparsers(dest="audit", required=True)
@@ -122,6 +152,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     glasses.add_argument("--voice", action="store_true", help="speak --say into the glasses' microphone (espeak-ng)")
     glasses.add_argument("--broker", default=None, help="MQTT broker URL (default: an embedded one)")
     glasses.add_argument("--json", action="store_true")
+    phone = simulate_kinds.add_parser(
+        "phone", help="a phone assistant's signed intent to an order confirmed on the phone's system sheet"
+    )
+    phone.add_argument("--say", default="buy two packs of AA batteries", help="what the user asks the assistant")
+    phone.add_argument(
+        "--sheet", choices=["confirm", "cancel", "none", "unavailable"], default="confirm",
+        help="the user's tap on the sheet; unavailable: no sheet can be shown (the cart goes to the app)",
+    )  # fmt: skip
+    phone.add_argument("--via", choices=["bus", "http"], default="bus", help="how the intent reaches the bridge")
+    phone.add_argument("--photo", default=None, metavar="SKU", help="the intent carries a photo of this product")
+    phone.add_argument("--broker", default=None, help="MQTT broker URL (default: an embedded one)")
+    phone.add_argument("--json", action="store_true")
+    devices = simulate_kinds.add_parser("devices", help="speakers and glasses on the bus, advertised with zeroconf")
+    devices.add_argument("--count", type=int, default=2, help="how many (default 2: a speaker and a pair of glasses)")
+    devices.add_argument("--broker", default=None, help="MQTT broker URL (default: an embedded one)")
+    devices.add_argument("--interface", action="append", metavar="IP", help="advertise on this address only (repeat)")
+    devices.add_argument("--seconds", type=float, default=None, help="stop after this long (default: Ctrl-C)")
+    devices.add_argument("--prefix", default="sim", help="device ids are PREFIX-KIND-N (default sim)")
 
     asr = bench_kinds.add_parser("asr", help="the recogniser alone: commands, replies and non-answers, synthesised")
     asr.add_argument("cases", type=Path, nargs="*", help="case files whose commands are decoded (none: replies only)")
@@ -140,14 +188,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _schema(args.out)
     if args.command == "serve":
         return asyncio.run(_serve(args))
+    if args.command == "discover":
+        from .discovery import run_discover
+
+        live = sys.stdout.isatty() and not args.json
+        return asyncio.run(run_discover(args.timeout, args.interface, as_json=args.json, live=live))
     if args.command == "keys":
         return _keys(args)
+    if args.command == "provision":
+        from .provision import run_provision
+
+        return run_provision(args)
     if args.command == "audit":
         return _audit(args)
     if args.command == "eval":
         return asyncio.run(_eval_voice(args))
+    if args.command == "simulate" and args.device == "devices":
+        from simulators.advertised import run_advertised_devices
+
+        return asyncio.run(
+            run_advertised_devices(args.count, broker=args.broker, interfaces=args.interface, seconds=args.seconds,
+                                   prefix=args.prefix)
+        )  # fmt: skip
     if args.command == "simulate":
-        return asyncio.run(_simulate_glasses(args))
+        return asyncio.run(_simulate_phone(args) if args.device == "phone" else _simulate_glasses(args))
     if args.bench == "ble":
         from simulators.ble_bench import run_bench_ble
 
@@ -300,6 +364,25 @@ async def _simulate_glasses(args: argparse.Namespace) -> int:
     return 0 if run.result is not None and (run.result.outcome.value == "ordered") == (args.tap == "confirm") else 1
 
 
+async def _simulate_phone(args: argparse.Namespace) -> int:
+    from simulators.phone_demo import run_phone
+
+    demo = await run_phone(args.say, tap=args.sheet, via=args.via, photo=args.photo, broker=args.broker)
+    result = demo.result
+    if args.json:
+        print(json.dumps(demo.as_dict()))
+    else:
+        for step in demo.steps:
+            print(step.line())
+        if demo.sheet is not None:
+            print("sheet:", *demo.sheet.split("\n"), sep="\n  ")
+        print(f"outcome: {result.outcome or result.code}" + (f", order {result.order_id}" if result.order_id else ""))
+        if result.deep_link:
+            print(f"handed to the app: {result.deep_link}")
+    ordered = result.outcome is not None and result.outcome.value == "ordered"
+    return 0 if ordered == (args.sheet == "confirm") else 1
+
+
 def _print_report(report: dict[str, Any], as_json: bool) -> int:
     """A benchmark's figures: one JSON object, or a line per figure (and per item of a list)."""
     if as_json:
@@ -321,7 +404,11 @@ async def _serve(args: argparse.Namespace) -> int:
     from .policy import PolicyBook
 
     async with contextlib.AsyncExitStack() as stack:
-        if args.broker:
+        if args.broker == "auto":
+            from .discovery import find_broker
+
+            url, shared = await find_broker(5.0, args.interface), None
+        elif args.broker:
             url, shared = BrokerUrl.parse(args.broker), None
         else:
             broker = EmbeddedBroker(args.host, args.port)
@@ -330,6 +417,12 @@ async def _serve(args: argparse.Namespace) -> int:
         backend = await stack.enter_async_context(ShopBackend(url, shared=shared, database=database, policy=policy))
         print(f"serving devices on {url} as gateway {backend.gateway.gateway_id}; Ctrl-C stops", flush=True)
         print(f"audit log and verifier store: {database}", flush=True)
+        if args.advertise:
+            from .discovery import GatewayAdvertiser, GatewayInfo
+
+            gateway = GatewayInfo(backend.gateway.gateway_id, url)
+            advert = await stack.enter_async_context(GatewayAdvertiser(gateway, interfaces=args.interface))
+            print(f"advertised as {advert.name} on {', '.join(advert.addresses)}", flush=True)
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.Event().wait()
     return 0
