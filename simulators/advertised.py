@@ -14,11 +14,12 @@ from typing import Self
 
 from device_sdk.device import DeviceClient
 from device_sdk.discovery import DeviceAdvertiser, Interfaces, open_zeroconf
-from device_sdk.embedded_broker import EmbeddedBroker
 from device_sdk.errors import ConfigError
 from device_sdk.glasses import CAPABILITIES as GLASSES_CAPABILITIES
 from device_sdk.messages import Capability, DeviceKind
 from device_sdk.mqtt import BrokerUrl
+
+from .scenario import broker_or_embedded
 
 KINDS: tuple[tuple[DeviceKind, tuple[Capability, ...]], ...] = (
     (DeviceKind.SPEAKER, (Capability.MIC, Capability.AUDIO_OUT, Capability.TEXT)),
@@ -104,7 +105,7 @@ async def run_advertised_devices(
     """`device-sdk simulate devices`: run `count` advertised devices until Ctrl-C or `seconds`;
     with no broker URL, on an embedded broker of their own."""
     async with contextlib.AsyncExitStack() as stack:
-        url = BrokerUrl.parse(broker) if broker else (await stack.enter_async_context(EmbeddedBroker())).url
+        url, _ = await broker_or_embedded(stack, broker)
         sim = await stack.enter_async_context(AdvertisedDevices(url, count, interfaces=interfaces, prefix=prefix))
         for device, advertiser in zip(sim.devices, sim.advertisers, strict=True):
             caps = ",".join(c.value for c in device.info.capabilities)

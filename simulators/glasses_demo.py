@@ -14,10 +14,8 @@ from typing import Any, Literal
 
 from device_sdk.asr import AsrEngine, SphinxEngine
 from device_sdk.device import DeviceClient
-from device_sdk.embedded_broker import EmbeddedBroker
 from device_sdk.glasses import CAPABILITIES, GlassesDriver, GlassesRun
 from device_sdk.messages import DeviceKind
-from device_sdk.mqtt import BrokerUrl
 from device_sdk.timeline import Step, Timeline
 from device_sdk.tts import synthesize, trim_silence
 from firmware_bridge import gatt
@@ -27,7 +25,7 @@ from .ble_radio import BumbleClient, BumbleScanner, VirtualRadio
 from .command_parser import CommandParser
 from .glasses import SimulatedGlasses
 from .photos import product_photo
-from .scenario import ShopBackend, timeline_settle
+from .scenario import ShopBackend, broker_or_embedded, timeline_settle
 
 Tap = Literal["confirm", "cancel", "none"]
 
@@ -74,10 +72,7 @@ async def run_glasses(
     """The wearer looks at `sku`, says `say` (typed, or spoken through the glasses' microphone with
     `voice`), and answers the card on the lens with `tap`; the lens is saved to `png`."""
     async with contextlib.AsyncExitStack() as stack:
-        if broker is None:
-            url, shared = (await stack.enter_async_context(EmbeddedBroker())).url, False
-        else:
-            url, shared = BrokerUrl.parse(broker), None
+        url, shared = await broker_or_embedded(stack, broker)
         timeline = await stack.enter_async_context(Timeline(url))
         backend = await stack.enter_async_context(ShopBackend(url, shared=shared))
         product = backend.catalog.product(sku)

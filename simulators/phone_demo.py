@@ -16,17 +16,16 @@ from typing import Any, Literal
 import aiohttp
 
 from device_sdk.device import DeviceClient
-from device_sdk.embedded_broker import EmbeddedBroker
 from device_sdk.keys import SigningKey
 from device_sdk.messages import Capability, DeviceKind, IntentResult, decode
-from device_sdk.mqtt import BrokerUrl, MqttBus
+from device_sdk.mqtt import MqttBus
 from device_sdk.timeline import Step, Timeline
 from firmware_bridge.intents import IntentVerifier, OemKeys
 from firmware_bridge.phone import IntentBridge
 
 from .phone import SheetTap, SimulatedPhone
 from .photos import product_photo
-from .scenario import ShopBackend, timeline_settle
+from .scenario import ShopBackend, broker_or_embedded, timeline_settle
 
 Via = Literal["bus", "http"]
 PHONE_CAPABILITIES = (Capability.DISPLAY, Capability.TOUCH, Capability.MIC, Capability.CAMERA, Capability.TEXT)
@@ -82,10 +81,7 @@ async def run_phone(
     """One intent from the assistant to its outcome, with the user answering the sheet with `tap`;
     with `photo` (a catalog SKU) the intent carries a photo of that product."""
     async with contextlib.AsyncExitStack() as stack:
-        if broker is None:
-            url, shared = (await stack.enter_async_context(EmbeddedBroker())).url, False
-        else:
-            url, shared = BrokerUrl.parse(broker), None
+        url, shared = await broker_or_embedded(stack, broker)
         timeline = await stack.enter_async_context(Timeline(url))
         backend = await stack.enter_async_context(ShopBackend(url, shared=shared))
         phone = SimulatedPhone(device_id, await asyncio.to_thread(backend.provision, device_id), SigningKey.generate())

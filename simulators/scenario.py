@@ -180,6 +180,14 @@ class ShopBackend:
         return key
 
 
+async def broker_or_embedded(stack: contextlib.AsyncExitStack, broker: str | None) -> tuple[BrokerUrl, bool | None]:
+    """The broker at `broker`, or with None an embedded one in this process, entered on `stack`; and
+    whether it has shared subscriptions (False for the embedded one, None: ask the broker)."""
+    if broker is None:
+        return (await stack.enter_async_context(EmbeddedBroker())).url, False
+    return BrokerUrl.parse(broker), None
+
+
 async def run_demo(
     say: str = DEFAULT_SAY,
     replies: Sequence[str] = (DEFAULT_REPLY,),
@@ -202,10 +210,7 @@ async def run_demo(
     the speaker's voice pipeline (`engine`, default pocketsphinx); without it they are typed."""
     topics = topics or Topics()
     async with contextlib.AsyncExitStack() as stack:
-        if broker is None:
-            url, shared = (await stack.enter_async_context(EmbeddedBroker())).url, False
-        else:
-            url, shared = BrokerUrl.parse(broker), None  # None: ask the broker
+        url, shared = await broker_or_embedded(stack, broker)
         timeline = await stack.enter_async_context(Timeline(url, topics=topics, echo=on_step))
         backend = await stack.enter_async_context(
             ShopBackend(url, topics=topics, shared=shared, database=audit, policy=policy)
