@@ -21,6 +21,8 @@ from .messages import Wake, WakeResult
 
 DEFAULT_WINDOW = 0.3
 """Seconds from a room's first wake during which other wakes in that room contend with it."""
+MAX_WINDOW = 1.0
+"""A device waits for the result about twice this long (`DeviceClient.wake`, `VoiceAssistant`)."""
 DEFAULT_MARGIN = 0.1
 """Confidences within this of the best count as equal; the loudest of those wins."""
 
@@ -44,6 +46,8 @@ class Round:
     opened_at: float
     margin: float = DEFAULT_MARGIN
     contenders: list[Contender] = field(default_factory=list)
+    again: list[Contender] = field(default_factory=list)
+    """Later wakes of a device already contending (another wake id): answered, never granted."""
 
     def winner(self) -> Contender:
         """The loudest of those about as confident as the best, then the lowest device id."""
@@ -54,7 +58,9 @@ class Round:
     def results(self) -> list[tuple[str, WakeResult]]:
         """`(device_id, wake.result)` for every contender: one granted, the others not."""
         won = self.winner()
-        return [(c.device_id, c.result(granted=c is won, winner=won.device_id)) for c in self.contenders]
+        return [
+            (c.device_id, c.result(granted=c is won, winner=won.device_id)) for c in [*self.contenders, *self.again]
+        ]
 
 
 class Arbiter:
@@ -67,8 +73,8 @@ class Arbiter:
     """
 
     def __init__(self, window: float = DEFAULT_WINDOW, margin: float = DEFAULT_MARGIN, remember: int = 1024) -> None:
-        if not 0 < window <= 5:
-            raise ValueError("the arbitration window is between 0 and 5 seconds")
+        if not 0 < window <= MAX_WINDOW:
+            raise ValueError(f"the arbitration window is more than 0 and at most {MAX_WINDOW} seconds")
         if not 0 <= margin <= 1:
             raise ValueError("the confidence margin is between 0 and 1")
         self.window = window
@@ -84,7 +90,8 @@ class Arbiter:
     def offer(self, room: str | None, contender: Contender, now: float) -> tuple[Round, bool]:
         """Add `contender` to the open round of `room`; returns the round and whether this wake opened it.
 
-        A device that wakes twice in one round (a resend) keeps its first wake."""
+        A device that wakes twice in one round keeps its first wake: a resend of it is counted
+        once, a wake of another id is answered with the round, never granted."""
         current = self._open.get(room)
         if current is not None and now - current.opened_at > self.window:
             current = None  # its close is overdue; this wake starts the next round
@@ -92,8 +99,11 @@ class Arbiter:
             current = self._open[room] = Round(room, now, self.margin)
             current.contenders.append(contender)
             return current, True
-        if all(c.device_id != contender.device_id for c in current.contenders):
+        mine = [c for c in [*current.contenders, *current.again] if c.device_id == contender.device_id]
+        if not mine:
             current.contenders.append(contender)
+        elif all(c.wake.wake_id != contender.wake.wake_id for c in mine):
+            current.again.append(contender)
         return current, False
 
     def close(self, round_: Round) -> list[tuple[str, WakeResult]]:

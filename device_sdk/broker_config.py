@@ -4,7 +4,7 @@
 directory) keeps each broker user's role and password hash; the Mosquitto password file, ACL file
 and `mosquitto.conf` are rendered from it, every user in an explicit `user` block (no `%u`
 patterns). A user's name is its id: a device id, a gateway id, an OEM id, or any name for the
-agent, bridge and monitor roles. See docs/security.md.
+agent, oem and monitor roles. See docs/security.md.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ class Role(StrEnum):
     GATEWAY = "gateway"
     AGENT = "agent"
     OEM = "oem"
-    BRIDGE = "bridge"
     MONITOR = "monitor"
 
 
@@ -68,6 +67,8 @@ ROLES: dict[Role, tuple[Rule, ...]] = {
         Rule(W, "device/{id}/image"),
         Rule(R, "device/{id}/down"),
         Rule(R, "device/{id}/controller"),
+        Rule(R, "oem/+/{id}/intent"),  # a phone's intent bridge takes its own intents...
+        Rule(W, "oem/+/{id}/reply"),  # ...and answers them
     ),
     Role.GATEWAY: (
         Rule(R, "gateway/+/status"),
@@ -90,25 +91,29 @@ ROLES: dict[Role, tuple[Rule, ...]] = {
         Rule(W, "errors"),
     ),
     Role.OEM: (
-        Rule(W, "oem/{id}/intent"),
-        Rule(R, "oem/{id}/reply"),
+        Rule(W, "oem/{id}/+/intent"),
+        Rule(R, "oem/{id}/+/reply"),
     ),
-    Role.BRIDGE: (
-        Rule(R, "oem/+/intent"),
-        Rule(W, "oem/+/reply"),
-        Rule(W, "errors"),
+    Role.MONITOR: (  # the messages, not the microphones' audio or the cameras' images
+        Rule(R, "device/+/status"),
+        Rule(R, "device/+/info"),
+        Rule(R, "device/+/controller"),
+        Rule(R, "device/+/up"),
+        Rule(R, "device/+/down"),
+        Rule(R, "gateway/+/status"),
+        Rule(R, "agent/#"),
+        Rule(R, "oem/#"),
+        Rule(R, "errors"),
     ),
-    Role.MONITOR: (Rule(R, "#"),),
 }
 """What each role may read and write: everything else is refused (subscriptions) or dropped (publishes)."""
 
 ROLE_PURPOSE: dict[Role, str] = {
-    Role.DEVICE: "one speaker, pair of glasses or phone; its name is its device id",
+    Role.DEVICE: "one speaker, pair of glasses or phone (a phone's intent bridge too); its name is its device id",
     Role.GATEWAY: "a gateway; its name is its gateway id",
     Role.AGENT: "an agent worker (shared subscription `$share/<group>/.../agent/request`)",
     Role.OEM: "a phone OEM's assistant; its name is its OEM id",
-    Role.BRIDGE: "the intent bridge that answers OEM intents",
-    Role.MONITOR: "the timeline tap: reads everything, writes nothing",
+    Role.MONITOR: "the timeline tap: reads every message (no audio, no images), writes nothing",
 }
 
 KEYED_ROLES = frozenset({Role.DEVICE})

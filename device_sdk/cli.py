@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "writes the Mosquitto password file, ACL and configuration (docs/security.md)",
     )  # fmt: skip
     provision.add_argument("name", metavar="DEVICE_ID", help="the client's id: its broker user name")
-    provision.add_argument("--role", choices=["device", "gateway", "agent", "oem", "bridge", "monitor"],
+    provision.add_argument("--role", choices=["device", "gateway", "agent", "oem", "monitor"],
                            default="device", help="what it may read and write (default: device)")  # fmt: skip
     provision.add_argument("--dir", type=Path, default=None, help="broker directory (default: <state>/broker)")
     provision.add_argument("--database", "--db", dest="database", type=Path, default=None,

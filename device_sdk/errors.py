@@ -196,9 +196,14 @@ class VoiceError(DeviceSdkError):
 
 class IntentError(DeviceSdkError, ValueError):
     """A phone OEM intent that is refused: unknown action, unsigned, badly signed, by an unknown key,
-    stale, replayed, too large or malformed. Nothing was asked of the agent."""
+    stale, replayed, too large or malformed. Nothing was asked of the agent. `intent_id` is set once
+    the signature has verified (the refusal can then name the intent it answers)."""
 
     code = ErrorCode.BAD_MESSAGE
+
+    def __init__(self, text: str, code: ErrorCode | None = None, *, intent_id: str | None = None) -> None:
+        super().__init__(text, code)
+        self.intent_id = intent_id
 
 
 class FrameError(DeviceSdkError, ValueError):

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any, TypeVar
 
@@ -89,6 +89,8 @@ class Gateway(Service):
         self.checkout_timeout = checkout_timeout
         self.sessions: dict[SessionKey, Session] = {}
         self.arbiter = Arbiter(wake_window)
+        self._not_chosen: OrderedDict[SessionKey, str] = OrderedDict()
+        """Sessions whose wake lost, and who won: an agent request in one is refused (`not_chosen`)."""
         self.rooms: dict[str, str | None] = {}
         """Each device's room, from its retained `device.info`: wake words are arbitrated per room."""
         self.claims: dict[str, str] = {}
@@ -240,6 +242,11 @@ class Gateway(Service):
                     session_id=message.session_id,
                 )
                 return
+            winner = self._not_chosen.get((device_id, message.session_id))
+            if winner is not None:
+                lost = SessionError(f"{winner} took this wake word's session", ErrorCode.NOT_CHOSEN)
+                self._refuse(device_id, lost, ref=message.request_id, session_id=message.session_id)
+                return
             self._in_session((device_id, message.session_id), self._on_request(device_id, message))
         elif isinstance(message, ConfirmationResult):
             self._in_session((device_id, message.session_id), self._on_confirmation(device_id, message))
@@ -277,6 +284,11 @@ class Gateway(Service):
             room=round_.room,
             contenders=[[c.device_id, c.wake.confidence, c.wake.energy_db] for c in round_.contenders],
         )
+        for device_id, result in results:
+            if not result.granted and result.winner != device_id:
+                self._not_chosen[(device_id, result.session_id)] = result.winner
+        while len(self._not_chosen) > 4096:
+            self._not_chosen.popitem(last=False)
         for device_id, result in results:
             await self._send(device_id, result)
 

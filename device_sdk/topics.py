@@ -77,16 +77,17 @@ class Topics:
         return f"{self.base}/agent/reply/{check_id(gateway_id, 'gateway id')}"
 
     # phone OEM intents
-    def oem_intent(self, oem_id: str) -> str:
-        """Where an OEM's assistant publishes signed intents (compact JWS) for the intent bridge."""
-        return f"{self.base}/oem/{check_id(oem_id, 'OEM id')}/intent"
+    def oem_intent(self, oem_id: str, device_id: str) -> str:
+        """Where an OEM's assistant publishes signed intents (compact JWS) for one phone's bridge."""
+        return f"{self.base}/oem/{check_id(oem_id, 'OEM id')}/{check_id(device_id, 'device id')}/intent"
 
-    def oem_reply(self, oem_id: str) -> str:
-        """Where the intent bridge answers an OEM with `intent.result` messages."""
-        return f"{self.base}/oem/{check_id(oem_id, 'OEM id')}/reply"
+    def oem_reply(self, oem_id: str, device_id: str) -> str:
+        """Where a phone's intent bridge answers the OEM with `intent.result` messages."""
+        return f"{self.base}/oem/{check_id(oem_id, 'OEM id')}/{check_id(device_id, 'device id')}/reply"
 
-    def all_oem_intents(self) -> str:
-        return f"{self.base}/oem/+/intent"
+    def oem_intents_for(self, device_id: str) -> str:
+        """Filter for every OEM's intents for one phone."""
+        return f"{self.base}/oem/+/{check_id(device_id, 'device id')}/intent"
 
     def errors(self) -> str:
         return f"{self.base}/errors"

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import webrtcvad
 
+from .arbitration import MAX_WINDOW
 from .asr import AsrEngine, Recognition, Recognizer, Word
 from .audio_sources import RATE, Pcm
 from .device import DeviceClient, Offer
@@ -305,14 +306,15 @@ class VoiceAssistant:
 
         With `arbitrate` each wake goes to the gateway first (`DeviceClient.wake`, with the wake
         phrase's confidence and loudness): when another device of the room heard it better, this
-        one goes back to listening. A gateway that does not answer within a second is taken as one
-        that does not arbitrate, and the session opens."""
+        one goes back to listening. A gateway that does not answer within `2 * MAX_WINDOW` seconds is
+        taken as one that does not arbitrate, and the session opens (the gateway refuses requests in
+        a session whose wake lost, so this cannot open two where the gateway arbitrates)."""
         while (heard := await wake.wait(self.listener)) is not None:
             session_id = new_id("ses")
             if arbitrate:
                 try:
                     result = await self.device.wake(
-                        wake.confidence, loudness_db(heard.pcm), session_id=session_id, timeout=1.0
+                        wake.confidence, loudness_db(heard.pcm), session_id=session_id, timeout=2 * MAX_WINDOW
                     )
                 except (RemoteError, RequestTimeout) as exc:
                     log.warning("no wake arbitration (%s): opening the session", exc)

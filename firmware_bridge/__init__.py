@@ -1,6 +1,6 @@
 """Wire protocols that device firmware speaks and the adapters that carry them onto the bus.
 
-`frames`: the BLE frame protocol (docs/ble.md). The GATT profile, the bleak link and OEM intent
-intake arrive with their own issues.
-Native MQTT devices (smart speakers) speak the protocol in docs/protocol.md directly.
+`frames`, `flow`, `gatt`, `link`: glasses over BLE (docs/ble.md). `intents`, `phone`: a phone
+OEM's signed intents, on the bus and at a local endpoint (docs/phone.md). Native MQTT devices
+(smart speakers) speak the protocol in docs/protocol.md directly.
 """

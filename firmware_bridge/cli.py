@@ -75,10 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     phone.add_argument("--device-id", default="phone-1", help="the phone's device id on the bus")
     phone.add_argument("--oem-keys", type=Path, required=True, help='JSON {"oems": {"<oem id>": ["<public key>"]}}')
     phone.add_argument("--listen", default="127.0.0.1:8787", help="local endpoint HOST:PORT ('off' for none)")
-    phone.add_argument(
-        "--intake-broker", default=None,
-        help="broker URL with the bridge's own credentials for intents on the bus (default: --broker; 'off': none)",
-    )  # fmt: skip
+    phone.add_argument("--no-bus", action="store_true", help="take intents at the local endpoint only")
     phone.add_argument("--sheet-url", default=None, help="the phone's sheet service (default: none: deep links)")
     phone.add_argument("--deep-link-base", default="shopagent://cart", help="the app's cart link")
     args = parser.parse_args(argv)
@@ -94,7 +91,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _phone(args: argparse.Namespace) -> int:
     from device_sdk.messages import Capability
-    from device_sdk.mqtt import MqttBus
 
     from .intents import IntentVerifier, OemKeys
     from .phone import HttpSheet, IntentBridge
@@ -113,15 +109,11 @@ async def _phone(args: argparse.Namespace) -> int:
         device = await stack.enter_async_context(
             DeviceClient(BrokerUrl.parse(args.broker), device_id, kind=DeviceKind.PHONE, capabilities=capabilities)
         )
-        intake = None
-        if args.intake_broker != "off":
-            url = BrokerUrl.parse(args.intake_broker or args.broker)
-            intake = await stack.enter_async_context(MqttBus(url, f"bridge-{device_id}"))
         bridge = await stack.enter_async_context(
-            IntentBridge(device, IntentVerifier(keys), sheet, intake=intake, listen=listen,
+            IntentBridge(device, IntentVerifier(keys), sheet, bus=not args.no_bus, listen=listen,
                          deep_link_base=args.deep_link_base)
         )  # fmt: skip
-        where = [f"bus {device.topics.all_oem_intents()}"] if intake else []
+        where = [] if args.no_bus else [f"bus {device.topics.oem_intents_for(device_id)}"]
         if bridge.port is not None and listen is not None:
             where.append(f"http://{listen[0]}:{bridge.port}/v1/intents")
         print(f"firmware-bridge: {device_id} takes intents of {len(keys)} OEM key(s) on {', '.join(where)}",

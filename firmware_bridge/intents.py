@@ -47,6 +47,8 @@ MAX_INTENT = 512 * 1024
 DEFAULT_MAX_SKEW = 120.0
 _TOKEN = re.compile(rb"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*$")
 _HEADER_KEYS = frozenset({"alg", "kid", "typ"})
+_REGISTRY = jws.JWSRegistry(algorithms=[ALG])
+_REGISTRY.max_payload_length = MAX_INTENT  # joserfc's default (128,000 bytes) is below an intent with a photo
 
 
 class IntentExtras(BaseModel):
@@ -173,7 +175,7 @@ class IntentVerifier:
         if key is None:
             raise IntentError(f"no OEM registered the key {header['kid']}", ErrorCode.UNKNOWN_KEY)
         try:
-            valid = jws.validate_compact(compact, key.public.jwk(), algorithms=[ALG])
+            valid = jws.validate_compact(compact, key.public.jwk(), algorithms=[ALG], registry=_REGISTRY)
         except Exception as exc:
             raise IntentError(f"unreadable signature: {type(exc).__name__}", ErrorCode.BAD_MESSAGE) from None
         if not valid:
@@ -186,25 +188,28 @@ class IntentVerifier:
             first = exc.errors(include_url=False)[0]
             where = ".".join(str(part) for part in first["loc"])
             raise IntentError(f"intent: {where + ': ' if where else ''}{first['msg']}", ErrorCode.BAD_MESSAGE) from None
+        ident = intent.intent_id
         if intent.oem_id != key.oem_id:
-            raise IntentError(f"the key is {key.oem_id}'s, the intent says {intent.oem_id}", ErrorCode.UNKNOWN_KEY)
+            raise IntentError(
+                f"the key is {key.oem_id}'s, the intent says {intent.oem_id}", ErrorCode.UNKNOWN_KEY, intent_id=ident
+            )
         now = time.time() if now is None else now
         skew = intent.timestamp / 1000 - now
         if abs(skew) > self.max_skew:
             when = "in the future" if skew > 0 else "old"
-            raise IntentError(f"the intent is {abs(skew):.0f} s {when} (at most {self.max_skew:.0f})", ErrorCode.STALE)
+            text = f"the intent is {abs(skew):.0f} s {when} (at most {self.max_skew:.0f})"
+            raise IntentError(text, ErrorCode.STALE, intent_id=ident)
         if intent.action not in self.actions:
-            raise IntentError(f"unknown action {intent.action!r}", ErrorCode.UNKNOWN_ACTION)
-        self._forget(now)
-        seen_key = f"{key.oem_id}/{intent.intent_id}"
+            raise IntentError(f"unknown action {intent.action!r}", ErrorCode.UNKNOWN_ACTION, intent_id=ident)
+        while self._seen and next(iter(self._seen.values())) < now:  # forget what would be stale anyway
+            self._seen.popitem(last=False)
+        seen_key = f"{key.oem_id}/{ident}"
         if seen_key in self._seen:
-            raise IntentError(f"intent {intent.intent_id} was taken already", ErrorCode.REPLAYED)
+            raise IntentError(f"intent {ident} was taken already", ErrorCode.REPLAYED, intent_id=ident)
+        if len(self._seen) >= self._remember:  # never forget a fresh one: it could be replayed
+            raise IntentError("too many intents in the last minutes; try again", ErrorCode.BUSY, intent_id=ident)
         self._seen[seen_key] = now + 2 * self.max_skew
         return intent
-
-    def _forget(self, now: float) -> None:
-        while self._seen and (len(self._seen) >= self._remember or next(iter(self._seen.values())) < now):
-            self._seen.popitem(last=False)
 
 
 def _read(raw: bytes) -> jws.CompactSignature:
@@ -230,6 +235,6 @@ def _read(raw: bytes) -> jws.CompactSignature:
     if not isinstance(header["kid"], str) or not re.fullmatch(r"[A-Za-z0-9_-]{43}", header["kid"]):
         raise IntentError("the intent names no key thumbprint", ErrorCode.BAD_MESSAGE)
     try:
-        return jws.extract_compact(stripped)
+        return jws.extract_compact(stripped, registry=_REGISTRY)
     except Exception as exc:
         raise IntentError(f"unreadable intent: {type(exc).__name__}", ErrorCode.BAD_MESSAGE) from None

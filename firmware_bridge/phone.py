@@ -1,19 +1,19 @@
 """The phone intent bridge: a phone OEM's assistant reaches the shopping agent with no app opened.
 
     async with DeviceClient(url, "phone-1", kind=DeviceKind.PHONE) as phone, \\
-            IntentBridge(phone, IntentVerifier(oem_keys), sheet, intake=bridge_bus, listen=("127.0.0.1", 8787)):
+            IntentBridge(phone, IntentVerifier(oem_keys), sheet, listen=("127.0.0.1", 8787)):
         ...
 
-An intent (a compact JWS, `firmware_bridge.intents`) arrives on the bus (`<root>/v1/oem/<oem_id>/intent`,
-answered on `.../reply`) or at the local endpoint (`POST /v1/intents`, answered in the response).
-The bridge checks it (`IntentVerifier`), sends the image (metadata stripped) and the query to the
-agent as the phone, and puts the SDK's sheet text (`readback.compose_phone_sheet`) on the phone's
-system confirmation sheet. The sheet returns the user's decision and, for a confirmation, a
-`phone_sheet` consent mandate signed on the phone over exactly that text; the bridge sends it on
-and answers the intent with the order's outcome. When the phone cannot confirm at all (no sheet,
-the sheet cannot be shown, or the checkout does not take `phone_sheet`), nothing is ordered: the
-offer is left unconfirmed and the answer carries a deep link that hands the cart to the phone's
-shopping app, to be confirmed there.
+An intent (a compact JWS, `firmware_bridge.intents`) arrives on the bus
+(`<root>/v1/oem/<oem_id>/<device_id>/intent`, answered on `.../reply`) or at the local endpoint
+(`POST /v1/intents`, answered in the response). The bridge checks it (`IntentVerifier`), sends the
+image (metadata stripped) and the query to the agent as the phone, and puts the SDK's sheet text
+(`readback.compose_phone_sheet`) on the phone's system confirmation sheet. The sheet returns the
+user's decision and, for a confirmation, a `phone_sheet` consent mandate signed on the phone over
+exactly that text; the bridge sends it on and answers the intent with the order's outcome. When the
+phone cannot confirm at all (no sheet, the sheet cannot be shown or does not answer, or the
+checkout does not take `phone_sheet`), nothing is ordered: the offer is left unconfirmed and the
+answer carries a deep link that hands the cart to the phone's shopping app, to be confirmed there.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from device_sdk.device import DeviceClient, Offer
 from device_sdk.errors import OUTCOME_OF, DeviceSdkError, ErrorCode, IntentError, RemoteError
 from device_sdk.messages import Decision, IntentResult, Modality, Outcome
-from device_sdk.mqtt import MqttBus, Received
+from device_sdk.mqtt import Received
 from device_sdk.readback import compose_phone_sheet, display_digest
 from device_sdk.service import Service
 
@@ -48,10 +48,17 @@ HTTP_STATUS = {
     ErrorCode.UNKNOWN_KEY: 401,
     ErrorCode.REPLAYED: 409,
     ErrorCode.UNKNOWN_ACTION: 422,
+    ErrorCode.BAD_MESSAGE: 400,
+    ErrorCode.STALE: 400,
+    ErrorCode.BAD_IMAGE: 400,
     ErrorCode.BUSY: 503,
+    ErrorCode.NOT_CONNECTED: 503,
+    ErrorCode.TIMEOUT: 504,
+    ErrorCode.AGENT_TIMEOUT: 504,
+    ErrorCode.INTERNAL: 500,
 }
-"""The local endpoint's status for a refused intent (any other refusal: 400); a handled intent is 200
-whatever its outcome."""
+"""The local endpoint's status for an intent that was refused or failed; an intent that ran to an
+outcome, or that the agent could not make a cart of (`not_understood`...), is 200."""
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,7 @@ class HttpSheet:
     "sheet.request", "text", "display_digest", "confirmation"}` to `url` and reads a `SheetReply`.
     503 (or any failure to answer) means no sheet can be shown now."""
 
-    def __init__(self, url: str, *, timeout: float = 120.0) -> None:
+    def __init__(self, url: str, *, timeout: float = 60.0) -> None:
         self.url = url
         self.timeout = timeout
 
@@ -128,10 +135,11 @@ def deep_link(offer: Offer, base: str = DEEP_LINK_BASE) -> str:
 
 
 class IntentBridge(Service):
-    """Takes signed intents for one phone, from the bus (`intake`, a connection with the bridge's
-    credentials) and/or at a local HTTP endpoint (`listen=(host, port)`; port 0 picks one), and
-    runs each to its outcome as that phone. At most `concurrency` intents run at once; more are
-    refused with `busy`."""
+    """Takes signed intents for one phone, on the bus (`<root>/v1/oem/+/<device_id>/intent`, over
+    the phone's own connection, with `bus=True`) and/or at a local HTTP endpoint (`listen=(host,
+    port)`; port 0 picks one), and runs each to its outcome as that phone. At most `concurrency`
+    intents run at once; more are refused with `busy`. A sheet that gives no answer within
+    `sheet_timeout` seconds counts as no sheet (the deep link)."""
 
     def __init__(
         self,
@@ -139,19 +147,19 @@ class IntentBridge(Service):
         verifier: IntentVerifier,
         sheet: ConfirmationSheet | None,
         *,
-        intake: MqttBus | None = None,
+        bus: bool = True,
         listen: tuple[str, int] | None = None,
         deep_link_base: str = DEEP_LINK_BASE,
         concurrency: int = 4,
-        timeout: float = 120.0,
+        sheet_timeout: float = 90.0,
     ) -> None:
         self.device = device
         self.verifier = verifier
         self.sheet = sheet
-        self.intake = intake
+        self.bus = bus
         self.listen = listen
         self.deep_link_base = deep_link_base
-        self.timeout = timeout
+        self.sheet_timeout = sheet_timeout
         self.results: list[IntentResult] = []
         self.port: int | None = None
         """The local endpoint's port once started."""
@@ -160,8 +168,8 @@ class IntentBridge(Service):
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        if self.intake is not None:
-            inbox = await self.intake.subscribe(self.device.topics.all_oem_intents())
+        if self.bus:
+            inbox = await self.device.bus.subscribe(self.device.topics.oem_intents_for(self.device.device_id))
             self._spawn(self._take_from_bus(inbox))
         if self.listen is not None:
             app = web.Application(client_max_size=MAX_INTENT + 1)
@@ -194,23 +202,22 @@ class IntentBridge(Service):
 
     async def _answer_on_bus(self, received: Received) -> None:
         parts = received.topic.split("/")
-        oem_id = parts[-2] if len(parts) >= 2 else ""
+        oem_id = parts[-3] if len(parts) >= 3 else ""
         try:
-            reply_to = self.device.topics.oem_reply(oem_id)
+            reply_to = self.device.topics.oem_reply(oem_id, self.device.device_id)
         except DeviceSdkError:
             log.warning("an intent on %s: not an OEM topic", received.topic)
             return
         result = await self.handle(received.payload, oem_id=oem_id)
-        assert self.intake is not None
         with contextlib.suppress(DeviceSdkError):
-            await self.intake.publish(reply_to, result.encode())
+            await self.device.bus.publish(reply_to, result.encode())
 
     async def _post_intent(self, request: web.Request) -> web.Response:
         body = bytearray()  # at most one byte over the limit: enough to refuse it as too large
         while len(body) <= MAX_INTENT and (chunk := await request.content.read(MAX_INTENT + 1 - len(body))):
             body += chunk
         result = await self.handle(bytes(body))
-        status = 200 if result.code is None or result.outcome is not None else HTTP_STATUS.get(result.code, 400)
+        status = 200 if result.code is None or result.outcome is not None else HTTP_STATUS.get(result.code, 200)
         return web.Response(status=status, body=result.encode(), content_type="application/json")
 
     async def _get_device(self, _request: web.Request) -> web.Response:
@@ -226,17 +233,15 @@ class IntentBridge(Service):
             try:
                 intent = self.verifier.check(token)
                 if oem_id is not None and intent.oem_id != oem_id:
-                    raise IntentError(f"an intent of {intent.oem_id} on {oem_id}'s topic", ErrorCode.WRONG_TOPIC)
+                    text = f"an intent of {intent.oem_id} on {oem_id}'s topic"
+                    raise IntentError(text, ErrorCode.WRONG_TOPIC, intent_id=intent.intent_id)
                 if intent.device_id != self.device.device_id:
-                    raise IntentError(f"this bridge serves {self.device.device_id}", ErrorCode.BAD_MESSAGE)
+                    raise IntentError(f"this bridge serves {self.device.device_id}", intent_id=intent.intent_id)
             except IntentError as exc:
                 log.info("refused an intent: %s", exc)
-                return self._record(IntentResult(code=exc.code, text=exc.text))
+                return self._record(IntentResult(intent_id=exc.intent_id, code=exc.code, text=exc.text))
             try:
-                async with asyncio.timeout(self.timeout):
-                    result = await self._run(intent)
-            except TimeoutError:
-                result = IntentResult(intent_id=intent.intent_id, code=ErrorCode.TIMEOUT, text="no outcome in time")
+                result = await self._run(intent)
             except DeviceSdkError as exc:
                 result = IntentResult(intent_id=intent.intent_id, code=exc.code, text=exc.text[:2000])
             return self._record(result)
@@ -260,7 +265,11 @@ class IntentBridge(Service):
         text = compose_phone_sheet(offer.request.proposal)
         answer: SheetAnswer | None = None
         if self.sheet is not None and Modality.PHONE_SHEET in offer.request.consent.modalities:
-            answer = await self.sheet.present(offer, text)
+            try:
+                async with asyncio.timeout(self.sheet_timeout):
+                    answer = await self.sheet.present(offer, text)
+            except TimeoutError:
+                log.warning("the sheet gave no answer within %s s: handing the cart to the app", self.sheet_timeout)
         if answer is None:
             link = deep_link(offer, self.deep_link_base)
             result = await self.device.answer(

@@ -60,9 +60,9 @@ async def send_intent(via: Via, token: str, *, bus: MqttBus | None, bridge: Inte
             message = decode(await response.read())
     else:
         assert bus is not None
-        topics = bridge.device.topics
-        async with await bus.subscribe(topics.oem_reply(oem_id)) as replies:
-            await bus.publish(topics.oem_intent(oem_id), token.encode())
+        topics, phone = bridge.device.topics, bridge.device.device_id
+        async with await bus.subscribe(topics.oem_reply(oem_id, phone)) as replies:
+            await bus.publish(topics.oem_intent(oem_id, phone), token.encode())
             message = decode((await replies.get(timeout=60.0)).payload)
     if not isinstance(message, IntentResult):
         raise TypeError(f"the bridge answered {message.type}")
@@ -90,10 +90,7 @@ async def run_phone(
         device = await stack.enter_async_context(
             DeviceClient(url, device_id, kind=DeviceKind.PHONE, capabilities=PHONE_CAPABILITIES)
         )
-        intake = await stack.enter_async_context(MqttBus(url, f"bridge-{device_id}"))
-        bridge = await stack.enter_async_context(
-            IntentBridge(device, verifier, phone, intake=intake, listen=("127.0.0.1", 0))
-        )
+        bridge = await stack.enter_async_context(IntentBridge(device, verifier, phone, listen=("127.0.0.1", 0)))
         oem_bus = await stack.enter_async_context(MqttBus(url, f"oem-{phone.oem_id}")) if via == "bus" else None
         image = None
         if photo is not None:

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from device_sdk.arbitration import Arbiter, Contender
 from device_sdk.audit import trail
 from device_sdk.device import DeviceClient
+from device_sdk.errors import ErrorCode, RemoteError
 from device_sdk.messages import Wake, WakeResult
 from device_sdk.tts import trim_silence
 from device_sdk.voice import Voice, VoiceAssistant, VoiceConfig, WakeWord, loudness_db
@@ -106,8 +107,20 @@ def test_a_resent_wake_keeps_its_answer_and_a_loser_cannot_win_by_resending() ->
     assert arbiter.decided("a", "wk-never") is None
 
 
+def test_another_wake_of_a_contending_device_is_answered_and_not_granted() -> None:
+    arbiter = Arbiter(0.3)
+    first = wake("a", 0.9, -10, n=1)
+    round_, _ = arbiter.offer(None, first, now=0.0)
+    arbiter.offer(None, wake("b", 0.9, -30), now=0.05)
+    arbiter.offer(None, wake("a", 0.9, -10, n=2), now=0.1)  # a second detection of the same utterance
+    results = arbiter.close(round_)
+    assert [(d, r.wake_id, r.granted) for d, r in results] == [
+        ("a", "wk-a-1", True), ("b", "wk-b-0", False), ("a", "wk-a-2", False)
+    ]  # fmt: skip
+
+
 def test_a_window_out_of_range_is_refused() -> None:
-    for window in (0, -1, 60):
+    for window in (0, -1, 1.5, 60):
         with pytest.raises(ValueError, match="window"):
             Arbiter(window)
 
@@ -135,7 +148,7 @@ async def test_two_devices_waking_within_the_window_open_one_session_every_time(
             energy = [round(rng.uniform(-50, -10), 1) for _ in range(2)]
             if trial % 5 == 0:
                 confidence[1], energy[1] = confidence[0], energy[0]  # a tie: the device id decides
-            gap = rng.uniform(0.0, 0.25)  # the second hears it up to 250 ms later
+            gap = rng.uniform(0.0, 0.15)  # the second hears it up to 150 ms later (the window is 300 ms)
             first_a = rng.random() < 0.5
             delays = (0.0, gap) if first_a else (gap, 0.0)
             results = await asyncio.gather(
@@ -167,6 +180,23 @@ async def test_a_device_in_no_room_contends_with_the_others_in_no_room(broker: R
         results = await asyncio.gather(tv.wake(0.7, -30.0), speaker.wake(0.7, -12.0))
     assert [r.granted for r in results] == [False, True]
     assert results[0].winner == "speaker-1"
+
+
+async def test_the_device_that_lost_cannot_open_the_session_anyway(embedded: Restartable) -> None:
+    async with (
+        ShopBackend(embedded.url) as shop,
+        DeviceClient(embedded.url, "speaker-a", room="kitchen", key=shop.provision("speaker-a")) as a,
+        DeviceClient(embedded.url, "speaker-b", room="kitchen", key=shop.provision("speaker-b")) as b,
+    ):
+        await asyncio.gather(a.wake(1.0, -20.0), b.wake(1.0, -20.0))  # the gateway learns the rooms
+        won, lost = await asyncio.gather(a.wake(0.9, -15.0), b.wake(0.9, -35.0))
+        assert won.granted and not lost.granted and lost.winner == "speaker-a"
+        with pytest.raises(RemoteError) as refused:  # a device that ignores the answer
+            await b.ask("buy two packs of AA batteries", session_id=lost.session_id, timeout=10)
+        assert refused.value.code is ErrorCode.NOT_CHOSEN
+        offer = await a.ask("buy two packs of AA batteries", session_id=won.session_id, timeout=10)
+        assert offer.session_id == won.session_id
+    assert shop.checkout.orders == []
 
 
 # two voice assistants in one room ------------------------------------------------------------

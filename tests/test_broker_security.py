@@ -138,6 +138,7 @@ def test_acl_is_explicit_user_blocks_and_a_device_gets_exactly_its_topics(tmp_pa
     assert sorted(block) == sorted(
         [f"topic write {T.base}/device/dev-a/{leaf}" for leaf in ("status", "info", "up", "audio", "image")]
         + [f"topic read {T.base}/device/dev-a/{leaf}" for leaf in ("down", "controller")]
+        + [f"topic read {T.base}/oem/+/dev-a/intent", f"topic write {T.base}/oem/+/dev-a/reply"]
     )
 
 
@@ -218,15 +219,21 @@ def test_the_cli_as_a_process_reports_a_refusal(tmp_path: Path) -> None:
 
 @pytest.mark.mosquitto
 async def test_a_device_reads_and_writes_its_own_topics(secured: Secured) -> None:
-    own = [T.device_status("dev-a"), T.device_info("dev-a"), T.device_up("dev-a"), T.device_audio("dev-a"),
-           T.device_image("dev-a")]  # fmt: skip
-    async with secured.bus("mon") as mon, secured.bus("dev-a") as a, secured.bus("gw-1") as gw:
+    own = [T.device_status("dev-a"), T.device_info("dev-a"), T.device_audio("dev-a"), T.device_image("dev-a"),
+           T.device_up("dev-a")]  # fmt: skip
+    async with (
+        secured.bus("mon") as mon, secured.bus("dev-a") as a, secured.bus("gw-1") as gw,
+        secured.bus("agent-1") as agent,
+    ):  # fmt: skip
         tap = await mon.subscribe(T.everything())
+        audio = await gw.subscribe(T.all_devices("audio"))
+        images = await agent.subscribe(T.all_devices("image"))
         inbox = await a.subscribe(T.device_down("dev-a"), T.device_controller("dev-a"))
         for topic in own:
             await a.publish(topic, b"mine")
         seen = await until_marker(tap, own[-1], b"mine")
-        assert [m.topic for m in seen] == own
+        assert [m.topic for m in seen] == [own[0], own[1], own[4]]  # the monitor reads no audio, no images
+        assert (await audio.get(5.0)).topic == own[2] and (await images.get(5.0)).topic == own[3]
         await gw.publish(T.device_controller("dev-a"), b"claim")
         await gw.publish(T.device_down("dev-a"), b"hello")
         got = [await inbox.get(5.0), await inbox.get(5.0)]
@@ -278,20 +285,21 @@ async def test_no_role_reads_beyond_its_rights(secured: Secured, reader: str) ->
             filters = [
                 T.device_down("dev-b"), T.device_controller("dev-b"), *b_own, T.all_devices("down"),
                 T.device_up("dev-a"), T.gateway_status("gw-1"), T.all_gateways_status(), T.agent_request(),
-                T.agent_request_shared(), T.agent_reply("gw-1"), T.errors(), T.oem_intent("oem-x"),
+                T.agent_request_shared(), T.agent_reply("gw-1"), T.errors(), T.oem_intent("oem-x", "dev-b"),
+                T.oem_intents_for("dev-b"), T.oem_reply("oem-x", "dev-b"),
                 T.everything(), "#", "$SYS/#",
             ]  # fmt: skip
             writes = [(b, t) for t in b_own] + [
                 (gw, T.device_down("dev-b")), (gw, T.device_controller("dev-b")), (gw, T.agent_request()),
-                (gw, T.errors()), (agent, T.agent_reply("gw-1")), (oem, T.oem_intent("oem-x")),
-                (a, T.device_up("dev-a")),
+                (gw, T.errors()), (agent, T.agent_reply("gw-1")), (oem, T.oem_intent("oem-x", "dev-b")),
+                (b, T.oem_reply("oem-x", "dev-b")), (a, T.device_up("dev-a")),
             ]  # fmt: skip
             marker = (gw, T.device_down("dev-a"))
         elif reader == "gw-1":
-            filters = [T.agent_request(), T.all_devices("image"), T.agent_reply("gw-2"), T.all_oem_intents(),
+            filters = [T.agent_request(), T.all_devices("image"), T.agent_reply("gw-2"), T.oem_intents_for("dev-a"),
                        T.errors(), T.everything()]  # fmt: skip
             writes = [(gw, T.agent_request()), (a, T.device_image("dev-a")), (agent, T.agent_reply("gw-2")),
-                      (oem, T.oem_intent("oem-x")), (gw, T.errors())]  # fmt: skip
+                      (oem, T.oem_intent("oem-x", "dev-a")), (gw, T.errors())]  # fmt: skip
             marker = (a, T.device_up("dev-a"))
         else:
             filters = [T.all_devices("up"), T.all_devices("audio"), T.all_devices("status"),
@@ -507,3 +515,20 @@ async def test_connack_server_unavailable_is_retried_until_the_timeout() -> None
         with pytest.raises(BusError) as caught:
             await bus.connect()
     assert caught.value.code is ErrorCode.NOT_CONNECTED and "Server unavailable" in caught.value.text
+
+
+@pytest.mark.mosquitto
+async def test_a_phone_takes_its_own_intents_and_only_its_oem_reads_the_answer(secured: Secured) -> None:
+    """The intent bridge runs on the phone's own credentials: it reads the intents for that phone
+    from any OEM and answers them; the OEM writes only under its own id and reads only its replies."""
+    async with secured.bus("dev-a") as phone, secured.bus("oem-x") as oem:
+        intents = await phone.subscribe(T.oem_intents_for("dev-a"))
+        replies = await oem.subscribe(f"{T.base}/oem/oem-x/+/reply")
+        await oem.publish(T.oem_intent("oem-y", "dev-a"), b"posing as another OEM")  # dropped
+        await oem.publish(T.oem_intent("oem-x", "dev-a"), b"intent")
+        got = await intents.get(5.0)
+        assert (got.topic, got.payload) == (T.oem_intent("oem-x", "dev-a"), b"intent")
+        await phone.publish(T.oem_reply("oem-x", "dev-b"), b"answering for another phone")  # dropped
+        await phone.publish(T.oem_reply("oem-x", "dev-a"), b"result")
+        answer = await replies.get(5.0)
+        assert (answer.topic, answer.payload) == (T.oem_reply("oem-x", "dev-a"), b"result")

@@ -21,15 +21,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from device_sdk.device import DeviceClient
+from device_sdk.device import DeviceClient, Offer
 from device_sdk.errors import ErrorCode, IntentError
 from device_sdk.keys import SigningKey
-from device_sdk.mandate import unverified_claims
-from device_sdk.messages import DeviceKind, IntentResult, Modality, Outcome, decode
+from device_sdk.mandate import mandate_for, unverified_claims
+from device_sdk.messages import Decision, DeviceKind, IntentResult, Modality, Outcome, decode
 from device_sdk.mqtt import MqttBus
 from device_sdk.readback import compose_phone_sheet, display_digest
 from firmware_bridge.intents import MAX_INTENT, IntentVerifier, OemIntent, OemKeys
-from firmware_bridge.phone import IntentBridge, deep_link
+from firmware_bridge.phone import IntentBridge, SheetAnswer, deep_link
 from simulators.phone import SimulatedPhone
 from simulators.phone_demo import run_phone, send_intent
 from simulators.scenario import ShopBackend
@@ -109,11 +109,8 @@ async def rig(embedded: Restartable) -> AsyncIterator[Rig]:
         shop = await stack.enter_async_context(ShopBackend(embedded.url))
         phone = SimulatedPhone("phone-1", shop.provision("phone-1"), SigningKey.generate())
         device = await stack.enter_async_context(DeviceClient(embedded.url, "phone-1", kind=DeviceKind.PHONE))
-        intake = await stack.enter_async_context(MqttBus(embedded.url, "bridge-phone-1"))
         verifier = IntentVerifier(OemKeys([(phone.oem_id, phone.oem_key.public)]))
-        bridge = await stack.enter_async_context(
-            IntentBridge(device, verifier, phone, intake=intake, listen=("127.0.0.1", 0))
-        )
+        bridge = await stack.enter_async_context(IntentBridge(device, verifier, phone, listen=("127.0.0.1", 0)))
         oem_bus = await stack.enter_async_context(MqttBus(embedded.url, "oem-demo"))
         yield Rig(phone, bridge, oem_bus, shop)
 
@@ -148,10 +145,12 @@ async def test_bad_intents_are_refused_with_their_codes_and_ask_nothing(rig: Rig
          ErrorCode.BAD_MESSAGE, 400),
         ("bad image", phone.intent("buy this", image=b"not a jpeg").encode(), ErrorCode.BAD_IMAGE, 400),
     ]  # fmt: skip
+    verified = {ErrorCode.STALE, ErrorCode.UNKNOWN_ACTION, ErrorCode.BAD_IMAGE}  # signed by a known key
     for name, body, code, status in cases:
         got_status, result = await rig.post(body)
         assert (result.code, got_status) == (code, status), name
         assert result.outcome is None and result.order_id is None, name
+        assert (result.intent_id is not None) == (code in verified or name == "another phone"), name
     assert rig.shop.gateway.sessions == {}  # no agent request came from any of them
     assert rig.shop.checkout.orders == []
     status, result = await rig.post(good.encode())  # nothing was lost: the good one still orders
@@ -164,10 +163,11 @@ async def test_bad_intents_are_refused_with_their_codes_and_ask_nothing(rig: Rig
 async def test_over_the_bus_an_intent_on_another_oems_topic_is_refused(rig: Rig) -> None:
     token = rig.phone.intent("buy two packs of AA batteries")
     topics = rig.bridge.device.topics
-    async with await rig.oem_bus.subscribe(topics.oem_reply("oem-other")) as replies:
-        await rig.oem_bus.publish(topics.oem_intent("oem-other"), token.encode())
+    async with await rig.oem_bus.subscribe(topics.oem_reply("oem-other", "phone-1")) as replies:
+        await rig.oem_bus.publish(topics.oem_intent("oem-other", "phone-1"), token.encode())
         message = decode((await replies.get(timeout=10)).payload)
     assert isinstance(message, IntentResult) and message.code is ErrorCode.WRONG_TOPIC
+    assert message.intent_id == unverified_claims(token)["intent_id"]  # type: ignore[index]  # which one it answers
     result = await send_intent(
         "bus", rig.phone.intent("buy a bottle of milk"), bus=rig.oem_bus, bridge=rig.bridge, oem_id="oem-demo"
     )
@@ -326,8 +326,8 @@ async def test_firmware_bridge_phone_runs_as_a_process_with_the_sheet_on_the_pho
             oem = await stack.enter_async_context(MqttBus(mosquitto.url, "oem-demo"))
             topics = shop.topics
             token = phone.intent("buy two packs of AA batteries").encode()
-            async with await oem.subscribe(topics.oem_reply(phone.oem_id)) as replies:
-                await oem.publish(topics.oem_intent(phone.oem_id), token)
+            async with await oem.subscribe(topics.oem_reply(phone.oem_id, "phone-7")) as replies:
+                await oem.publish(topics.oem_intent(phone.oem_id, "phone-7"), token)
                 on_bus = decode((await replies.get(timeout=30)).payload)
         finally:
             process.terminate()
@@ -376,3 +376,36 @@ def test_simulate_phone_on_the_command_line() -> None:
     )  # fmt: skip
     assert declined.returncode == 0, declined.stderr  # as asked: nothing ordered
     assert "handed to the app: shopagent://cart?items=bat-aa-4%3A2" in declined.stdout
+
+
+async def test_an_intent_with_a_large_photo_is_taken(rig: Rig) -> None:
+    from simulators.photos import product_photo
+
+    photo = product_photo("bat-aa-4", "AA batteries, pack of 4")
+    comment = b"\xff\xfe" + (65533).to_bytes(2, "big") + b"x" * 65531  # metadata the bridge strips
+    jpeg = photo[:2] + comment * 3 + photo[2:]
+    assert 200_000 < len(jpeg) <= 256 * 1024
+    token = rig.phone.intent("buy two of these", image=jpeg)
+    assert len(token) > 128_000  # over joserfc's default payload limit
+    status, result = await rig.post(token.encode())
+    assert status == 200 and result.outcome is Outcome.ORDERED
+
+
+async def test_a_sheet_that_signs_other_text_than_it_was_given_orders_nothing(rig: Rig) -> None:
+    """The mandate binds the digest of what the phone showed; the gateway and the verifier compose
+    the sheet themselves, so a sheet that shows (and signs) anything else is refused."""
+    from device_sdk.readback import compose_readback
+
+    phone = rig.phone
+
+    async def present_other(offer: object, text: str) -> SheetAnswer:
+        assert isinstance(offer, Offer)
+        shown = compose_readback(offer.request.proposal)  # the spoken read-back, not the sheet
+        mandate = mandate_for(offer.request, phone.device_key, device_id=phone.device_id,
+                              modality=Modality.PHONE_SHEET, display_digest=display_digest(shown))  # fmt: skip
+        return SheetAnswer(Decision.CONFIRM, mandate)
+
+    rig.bridge.sheet = type("OtherSheet", (), {"present": staticmethod(present_other)})()
+    status, result = await rig.post(phone.intent("buy two packs of AA batteries").encode())
+    assert status == 200 and result.outcome is Outcome.NOT_CONFIRMED and result.order_id is None
+    assert rig.shop.checkout.orders == []
