@@ -34,7 +34,7 @@ from device_sdk.database import Database
 from device_sdk.device import DeviceClient
 from device_sdk.errors import BusError, ErrorCode, KeyStoreError, RequestTimeout
 from device_sdk.keys import DeviceRegistry, KeyStatus, SigningKey
-from device_sdk.messages import Decision, Modality, Outcome
+from device_sdk.messages import Decision, DeviceKind, Modality, Outcome
 from device_sdk.mosquitto import MosquittoServer, free_port
 from device_sdk.mqtt import BrokerUrl, MqttBus, Received, Subscription
 from device_sdk.provision import Credentials, provision, revoke
@@ -42,6 +42,10 @@ from device_sdk.state import default_database, default_key_file
 from device_sdk.timeline import Step, Timeline
 from device_sdk.tls import ensure_test_ca
 from device_sdk.topics import Topics
+from firmware_bridge.intents import IntentVerifier, OemKeys
+from firmware_bridge.phone import IntentBridge
+from simulators.phone import SimulatedPhone
+from simulators.phone_demo import send_intent
 from simulators.scenario import ShopBackend
 from tests.conftest import mosquitto_or_skip
 
@@ -413,10 +417,21 @@ async def test_a_purchase_over_the_secured_broker_with_a_credential_per_role(sec
             offer = await device.ask("buy two packs of AA batteries")
             result = await device.answer(offer, Decision.CONFIRM, modality=Modality.TEXT, heard="confirm")
         await asyncio.wait_for(all_seen.wait(), 5.0)  # the monitor saw the whole conversation
+        # dev-b as a phone: its intent bridge on its own user, an intent from the oem-x user
+        phone = SimulatedPhone("dev-b", SigningKey.load(s.keys / "dev-b.pem"), SigningKey.generate(), oem_id="oem-x")
+        verifier = IntentVerifier(OemKeys([("oem-x", phone.oem_key.public)]))
+        async with (
+            DeviceClient(s.url("dev-b"), "dev-b", kind=DeviceKind.PHONE) as device_b,
+            IntentBridge(device_b, verifier, phone) as bridge,
+            MqttBus(s.url("oem-x"), "oem-x") as oem,
+        ):
+            token = phone.intent("buy a bottle of milk")
+            intent = await send_intent("bus", token, bus=oem, bridge=bridge, oem_id="oem-x")
+    assert intent.outcome is Outcome.ORDERED and shop.verifier.last is not None
+    assert shop.verifier.last.modality == "phone_sheet" and shop.verifier.last.device_id == "dev-b"
     assert result.outcome is Outcome.ORDERED
     assert [(line.sku, line.qty) for line in offer.request.proposal.lines] == [("bat-aa-4", 2)]
-    assert [order.order_id for order in shop.checkout.orders] == [result.order_id]
-    assert shop.verifier.last is not None and shop.verifier.last.key_id == key.public.kid
+    assert [order.order_id for order in shop.checkout.orders] == [result.order_id, intent.order_id]
 
 
 # what MqttBus does with refusals Mosquitto's ACL file never sends ------------------------------
