@@ -149,7 +149,7 @@ class DeviceInfo(_Message):
     kind: DeviceKind = DeviceKind.OTHER
     capabilities: list[Capability] = Field(default_factory=list, max_length=32)
     protocol: int = Field(default=PROTOCOL_VERSION, ge=1, le=255, description="Highest protocol version spoken.")
-    firmware: Annotated[str, Field(max_length=64, pattern=r"^[\x21-\x7e]+$")] | None = None
+    firmware: Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_plain)] | None = None
     room: Id | None = Field(default=None, description="Where the device is; wake words are arbitrated per room.")
 
 
@@ -378,7 +378,7 @@ class IntentResult(_Message):
     of the local endpoint's response): how the intent ended, or why it was refused (`code`)."""
 
     type: Literal["intent.result"] = "intent.result"
-    intent_id: Id | None = Field(default=None, description="None when the intent could not be read.")
+    intent_id: Id | None = Field(default=None, description="None when refused before its signature verified.")
     outcome: Outcome | None = Field(default=None, description="The session's outcome; None when refused.")
     order_id: Id | None = None
     total_minor: Minor | None = None

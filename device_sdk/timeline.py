@@ -161,8 +161,8 @@ class Timeline:
                 return f"agent -> {gateway[:12]}"
             case ["gateway", gateway, leaf]:
                 return f"{gateway[:12]} {leaf}"
-            case ["oem", oem, "intent"]:
-                return f"{oem[:14]} -> bridge"
-            case ["oem", oem, "reply"]:
-                return f"bridge -> {oem[:14]}"
+            case ["oem", oem, phone, "intent"]:
+                return f"{oem[:12]} -> {phone[:12]}"
+            case ["oem", oem, phone, "reply"]:
+                return f"{phone[:12]} -> {oem[:12]}"
         return topic

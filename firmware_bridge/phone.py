@@ -160,7 +160,6 @@ class IntentBridge(Service):
         self.listen = listen
         self.deep_link_base = deep_link_base
         self.sheet_timeout = sheet_timeout
-        self.results: list[IntentResult] = []
         self.port: int | None = None
         """The local endpoint's port once started."""
         self._slots = asyncio.Semaphore(concurrency)
@@ -228,7 +227,7 @@ class IntentBridge(Service):
     async def handle(self, token: bytes, *, oem_id: str | None = None) -> IntentResult:
         """Check one intent and run it to its outcome; every refusal is an answer with a code."""
         if self._slots.locked():
-            return self._record(IntentResult(code=ErrorCode.BUSY, text="too many intents at once; try again"))
+            return IntentResult(code=ErrorCode.BUSY, text="too many intents at once; try again")
         async with self._slots:
             try:
                 intent = self.verifier.check(token)
@@ -239,17 +238,11 @@ class IntentBridge(Service):
                     raise IntentError(f"this bridge serves {self.device.device_id}", intent_id=intent.intent_id)
             except IntentError as exc:
                 log.info("refused an intent: %s", exc)
-                return self._record(IntentResult(intent_id=exc.intent_id, code=exc.code, text=exc.text))
+                return IntentResult(intent_id=exc.intent_id, code=exc.code, text=exc.text)
             try:
-                result = await self._run(intent)
+                return await self._run(intent)
             except DeviceSdkError as exc:
-                result = IntentResult(intent_id=intent.intent_id, code=exc.code, text=exc.text[:2000])
-            return self._record(result)
-
-    def _record(self, result: IntentResult) -> IntentResult:
-        self.results.append(result)
-        del self.results[:-1000]
-        return result
+                return IntentResult(intent_id=intent.intent_id, code=exc.code, text=exc.text[:2000])
 
     async def _run(self, intent: OemIntent) -> IntentResult:
         extras = intent.extras

@@ -126,7 +126,7 @@ GOOD = {b"txtvers": b"1", b"id": b"speaker-1", b"kind": b"speaker", b"caps": b"m
         ({b"caps": b"mic,Bad Cap"}, ErrorCode.BAD_MESSAGE, "capability"),
         ({b"fw": b"\xff\xfe"}, ErrorCode.BAD_MESSAGE, "UTF-8"),
         ({b"room": b"\xc3"}, ErrorCode.BAD_MESSAGE, "UTF-8"),
-        ({b"fw": b"has space"}, ErrorCode.BAD_MESSAGE, "firmware"),
+        ({b"fw": b"line\nbreak"}, ErrorCode.BAD_MESSAGE, "firmware"),
     ],
 )
 def test_a_bad_device_txt_is_a_protocol_error(change: dict[bytes, bytes | None], code: ErrorCode, words: str) -> None:

@@ -54,6 +54,9 @@ async def test_a_phone_intent_becomes_an_order_confirmed_on_the_sheet(broker: Re
     assert kinds.index("agent.request") < kinds.index("confirmation.request") < kinds.index("confirmation.result")
     answer = next(step for step in demo.steps if step.type == "confirmation.result")
     assert "confirm by phone_sheet" in answer.summary
+    if via == "bus":  # the intent and its answer are on the timeline too
+        routes = {step.type: step.route for step in demo.steps}
+        assert routes["oem.intent"] == "oem-demo -> phone-1" and routes["intent.result"] == "phone-1 -> oem-demo"
 
 
 async def test_an_intent_with_a_photo_asks_about_what_the_camera_saw() -> None:
