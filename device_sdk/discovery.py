@@ -45,7 +45,7 @@ from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZerocon
 
 from .bounded import DropOldest
 from .errors import BusError, ConfigError, DeviceSdkError, ErrorCode, ProtocolError
-from .messages import PROTOCOL_VERSION, Capability, DeviceInfo
+from .messages import PROTOCOL_VERSION, Capability, DeviceInfo, first_error
 from .mqtt import BrokerUrl
 from .topics import check_id
 
@@ -235,9 +235,7 @@ def _validated(model: type[DeviceInfo], data: dict[str, Any]) -> DeviceInfo:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"]) or "record"
-        raise ProtocolError(f"TXT {where}: {first['msg']}", ErrorCode.BAD_MESSAGE) from None
+        raise ProtocolError(f"TXT {first_error(exc)}", ErrorCode.BAD_MESSAGE) from None
 
 
 # what a browser finds -----------------------------------------------------------------------

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConsentError, ErrorCode
 from .keys import PublicKey, SigningKey, b64url_decode
-from .messages import ConfirmationRequest, Id, Modality, Nonce, Sha256Hex, new_id
+from .messages import ConfirmationRequest, Id, Modality, Nonce, Sha256Hex, first_error, new_id
 
 MANDATE_TYPE = "checkout_consent"
 JWS_TYPE = "shop-consent+jws"
@@ -118,9 +118,7 @@ def verify_mandate(read: ReadMandate, public: PublicKey) -> SignedMandate:
     except RecursionError:
         raise ConsentError("mandate claims nest too deep", ErrorCode.MANDATE_MALFORMED) from None
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise ConsentError(f"mandate claims: {where}: {first['msg']}", ErrorCode.MANDATE_MALFORMED) from None
+        raise ConsentError(f"mandate claims: {first_error(exc)}", ErrorCode.MANDATE_MALFORMED) from None
     return SignedMandate(read.token, read.kid, claims)
 
 

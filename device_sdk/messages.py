@@ -461,6 +461,13 @@ def decode(payload: bytes | bytearray, max_size: int = MAX_PAYLOAD) -> Message:
 _WIRE = {"wire": True}
 
 
+def first_error(exc: ValidationError, *prefix: str) -> str:
+    """The first of a validation's errors as `where: what` (`prefix` goes before the field path)."""
+    first = exc.errors(include_url=False)[0]
+    where = ".".join(str(part) for part in (*prefix, *first["loc"]))
+    return f"{where}: {first['msg']}" if where else str(first["msg"])
+
+
 def _protocol_error(exc: ValidationError) -> ProtocolError:
     errors = exc.errors(include_url=False)
     first = errors[0]

@@ -26,7 +26,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError, ConsentError, ErrorCode
-from .messages import CheckoutProposal, Modality
+from .messages import CheckoutProposal, Modality, first_error
 
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
 Amount = Annotated[int, Field(ge=0)]
@@ -139,6 +139,4 @@ def _validated(settings: dict[str, Any], where: tuple[str, ...]) -> RiskPolicy:
     try:
         return RiskPolicy(**settings)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        place = ".".join(str(part) for part in (*where, *first["loc"]))
-        raise ConfigError(f"{place}: {first['msg']}") from None
+        raise ConfigError(first_error(exc, *where)) from None

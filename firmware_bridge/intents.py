@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from device_sdk.errors import ErrorCode, IntentError, KeyStoreError
 from device_sdk.keys import PublicKey, SigningKey, b64url_decode
-from device_sdk.messages import Id
+from device_sdk.messages import Id, first_error
 
 JWS_TYPE = "shop-intent+jws"
 ALG = "Ed25519"
@@ -185,9 +185,7 @@ class IntentVerifier:
         except RecursionError:
             raise IntentError("the intent nests too deep", ErrorCode.BAD_MESSAGE) from None
         except ValidationError as exc:
-            first = exc.errors(include_url=False)[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise IntentError(f"intent: {where + ': ' if where else ''}{first['msg']}", ErrorCode.BAD_MESSAGE) from None
+            raise IntentError(f"intent: {first_error(exc)}", ErrorCode.BAD_MESSAGE) from None
         ident = intent.intent_id
         if intent.oem_id != key.oem_id:
             raise IntentError(
