@@ -7,7 +7,7 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -243,15 +243,20 @@ def _shop_options(command: argparse.ArgumentParser, *, policy: bool = True) -> N
         )
 
 
-def run() -> None:
-    """Console entry point: Ctrl-C ends quietly."""
+def console(main: Callable[[], int], prog: str) -> None:
+    """A console entry point: exit with `main`'s code; Ctrl-C ends quietly (130), an SDK error is one
+    line on stderr (2)."""
     try:
         raise SystemExit(main())
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except DeviceSdkError as exc:
-        print(f"device-sdk: {exc}", file=sys.stderr)
+        print(f"{prog}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def run() -> None:
+    console(main, "device-sdk")
 
 
 async def _demo(args: argparse.Namespace) -> int:

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from device_sdk.asr import AsrEngine
 from device_sdk.device import DeviceClient
-from device_sdk.errors import ConfigError, DeviceSdkError
+from device_sdk.errors import ConfigError
 from device_sdk.glasses import CAPABILITIES, GlassesDriver, GlassesRun
 from device_sdk.keys import SigningKey
 from device_sdk.messages import DeviceKind
@@ -222,11 +222,6 @@ def _report(session: GlassesRun, as_json: bool) -> None:
 
 
 def run() -> None:
-    """Console entry point: Ctrl-C ends quietly."""
-    try:
-        raise SystemExit(main())
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
-    except DeviceSdkError as exc:
-        print(f"firmware-bridge: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    from device_sdk.cli import console
+
+    console(main, "firmware-bridge")
