@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,21 @@ import pytest
 from device_sdk.mosquitto import MosquittoServer, free_port
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+@contextlib.asynccontextmanager
+async def serving(*backend_args: str) -> AsyncIterator[None]:
+    """`device-sdk serve` as its own process, once it says it is serving; stopped on the way out."""
+    serve = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "device_sdk.cli", "serve", *backend_args, stdout=subprocess.PIPE
+    )
+    try:
+        assert serve.stdout is not None
+        assert (await asyncio.wait_for(serve.stdout.readline(), 30)).startswith(b"serving devices on")
+        yield
+    finally:
+        serve.terminate()
+        await serve.wait()
 
 
 def test_custom_agent_example() -> None:
@@ -32,12 +49,7 @@ async def test_speaker_device_example_against_device_sdk_serve(
     assert (tmp_path / "keys" / "my-speaker.pem").stat().st_mode & 0o777 == 0o600
     for backend_args in (["--broker", str(mosquitto.url)], ["--port", str(port := free_port())]):
         url = str(mosquitto.url) if "--broker" in backend_args else f"mqtt://127.0.0.1:{port}"
-        serve = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "device_sdk.cli", "serve", *backend_args, stdout=subprocess.PIPE
-        )
-        try:
-            assert serve.stdout is not None
-            assert (await asyncio.wait_for(serve.stdout.readline(), 30)).startswith(b"serving devices on")
+        async with serving(*backend_args):
             device = await asyncio.create_subprocess_exec(
                 sys.executable, str(EXAMPLES / "speaker_device.py"), "--broker", url, "--say", "buy two bags of rice",
                 "--reply", "hmm", "--reply", "yes", stdout=subprocess.PIPE,
@@ -47,9 +59,6 @@ async def test_speaker_device_example_against_device_sdk_serve(
             assert b"2 bags of Jasmine rice, 5 kg" in out
             assert b"Sorry, I did not get that" in out
             assert b"outcome: ordered, order ord_" in out
-        finally:
-            serve.terminate()
-            await serve.wait()
 
 
 async def test_documented_glasses_bridge_against_device_sdk_serve(
@@ -60,12 +69,7 @@ async def test_documented_glasses_bridge_against_device_sdk_serve(
     made = await asyncio.create_subprocess_exec(sys.executable, "-m", "device_sdk.cli", "keys", "create", "glasses-1")
     assert await made.wait() == 0
     port = free_port()
-    serve = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "device_sdk.cli", "serve", "--port", str(port), stdout=subprocess.PIPE
-    )
-    try:
-        assert serve.stdout is not None
-        assert (await asyncio.wait_for(serve.stdout.readline(), 30)).startswith(b"serving devices on")
+    async with serving("--port", str(port)):
         bridge = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "firmware_bridge", "run", "--simulated", "--broker", f"mqtt://127.0.0.1:{port}",
             "--sessions", "1", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -73,9 +77,6 @@ async def test_documented_glasses_bridge_against_device_sdk_serve(
         out, err = await asyncio.wait_for(bridge.communicate(), 90)
         assert bridge.returncode == 0, err
         assert b"session: tap -> ordered (ord_" in out
-    finally:
-        serve.terminate()
-        await serve.wait()
 
 
 async def test_documented_phone_oem_sequence_against_device_sdk_serve(
@@ -89,31 +90,24 @@ async def test_documented_phone_oem_sequence_against_device_sdk_serve(
     oem = await asyncio.create_subprocess_exec(sys.executable, str(EXAMPLES / "phone_oem.py"), "keys")
     assert await oem.wait() == 0 and (tmp_path / "oem-keys.json").exists()
     port, bridge_port, sheet_port = free_port(), free_port(), free_port()
-    serve = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "device_sdk.cli", "serve", "--port", str(port), stdout=subprocess.PIPE
-    )
-    bridge = None
-    try:
-        assert serve.stdout is not None
-        assert (await asyncio.wait_for(serve.stdout.readline(), 30)).startswith(b"serving devices on")
+    async with serving("--port", str(port)):
         bridge = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "firmware_bridge", "phone", "--broker", f"mqtt://127.0.0.1:{port}",
             "--oem-keys", "oem-keys.json", "--listen", f"127.0.0.1:{bridge_port}",
             "--sheet-url", f"http://127.0.0.1:{sheet_port}/sheet", stderr=subprocess.PIPE,
         )  # fmt: skip
-        assert bridge.stderr is not None
-        assert b"takes intents" in await asyncio.wait_for(bridge.stderr.readline(), 30)
-        ask = await asyncio.create_subprocess_exec(
-            sys.executable, str(EXAMPLES / "phone_oem.py"), "ask", "--say", "buy two packs of AA batteries",
-            "--tap", "confirm", "--bridge", f"http://127.0.0.1:{bridge_port}/v1/intents",
-            "--sheet-port", str(sheet_port), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        out, err = await asyncio.wait_for(ask.communicate(), 60)
-        assert ask.returncode == 0, err
-        assert b"2 x AA batteries, pack of 4 (HomeGoods Direct) 25.80 CNY" in out
-        assert b"HTTP 200: ordered ord_" in out
-    finally:
-        for process in (bridge, serve):
-            if process is not None:
-                process.terminate()
-                await process.wait()
+        try:
+            assert bridge.stderr is not None
+            assert b"takes intents" in await asyncio.wait_for(bridge.stderr.readline(), 30)
+            ask = await asyncio.create_subprocess_exec(
+                sys.executable, str(EXAMPLES / "phone_oem.py"), "ask", "--say", "buy two packs of AA batteries",
+                "--tap", "confirm", "--bridge", f"http://127.0.0.1:{bridge_port}/v1/intents",
+                "--sheet-port", str(sheet_port), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )  # fmt: skip
+            out, err = await asyncio.wait_for(ask.communicate(), 60)
+        finally:
+            bridge.terminate()
+            await bridge.wait()
+    assert ask.returncode == 0, err
+    assert b"2 x AA batteries, pack of 4 (HomeGoods Direct) 25.80 CNY" in out
+    assert b"HTTP 200: ordered ord_" in out
