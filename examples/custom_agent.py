@@ -12,17 +12,16 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from device_sdk.agent import AgentWorker
-from device_sdk.audit import AuditLog, verify_log
-from device_sdk.database import Database
-from device_sdk.device import DeviceClient
-from device_sdk.embedded_broker import EmbeddedBroker
-from device_sdk.errors import AgentError, ErrorCode
-from device_sdk.gateway import Gateway
-from device_sdk.keys import SigningKey
-from device_sdk.messages import AgentRequest, CheckoutProposal, Decision, Merchant, ProposalLine, new_id, now
-from device_sdk.mqtt import MqttBus
-from device_sdk.verifier import ConsentVerifier
+from device_sdk import Decision, DeviceClient, MqttBus, SigningKey
+from device_sdk.bus.embedded import EmbeddedBroker
+from device_sdk.platform.agent import AgentWorker
+from device_sdk.platform.checkout.audit import AuditLog, verify_log
+from device_sdk.platform.checkout.database import Database
+from device_sdk.platform.checkout.verifier import ConsentVerifier
+from device_sdk.platform.gateway.gateway import Gateway
+from device_sdk.protocol.errors import AgentError, ErrorCode
+from device_sdk.protocol.fields import new_id, now
+from device_sdk.protocol.messages import AgentRequest, CheckoutProposal, Merchant, ProposalLine
 from simulators.checkout import CheckoutStandIn
 
 CAFE = Merchant(id="m-cafe", name="Corner Cafe")

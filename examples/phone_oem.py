@@ -24,10 +24,11 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from device_sdk.keys import SigningKey
-from device_sdk.mandate import mandate_for
-from device_sdk.messages import ConfirmationRequest, Modality, new_id
-from device_sdk.readback import display_digest
+from device_sdk import Modality, SigningKey
+from device_sdk.consent.mandate import mandate_for
+from device_sdk.consent.readback import display_digest
+from device_sdk.protocol.fields import new_id
+from device_sdk.protocol.messages import ConfirmationRequest
 from device_sdk.state import default_key_file
 from firmware_bridge.intents import ACTION_BUY, IntentExtras, OemIntent, OemKeys, sign_intent
 

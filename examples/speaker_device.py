@@ -16,12 +16,9 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from device_sdk.device import DeviceClient
-from device_sdk.errors import DeviceSdkError
-from device_sdk.keys import SigningKey
-from device_sdk.messages import Decision, Modality
-from device_sdk.replies import REPROMPT, ReplyDialog
+from device_sdk import Decision, DeviceClient, DeviceSdkError, Modality, SigningKey
 from device_sdk.state import default_key_file
+from device_sdk.voice.replies import REPROMPT, ReplyDialog
 
 
 async def main(args: argparse.Namespace) -> int:

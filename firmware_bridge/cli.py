@@ -31,25 +31,47 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
-from device_sdk.asr import AsrEngine
-from device_sdk.device import DeviceClient
-from device_sdk.errors import ConfigError
-from device_sdk.glasses import CAPABILITIES, GlassesDriver, GlassesRun
-from device_sdk.keys import SigningKey
-from device_sdk.messages import DeviceKind
-from device_sdk.mqtt import BrokerUrl
+from device_sdk.bus.url import BrokerUrl
+from device_sdk.consent.keys import SigningKey
+from device_sdk.device.client import DeviceClient
+from device_sdk.protocol.errors import ConfigError
+from device_sdk.protocol.fields import DeviceKind
+from device_sdk.protocol.topics import check_id
 from device_sdk.state import default_key_file
-from device_sdk.topics import check_id
+from device_sdk.voice.asr import AsrEngine
+from device_sdk.voice.grammar import vocabulary_named
+from device_sdk.voice.sphinx import SphinxEngine
 
-from . import gatt
+from .glasses import CAPABILITIES, GlassesDriver, GlassesRun
 from .link import GlassesLink, find_glasses
 
-if TYPE_CHECKING:
-    from simulators.glasses import SimulatedGlasses
-    from simulators.glasses_demo import Tap
+SIMULATED = "firmware_bridge.simulated"
+"""Entry-point group of what `--simulated` runs: glasses on a virtual link and a wearer who uses
+them (the simulators package registers `glasses`). The bridge never imports the simulators."""
+
+
+class SimulatedGlasses(Protocol):
+    """Opens simulated glasses (kept open by `stack`) and returns the link to them; a simulated
+    wearer taps the blank lens, says `say` if given, and answers each card with `tap`."""
+
+    async def __call__(
+        self, stack: contextlib.AsyncExitStack, *, device_id: str, say: str | None, tap: str, sessions: int,
+        scan_timeout: float,
+    ) -> GlassesLink: ...  # fmt: skip
+
+
+def simulated_glasses() -> SimulatedGlasses:
+    found = [ep for ep in entry_points(group=SIMULATED) if ep.name == "glasses"]
+    if not found:
+        raise ConfigError(
+            "--simulated needs the simulators package (no `glasses` in the firmware_bridge.simulated group)"
+        )
+    opener: SimulatedGlasses = found[0].load()
+    return opener
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,6 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--device-id", default="glasses-1", help="the glasses' device id on the bus")
     run.add_argument("--key", type=Path, default=None, help="the device's signing key file")
     run.add_argument("--asr", choices=["none", "sphinx"], default="none", help="hear the wearer (default: none)")
+    run.add_argument(
+        "--vocabulary", default="demo",
+        help="the agent's command vocabulary the recogniser listens for (a name in device_sdk.vocabularies; "
+        "default: demo, the reference agent's catalog)",
+    )  # fmt: skip
     run.add_argument("--sessions", type=int, default=0, help="stop after this many sessions (default: never)")
     run.add_argument("--scan-timeout", type=float, default=10.0, help="seconds to look for the glasses")
     run.add_argument("--say", default=None, help="--simulated: what the wearer says (implies --asr sphinx)")
@@ -90,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _phone(args: argparse.Namespace) -> int:
-    from device_sdk.messages import Capability
+    from device_sdk.protocol.fields import Capability
 
     from .intents import IntentVerifier, OemKeys
     from .phone import HttpSheet, IntentBridge
@@ -131,12 +158,8 @@ async def _run(args: argparse.Namespace) -> int:
     engine: AsrEngine | None = None
     vocabulary = None
     if args.asr == "sphinx" or args.say is not None:
-        from device_sdk.asr import SphinxEngine
-        from simulators.catalog import demo_catalog
-        from simulators.command_parser import CommandParser
-
         engine = await asyncio.to_thread(SphinxEngine)
-        vocabulary = CommandParser(demo_catalog()).vocabulary()  # the reference agent's words
+        vocabulary = vocabulary_named(args.vocabulary)
     done = 0
     async with contextlib.AsyncExitStack() as stack:
         link = await stack.enter_async_context(await _link(args, stack))
@@ -164,40 +187,10 @@ async def _link(args: argparse.Namespace, stack: contextlib.AsyncExitStack) -> G
         if not found:
             raise ConfigError(f"no glasses named {args.name!r} heard within {args.scan_timeout} s")
         return GlassesLink(found[0].device, rssi=found[0].rssi)
-    from simulators.ble_radio import BumbleClient, BumbleScanner, VirtualRadio
-    from simulators.glasses import SimulatedGlasses
-
-    radio = VirtualRadio()
-    glasses = await stack.enter_async_context(SimulatedGlasses(radio, device_id=args.device_id))
-    central = await radio.central()
-    found = await find_glasses(name=glasses.name, timeout=args.scan_timeout, backend=BumbleScanner, central=central)
-    task = asyncio.create_task(_simulated_wearer(glasses, args.say, args.tap, args.sessions))
-    stack.push_async_callback(_cancel, task)
-    return GlassesLink(found[0].device, backend=BumbleClient, rssi=found[0].rssi)
-
-
-async def _simulated_wearer(glasses: SimulatedGlasses, say: str | None, tap: Tap, sessions: int) -> None:
-    """Taps the blank lens, speaks `say` if given, answers the card; once per session."""
-    from device_sdk.tts import synthesize, trim_silence
-    from simulators.glasses_demo import answer_card
-
-    speech = trim_silence(await asyncio.to_thread(synthesize, say)) if say else None
-    count = 0
-    while sessions == 0 or count < sessions:
-        await glasses.wait_welcomed(timeout=30.0)
-        answering = asyncio.create_task(answer_card(glasses, tap))
-        await asyncio.sleep(0.05)
-        await glasses.gesture(gatt.Gesture.TAP)
-        if speech is not None:
-            await glasses.speak(speech)
-        await answering
-        await asyncio.sleep(0.5)  # the outcome, then the lens is cleared
-        count += 1
-
-
-async def _cancel(task: asyncio.Task[Any]) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    return await simulated_glasses()(
+        stack, device_id=args.device_id, say=args.say, tap=args.tap, sessions=args.sessions,
+        scan_timeout=args.scan_timeout,
+    )  # fmt: skip
 
 
 def _report(session: GlassesRun, as_json: bool) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 
-from device_sdk.errors import ConfigError, ErrorCode, FrameError
+from device_sdk.protocol.errors import ConfigError, ErrorCode, FrameError
 
 from .frames import DEFAULT_MAX_MESSAGE, Message, MessageType, Reassembler, encode
 

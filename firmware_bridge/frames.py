@@ -25,7 +25,7 @@ import zlib
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from device_sdk.errors import ErrorCode, FrameError
+from device_sdk.protocol.errors import ErrorCode, FrameError
 
 PROTOCOL_VERSION = 1
 FRAME_HEADER = 2

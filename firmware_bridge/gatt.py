@@ -24,9 +24,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from device_sdk.errors import ErrorCode, FrameError
+from device_sdk.protocol.errors import ErrorCode, FrameError
 
-from .frames import DEFAULT_MAX_MESSAGE, MAX_ATT_PAYLOAD, MIN_ATT_PAYLOAD, PROTOCOL_VERSION, MessageType, Reassembler
+from .frames import (
+    DEFAULT_MAX_MESSAGE,
+    MAX_ATT_PAYLOAD,
+    MIN_ATT_PAYLOAD,
+    PROTOCOL_VERSION,
+    MessageType,
+    Reassembler,
+)
 
 SERVICE_UUID = "6e4b0001-7c1a-4f3e-9a52-2d8b1c0e5f10"
 CONTROL_UUID = "6e4b0002-7c1a-4f3e-9a52-2d8b1c0e5f10"

@@ -31,9 +31,10 @@ from typing import Annotated, Any
 from joserfc import jws
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from device_sdk.errors import ErrorCode, IntentError, KeyStoreError
-from device_sdk.keys import PublicKey, SigningKey, b64url_decode
-from device_sdk.messages import Id, first_error
+from device_sdk.consent.keys import PublicKey, SigningKey, b64url_decode
+from device_sdk.protocol.errors import ErrorCode, IntentError, KeyStoreError
+from device_sdk.protocol.fields import Id
+from device_sdk.protocol.messages import first_error
 
 JWS_TYPE = "shop-intent+jws"
 ALG = "Ed25519"

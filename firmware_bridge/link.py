@@ -33,9 +33,9 @@ from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData, BaseBleakScanner
 from bleak.exc import BleakError
 
-from device_sdk.audio_sources import Pcm
 from device_sdk.bounded import DropOldest
-from device_sdk.errors import BusError, DeviceSdkError, ErrorCode, FrameError, RequestTimeout
+from device_sdk.protocol.errors import BusError, DeviceSdkError, ErrorCode, FrameError, RequestTimeout
+from device_sdk.voice.sources import Pcm
 
 from . import gatt
 from .flow import Ack, AckStatus, Receiver, Sender

@@ -29,11 +29,12 @@ import aiohttp
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from device_sdk.device import DeviceClient, Offer
-from device_sdk.errors import OUTCOME_OF, DeviceSdkError, ErrorCode, IntentError, RemoteError
-from device_sdk.messages import Decision, IntentResult, Modality, Outcome
-from device_sdk.mqtt import Received
-from device_sdk.readback import compose_phone_sheet, display_digest
+from device_sdk.bus.subscription import Received
+from device_sdk.consent.readback import compose_phone_sheet, display_digest
+from device_sdk.device.client import DeviceClient, Offer
+from device_sdk.protocol.errors import OUTCOME_OF, DeviceSdkError, ErrorCode, IntentError, RemoteError
+from device_sdk.protocol.fields import Decision, Modality, Outcome
+from device_sdk.protocol.messages import IntentResult
 from device_sdk.service import Service
 
 from .intents import MAX_INTENT, IntentVerifier, OemIntent

@@ -12,12 +12,13 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Self
 
-from device_sdk.device import DeviceClient
-from device_sdk.discovery import DeviceAdvertiser, Interfaces, open_zeroconf
-from device_sdk.errors import ConfigError
-from device_sdk.glasses import CAPABILITIES as GLASSES_CAPABILITIES
-from device_sdk.messages import Capability, DeviceKind
-from device_sdk.mqtt import BrokerUrl
+from device_sdk.bus.url import BrokerUrl
+from device_sdk.device.client import DeviceClient
+from device_sdk.discovery.advertise import DeviceAdvertiser, open_zeroconf
+from device_sdk.discovery.records import Interfaces
+from device_sdk.protocol.errors import ConfigError
+from device_sdk.protocol.fields import Capability, DeviceKind
+from firmware_bridge.glasses import CAPABILITIES as GLASSES_CAPABILITIES
 
 from .scenario import broker_or_embedded
 

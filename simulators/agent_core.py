@@ -1,16 +1,17 @@
 """The reference agent core: the demo catalog and a command parser behind the `AgentCore` interface.
 
 It stands in for the real shopping agent; the SDK reaches it only through the bus, hosted by
-`device_sdk.agent.AgentWorker`.
+`device_sdk.platform.agent.AgentWorker`.
 """
 
 from __future__ import annotations
 
 import re
 
-from device_sdk.errors import AgentError, ErrorCode
-from device_sdk.images import ImageStore
-from device_sdk.messages import AgentRequest, CheckoutProposal, ProposalLine, new_id, now
+from device_sdk.media.images import ImageStore
+from device_sdk.protocol.errors import AgentError, ErrorCode
+from device_sdk.protocol.fields import new_id, now
+from device_sdk.protocol.messages import AgentRequest, CheckoutProposal, ProposalLine
 
 from .catalog import MARKETPLACE, Catalog, demo_catalog
 from .command_parser import CommandParser

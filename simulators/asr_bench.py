@@ -22,13 +22,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from device_sdk.asr import Recognition, SphinxEngine, transcribe
-from device_sdk.errors import AgentError
-from device_sdk.grammar import Grammar, reply_grammar
-from device_sdk.messages import Decision
-from device_sdk.replies import ACCEPT_PHRASES, DECLINE_PHRASES, interpret_reply
-from device_sdk.tts import synthesize, trim_silence
-from device_sdk.voice import reply_text
+from device_sdk.protocol.errors import AgentError
+from device_sdk.protocol.fields import Decision
+from device_sdk.voice.asr import Recognition, transcribe
+from device_sdk.voice.grammar import Grammar, reply_grammar
+from device_sdk.voice.replies import ACCEPT_PHRASES, DECLINE_PHRASES, interpret_reply
+from device_sdk.voice.reply_audio import reply_text
+from device_sdk.voice.sphinx import SphinxEngine
+from device_sdk.voice.tts import synthesize, trim_silence
 
 from .catalog import demo_catalog
 from .command_parser import CommandParser

@@ -10,7 +10,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from device_sdk.messages import Merchant
+from device_sdk.protocol.messages import Merchant
 
 MARKETPLACE = Merchant(id="m-marketplace", name="Shop Agent Marketplace")
 """Merchant of record when one cart holds items from several sellers."""

@@ -2,7 +2,7 @@
 
 It opens each proposal through the `ConsentVerifier` (which stores the bytes as issued, checks the
 risk policy and issues the consent terms) and completes it only with a valid, device-signed,
-single-use mandate: everything in `device_sdk.verifier`. Given the merchant's catalog, it also
+single-use mandate: everything in `device_sdk.platform.checkout.verifier`. Given the merchant's catalog, it also
 refuses a proposal whose names, units, prices, sellers, categories, currency or payee differ from
 the catalog, as a merchant re-prices an agent's cart: the read-back is composed from these fields,
 so they must be the merchant's, not the agent's.
@@ -14,11 +14,11 @@ import asyncio
 import hashlib
 from dataclasses import dataclass, field
 
-from device_sdk.agent import IssuedProposal
-from device_sdk.checkout import Completion
-from device_sdk.errors import CheckoutError, ErrorCode
-from device_sdk.messages import CheckoutProposal, ConsentTerms, OrderResult, Outcome, decode
-from device_sdk.verifier import ConsentVerifier
+from device_sdk.platform.checkout.backend import Completion
+from device_sdk.platform.checkout.verifier import ConsentVerifier
+from device_sdk.protocol.errors import CheckoutError, ErrorCode
+from device_sdk.protocol.fields import Outcome
+from device_sdk.protocol.messages import CheckoutProposal, ConsentTerms, IssuedProposal, OrderResult, decode
 
 from .catalog import Catalog
 

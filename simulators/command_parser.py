@@ -13,11 +13,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from device_sdk.errors import AgentError, ErrorCode
-from device_sdk.grammar import Vocabulary
-from device_sdk.grammar import singular as stem
+from device_sdk.protocol.errors import AgentError, ErrorCode
+from device_sdk.voice.grammar import Vocabulary
+from device_sdk.voice.grammar import singular as stem
 
-from .catalog import Catalog, Product
+from .catalog import Catalog, Product, demo_catalog
 
 MAX_QTY = 99
 _ONES = {
@@ -157,3 +157,9 @@ def _quantities(words: list[str]) -> list[tuple[int, int]]:
         readings.append((_ONES[first], 1))
     readings.append((1, 0))
     return readings
+
+
+def demo_vocabulary() -> Vocabulary:
+    """The reference agent's command words over the demo catalog (entry point `demo` of the group
+    `device_sdk.vocabularies`, which `firmware-bridge run --asr sphinx` listens with)."""
+    return CommandParser(demo_catalog()).vocabulary()

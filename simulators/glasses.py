@@ -2,7 +2,7 @@
 
 The glasses have a camera (product photos drawn with Pillow, `photos.py`), a microphone (PCM you
 give them, streamed while the gateway has it open), a 640x400 display (the card a display message
-carries, drawn with `device_sdk.lens`), tap, double tap, swipe and head-nod input, a battery and a
+carries, drawn with `device_sdk.consent.lens`), tap, double tap, swipe and head-nod input, a battery and a
 Device Information service. Everything crosses the virtual link in frames, exactly as firmware
 would send them; `drop_link_after` cuts the link in the middle of a camera transfer.
 """
@@ -22,9 +22,9 @@ from bumble.profiles.battery_service import BatteryService
 from bumble.profiles.device_information_service import DeviceInformationService
 from PIL import Image
 
-from device_sdk.errors import ErrorCode, FrameError
-from device_sdk.lens import LENS_SIZE, render_card
-from device_sdk.readback import display_digest
+from device_sdk.consent.lens import LENS_SIZE, render_card
+from device_sdk.consent.readback import display_digest
+from device_sdk.protocol.errors import ErrorCode, FrameError
 from firmware_bridge import gatt
 from firmware_bridge.flow import Ack, Receiver, Sender
 from firmware_bridge.frames import DEFAULT_MAX_MESSAGE, Message, MessageType, Reassembler, encode

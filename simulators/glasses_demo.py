@@ -10,15 +10,17 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from device_sdk.asr import AsrEngine, SphinxEngine
-from device_sdk.device import DeviceClient
-from device_sdk.glasses import CAPABILITIES, GlassesDriver, GlassesRun
-from device_sdk.messages import DeviceKind
-from device_sdk.timeline import Step, Timeline
-from device_sdk.tts import synthesize, trim_silence
+from device_sdk.device.client import DeviceClient
+from device_sdk.platform.timeline import Step, Timeline
+from device_sdk.protocol.errors import ConfigError
+from device_sdk.protocol.fields import DeviceKind
+from device_sdk.voice.asr import AsrEngine
+from device_sdk.voice.sphinx import SphinxEngine
+from device_sdk.voice.tts import synthesize, trim_silence
 from firmware_bridge import gatt
+from firmware_bridge.glasses import CAPABILITIES, GlassesDriver, GlassesRun
 from firmware_bridge.link import GlassesLink, find_glasses
 
 from .ble_radio import BumbleClient, BumbleScanner, VirtualRadio
@@ -124,3 +126,47 @@ async def answer_card(glasses: SimulatedGlasses, tap: Tap, png: Path | None = No
         await glasses.gesture(gatt.Gesture.TAP)
     elif tap == "cancel":
         await glasses.gesture(gatt.Gesture.SWIPE)
+
+
+async def glasses_for_bridge(
+    stack: contextlib.AsyncExitStack,
+    *,
+    device_id: str,
+    say: str | None,
+    tap: str,
+    sessions: int,
+    scan_timeout: float,
+) -> GlassesLink:
+    """`firmware-bridge run --simulated`: simulated glasses on a virtual link in this process, found
+    and reached through bleak as real ones are, with a wearer who uses them (entry point `glasses`
+    of the group `firmware_bridge.simulated`)."""
+    if tap not in ("confirm", "cancel", "none"):
+        raise ConfigError(f"--tap {tap!r}: confirm, cancel or none")
+    radio = VirtualRadio()
+    glasses = await stack.enter_async_context(SimulatedGlasses(radio, device_id=device_id))
+    central = await radio.central()
+    found = await find_glasses(name=glasses.name, timeout=scan_timeout, backend=BumbleScanner, central=central)
+    task = asyncio.create_task(_wearer(glasses, say, cast(Tap, tap), sessions))
+    stack.push_async_callback(_cancel, task)
+    return GlassesLink(found[0].device, backend=BumbleClient, rssi=found[0].rssi)
+
+
+async def _wearer(glasses: SimulatedGlasses, say: str | None, tap: Tap, sessions: int) -> None:
+    """Taps the blank lens, speaks `say` if given, answers the card; once per session."""
+    speech = trim_silence(await asyncio.to_thread(synthesize, say)) if say else None
+    count = 0
+    while sessions == 0 or count < sessions:
+        await glasses.wait_welcomed(timeout=30.0)
+        answering = asyncio.create_task(answer_card(glasses, tap))
+        await asyncio.sleep(0.05)
+        await glasses.gesture(gatt.Gesture.TAP)
+        if speech is not None:
+            await glasses.speak(speech)
+        await answering
+        await asyncio.sleep(0.5)  # the outcome, then the lens is cleared
+        count += 1
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)

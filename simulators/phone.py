@@ -11,11 +11,12 @@ from typing import Literal
 
 from aiohttp import web
 
-from device_sdk.device import Offer
-from device_sdk.keys import SigningKey
-from device_sdk.mandate import mandate_for
-from device_sdk.messages import ConfirmationRequest, Decision, Modality, new_id
-from device_sdk.readback import display_digest
+from device_sdk.consent.keys import SigningKey
+from device_sdk.consent.mandate import mandate_for
+from device_sdk.consent.readback import display_digest
+from device_sdk.device.client import Offer
+from device_sdk.protocol.fields import Decision, Modality, new_id
+from device_sdk.protocol.messages import ConfirmationRequest
 from firmware_bridge.intents import ACTION_BUY, IntentExtras, OemIntent, sign_intent
 from firmware_bridge.phone import SheetAnswer, SheetReply
 

@@ -15,11 +15,12 @@ from typing import Any, Literal
 
 import aiohttp
 
-from device_sdk.device import DeviceClient
-from device_sdk.keys import SigningKey
-from device_sdk.messages import Capability, DeviceKind, IntentResult, decode
-from device_sdk.mqtt import MqttBus
-from device_sdk.timeline import Step, Timeline
+from device_sdk.bus.mqtt import MqttBus
+from device_sdk.consent.keys import SigningKey
+from device_sdk.device.client import DeviceClient
+from device_sdk.platform.timeline import Step, Timeline
+from device_sdk.protocol.fields import Capability, DeviceKind
+from device_sdk.protocol.messages import IntentResult, decode
 from firmware_bridge.intents import IntentVerifier, OemKeys
 from firmware_bridge.phone import IntentBridge
 

@@ -17,7 +17,7 @@ import random
 
 from PIL import ExifTags, Image, ImageDraw, ImageFilter
 
-from device_sdk.errors import ErrorCode, ProtocolError
+from device_sdk.protocol.errors import ErrorCode, ProtocolError
 
 CELL = 8
 _START = (1, 0, 1, 1, 0, 0, 1, 0)

@@ -12,22 +12,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device_sdk.agent import AgentCore, AgentWorker
-from device_sdk.asr import AsrEngine, SphinxEngine
-from device_sdk.audit import AuditLog
-from device_sdk.database import Database
-from device_sdk.device import DeviceClient
-from device_sdk.embedded_broker import EmbeddedBroker
-from device_sdk.errors import OUTCOME_OF
-from device_sdk.gateway import Gateway
-from device_sdk.images import ImageStore
-from device_sdk.keys import SigningKey
-from device_sdk.messages import Outcome
-from device_sdk.mqtt import BrokerUrl, MqttBus
-from device_sdk.policy import PolicyBook
-from device_sdk.timeline import Step, Timeline
-from device_sdk.topics import Topics
-from device_sdk.verifier import ConsentVerifier, Verification
+from device_sdk.bus.embedded import EmbeddedBroker
+from device_sdk.bus.mqtt import MqttBus
+from device_sdk.bus.url import BrokerUrl
+from device_sdk.consent.keys import SigningKey
+from device_sdk.device.client import DeviceClient
+from device_sdk.media.images import ImageStore
+from device_sdk.platform.agent import AgentCore, AgentWorker
+from device_sdk.platform.checkout.audit import AuditLog
+from device_sdk.platform.checkout.database import Database
+from device_sdk.platform.checkout.policy import PolicyBook
+from device_sdk.platform.checkout.verifier import ConsentVerifier, Verification
+from device_sdk.platform.gateway.gateway import Gateway
+from device_sdk.platform.timeline import Step, Timeline
+from device_sdk.protocol.errors import OUTCOME_OF
+from device_sdk.protocol.fields import Outcome
+from device_sdk.protocol.topics import Topics
+from device_sdk.voice.asr import AsrEngine
+from device_sdk.voice.sphinx import SphinxEngine
 
 from .agent_core import CatalogAgent
 from .catalog import demo_catalog

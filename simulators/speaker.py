@@ -12,15 +12,16 @@ import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from device_sdk.asr import AsrEngine
-from device_sdk.device import DeviceClient, Offer
-from device_sdk.errors import RemoteError
-from device_sdk.grammar import Vocabulary
-from device_sdk.mandate import mandate_id
-from device_sdk.messages import Decision, Modality, OrderResult
-from device_sdk.replies import REPROMPT, ReplyDialog
-from device_sdk.tts import synthesize, trim_silence
-from device_sdk.voice import VoiceConfig
+from device_sdk.consent.mandate import mandate_id
+from device_sdk.device.client import DeviceClient, Offer
+from device_sdk.protocol.errors import RemoteError
+from device_sdk.protocol.fields import Decision, Modality
+from device_sdk.protocol.messages import OrderResult
+from device_sdk.voice.asr import AsrEngine
+from device_sdk.voice.assistant import VoiceConfig
+from device_sdk.voice.grammar import Vocabulary
+from device_sdk.voice.replies import REPROMPT, ReplyDialog
+from device_sdk.voice.tts import synthesize, trim_silence
 
 from .voice_user import converse
 

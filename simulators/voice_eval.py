@@ -28,14 +28,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from device_sdk.asr import AsrEngine, engine_named
-from device_sdk.audio_sources import read_wav
-from device_sdk.device import DeviceClient
-from device_sdk.embedded_broker import EmbeddedBroker
-from device_sdk.errors import AgentError, ConfigError, ErrorCode
-from device_sdk.grammar import Vocabulary
-from device_sdk.tts import synthesize, trim_silence
-from device_sdk.voice import VoiceRun
+from device_sdk.bus.embedded import EmbeddedBroker
+from device_sdk.device.client import DeviceClient
+from device_sdk.protocol.errors import AgentError, ConfigError, ErrorCode
+from device_sdk.voice.asr import AsrEngine
+from device_sdk.voice.assistant import VoiceRun
+from device_sdk.voice.engines import engine_named
+from device_sdk.voice.grammar import Vocabulary
+from device_sdk.voice.sources import read_wav
+from device_sdk.voice.tts import synthesize, trim_silence
 
 from .command_parser import CommandParser
 from .scenario import ShopBackend

@@ -18,12 +18,12 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
-from device_sdk.asr import AsrEngine
-from device_sdk.audio_sources import RATE, Pcm
-from device_sdk.device import DeviceClient
-from device_sdk.grammar import Vocabulary
-from device_sdk.replies import ANSWER_PROMPT
-from device_sdk.voice import Voice, VoiceAssistant, VoiceConfig, VoiceRun
+from device_sdk.consent.readback import ANSWER_PROMPT
+from device_sdk.device.client import DeviceClient
+from device_sdk.voice.asr import AsrEngine
+from device_sdk.voice.assistant import Voice, VoiceAssistant, VoiceConfig, VoiceRun
+from device_sdk.voice.grammar import Vocabulary
+from device_sdk.voice.sources import RATE, Pcm
 
 _BLOCK = 1024  # 64 ms, as Wyoming sends
 

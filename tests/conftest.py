@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pytest
 
-from device_sdk.device import DeviceClient
-from device_sdk.embedded_broker import EmbeddedBroker
-from device_sdk.mosquitto import MosquittoServer
-from device_sdk.mqtt import BrokerUrl
+from device_sdk.bus.embedded import EmbeddedBroker
+from device_sdk.bus.mosquitto import MosquittoServer
+from device_sdk.bus.url import BrokerUrl
+from device_sdk.device.client import DeviceClient
 
 if TYPE_CHECKING:
     from simulators.scenario import ShopBackend

@@ -9,24 +9,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device_sdk.agent import IssuedProposal
-from device_sdk.audit import AuditLog, trail
-from device_sdk.checkout import Completion, new_idempotency_key
-from device_sdk.database import Database
-from device_sdk.keys import SigningKey
-from device_sdk.mandate import MandateClaims, sign_mandate
-from device_sdk.messages import (
+from device_sdk.consent.keys import SigningKey
+from device_sdk.consent.mandate import MandateClaims, sign_mandate
+from device_sdk.consent.readback import confirmation_request
+from device_sdk.platform.checkout.audit import AuditLog, trail
+from device_sdk.platform.checkout.backend import Completion, new_idempotency_key
+from device_sdk.platform.checkout.database import Database
+from device_sdk.platform.checkout.policy import PolicyBook
+from device_sdk.platform.checkout.verifier import ConsentVerifier
+from device_sdk.protocol.fields import Decision, Modality, new_id
+from device_sdk.protocol.messages import (
     CheckoutProposal,
     ConfirmationRequest,
     ConfirmationResult,
-    Decision,
-    Modality,
+    IssuedProposal,
     ProposalLine,
-    new_id,
 )
-from device_sdk.policy import PolicyBook
-from device_sdk.readback import confirmation_request
-from device_sdk.verifier import ConsentVerifier
 from simulators.catalog import demo_catalog
 
 AUDIENCE = "shop-checkout:test"

@@ -15,13 +15,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from device_sdk.arbitration import Arbiter, Contender
-from device_sdk.audit import trail
-from device_sdk.device import DeviceClient
-from device_sdk.errors import ErrorCode, RemoteError
-from device_sdk.messages import Wake, WakeResult
-from device_sdk.tts import trim_silence
-from device_sdk.voice import Voice, VoiceAssistant, VoiceConfig, WakeWord, loudness_db
+from device_sdk.device.client import DeviceClient
+from device_sdk.platform.checkout.audit import trail
+from device_sdk.platform.gateway.arbitration import Arbiter, Contender
+from device_sdk.protocol.errors import ErrorCode, RemoteError
+from device_sdk.protocol.messages import Wake, WakeResult
+from device_sdk.voice.assistant import Voice, VoiceAssistant, VoiceConfig
+from device_sdk.voice.listener import WakeWord, loudness_db
+from device_sdk.voice.tts import trim_silence
 from simulators.command_parser import CommandParser
 from simulators.scenario import ShopBackend
 from simulators.voice_user import RoomSource
@@ -209,7 +210,7 @@ async def test_the_nearer_speaker_takes_the_spoken_wake_word_and_the_other_liste
     from tests.test_voice import need, speech  # espeak-ng, skipped with a reason where it is missing
 
     need("espeak-ng", "espeak-ng")
-    from device_sdk.asr import SphinxEngine
+    from device_sdk.voice.sphinx import SphinxEngine
 
     sphinx = await asyncio.to_thread(SphinxEngine)
     phrase = trim_silence(speech("hey shop"))

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from device_sdk.audio import HEADER, MAX_CHUNK, AudioChunk, AudioStream, decode_chunk
-from device_sdk.errors import ErrorCode, ProtocolError
-from device_sdk.messages import AudioFormat, Error, decode
-from device_sdk.mqtt import MqttBus
-from device_sdk.topics import Topics
+from device_sdk.bus.mqtt import MqttBus
+from device_sdk.media.audio import HEADER, MAX_CHUNK, AudioChunk, AudioStream, decode_chunk
+from device_sdk.protocol.errors import ErrorCode, ProtocolError
+from device_sdk.protocol.messages import AudioFormat, Error, decode
+from device_sdk.protocol.topics import Topics
 from simulators.scenario import ShopBackend
 from tests.conftest import Restartable, keyed
 

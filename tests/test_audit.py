@@ -15,11 +15,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from device_sdk.audit import GENESIS, AuditLog, chain_hash, checkpoint_message, trail, verify_log
-from device_sdk.database import Database
-from device_sdk.errors import StoreError
-from device_sdk.keys import SigningKey
-from device_sdk.messages import Outcome
+from device_sdk.consent.keys import SigningKey
+from device_sdk.platform.checkout.audit import (
+    GENESIS,
+    AuditLog,
+    chain_hash,
+    checkpoint_message,
+    trail,
+    verify_log,
+)
+from device_sdk.platform.checkout.database import Database
+from device_sdk.protocol.errors import StoreError
+from device_sdk.protocol.fields import Outcome
 from tests.consent_kit import open_shop
 
 RECORDS = 12
@@ -261,7 +268,7 @@ def test_audit_show_of_an_unknown_session_exits_non_zero(flow_log: tuple[Path, s
 
 
 def test_a_log_is_never_given_a_new_key_silently(log: Path) -> None:
-    from device_sdk.errors import KeyStoreError
+    from device_sdk.protocol.errors import KeyStoreError
 
     log.with_name(log.name + ".audit-key.pem").unlink()  # the key file was lost
     with Database(log) as db, pytest.raises(KeyStoreError, match="restore its key file"):

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from device_sdk.errors import ErrorCode, FrameError
+from device_sdk.protocol.errors import ErrorCode, FrameError
 from firmware_bridge.flow import Ack, AckStatus, Receiver, Sender, as_ranges
 from firmware_bridge.frames import Message, MessageType, chunk_count
 

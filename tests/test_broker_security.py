@@ -17,7 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from device_sdk.broker_config import (
+from device_sdk.bus.mosquitto import MosquittoServer, free_port
+from device_sdk.bus.mqtt import MqttBus
+from device_sdk.bus.subscription import Received, Subscription
+from device_sdk.bus.url import BrokerUrl
+from device_sdk.cli import main
+from device_sdk.consent.keys import SigningKey
+from device_sdk.device.client import DeviceClient
+from device_sdk.platform.checkout.database import Database
+from device_sdk.platform.checkout.registry import DeviceRegistry, KeyStatus
+from device_sdk.platform.provisioning.broker_config import (
     ROLES,
     BrokerDir,
     BrokerSettings,
@@ -29,19 +38,13 @@ from device_sdk.broker_config import (
     roles_table,
     verify_password,
 )
-from device_sdk.cli import main
-from device_sdk.database import Database
-from device_sdk.device import DeviceClient
-from device_sdk.errors import BusError, ErrorCode, KeyStoreError, RequestTimeout
-from device_sdk.keys import DeviceRegistry, KeyStatus, SigningKey
-from device_sdk.messages import Decision, DeviceKind, Modality, Outcome
-from device_sdk.mosquitto import MosquittoServer, free_port
-from device_sdk.mqtt import BrokerUrl, MqttBus, Received, Subscription
-from device_sdk.provision import Credentials, provision, revoke
+from device_sdk.platform.provisioning.provision import Credentials, provision, revoke
+from device_sdk.platform.provisioning.tls import ensure_test_ca
+from device_sdk.platform.timeline import Step, Timeline
+from device_sdk.protocol.errors import BusError, ErrorCode, KeyStoreError, RequestTimeout
+from device_sdk.protocol.fields import Decision, DeviceKind, Modality, Outcome
+from device_sdk.protocol.topics import Topics
 from device_sdk.state import default_database, default_key_file
-from device_sdk.timeline import Step, Timeline
-from device_sdk.tls import ensure_test_ca
-from device_sdk.topics import Topics
 from firmware_bridge.intents import IntentVerifier, OemKeys
 from firmware_bridge.phone import IntentBridge
 from simulators.phone import SimulatedPhone

@@ -9,12 +9,13 @@ import textwrap
 
 import pytest
 
-from device_sdk.agent import AgentWorker, RemoteAgent, supports_shared_subscriptions
-from device_sdk.errors import BusError, ErrorCode, RequestTimeout
-from device_sdk.messages import AgentRequest, DeviceStatus, decode
-from device_sdk.mosquitto import MosquittoServer
-from device_sdk.mqtt import BrokerUrl, MqttBus
-from device_sdk.topics import Topics
+from device_sdk.bus.mosquitto import MosquittoServer
+from device_sdk.bus.mqtt import MqttBus
+from device_sdk.bus.url import BrokerUrl
+from device_sdk.platform.agent import AgentWorker, RemoteAgent, supports_shared_subscriptions
+from device_sdk.protocol.errors import BusError, ErrorCode, RequestTimeout
+from device_sdk.protocol.messages import AgentRequest, DeviceStatus, decode
+from device_sdk.protocol.topics import Topics
 from simulators.agent_core import CatalogAgent
 from tests.conftest import EmbeddedRestartable, Restartable
 
@@ -40,7 +41,7 @@ def test_bad_broker_url(url: str) -> None:
 
 
 async def test_unreachable_broker_is_a_clear_error() -> None:
-    from device_sdk.mosquitto import free_port
+    from device_sdk.bus.mosquitto import free_port
 
     bus = MqttBus(BrokerUrl("127.0.0.1", free_port()), "nobody", connect_timeout=0.5)
     with pytest.raises(BusError, match="cannot reach"):
@@ -53,7 +54,7 @@ async def test_retained_status_and_last_will_on_an_abrupt_drop(broker: Restartab
     script = textwrap.dedent(
         f"""
         import asyncio, sys
-        from device_sdk.device import DeviceClient
+        from device_sdk import DeviceClient
         async def main():
             async with DeviceClient("{broker.url}", "speaker-7", heartbeat=0):
                 print("up", flush=True)

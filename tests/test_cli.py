@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from device_sdk.mosquitto import MosquittoServer, free_port
+from device_sdk.bus.mosquitto import MosquittoServer, free_port
 
 
 @pytest.fixture(autouse=True)

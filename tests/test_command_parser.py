@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from device_sdk.errors import AgentError, ErrorCode
-from device_sdk.messages import AgentRequest
+from device_sdk.protocol.errors import AgentError, ErrorCode
+from device_sdk.protocol.messages import AgentRequest
 from simulators.agent_core import MARKETPLACE, CatalogAgent
 from simulators.catalog import demo_catalog
 from simulators.command_parser import CommandParser, stem

@@ -17,12 +17,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from device_sdk.audit import trail
-from device_sdk.errors import ConsentError, ErrorCode, StoreError
-from device_sdk.keys import SigningKey
-from device_sdk.mandate import sign_mandate
-from device_sdk.messages import Modality, Outcome
-from device_sdk.policy import PolicyBook
+from device_sdk.consent.keys import SigningKey
+from device_sdk.consent.mandate import sign_mandate
+from device_sdk.platform.checkout.audit import trail
+from device_sdk.platform.checkout.policy import PolicyBook
+from device_sdk.protocol.errors import ConsentError, ErrorCode, StoreError
+from device_sdk.protocol.fields import Modality, Outcome
 from tests.consent_kit import Shop, make_proposal, open_shop
 
 
@@ -378,9 +378,9 @@ def test_concurrent_submissions_from_threads_order_once(shop: Shop) -> None:
 
 
 def _submit_in_process(path: str, completion: Any, start: Any, results: Any) -> None:
-    from device_sdk.audit import AuditLog
-    from device_sdk.database import Database
-    from device_sdk.verifier import ConsentVerifier
+    from device_sdk.platform.checkout.audit import AuditLog
+    from device_sdk.platform.checkout.database import Database
+    from device_sdk.platform.checkout.verifier import ConsentVerifier
     from tests.consent_kit import AUDIENCE
 
     with Database(path) as db:
@@ -416,7 +416,7 @@ def test_concurrent_submissions_from_processes_order_once(shop: Shop) -> None:
 
 
 def test_a_declined_payment_is_a_refusal_with_its_code(shop: Shop) -> None:
-    from device_sdk.errors import CheckoutError
+    from device_sdk.protocol.errors import CheckoutError
 
     def decline(proposal: Any, key: str) -> str:
         raise CheckoutError("insufficient funds")
@@ -430,9 +430,9 @@ def test_a_declined_payment_is_a_refusal_with_its_code(shop: Shop) -> None:
 
 
 async def test_a_device_never_sends_a_mandate_with_a_decline(shop: Shop) -> None:
-    from device_sdk.device import DeviceClient, Offer
-    from device_sdk.errors import ProtocolError
-    from device_sdk.messages import Decision
+    from device_sdk.device.client import DeviceClient, Offer
+    from device_sdk.protocol.errors import ProtocolError
+    from device_sdk.protocol.fields import Decision
 
     device = DeviceClient("mqtt://127.0.0.1:1", "speaker-1", key=shop.keys["speaker-1"])
     offer = Offer(shop.offer())

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from device_sdk.audit import trail
-from device_sdk.device import DeviceClient
-from device_sdk.errors import ErrorCode, RemoteError
-from device_sdk.keys import SigningKey
-from device_sdk.mandate import MandateClaims, sign_mandate, unverified_claims
-from device_sdk.messages import Decision, Modality, Outcome
+from device_sdk.consent.keys import SigningKey
+from device_sdk.consent.mandate import MandateClaims, sign_mandate, unverified_claims
+from device_sdk.device.client import DeviceClient
+from device_sdk.platform.checkout.audit import trail
+from device_sdk.protocol.errors import ErrorCode, RemoteError
+from device_sdk.protocol.fields import Decision, Modality, Outcome
 from simulators.scenario import ShopBackend
 from tests.conftest import EmbeddedRestartable, Restartable, keyed
 

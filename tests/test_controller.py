@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from device_sdk.device import DeviceClient, HealthEvent
-from device_sdk.keys import SigningKey
-from device_sdk.messages import Decision, Outcome
-from device_sdk.mosquitto import MosquittoServer
+from device_sdk.bus.mosquitto import MosquittoServer
+from device_sdk.consent.keys import SigningKey
+from device_sdk.device.client import DeviceClient, HealthEvent
+from device_sdk.protocol.fields import Decision, Outcome
 from simulators.scenario import ShopBackend
 from tests.conftest import Restartable
 

@@ -18,29 +18,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from zeroconf import ServiceInfo
 
-from device_sdk.discovery import (
+from device_sdk.bus.mosquitto import MosquittoServer
+from device_sdk.bus.mqtt import MqttBus
+from device_sdk.bus.url import BrokerUrl
+from device_sdk.discovery.advertise import Advertiser, BrokerAdvertiser, DeviceAdvertiser, open_zeroconf
+from device_sdk.discovery.browse import Browser, Change, ChangeKind, find_broker
+from device_sdk.discovery.listing import run_discover
+from device_sdk.discovery.records import (
     DEVICE_TYPE,
-    Advertiser,
-    BrokerAdvertiser,
-    Browser,
-    Change,
-    ChangeKind,
-    DeviceAdvertiser,
     GatewayInfo,
     broker_url,
     device_info_from_txt,
     device_txt,
-    find_broker,
     gateway_info_from_txt,
     gateway_txt,
-    open_zeroconf,
-    run_discover,
 )
-from device_sdk.errors import BusError, ConfigError, ErrorCode, ProtocolError
-from device_sdk.messages import Capability, DeviceInfo, DeviceKind, decode
-from device_sdk.mosquitto import MosquittoServer
-from device_sdk.mqtt import BrokerUrl, MqttBus
-from device_sdk.topics import Topics
+from device_sdk.protocol.errors import BusError, ConfigError, ErrorCode, ProtocolError
+from device_sdk.protocol.fields import Capability, DeviceKind
+from device_sdk.protocol.messages import DeviceInfo, decode
+from device_sdk.protocol.topics import Topics
 from simulators.advertised import AdvertisedDevices
 from simulators.scenario import ShopBackend
 from tests.conftest import EmbeddedRestartable

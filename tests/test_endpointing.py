@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device_sdk.audio import AudioChunk, AudioStream
-from device_sdk.audio_sources import RATE, AudioError, Pcm, StreamSource, WavSource, read_wav
-from device_sdk.endpointing import EndpointConfig, Endpointer, utterances
-from device_sdk.messages import AudioFormat
+from device_sdk.media.audio import AudioChunk, AudioStream
+from device_sdk.protocol.messages import AudioFormat
+from device_sdk.voice.endpointing import EndpointConfig, Endpointer, utterances
+from device_sdk.voice.sources import RATE, AudioError, Pcm, StreamSource, WavSource, read_wav
 
 
 def write_wav(path: Path, frames: bytes, rate: int = RATE, width: int = 2, channels: int = 1) -> Path:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from device_sdk.mosquitto import MosquittoServer, free_port
+from device_sdk.bus.mosquitto import MosquittoServer, free_port
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 

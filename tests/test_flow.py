@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
-from device_sdk.device import DeviceClient, Offer
-from device_sdk.errors import DeviceSdkError, ErrorCode, RemoteError
-from device_sdk.messages import Decision, Error, Modality, OrderResult, Outcome, decode
-from device_sdk.mqtt import MqttBus
-from device_sdk.topics import Topics
+from device_sdk.bus.mqtt import MqttBus
+from device_sdk.device.client import DeviceClient, Offer
+from device_sdk.protocol.errors import DeviceSdkError, ErrorCode, RemoteError
+from device_sdk.protocol.fields import Decision, Modality, Outcome
+from device_sdk.protocol.messages import Error, OrderResult, decode
+from device_sdk.protocol.topics import Topics
 from simulators.scenario import ShopBackend
 from simulators.speaker import SimulatedSpeaker
 from tests.conftest import Restartable

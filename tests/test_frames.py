@@ -12,15 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from device_sdk.errors import ErrorCode, FrameError
-from firmware_bridge.frames import (
-    MAX_CHUNKS,
-    Message,
-    MessageType,
-    Reassembler,
-    chunk_count,
-    encode,
-)
+from device_sdk.protocol.errors import ErrorCode, FrameError
+from firmware_bridge.frames import MAX_CHUNKS, Message, MessageType, Reassembler, chunk_count, encode
 
 VECTORS = Path(__file__).resolve().parent.parent / "docs" / "ble-frame-vectors.json"
 CODES = {

@@ -14,16 +14,16 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from device_sdk.errors import BusError, ErrorCode, FrameError
-from device_sdk.glasses import GlassesDriver
-from device_sdk.keys import SigningKey
-from device_sdk.lens import LENS_SIZE, LensCard
-from device_sdk.mandate import unverified_claims
-from device_sdk.messages import Decision, Modality, Outcome
-from device_sdk.readback import compose_lens_card, presentation_digest
-from device_sdk.tts import espeak_available, synthesize, trim_silence
-from device_sdk.voice import Listener
+from device_sdk.consent.keys import SigningKey
+from device_sdk.consent.lens import LENS_SIZE, LensCard
+from device_sdk.consent.mandate import unverified_claims
+from device_sdk.consent.readback import compose_lens_card, presentation_digest
+from device_sdk.protocol.errors import BusError, ErrorCode, FrameError
+from device_sdk.protocol.fields import Decision, Modality, Outcome
+from device_sdk.voice.listener import Listener
+from device_sdk.voice.tts import espeak_available, synthesize, trim_silence
 from firmware_bridge import gatt
+from firmware_bridge.glasses import GlassesDriver
 from firmware_bridge.link import Connected, Disconnected, GlassesLink, Health, find_glasses
 from simulators.ble_radio import BumbleClient, BumbleScanner, VirtualRadio
 from simulators.glasses import SimulatedGlasses

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from device_sdk.errors import ErrorCode, ProtocolError
-from device_sdk.images import ImageStore, image_ref, strip_metadata
+from device_sdk.media.images import ImageStore, image_ref, strip_metadata
+from device_sdk.protocol.errors import ErrorCode, ProtocolError
 from simulators.photos import product_photo, read_tag
 
 PHOTO = product_photo("bat-aa-4", "AA batteries, pack of 4")

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from device_sdk.database import Database
-from device_sdk.errors import ConfigError, ConsentError, ErrorCode, KeyStoreError, StoreError
-from device_sdk.keys import DeviceRegistry, KeyStatus, PublicKey, SigningKey
-from device_sdk.messages import Modality
-from device_sdk.policy import PolicyBook, RiskPolicy
+from device_sdk.consent.keys import PublicKey, SigningKey
+from device_sdk.platform.checkout.database import Database
+from device_sdk.platform.checkout.policy import PolicyBook, RiskPolicy
+from device_sdk.platform.checkout.registry import DeviceRegistry, KeyStatus
+from device_sdk.protocol.errors import ConfigError, ConsentError, ErrorCode, KeyStoreError, StoreError
+from device_sdk.protocol.fields import Modality
 from tests.consent_kit import make_proposal
 
 # keys -----------------------------------------------------------------------------------------

@@ -11,15 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from device_sdk.errors import ErrorCode, ProtocolError
-from device_sdk.messages import (
-    MAX_PAYLOAD,
+from device_sdk.protocol.errors import ErrorCode, ProtocolError
+from device_sdk.protocol.fields import MAX_PAYLOAD, Outcome
+from device_sdk.protocol.messages import (
     MESSAGE_TYPES,
     AgentRequest,
     CheckoutProposal,
     Merchant,
     OrderResult,
-    Outcome,
     Ping,
     ProposalLine,
     decode,

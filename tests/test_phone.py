@@ -21,13 +21,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from device_sdk.device import DeviceClient, Offer
-from device_sdk.errors import ErrorCode, IntentError
-from device_sdk.keys import SigningKey
-from device_sdk.mandate import mandate_for, unverified_claims
-from device_sdk.messages import Decision, DeviceKind, IntentResult, Modality, Outcome, decode
-from device_sdk.mqtt import MqttBus
-from device_sdk.readback import compose_phone_sheet, display_digest
+from device_sdk.bus.mqtt import MqttBus
+from device_sdk.consent.keys import SigningKey
+from device_sdk.consent.mandate import mandate_for, unverified_claims
+from device_sdk.consent.readback import compose_phone_sheet, display_digest
+from device_sdk.device.client import DeviceClient, Offer
+from device_sdk.protocol.errors import ErrorCode, IntentError
+from device_sdk.protocol.fields import Decision, DeviceKind, Modality, Outcome
+from device_sdk.protocol.messages import IntentResult, decode
 from firmware_bridge.intents import MAX_INTENT, IntentVerifier, OemIntent, OemKeys
 from firmware_bridge.phone import IntentBridge, SheetAnswer, deep_link
 from simulators.phone import SimulatedPhone
@@ -271,8 +272,8 @@ def base64url_bytes(token: str) -> list[bytes | None]:
 
 
 def test_the_sheet_and_the_deep_link_say_exactly_the_proposal() -> None:
-    from device_sdk.device import Offer
-    from device_sdk.messages import ConfirmationRequest
+    from device_sdk.device.client import Offer
+    from device_sdk.protocol.messages import ConfirmationRequest
 
     request = decode((VECTORS / "confirmation.request.json").read_bytes())
     assert isinstance(request, ConfirmationRequest)
@@ -286,7 +287,7 @@ def test_the_sheet_and_the_deep_link_say_exactly_the_proposal() -> None:
         "[Cancel]  [Confirm]",
     ]
     assert display_digest(sheet) != request.display_digest  # a sheet is not the spoken read-back
-    from device_sdk.readback import presentation
+    from device_sdk.consent.readback import presentation
 
     assert presentation(request.proposal, Modality.PHONE_SHEET) == sheet
     link = deep_link(Offer(request), "https://shop.example/cart")
@@ -303,7 +304,7 @@ async def test_firmware_bridge_phone_runs_as_a_process_with_the_sheet_on_the_pho
     """`firmware-bridge phone` in front of the shop on a Mosquitto started by the test; the phone's
     sheet service (simulated, over local HTTP) shows the sheet and signs the mandate; one intent
     arrives at the local endpoint, one on the bus."""
-    from device_sdk.mosquitto import free_port
+    from device_sdk.bus.mosquitto import free_port
     from simulators.phone import SheetServer
 
     async with ShopBackend(mosquitto.url) as shop, contextlib.AsyncExitStack() as stack:
@@ -343,9 +344,9 @@ async def test_firmware_bridge_phone_runs_as_a_process_with_the_sheet_on_the_pho
 
 
 async def test_a_sheet_service_that_cannot_show_or_does_not_answer_means_no_sheet() -> None:
-    from device_sdk.device import Offer
-    from device_sdk.messages import ConfirmationRequest
-    from device_sdk.mosquitto import free_port
+    from device_sdk.bus.mosquitto import free_port
+    from device_sdk.device.client import Offer
+    from device_sdk.protocol.messages import ConfirmationRequest
     from firmware_bridge.phone import HttpSheet
     from simulators.phone import SheetServer
 
@@ -397,7 +398,7 @@ async def test_an_intent_with_a_large_photo_is_taken(rig: Rig) -> None:
 async def test_a_sheet_that_signs_other_text_than_it_was_given_orders_nothing(rig: Rig) -> None:
     """The mandate binds the digest of what the phone showed; the gateway and the verifier compose
     the sheet themselves, so a sheet that shows (and signs) anything else is refused."""
-    from device_sdk.readback import compose_readback
+    from device_sdk.consent.readback import compose_readback
 
     phone = rig.phone
 

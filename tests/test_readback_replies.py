@@ -6,9 +6,9 @@ import hashlib
 
 import pytest
 
-from device_sdk.messages import Decision
-from device_sdk.readback import compose_readback, display_digest, format_amount
-from device_sdk.replies import ACCEPT_PHRASES, DECLINE_PHRASES, ReplyDialog, interpret_reply
+from device_sdk.consent.readback import compose_readback, display_digest, format_amount
+from device_sdk.protocol.fields import Decision
+from device_sdk.voice.replies import ACCEPT_PHRASES, DECLINE_PHRASES, ReplyDialog, interpret_reply
 from tests.test_messages import proposal
 
 

@@ -8,23 +8,21 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from device_sdk.checkout import Completion
-from device_sdk.device import DeviceClient
-from device_sdk.errors import BusError, ErrorCode, RemoteError
-from device_sdk.messages import (
+from device_sdk.bus.mosquitto import MosquittoServer
+from device_sdk.bus.mqtt import MqttBus
+from device_sdk.device.client import DeviceClient
+from device_sdk.platform.checkout.backend import Completion
+from device_sdk.platform.checkout.verifier import ConsentVerifier
+from device_sdk.protocol.errors import BusError, ErrorCode, RemoteError
+from device_sdk.protocol.fields import Decision, Modality, Outcome
+from device_sdk.protocol.messages import (
     AgentRequest,
     CheckoutProposal,
     ConfirmationRequest,
-    Decision,
-    Modality,
     OrderResult,
-    Outcome,
     decode,
 )
-from device_sdk.mosquitto import MosquittoServer
-from device_sdk.mqtt import MqttBus
-from device_sdk.topics import Topics
-from device_sdk.verifier import ConsentVerifier
+from device_sdk.protocol.topics import Topics
 from simulators.agent_core import CatalogAgent
 from simulators.catalog import demo_catalog
 from simulators.checkout import CheckoutStandIn

@@ -4,19 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from device_sdk.agent import IssuedProposal
-from device_sdk.errors import ErrorCode, SessionError
-from device_sdk.messages import (
+from device_sdk.consent.readback import compose_readback, display_digest
+from device_sdk.platform.gateway.session import Session, State, Step
+from device_sdk.protocol.errors import ErrorCode, SessionError
+from device_sdk.protocol.fields import Decision, Modality, Outcome
+from device_sdk.protocol.messages import (
     ConfirmationRequest,
     ConfirmationResult,
     ConsentTerms,
-    Decision,
-    Modality,
+    IssuedProposal,
     OrderResult,
-    Outcome,
 )
-from device_sdk.readback import compose_readback, display_digest
-from device_sdk.session import Session, State, Step
 from tests.test_messages import proposal
 
 TERMS = ConsentTerms(audience="test", nonce="n" * 22, payment_handler="shop-wallet", modalities=[Modality.VOICE])

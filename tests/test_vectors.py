@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from device_sdk.agent import IssuedProposal
-from device_sdk.audio import decode_chunk
-from device_sdk.errors import ConsentError, ErrorCode, ProtocolError
-from device_sdk.keys import PublicKey, SigningKey
-from device_sdk.mandate import MandateClaims, open_mandate, sign_mandate
-from device_sdk.messages import MAX_PAYLOAD, CheckoutProposal, decode
-from device_sdk.readback import compose_readback, display_digest
+from device_sdk.consent.keys import PublicKey, SigningKey
+from device_sdk.consent.mandate import MandateClaims, open_mandate, sign_mandate
+from device_sdk.consent.readback import compose_readback, display_digest
+from device_sdk.media.audio import decode_chunk
+from device_sdk.protocol.errors import ConsentError, ErrorCode, ProtocolError
+from device_sdk.protocol.fields import MAX_PAYLOAD
+from device_sdk.protocol.messages import CheckoutProposal, IssuedProposal, decode
 
 VECTORS = Path(__file__).parent.parent / "docs" / "vectors"
 MANIFEST = json.loads((VECTORS / "manifest.json").read_text())

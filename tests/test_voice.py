@@ -16,19 +16,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device_sdk.asr import SphinxEngine, VoskEngine, transcribe
-from device_sdk.audio_sources import RATE, MicrophoneSource, list_microphones
-from device_sdk.device import DeviceClient
-from device_sdk.embedded_broker import EmbeddedBroker
-from device_sdk.endpointing import EndpointConfig, Endpointer
-from device_sdk.errors import ConfigError, ErrorCode, VoiceError
-from device_sdk.grammar import UNKNOWN, Vocabulary, reply_grammar
-from device_sdk.lexicon import ipa_to_arpabet, pronunciations
-from device_sdk.mandate import unverified_claims
-from device_sdk.messages import Decision
-from device_sdk.replies import interpret_reply
-from device_sdk.tts import synthesize, trim_silence
-from device_sdk.voice import Listener, Voice, VoiceAssistant, VoiceRun, WakeWord, reply_text
+from device_sdk.bus.embedded import EmbeddedBroker
+from device_sdk.consent.mandate import unverified_claims
+from device_sdk.device.client import DeviceClient
+from device_sdk.protocol.errors import ConfigError, ErrorCode, VoiceError
+from device_sdk.protocol.fields import Decision
+from device_sdk.voice.asr import transcribe
+from device_sdk.voice.assistant import Voice, VoiceAssistant, VoiceRun
+from device_sdk.voice.endpointing import EndpointConfig, Endpointer
+from device_sdk.voice.grammar import UNKNOWN, Vocabulary, reply_grammar
+from device_sdk.voice.lexicon import ipa_to_arpabet, pronunciations
+from device_sdk.voice.listener import Listener, WakeWord
+from device_sdk.voice.replies import interpret_reply
+from device_sdk.voice.reply_audio import reply_text
+from device_sdk.voice.sources import RATE, MicrophoneSource, list_microphones
+from device_sdk.voice.sphinx import SphinxEngine
+from device_sdk.voice.tts import synthesize, trim_silence
+from device_sdk.voice.vosk import VoskEngine
 from simulators.catalog import demo_catalog
 from simulators.command_parser import CommandParser
 from simulators.scenario import ShopBackend

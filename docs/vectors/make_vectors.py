@@ -13,32 +13,29 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from device_sdk.audio import AudioChunk
-from device_sdk.keys import SigningKey
-from device_sdk.mandate import MandateClaims, sign_mandate
-from device_sdk.messages import (
+from device_sdk.consent.keys import SigningKey
+from device_sdk.consent.mandate import MandateClaims, sign_mandate
+from device_sdk.consent.readback import compose_readback, display_digest
+from device_sdk.media.audio import AudioChunk
+from device_sdk.protocol.fields import Capability, Decision, DeviceKind, Modality, Outcome
+from device_sdk.protocol.messages import (
     AgentRequest,
     AudioFormat,
     AudioStart,
     AudioStop,
-    Capability,
     CheckoutProposal,
     ConfirmationRequest,
     ConfirmationResult,
     ConsentTerms,
     ControllerClaim,
-    Decision,
     DeviceInfo,
-    DeviceKind,
     DeviceStatus,
     Error,
     ErrorCode,
     GatewayStatus,
     IntentResult,
     Merchant,
-    Modality,
     OrderResult,
-    Outcome,
     Ping,
     Pong,
     ProposalLine,
@@ -46,7 +43,6 @@ from device_sdk.messages import (
     Wake,
     WakeResult,
 )
-from device_sdk.readback import compose_readback, display_digest
 from firmware_bridge.intents import ACTION_BUY, IntentExtras, OemIntent, sign_intent
 
 OUT = Path(__file__).parent

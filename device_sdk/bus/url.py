@@ -1,0 +1,47 @@
+"""Broker addresses: `mqtt://` and `mqtts://` URLs with optional credentials, parsed and checked."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from device_sdk.protocol.errors import BusError
+
+
+@dataclass(frozen=True)
+class BrokerUrl:
+    """`mqtt://[user[:password]@]host[:port]` or `mqtts://...[?ca=PATH]` (TLS, default port 8883).
+
+    `ca` is the CA certificate file that the broker's certificate must chain to (default: the
+    system's trusted CAs); it rides in the URL so that every client built from one can use it.
+    """
+
+    host: str
+    port: int = 1883
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False
+    ca: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> BrokerUrl:
+        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
+            raise BusError(f"unsupported broker scheme {parts.scheme!r} in {url!r} (use mqtt:// or mqtts://)")
+        tls = parts.scheme in ("mqtts", "ssl")
+        try:
+            port = parts.port or (8883 if tls else 1883)
+        except ValueError:
+            raise BusError(f"bad port in broker URL {url!r}") from None
+        if not parts.hostname:
+            raise BusError(f"no host in broker URL {url!r}")
+        user = unquote(parts.username) if parts.username else None
+        password = unquote(parts.password) if parts.password else None
+        query = parse_qs(parts.query, keep_blank_values=True)
+        if set(query) - {"ca"} or len(query.get("ca", [])) > 1 or (query and not tls):
+            raise BusError(f"a broker URL takes one query parameter, ca, with mqtts:// only: {url!r}")
+        ca = query["ca"][0] if "ca" in query else None
+        return cls(parts.hostname, port, user, password, tls, ca or None)
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"

@@ -1,0 +1,52 @@
+"""The checkout behind the confirmation gate: the interface a payment backend implements.
+
+The gateway opens a checkout for every proposal it shows, completes it only with the device's
+confirmation for that exact proposal, and cancels it otherwise. A backend must refuse anything
+else on its own too (defence in depth) and never place two orders for one checkout.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from device_sdk.protocol.fields import Outcome
+from device_sdk.protocol.messages import ConfirmationResult, ConsentTerms, IssuedProposal, OrderResult
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A request to turn a confirmed checkout into an order.
+
+    `device_id` is the device whose own topic carried the confirmation (not a payload field);
+    `confirmation.mandate` carries the device-signed consent mandate. The idempotency key is the
+    session's: every retry of one confirmation carries the same key.
+    """
+
+    checkout_id: str
+    checkout_hash: str
+    device_id: str
+    session_id: str
+    confirmation: ConfirmationResult
+    idempotency_key: str = field(default_factory=lambda: new_idempotency_key())
+
+
+def new_idempotency_key() -> str:
+    """128 random bits."""
+    return f"idem_{secrets.token_hex(16)}"
+
+
+class CheckoutBackend(Protocol):
+    async def open(self, issued: IssuedProposal) -> ConsentTerms:
+        """Record a proposal as issued (its bytes and hash) and return the terms its mandate must meet;
+        refuse a malformed or disallowed one with `CheckoutError` (its outcome says why)."""
+
+    async def complete(self, completion: Completion) -> OrderResult:
+        """Place the order once, or raise `CheckoutError` (with its outcome) and place nothing.
+
+        The same idempotency key with the same confirmation returns the same result.
+        """
+
+    async def cancel(self, checkout_id: str, outcome: Outcome, reason: str) -> None:
+        """Close a checkout without an order; a later completion of it is refused."""

@@ -1,0 +1,164 @@
+"""The registry of device public keys that the verifier trusts: rotation, revocation, and the
+keys retired a short while ago that still verify mandates issued before."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from device_sdk.consent.keys import PublicKey
+from device_sdk.protocol.errors import ErrorCode, KeyStoreError
+
+from .database import Database
+
+
+class KeyStatus(StrEnum):
+    ACTIVE = "active"
+    RETIRED = "retired"
+    """Replaced by rotation: still verifies mandates signed before `retired_at`."""
+    REVOKED = "revoked"
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    kid: str
+    device_id: str
+    public: PublicKey
+    status: KeyStatus
+    added_at: float
+    retired_at: float | None
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...] | list[Any]) -> KeyRecord:
+        """From (kid, device_id, public_key, status, added_at, retired_at) as the registry stores them."""
+        kid, device_id, raw, status, added_at, retired_at = row
+        return cls(kid, device_id, PublicKey(raw), KeyStatus(status), added_at, retired_at)
+
+    def valid_at(self, issued_at: float, now: float) -> bool:
+        """Whether a mandate issued at `issued_at` may carry this key's signature at `now`.
+
+        A retired key (rotated out) still verifies mandates issued before the rotation, and only
+        for as long as a mandate may live (15 minutes) after it; after a compromise, revoke.
+        """
+        if self.status is KeyStatus.ACTIVE:
+            return True
+        return (
+            self.status is KeyStatus.RETIRED
+            and self.retired_at is not None
+            and issued_at < self.retired_at
+            and now < self.retired_at + RETIRED_GRACE
+        )
+
+
+RETIRED_GRACE = 900.0
+
+
+"""Seconds a rotated-out key keeps verifying mandates issued before its rotation."""
+
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS device_keys (
+        kid TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        public_key BLOB NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('active', 'retired', 'revoked')),
+        added_at REAL NOT NULL,
+        retired_at REAL
+    )""",
+    "CREATE INDEX IF NOT EXISTS device_keys_device ON device_keys (device_id)",
+    "CREATE UNIQUE INDEX IF NOT EXISTS device_keys_one_active ON device_keys (device_id) WHERE status = 'active'",
+)
+
+
+class DeviceRegistry:
+    """The device public keys a verifier trusts, in the verifier's database."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        db.ensure_schema(SCHEMA)
+
+    def register(self, device_id: str, public: PublicKey) -> str:
+        """Register a device's first key (again: no change); a device with another active key rotates."""
+
+        def job(conn: sqlite3.Connection) -> str:
+            existing = lookup(conn, public.kid)
+            if existing is not None:
+                if existing.device_id != device_id or existing.status is not KeyStatus.ACTIVE:
+                    raise KeyStoreError(
+                        f"key {public.kid} is {existing.status} for {existing.device_id}", ErrorCode.KEY_CONFLICT
+                    )
+                return public.kid
+            if _active(conn, device_id) is not None:
+                raise KeyStoreError(f"{device_id} has an active key; rotate it instead", ErrorCode.KEY_CONFLICT)
+            _insert(conn, device_id, public)
+            return public.kid
+
+        return self.db.call(job)
+
+    def rotate(self, device_id: str, public: PublicKey) -> str:
+        """Make `public` the device's key; the old one verifies only mandates issued before now."""
+
+        def job(conn: sqlite3.Connection) -> str:
+            existing = lookup(conn, public.kid)
+            if existing is not None:
+                if existing.device_id == device_id and existing.status is KeyStatus.ACTIVE:
+                    return public.kid
+                raise KeyStoreError(f"key {public.kid} was used before", ErrorCode.KEY_CONFLICT)
+            conn.execute(
+                "UPDATE device_keys SET status = 'retired', retired_at = ? WHERE device_id = ? AND status = 'active'",
+                (time.time(), device_id),
+            )
+            _insert(conn, device_id, public)
+            return public.kid
+
+        return self.db.call(job)
+
+    def revoke(self, device_id: str) -> int:
+        """Revoke every key of the device: none of its mandates verifies any more. Returns how many."""
+
+        def job(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "UPDATE device_keys SET status = 'revoked', retired_at = coalesce(retired_at, ?) "
+                "WHERE device_id = ? AND status != 'revoked'",
+                (time.time(), device_id),
+            )
+            return cur.rowcount
+
+        return self.db.call(job)
+
+    def records(self, device_id: str | None = None) -> list[KeyRecord]:
+        with self.db.reading() as conn:
+            rows = conn.execute(
+                f"SELECT {_COLUMNS} FROM device_keys WHERE ?1 IS NULL OR device_id = ?1 ORDER BY added_at",
+                (device_id,),
+            ).fetchall()
+        return [KeyRecord.from_row(row) for row in rows]
+
+    def public_key(self, kid: str) -> PublicKey | None:
+        """The public key named `kid` (whatever its status; the verifier checks that in its transaction)."""
+        with self.db.reading() as conn:
+            record = lookup(conn, kid)
+        return record.public if record else None
+
+
+_COLUMNS = "kid, device_id, public_key, status, added_at, retired_at"
+
+
+def lookup(conn: sqlite3.Connection, kid: str) -> KeyRecord | None:
+    row = conn.execute(f"SELECT {_COLUMNS} FROM device_keys WHERE kid = ?", (kid,)).fetchone()
+    return KeyRecord.from_row(row) if row else None
+
+
+def _active(conn: sqlite3.Connection, device_id: str) -> str | None:
+    row = conn.execute("SELECT kid FROM device_keys WHERE device_id = ? AND status = 'active'", (device_id,)).fetchone()
+    return row[0] if row else None
+
+
+def _insert(conn: sqlite3.Connection, device_id: str, public: PublicKey) -> None:
+    conn.execute(
+        "INSERT INTO device_keys (kid, device_id, public_key, status, added_at) VALUES (?, ?, ?, 'active', ?)",
+        (public.kid, device_id, public.raw, time.time()),
+    )

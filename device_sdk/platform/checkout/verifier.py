@@ -1,0 +1,554 @@
+"""The consent verifier: fail closed, single use, policy-checked, idempotent, audited.
+
+A checkout opens each proposal through `open`, which stores the proposal's bytes and issues the
+consent terms (audience, a fresh nonce, the payment channel, the modalities the policy allows).
+`complete` then admits a completion only if every check passes; none is skipped for want of an
+expected value, since every expected value comes from the verifier's own store:
+
+1. the mandate is a compact JWS with header exactly {alg Ed25519, kid, typ}, at most 8 KiB;
+2. its key is registered to the device that owns the session, and active (or retired after the
+   mandate was issued); the Ed25519 signature verifies;
+3. checkout id and hash, device, session, amount, currency and payee equal the stored proposal's;
+4. the audience is this verifier; the nonce is the one issued for this checkout and unused;
+5. `iat <= now + skew`, `exp > now` and `exp - iat <= 900 s`, checked once, when admitted;
+6. the display digest is that of what the SDK renders for the proposal in the signed modality,
+   and the unsigned confirmation says the same as the mandate;
+7. the mandate id was never accepted before (a unique key in SQLite);
+8. the risk policy: payment channel, categories and merchants, voice cap, daily cap, velocity.
+
+The completion's idempotency key (128 bits or more) maps to its first result: the same key and
+body get the same result, the same key with another body is a conflict. All of it, and the order,
+commits in one SQLite transaction, so concurrent submissions (threads or processes) of one mandate
+give one order. Every refusal is recorded in the audit log with its reason code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from device_sdk.consent.keys import PublicKey
+from device_sdk.consent.mandate import MAX_LIFETIME, SignedMandate, mandate_id, read_mandate, verify_mandate
+from device_sdk.consent.readback import presentation_digest
+from device_sdk.protocol.errors import CheckoutError, ConsentError, ErrorCode
+from device_sdk.protocol.fields import Decision, Modality, Outcome, sha256_hex
+from device_sdk.protocol.messages import CheckoutProposal, ConsentTerms, IssuedProposal, OrderResult, decode
+
+from .audit import AuditLog
+from .backend import Completion
+from .database import Database
+from .policy import PolicyBook, RiskPolicy
+from .registry import DeviceRegistry, KeyRecord
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS checkouts (
+        checkout_id TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        raw BLOB NOT NULL,
+        hash TEXT NOT NULL,
+        nonce TEXT NOT NULL UNIQUE,
+        terms TEXT NOT NULL,
+        currency TEXT NOT NULL,
+        opened_at REAL NOT NULL,
+        closed_at REAL
+    )""",
+    # one row per completion: its first result under its idempotency key; an accepted one also holds
+    # the mandate (accepted once), its checkout (ordered once, so its nonce is used once) and the order
+    """CREATE TABLE IF NOT EXISTS completions (
+        idempotency_key TEXT PRIMARY KEY,
+        body_sha256 TEXT NOT NULL,
+        checkout_id TEXT NOT NULL,
+        device_id TEXT NOT NULL,
+        result TEXT NOT NULL,
+        at REAL NOT NULL,
+        mandate_id TEXT UNIQUE,
+        ordered_checkout TEXT UNIQUE,
+        order_id TEXT UNIQUE,
+        total_minor INTEGER,
+        currency TEXT
+    )""",
+    "CREATE INDEX IF NOT EXISTS completions_orders ON completions (device_id, at) WHERE order_id IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS completions_refusals ON completions (at) WHERE order_id IS NULL",
+)
+IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_-]{27,128}$")
+"""At least 27 characters: 128 bits or more in base64url or hex with a prefix."""
+KEEP_REFUSALS = 24 * 3600.0
+"""Refused completions are kept (answering their idempotency keys) for a day; accepted ones for good."""
+PARSED_KEPT = 100_000
+
+PlaceOrder = Callable[[CheckoutProposal, str], str]
+"""The payment channel: `place(proposal, key)` charges for the proposal and returns the order id,
+or raises `CheckoutError` when the payment is declined (a refusal, `payment_declined`); any other
+exception leaves the outcome unknown, and the completion is retried.
+
+It runs inside the verifier's transaction, so it may run again for the same checkout when that
+transaction could not commit (a full disk, a crash): `key` (the checkout id) must make it
+idempotent, the same key giving the same order and one charge, as payment APIs' idempotency keys do.
+"""
+
+
+@dataclass(frozen=True)
+class Verification:
+    """An accepted mandate: what was checked, and the order it gave."""
+
+    mandate_id: str
+    key_id: str
+    device_id: str
+    session_id: str
+    checkout_id: str
+    modality: str
+    order: OrderResult
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "accepted": True,
+            "mandate_id": self.mandate_id,
+            "key_id": self.key_id,
+            "device_id": self.device_id,
+            "session_id": self.session_id,
+            "checkout_id": self.checkout_id,
+            "modality": self.modality,
+            "order_id": self.order.order_id,
+            "checks": list(CHECKS),
+        }
+
+
+CHECKS = (
+    "form",
+    "key",
+    "signature",
+    "checkout",
+    "hash",
+    "device",
+    "session",
+    "amount",
+    "payee",
+    "audience",
+    "nonce",
+    "expiry",
+    "display",
+    "single_use",
+    "policy",
+)
+
+
+@dataclass(frozen=True)
+class _Checkout:
+    proposal: CheckoutProposal
+    checkout_hash: str
+    nonce: str
+    terms: ConsentTerms
+    ordered: bool
+    closed: bool
+    digests: dict[Modality, str]
+    key: KeyRecord | None = None
+    replayed: bool = False
+    spent_today: int = 0
+    orders_last_minute: int = 0
+
+    def digest(self, modality: Modality) -> str:
+        """The display digest of what the SDK presents for this proposal in `modality`."""
+        digest = self.digests.get(modality)
+        if digest is None:
+            digest = self.digests[modality] = presentation_digest(self.proposal, modality)
+        return digest
+
+
+class ConsentVerifier:
+    """Issues consent terms for proposals and admits completions only with a valid mandate."""
+
+    def __init__(
+        self,
+        db: Database,
+        audit: AuditLog,
+        *,
+        audience: str,
+        payment_handler: str = "shop-wallet",
+        policy: PolicyBook | None = None,
+        clock: Callable[[], float] = time.time,
+        skew: float = 60.0,
+    ) -> None:
+        self.db = db
+        self.audit = audit
+        self.audience = audience
+        self.payment_handler = payment_handler
+        self.policy = policy or PolicyBook()
+        self.registry = DeviceRegistry(db)
+        self.clock = clock
+        self.skew = skew
+        self.last: Verification | None = None
+        self._keys: dict[str, PublicKey] = {}
+        self._parsed: dict[str, tuple[tuple[bytes, str], CheckoutProposal, ConsentTerms, dict[Modality, str]]] = {}
+        db.ensure_schema(SCHEMA)
+
+    # opening -----------------------------------------------------------------------------
+
+    def open(self, issued: IssuedProposal, lifetime: int = 300) -> ConsentTerms:
+        """Store the proposal as issued and issue its terms; refuse a cart the policy never allows."""
+        proposal = issued.proposal
+        policy = self.policy.for_device(proposal.device_id)
+        terms = ConsentTerms(
+            audience=self.audience,
+            nonce=secrets.token_urlsafe(24),
+            payment_handler=self.payment_handler,
+            modalities=policy.modalities(proposal),
+            max_lifetime=min(lifetime, MAX_LIFETIME),
+        )
+
+        terms_text = terms.model_dump_json()
+
+        def job(conn: sqlite3.Connection) -> ConsentTerms | ConsentError:
+            ids = {
+                "device_id": proposal.device_id,
+                "session_id": proposal.session_id,
+                "checkout_id": proposal.checkout_id,
+            }
+            try:
+                spent, recent = _spending(conn, proposal, self.clock())
+                self._check_limits(policy, proposal, spent, recent)
+            except ConsentError as exc:
+                self.audit.append(conn, "refusal", stage="open", code=exc.code.value, reason=exc.text, **ids)
+                return exc  # raised once the refusal is on disk
+            try:
+                conn.execute(
+                    "INSERT INTO checkouts (checkout_id, device_id, session_id, raw, hash, nonce, terms, currency,"
+                    " opened_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        proposal.checkout_id,
+                        proposal.device_id,
+                        proposal.session_id,
+                        issued.raw,
+                        issued.checkout_hash,
+                        terms.nonce,
+                        terms_text,
+                        proposal.currency,
+                        self.clock(),
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                raise CheckoutError(f"checkout {proposal.checkout_id} exists already", ErrorCode.BAD_PROPOSAL) from None
+            self.audit.append(
+                conn,
+                "terms",
+                nonce_sha256=sha256_hex(terms.nonce),
+                audience=terms.audience,
+                payment_handler=terms.payment_handler,
+                modalities=[m.value for m in terms.modalities],
+                checkout_hash=issued.checkout_hash,
+                **ids,
+            )
+            conn.execute("DELETE FROM completions WHERE order_id IS NULL AND at < ?", (self.clock() - KEEP_REFUSALS,))
+            self._remember(issued.raw, proposal, terms, terms_text)
+            return terms
+
+        opened = self.db.call(job)
+        if isinstance(opened, ConsentError):
+            raise opened
+        return opened
+
+    def cancel(self, checkout_id: str, outcome: Outcome, reason: str) -> None:
+        """Close an open checkout without an order; its nonce can no longer be used."""
+
+        def job(conn: sqlite3.Connection) -> None:
+            row = conn.execute(
+                "SELECT device_id, session_id FROM checkouts WHERE checkout_id = ? AND closed_at IS NULL"
+                " AND NOT EXISTS (SELECT 1 FROM completions WHERE ordered_checkout = ?)",
+                (checkout_id, checkout_id),
+            ).fetchone()
+            if row is None:
+                return
+            conn.execute("UPDATE checkouts SET closed_at = ? WHERE checkout_id = ?", (self.clock(), checkout_id))
+            self.audit.append(
+                conn,
+                "cancel",
+                device_id=row[0],
+                session_id=row[1],
+                checkout_id=checkout_id,
+                outcome=outcome.value,
+                reason=reason,
+            )
+
+        self.db.call(job)
+
+    # completing --------------------------------------------------------------------------
+
+    def complete(self, completion: Completion, place: PlaceOrder) -> OrderResult:
+        """Admit `completion` and place its order through `place`, or raise `ConsentError`.
+
+        Safe to call from many threads and processes at once; blocks until the result is on disk.
+        """
+        body = _body_sha256(completion)
+        opened: SignedMandate | ConsentError
+        try:
+            opened = self.check_signature(completion)  # the signature check runs here, in parallel
+        except ConsentError as exc:
+            opened = exc
+        outcome = self.db.call(lambda conn: self._admit(conn, completion, body, opened, place))
+        if isinstance(outcome, ConsentError):
+            raise outcome
+        order, accepted = outcome
+        if accepted is not None:
+            self.last = accepted  # committed
+        return order
+
+    def check_signature(self, completion: Completion) -> SignedMandate:
+        """Read the mandate and check its signature against the registered key (no store needed, so
+        callers may run it on many threads); `complete` runs it and then everything else."""
+        token = completion.confirmation.mandate
+        if not token:
+            raise ConsentError("no consent mandate came with the confirmation", ErrorCode.MANDATE_MISSING)
+        read = read_mandate(token)
+        public = self._keys.get(read.kid) or self.registry.public_key(read.kid)
+        if public is None:
+            raise ConsentError("the mandate's key is not registered", ErrorCode.UNKNOWN_KEY)
+        self._keys[read.kid] = public
+        return verify_mandate(read, public)
+
+    def _admit(
+        self,
+        conn: sqlite3.Connection,
+        completion: Completion,
+        body: str,
+        opened: SignedMandate | ConsentError,
+        place: PlaceOrder,
+    ) -> tuple[OrderResult, Verification | None] | ConsentError:
+        """The completion's result: a new order and its verification, an earlier result, or a refusal."""
+        key = completion.idempotency_key
+        ids = {
+            "device_id": completion.device_id,
+            "session_id": completion.session_id,
+            "checkout_id": completion.checkout_id,
+        }
+        if not isinstance(key, str) or not IDEMPOTENCY_KEY.match(key):
+            text = "an idempotency key has at least 128 bits (27 to 128 characters of [A-Za-z0-9_-])"
+            return self._refuse(conn, None, body, ids, ConsentError(text, ErrorCode.BAD_IDEMPOTENCY_KEY))
+        row = conn.execute("SELECT body_sha256, result FROM completions WHERE idempotency_key = ?", (key,)).fetchone()
+        if row is not None:
+            if row[0] != body:
+                text = "this idempotency key was used for another completion"
+                return self._refuse(conn, None, body, ids, ConsentError(text, ErrorCode.IDEMPOTENCY_CONFLICT))
+            earlier = _result_from(row[1])
+            return earlier if isinstance(earlier, ConsentError) else (earlier, None)
+        try:
+            if isinstance(opened, ConsentError):
+                raise opened
+            checkout = self._check(conn, completion, opened)
+        except ConsentError as exc:
+            return self._refuse(conn, key, body, ids, exc, completion.confirmation.mandate)
+        claims, proposal, now = opened.claims, checkout.proposal, self.clock()
+        try:
+            order_id = place(proposal, proposal.checkout_id)
+        except CheckoutError as exc:  # the payment channel said no: a refusal like any other
+            declined = ConsentError(f"the payment was declined: {exc.text}", ErrorCode.PAYMENT_DECLINED)
+            return self._refuse(conn, key, body, ids, declined, completion.confirmation.mandate)
+        order = OrderResult(
+            session_id=proposal.session_id,
+            checkout_id=proposal.checkout_id,
+            outcome=Outcome.ORDERED,
+            order_id=order_id,
+            total_minor=proposal.total_minor,
+            currency=proposal.currency,
+        )
+        conn.execute(
+            "INSERT INTO completions (idempotency_key, body_sha256, checkout_id, device_id, result, at, mandate_id,"
+            " ordered_checkout, order_id, total_minor, currency) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (key, body, proposal.checkout_id, proposal.device_id, order.model_dump_json(), now, claims.jti,
+             proposal.checkout_id, order.order_id, proposal.total_minor, proposal.currency),
+        )  # fmt: skip
+        accepted = Verification(
+            claims.jti,
+            opened.kid,
+            claims.device_id,
+            claims.session_id,
+            claims.checkout_id,
+            claims.modality.value,
+            order,
+        )
+        verified = {k: v for k, v in accepted.as_dict().items() if k not in ids and k != "checks"}
+        ordered = {"order_id": order.order_id, "total_minor": order.total_minor, "currency": order.currency,
+                   "payee": proposal.merchant.id, "payment_handler": claims.payment_handler}  # fmt: skip
+        self.audit.append_many(conn, [("verification", {**ids, **verified}), ("order", {**ids, **ordered})])
+        return order, accepted
+
+    def _check(self, conn: sqlite3.Connection, completion: Completion, opened: SignedMandate) -> _Checkout:
+        claims, answer, now = opened.claims, completion.confirmation, self.clock()
+        checkout = self._load(conn, completion.checkout_id, opened, now)
+        if checkout is None:
+            raise ConsentError(f"no checkout {completion.checkout_id}", ErrorCode.UNKNOWN_CHECKOUT)
+        proposal, key = checkout.proposal, checkout.key
+        if key is None or key.device_id != proposal.device_id or key.device_id != completion.device_id:
+            raise ConsentError(
+                "the mandate is not signed by the key of the device that owns the session", ErrorCode.UNKNOWN_KEY
+            )
+        if not key.valid_at(claims.iat, now):
+            raise ConsentError(f"the device's key {key.kid} is {key.status}", ErrorCode.KEY_REVOKED)
+        if claims.checkout_id != proposal.checkout_id:
+            raise ConsentError("the mandate is for another checkout", ErrorCode.STALE_CHECKOUT)
+        if (
+            claims.device_id != proposal.device_id
+            or (completion.device_id, completion.session_id) != (proposal.device_id, proposal.session_id)
+            or claims.session_id != proposal.session_id
+        ):
+            raise ConsentError("the mandate names another device or session", ErrorCode.SESSION_NOT_OWNED)
+        if not (claims.checkout_hash == completion.checkout_hash == answer.checkout_hash == checkout.checkout_hash):
+            raise ConsentError("the cart changed after it was confirmed", ErrorCode.HASH_MISMATCH)
+        if claims.aud != self.audience:
+            raise ConsentError(f"the mandate is for {claims.aud!r}, not this verifier", ErrorCode.WRONG_AUDIENCE)
+        if claims.exp - claims.iat > MAX_LIFETIME or claims.exp - claims.iat > checkout.terms.max_lifetime:
+            raise ConsentError("the mandate lives longer than allowed", ErrorCode.MANDATE_EXPIRED)
+        if claims.exp <= now:
+            raise ConsentError("the mandate has expired", ErrorCode.MANDATE_EXPIRED)
+        if claims.exp > now + min(checkout.terms.max_lifetime + self.skew, MAX_LIFETIME):
+            raise ConsentError("the mandate expires too far from now", ErrorCode.MANDATE_EXPIRED)
+        if claims.iat > now + self.skew:
+            raise ConsentError("the mandate is issued in the future", ErrorCode.MANDATE_EXPIRED)
+        if claims.nonce != checkout.nonce:
+            raise ConsentError("the nonce was not issued for this checkout", ErrorCode.NONCE_UNKNOWN)
+        if checkout.replayed:
+            raise ConsentError("this mandate was accepted before", ErrorCode.MANDATE_REPLAYED)
+        if checkout.ordered:
+            raise ConsentError("the nonce was used already: this checkout is ordered", ErrorCode.NONCE_USED)
+        if checkout.closed:
+            raise ConsentError(f"checkout {proposal.checkout_id} was closed", ErrorCode.CHECKOUT_CLOSED)
+        if (claims.amount_minor, claims.currency) != (proposal.total_minor, proposal.currency):
+            raise ConsentError("the mandate's amount is not the proposal's", ErrorCode.AMOUNT_MISMATCH)
+        if claims.payee != proposal.merchant.id:
+            raise ConsentError("the mandate's payee is not the merchant of record", ErrorCode.PAYEE_MISMATCH)
+        if claims.display_digest != checkout.digest(claims.modality):
+            raise ConsentError("the user was shown something else", ErrorCode.DISPLAY_MISMATCH)
+        if (answer.decision, answer.modality, answer.display_digest) != (
+            Decision.CONFIRM,
+            claims.modality,
+            claims.display_digest,
+        ):
+            raise ConsentError("the confirmation does not say what the mandate says", ErrorCode.MODALITY_MISMATCH)
+        policy = self.policy.for_device(proposal.device_id)
+        if claims.payment_handler != checkout.terms.payment_handler:
+            policy.check_payment(claims.payment_handler)
+            raise ConsentError("the mandate names another payment channel", ErrorCode.PAYMENT_CHANNEL_NOT_ALLOWED)
+        self._check_limits(policy, proposal, checkout.spent_today, checkout.orders_last_minute)
+        policy.check_modality(proposal, claims.modality)  # after the hard limits: no step-up to a refusal
+        if claims.modality not in checkout.terms.modalities:
+            raise ConsentError(f"{claims.modality} was not offered for this checkout", ErrorCode.STEP_UP_REQUIRED)
+        return checkout
+
+    def _check_limits(self, policy: RiskPolicy, proposal: CheckoutProposal, spent: int, recent: int) -> None:
+        """The limits no confirmation lifts: payment channel, categories, merchants, daily cap, velocity."""
+        policy.check_payment(self.payment_handler)
+        policy.check_proposal(proposal)
+        policy.check_daily(proposal, spent)
+        policy.check_velocity(recent)
+
+    def _load(
+        self, conn: sqlite3.Connection, checkout_id: str, opened: SignedMandate | None = None, now: float = 0.0
+    ) -> _Checkout | None:
+        """The checkout and, in the same read, everything its completion is checked against: the
+        mandate's key, whether the mandate or the checkout was used, the device's recent orders."""
+        kid, jti = (opened.kid, opened.claims.jti) if opened else (None, None)
+        row = conn.execute(_STATE, {"checkout": checkout_id, "kid": kid, "jti": jti, "day": now - 86400.0,
+                                    "minute": now - 60.0}).fetchone()  # fmt: skip
+        if row is None:
+            return None
+        raw, digest, nonce, terms, closed_at, ordered, replayed, spent, recent, *key_row = row
+        parsed = self._parsed.get(checkout_id)
+        if parsed is None or parsed[0] != (raw, terms):  # opened elsewhere, before a restart, or rolled back
+            proposal = decode(raw)
+            assert isinstance(proposal, CheckoutProposal)
+            parsed = ((raw, terms), proposal, ConsentTerms.model_validate_json(terms), {})
+        key = KeyRecord.from_row(key_row) if key_row[0] is not None else None
+        return _Checkout(parsed[1], digest, nonce, parsed[2], bool(ordered), closed_at is not None, parsed[3], key,
+                         bool(replayed), spent, recent)  # fmt: skip
+
+    def _remember(self, raw: bytes, proposal: CheckoutProposal, terms: ConsentTerms, text: str) -> None:
+        """Keep the parsed form of a proposal this verifier opened; it is used only while the stored
+        bytes and terms are these (the database stays the truth)."""
+        self._parsed[proposal.checkout_id] = ((raw, text), proposal, terms, {})
+        while len(self._parsed) > PARSED_KEPT:
+            del self._parsed[next(iter(self._parsed))]
+
+    def _refuse(
+        self,
+        conn: sqlite3.Connection,
+        key: str | None,
+        body: str,
+        ids: dict[str, str],
+        exc: ConsentError,
+        token: str | None = None,
+    ) -> ConsentError:
+        """Record the refusal (under the idempotency key, when it may hold one) and return it."""
+        self.audit.append(
+            conn,
+            "refusal",
+            stage="complete",
+            code=exc.code.value,
+            reason=exc.text,
+            mandate_id=mandate_id(token) if token else None,
+            mandate_sha256=sha256_hex(token) if token else None,
+            **ids,
+        )
+        if key is not None:
+            result = json.dumps({"refused": exc.code.value, "text": exc.text})
+            conn.execute(
+                "INSERT INTO completions (idempotency_key, body_sha256, checkout_id, device_id, result, at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (key, body, ids["checkout_id"], ids["device_id"], result, self.clock()),
+            )
+        return exc
+
+    # reading -----------------------------------------------------------------------------
+
+    def orders(self) -> list[tuple[str, str, int, str]]:
+        """(order id, checkout id, total, currency) of every order, oldest first."""
+        with self.db.reading() as conn:
+            return conn.execute(
+                "SELECT order_id, checkout_id, total_minor, currency FROM completions WHERE order_id IS NOT NULL"
+                " ORDER BY at"
+            ).fetchall()
+
+
+_STATE = """
+SELECT c.raw, c.hash, c.nonce, c.terms, c.closed_at,
+    EXISTS (SELECT 1 FROM completions WHERE ordered_checkout = c.checkout_id),
+    EXISTS (SELECT 1 FROM completions WHERE mandate_id = :jti),
+    (SELECT coalesce(sum(total_minor), 0) FROM completions
+        WHERE order_id IS NOT NULL AND device_id = c.device_id AND currency = c.currency AND at > :day),
+    (SELECT count(*) FROM completions WHERE order_id IS NOT NULL AND device_id = c.device_id AND at > :minute),
+    k.kid, k.device_id, k.public_key, k.status, k.added_at, k.retired_at
+FROM checkouts c LEFT JOIN device_keys k ON k.kid = :kid
+WHERE c.checkout_id = :checkout
+"""
+
+
+def _spending(conn: sqlite3.Connection, proposal: CheckoutProposal, now: float) -> tuple[int, int]:
+    """The device's orders in its currency over the last 24 hours (sum), and over the last minute (count)."""
+    row = conn.execute(
+        "SELECT coalesce(sum(CASE WHEN currency = ? THEN total_minor END), 0), count(CASE WHEN at > ? THEN 1 END)"
+        " FROM completions WHERE order_id IS NOT NULL AND device_id = ? AND at > ?",
+        (proposal.currency, now - 60.0, proposal.device_id, now - 86400.0),
+    ).fetchone()
+    return int(row[0]), int(row[1])
+
+
+def _body_sha256(completion: Completion) -> str:
+    fields = [
+        completion.checkout_id,
+        completion.checkout_hash,
+        completion.device_id,
+        completion.session_id,
+        completion.confirmation.encode().decode(),
+    ]
+    return sha256_hex(json.dumps(fields, separators=(",", ":")))
+
+
+def _result_from(stored: str) -> OrderResult | ConsentError:
+    value = json.loads(stored)
+    if "refused" in value:
+        return ConsentError(value["text"], ErrorCode(value["refused"]))
+    return OrderResult.model_validate(value)

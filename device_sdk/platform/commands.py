@@ -1,0 +1,154 @@
+"""The platform side's commands: device keys, provisioning, the audit log and the consent bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from device_sdk.commands import Commands
+from device_sdk.consent.keys import PublicKey, SigningKey
+from device_sdk.protocol.errors import KeyStoreError
+from device_sdk.protocol.topics import check_id
+from device_sdk.state import default_database, default_key_file
+
+from .checkout.audit import describe, trail, verify_log
+from .checkout.bench import run_bench_consent
+from .checkout.database import Database
+from .checkout.registry import DeviceRegistry
+from .provisioning.provision import run_provision
+
+
+def register(commands: Commands) -> None:
+    keys = commands.group("keys", "device signing keys and the registry the verifier trusts")
+    create = keys.add(
+        "create", "make a device's key file and register it; an old key keeps verifying mandates issued before "
+        "for 15 minutes (after a compromise, revoke first)", run=_keys,
+    )  # fmt: skip
+    create.add_argument("device_id")
+    create.add_argument("--out", type=Path, default=None, help="key file to write (default: the state directory)")
+    revoke = keys.add("revoke", "revoke every key of a device", run=_keys)
+    revoke.add_argument("device_id")
+    listing = keys.add("list", "registered keys", run=_keys)
+    listing.add_argument("--json", action="store_true")
+    for sub in (create, revoke, listing):
+        store_options(sub, policy=False)
+
+    provision = commands.add(
+        "provision", "broker credentials (and, for a device, its signing key) for one client; "
+        "writes the Mosquitto password file, ACL and configuration (docs/security.md)", run=run_provision,
+    )  # fmt: skip
+    provision.add_argument("name", metavar="DEVICE_ID", help="the client's id: its broker user name")
+    provision.add_argument("--role", choices=["device", "gateway", "agent", "oem", "monitor"],
+                           default="device", help="what it may read and write (default: device)")  # fmt: skip
+    provision.add_argument("--dir", type=Path, default=None, help="broker directory (default: <state>/broker)")
+    provision.add_argument("--database", "--db", dest="database", type=Path, default=None,
+                           help=f"the verifier's SQLite file (default: {default_database()})")  # fmt: skip
+    provision.add_argument("--key-out", type=Path, default=None, help="a device's key file (default: state dir)")
+    provision.add_argument("--rotate", action="store_true", help="new password (and key) for a provisioned one")
+    provision.add_argument("--revoke", action="store_true", help="remove the user; revoke a device's keys")
+    provision.add_argument("--host", default=None, help="name clients connect to (kept; default localhost)")
+    provision.add_argument("--tls-port", type=int, default=None, help="TLS listener port (kept; default 8883)")
+    provision.add_argument("--plain-port", type=int, default=None, help="also a loopback listener without TLS")
+    provision.add_argument("--tls-files", nargs=3, metavar=("CA", "CERT", "KEY"), default=None,
+                           help="your own CA and server certificate instead of the test CA")  # fmt: skip
+    provision.add_argument("--json", action="store_true", help="one JSON object (no password in it)")
+
+    audit = commands.group("audit", "check or read the audit log")
+    verify = audit.add("verify", "exit 0 if the log is intact, else name the first bad record", run=_audit_verify)
+    verify.add_argument("path", nargs="?", type=Path, default=None, help=f"(default: {default_database()})")
+    verify.add_argument("--key", default=None, help="pin the checkpoint key: base64url, JWK or PEM, or @FILE")
+    verify.add_argument("--head", default=None, help="a checkpoint hash (hex) kept elsewhere that must still be there")
+    verify.add_argument("--json", action="store_true")
+    show = audit.add("show", "the trail of one session", run=_audit_show)
+    show.add_argument("path", nargs="?", type=Path, default=None, help=f"(default: {default_database()})")
+    show.add_argument("--session", required=True, help="session id")
+    show.add_argument("--json", action="store_true")
+
+    bench = commands.group("bench", "benchmarks (figures as JSON with --json)")
+    consent = bench.add("consent", "mandates verified and completed; audit log verification", run=run_bench_consent)
+    consent.add_argument("-n", type=int, default=5000, help="checkouts to sign, verify and complete")
+    consent.add_argument("--threads", type=int, default=2, help="threads that verify and submit (default 2)")
+    consent.add_argument("--devices", type=int, default=100, help="devices the checkouts are spread over")
+    consent.add_argument("--clients", type=int, default=64, help="concurrent callers of complete() (default 64)")
+    consent.add_argument("--audit-records", default="100000,1000000", help="audit log sizes to verify")
+    consent.add_argument("--dir", default=None, help="where to put the temporary databases")
+    consent.add_argument("--json", action="store_true")
+
+
+def store_options(command: argparse.ArgumentParser, *, policy: bool = True) -> None:
+    """Where the checkout keeps its state (`demo`, `serve`, `keys`), and its risk policy."""
+    command.add_argument(
+        "--audit", "--db", dest="database", type=Path, default=None,
+        help=f"SQLite file of the audit log, device keys and verifier store (default: {default_database()})",
+    )  # fmt: skip
+    if policy:
+        command.add_argument(
+            "--policy", type=Path, default=None, help="risk policy TOML file (default: built-in defaults)"
+        )
+
+
+def _keys(args: argparse.Namespace) -> int:
+    with Database(args.database or default_database()) as db:
+        registry = DeviceRegistry(db)
+        if args.command_keys == "create":
+            device_id = check_id(args.device_id, "device id")
+            out = args.out or default_key_file(device_id)
+            key = SigningKey.generate()
+            key.save(out)
+            try:
+                kid = registry.rotate(device_id, key.public)
+            except BaseException:
+                out.unlink()  # not registered: leave no key file behind
+                raise
+            print(f"{args.device_id}: key {kid} written to {out} (mode 600) and registered in {db.path}")
+        elif args.command_keys == "revoke":
+            count = registry.revoke(args.device_id)
+            print(f"{args.device_id}: {count} key(s) revoked")
+            return 0 if count else 1
+        else:
+            records = registry.records()
+            rows = [{"device_id": r.device_id, "kid": r.kid, "status": r.status.value, "added_at": r.added_at,
+                     "retired_at": r.retired_at} for r in records]  # fmt: skip
+            if args.json:
+                print(json.dumps(rows))
+            for row in [] if args.json else rows:
+                print(f"{row['device_id']:<24} {row['kid']}  {row['status']}")
+    return 0
+
+
+def _audit_show(args: argparse.Namespace) -> int:
+    path = args.path or default_database()
+    records = trail(path, args.session)
+    if args.json:
+        print(json.dumps(records, ensure_ascii=False))
+    for record in [] if args.json else records:
+        print(describe(record))
+    if not records:
+        print(f"no records of session {args.session} in {path}", file=sys.stderr)
+    return 0 if records else 1
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    path = args.path or default_database()
+    key = None
+    if args.key:
+        try:
+            text = Path(args.key[1:]).read_text() if args.key.startswith("@") else args.key
+        except OSError as exc:
+            raise KeyStoreError(f"cannot read {args.key[1:]}: {exc.strerror}") from None
+        key = PublicKey.from_text(text)
+    report = verify_log(path, key=key, head=args.head)
+    if args.json:
+        print(json.dumps(report.as_dict()))
+    elif report.ok:
+        pinned = "the pinned key" if report.key_pinned else "the key recorded in the log"
+        print(f"{path}: intact, {report.records} records, {report.checkpoints} checkpoints")
+        print(f"head {report.head}, signed by {report.key_id} ({pinned})")
+    else:
+        print(f"{path}: BROKEN at record {report.first_bad}: {report.problem}")
+    if not report.key_pinned:
+        print("warning: no key pinned (no key file beside the log, no --key): a log rewritten and re-signed "
+              "with another key would pass", file=sys.stderr)  # fmt: skip
+    return 0 if report.ok else 1

@@ -1,0 +1,2 @@
+"""The gateway: serves devices on the bus, asks the agent, and gates every checkout on the device's
+own confirmation; one session's state machine; wake-word arbitration per room."""

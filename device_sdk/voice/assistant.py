@@ -1,0 +1,331 @@
+"""The voice pipeline of a device: audio in, a command heard, an offer read back, a spoken answer,
+and a confirmation that only an accept phrase can give.
+
+    source ─► endpointing ─► ASR (command grammar) ─► DeviceClient.ask ─► read-back (TTS)
+           ─► ASR (reply grammar, garbage path) ─► ReplyDialog ─► signed mandate ─► order
+
+The confirmation is a state machine of its own (`ReplyDialog`): only an utterance recognised as
+exactly one of the accept phrases confirms; a decline phrase declines; anything else (speech that
+took the garbage path, silence, a partial phrase) re-prompts once and then ends as
+`not_confirmed`. "stop" or "cancel" while the read-back plays cancels it (barge-in).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from device_sdk.device.client import DeviceClient, Offer
+from device_sdk.protocol.errors import OUTCOME_OF, ErrorCode, RemoteError, RequestTimeout, VoiceError
+from device_sdk.protocol.fields import Decision, Modality, Outcome, new_id
+from device_sdk.protocol.messages import MAX_WAKE_WINDOW, OrderResult
+
+from .asr import AsrEngine, Recognition
+from .endpointing import EndpointConfig, Utterance
+from .grammar import UNKNOWN, Grammar, Vocabulary, reply_grammar
+from .listener import Listener, LiveDecode, WakeWord, loudness_db
+from .replies import REPROMPT, ReplyDialog, interpret_reply
+from .reply_audio import reply_text
+from .sources import RATE, Pcm
+from .tts import espeak_available, play, synthesize
+
+log = logging.getLogger(__name__)
+_NOT_UNDERSTOOD = (ErrorCode.NOT_UNDERSTOOD, ErrorCode.ITEM_NOT_FOUND, ErrorCode.QUANTITY_OUT_OF_RANGE)
+
+
+ASK_AGAIN = "Sorry, I did not catch that. What would you like to buy?"
+
+
+NOT_FOUND = "Sorry, I could not find that."
+
+
+CANCELLED = "Cancelled."
+
+
+Speak = Callable[[str, bytes | None], Awaitable[None]]
+
+
+async def loudspeaker(text: str, pcm: bytes | None) -> None:
+    """Play synthesised speech on the default output (the text was shown already)."""
+    if pcm is not None:
+        try:
+            await asyncio.to_thread(play, pcm)
+        except VoiceError as exc:
+            log.warning("not played: %s", exc)
+
+
+@dataclass
+class Voice:
+    """What the device says: synthesised with espeak-ng when it is installed (`synthesize=False`
+    to skip), handed to `output` (default: the loudspeaker), and shown with `show`."""
+
+    output: Speak = loudspeaker
+    show: Callable[[str], None] = field(default=lambda text: None)
+    synthesize: bool = True
+    voice: str = "en-us"
+    speed: int = 160
+    said: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.synthesize and not espeak_available():
+            log.warning("espeak-ng is not installed: the device shows its prompts as text only")
+            self.synthesize = False
+
+    async def say(self, text: str) -> None:
+        self.said.append(text)
+        self.show(text)
+        pcm = await asyncio.to_thread(synthesize, text, voice=self.voice, speed=self.speed) if self.synthesize else None
+        await self.output(text, pcm)
+
+
+@dataclass(frozen=True)
+class VoiceConfig:
+    endpoint: EndpointConfig = field(default_factory=lambda: EndpointConfig(end_s=0.5))
+    command_attempts: int = 2
+    """Times a command is listened for before the session gives up (`not_understood`)."""
+    command_timeout_s: float = 8.0
+    reply_timeout_s: float = 6.0
+    """Audio with no reply that counts as no answer."""
+    reprompts: int = 1
+    open_vocabulary: bool = True
+    """When the command grammar hears no command, send what the open language model heard."""
+    modality: Modality = Modality.VOICE
+    request_timeout_s: float = 30.0
+
+
+@dataclass
+class VoiceRun:
+    """What happened in one voice session, step by step."""
+
+    commands: list[Recognition] = field(default_factory=list)
+    command: str | None = None
+    offer: Offer | None = None
+    rendered_at: float | None = None
+    """`time.monotonic()` when the offer was ready to present (read-back about to start)."""
+    replies: list[Recognition] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)
+    """Each reply as it counted (`reply_text`): what the dialog judged."""
+    barge_in: bool = False
+    decision: Decision | None = None
+    mandate: str | None = None
+    result: OrderResult | None = None
+    error: RemoteError | None = None
+    outcome: str | None = None
+    """`ordered`, `declined`, `not_confirmed`, `step_up_required`, `blocked`, or `not_understood`
+    (no command was heard)."""
+    asr_seconds: float = 0.0
+    audio_seconds: float = 0.0
+    session_id: str = field(default_factory=lambda: new_id("ses"))
+
+
+class VoiceAssistant:
+    """One device's voice sessions: listen for a command on `source`, ask the agent through
+    `device`, read the offer back with `voice`, and take the spoken answer."""
+
+    def __init__(
+        self,
+        device: DeviceClient,
+        engine: AsrEngine,
+        vocabulary: Vocabulary,
+        source: AsyncIterable[Pcm],
+        *,
+        voice: Voice | None = None,
+        config: VoiceConfig | None = None,
+    ) -> None:
+        self.device = device
+        self.engine = engine
+        self.config = config or VoiceConfig()
+        self.voice = voice or Voice()
+        self.listener = Listener(source, self.config.endpoint)
+        self.command_grammar: Grammar = vocabulary.command_grammar()
+        self.reply_grammar: Grammar = reply_grammar()
+
+    async def recognise(
+        self, utterance: Utterance, grammar: Grammar | None, run: VoiceRun, live: LiveDecode | None = None
+    ) -> Recognition:
+        """The utterance's words: finished from `live` when it decoded this utterance as it was
+        heard, else decoded now."""
+        started = time.perf_counter()
+        if live is not None and live.audio() == utterance.pcm:
+            recognizer, rest = live.recognizer, b""
+        else:
+            if live is not None:
+                live.recognizer.close()
+            recognizer, rest = self.engine.recognizer(grammar), utterance.pcm
+
+        def decode() -> Recognition:
+            if rest:
+                recognizer.accept(rest)
+            return recognizer.result()
+
+        recognition = await asyncio.to_thread(decode)
+        run.asr_seconds += time.perf_counter() - started + (live.seconds if live is not None else 0.0)
+        run.audio_seconds += len(utterance.pcm) / 2 / RATE
+        return recognition
+
+    async def __aenter__(self) -> VoiceAssistant:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop listening to the source."""
+        await self.listener.aclose()
+
+    async def sessions(self, wake: WakeWord, *, arbitrate: bool = True) -> AsyncIterator[VoiceRun]:
+        """A session after each wake phrase, until the source ends. With a push-to-talk button
+        instead, call `session` when it is pressed.
+
+        With `arbitrate` each wake goes to the gateway first (`DeviceClient.wake`, with the wake
+        phrase's confidence and loudness): when another device of the room heard it better, this
+        one goes back to listening. A gateway that does not answer within `2 * MAX_WAKE_WINDOW` seconds is
+        taken as one that does not arbitrate, and the session opens (the gateway refuses requests in
+        a session whose wake lost, so this cannot open two where the gateway arbitrates)."""
+        while (heard := await wake.wait(self.listener)) is not None:
+            session_id = new_id("ses")
+            if arbitrate:
+                try:
+                    result = await self.device.wake(
+                        wake.confidence, loudness_db(heard.pcm), session_id=session_id, timeout=2 * MAX_WAKE_WINDOW
+                    )
+                except (RemoteError, RequestTimeout) as exc:
+                    log.warning("no wake arbitration (%s): opening the session", exc)
+                else:
+                    if not result.granted:
+                        log.info("%s heard the wake word better: listening again", result.winner)
+                        continue
+            yield await self.session(session_id=session_id)
+
+    async def _transcript(self, run: VoiceRun, recognition: Recognition) -> None:
+        """What was heard goes on the bus too, so each session's audio trail is on the timeline."""
+        if recognition.text:
+            await self.device.transcript(
+                run.session_id, recognition.text, final=True, confidence=recognition.confidence
+            )
+
+    async def session(self, *, session_id: str | None = None) -> VoiceRun:
+        """From the command (push-to-talk: the device is already listening) to the outcome."""
+        run = VoiceRun() if session_id is None else VoiceRun(session_id=session_id)
+        text = await self._hear_command(run)
+        if text is None:
+            run.outcome = "not_understood"
+            return run
+        run.command = text
+        try:
+            run.offer = await self.device.ask(text, session_id=run.session_id, timeout=self.config.request_timeout_s)
+        except RemoteError as exc:
+            run.error = exc
+            run.outcome = OUTCOME_OF.get(exc.code, "not_understood" if exc.code in _NOT_UNDERSTOOD else "not_confirmed")
+            await self.voice.say(_refusal_text(exc))
+            return run
+        run.rendered_at = time.monotonic()
+        run.decision = await self._confirm(run, run.offer)
+        if run.decision is Decision.CONFIRM:
+            run.mandate = self.device.sign(run.offer, self.config.modality)
+        heard = " / ".join(run.answers) or None
+        run.result = await self.device.answer(
+            run.offer,
+            run.decision,
+            modality=self.config.modality,
+            heard=heard,
+            mandate=run.mandate,
+            timeout=self.config.request_timeout_s,
+        )
+        run.outcome = run.result.outcome.value
+        if run.result.outcome is not Outcome.ORDERED and run.decision is Decision.CONFIRM:
+            await self.voice.say(_refusal_text(run.result))
+        return run
+
+    async def _hear_command(self, run: VoiceRun) -> str | None:
+        for attempt in range(self.config.command_attempts):
+            if attempt:
+                await self.voice.say(ASK_AGAIN)
+                self.listener.drain()
+            live = LiveDecode(self.engine.recognizer(self.command_grammar))
+            streaming = self.listener.stream_next(live.accept)  # False: speech already under way
+            if not streaming:
+                live.recognizer.close()
+            utterance = await self.listener.next(self.config.command_timeout_s)
+            if utterance is None:
+                if streaming:
+                    self.listener.stop_streaming()
+                    live.recognizer.close()
+                continue
+            recognition = await self.recognise(utterance, self.command_grammar, run, live if streaming else None)
+            run.commands.append(recognition)
+            await self._transcript(run, recognition)
+            if recognition.text and UNKNOWN not in recognition.text.split():
+                return recognition.text
+            if self.config.open_vocabulary:
+                open_text = await self.recognise(utterance, None, run)
+                run.commands.append(open_text)
+                await self._transcript(run, open_text)
+                if open_text.text:
+                    return open_text.text  # the agent may know it; if not, it says so
+        return None
+
+    async def _confirm(self, run: VoiceRun, offer: Offer) -> Decision:
+        """The read-back, then the confirm/decline dialog; barge-in during the read-back."""
+        if await self._say_listening(offer.readback, run):
+            run.barge_in = True
+            return Decision.DECLINE
+        dialog = ReplyDialog(reprompts=self.config.reprompts)
+        while True:
+            utterance = await self.listener.next(self.config.reply_timeout_s)
+            reply: str | None = None
+            if utterance is not None:
+                recognition = await self.recognise(utterance, self.reply_grammar, run)
+                run.replies.append(recognition)
+                await self._transcript(run, recognition)
+                reply = reply_text(recognition, utterance.pcm)
+                run.answers.append(reply)
+            decision = dialog.feed(reply)
+            if decision is not None:
+                return decision
+            if await self._say_listening(REPROMPT, run):
+                run.barge_in = True
+                return Decision.DECLINE
+
+    async def _say_listening(self, text: str, run: VoiceRun) -> bool:
+        """Say `text` while listening; True when the user said a decline phrase over it."""
+        speaking = asyncio.create_task(self.voice.say(text))
+        try:
+            while not speaking.done():
+                listening = asyncio.create_task(self.listener.next())
+                done, _ = await asyncio.wait({speaking, listening}, return_when=asyncio.FIRST_COMPLETED)
+                if listening not in done:  # the speech ended first; what follows is the reply
+                    listening.cancel()
+                    await asyncio.gather(listening, return_exceptions=True)
+                    break
+                utterance = listening.result()
+                if utterance is None:
+                    continue
+                recognition = await self.recognise(utterance, self.reply_grammar, run)
+                answer = reply_text(recognition, utterance.pcm)
+                if interpret_reply(answer) is Decision.DECLINE:
+                    run.replies.append(recognition)
+                    run.answers.append(answer)
+                    speaking.cancel()
+                    await asyncio.gather(speaking, return_exceptions=True)
+                    await self.voice.say(CANCELLED)
+                    return True
+            await speaking
+        finally:
+            if not speaking.done():
+                speaking.cancel()
+        return False
+
+
+def _refusal_text(refusal: RemoteError | OrderResult) -> str:
+    code = refusal.code if isinstance(refusal, RemoteError) else refusal.reason
+    if code == ErrorCode.STEP_UP_REQUIRED:
+        return "This order needs a stronger confirmation. Please confirm it on your phone."
+    if code in OUTCOME_OF:
+        return "Sorry, this order is not allowed."
+    if isinstance(refusal, RemoteError) and refusal.code in (ErrorCode.NOT_UNDERSTOOD, ErrorCode.ITEM_NOT_FOUND):
+        return NOT_FOUND
+    return "The order was not placed."

@@ -1,0 +1,294 @@
+"""The simulators' commands, registered with `device-sdk` (entry-point group `device_sdk.commands`):
+`demo`, `serve`, `simulate glasses|phone|devices`, `eval voice` and `bench bus|asr|ble`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+from device_sdk.commands import Commands, print_report
+from device_sdk.platform.commands import store_options
+from device_sdk.protocol.errors import DeviceSdkError
+from device_sdk.state import default_database
+
+# The command bodies import what they run when they run: `device-sdk --help` stays fast.
+
+
+def register(commands: Commands) -> None:
+    demo = commands.add("demo", "a spoken request to a confirmed order, end to end", run=_demo)
+    demo.add_argument("--say", default=None, help="what the user says (default: a two-item order)")
+    demo.add_argument(
+        "--reply", action="append", default=None,
+        help="the user's answer to the read-back; repeat for an answer to the re-prompt (default: confirm)",
+    )  # fmt: skip
+    demo.add_argument("--broker", default=None, help="mqtt://host:port (default: an embedded broker)")
+    demo.add_argument("--json", action="store_true", help="print one JSON object instead of the timeline")
+    demo.add_argument(
+        "--voice", action="store_true",
+        help="speak the request and replies (espeak-ng) and let the speaker hear them (pocketsphinx)",
+    )  # fmt: skip
+    store_options(demo)
+
+    serve = commands.add(
+        "serve", "run the backend (broker, gateway, reference agent, checkout) for devices", run=_serve
+    )
+    serve.add_argument(
+        "--broker", default=None,
+        help="mqtt://host:port to use, or auto: the first _mqtt._tcp broker zeroconf finds (default: embedded)",
+    )  # fmt: skip
+    serve.add_argument("--port", type=int, default=1883, help="port of the embedded broker (default 1883)")
+    serve.add_argument("--host", default="127.0.0.1", help="address of the embedded broker (default 127.0.0.1)")
+    serve.add_argument("--advertise", action="store_true", help="advertise the gateway with zeroconf")
+    serve.add_argument("--interface", action="append", metavar="IP", help="zeroconf on this address only (repeat)")
+    store_options(serve)
+
+    evaluate = commands.group("eval", "evaluations")
+    voice = evaluate.add("voice", "spoken cases through the whole voice pipeline, scored", run=_eval_voice)
+    voice.add_argument("cases", type=Path, help="JSON Lines cases (the format of tests/data/voice-public.jsonl)")
+    voice.add_argument("--engine", choices=("sphinx", "vosk"), default="sphinx")
+    voice.add_argument("--model", default=None, help="model directory (vosk: else $DEVICE_SDK_VOSK_MODEL)")
+    voice.add_argument("--realtime", action="store_true", help="audio at real-time pace (latency figures)")
+    voice.add_argument("--limit", type=int, default=None, help="only the first N cases")
+    voice.add_argument("--json", action="store_true", help="print one JSON object (default: a summary)")
+
+    _register_simulate(commands.group("simulate", "simulated devices, end to end, with no hardware"))
+    _register_bench(commands.group("bench", "benchmarks (figures as JSON with --json)"))
+
+
+def _register_simulate(simulate: Commands) -> None:
+    glasses = simulate.add(
+        "glasses", "look, ask, see the card on the lens, tap: simulated glasses over a virtual BLE link",
+        run=_simulate_glasses,
+    )  # fmt: skip
+    glasses.add_argument("--say", default="buy two of these", help="what the wearer asks for")
+    glasses.add_argument("--tap", choices=["confirm", "cancel", "none"], default="confirm", help="the wearer's answer")
+    glasses.add_argument("--png", type=Path, default=None, help="save the lens (640x400) as PNG here")
+    glasses.add_argument("--sku", default="bat-aa-4", help="the product the wearer looks at (catalog SKU)")
+    glasses.add_argument("--voice", action="store_true", help="speak --say into the glasses' microphone (espeak-ng)")
+    glasses.add_argument("--broker", default=None, help="MQTT broker URL (default: an embedded one)")
+    glasses.add_argument("--json", action="store_true")
+    phone = simulate.add(
+        "phone", "a phone assistant's signed intent to an order confirmed on the phone's system sheet",
+        run=_simulate_phone,
+    )  # fmt: skip
+    phone.add_argument("--say", default="buy two packs of AA batteries", help="what the user asks the assistant")
+    phone.add_argument(
+        "--sheet", choices=["confirm", "cancel", "none", "unavailable"], default="confirm",
+        help="the user's tap on the sheet; unavailable: no sheet can be shown (the cart goes to the app)",
+    )  # fmt: skip
+    phone.add_argument("--via", choices=["bus", "http"], default="bus", help="how the intent reaches the bridge")
+    phone.add_argument("--photo", default=None, metavar="SKU", help="the intent carries a photo of this product")
+    phone.add_argument("--broker", default=None, help="MQTT broker URL (default: an embedded one)")
+    phone.add_argument("--json", action="store_true")
+    devices = simulate.add(
+        "devices", "speakers and glasses on the bus, advertised with zeroconf", run=_simulate_devices
+    )
+    devices.add_argument("--count", type=int, default=2, help="how many (default 2: a speaker and a pair of glasses)")
+    devices.add_argument("--broker", default=None, help="MQTT broker URL (default: an embedded one)")
+    devices.add_argument("--interface", action="append", metavar="IP", help="advertise on this address only (repeat)")
+    devices.add_argument("--seconds", type=float, default=None, help="stop after this long (default: Ctrl-C)")
+    devices.add_argument("--prefix", default="sim", help="device ids are PREFIX-KIND-N (default sim)")
+
+
+def _register_bench(bench: Commands) -> None:
+    bus = bench.add("bus", "agent round trips through the embedded broker and Mosquitto", run=_bench_bus)
+    bus.add_argument("-n", type=int, default=5000, help="round trips per measurement")
+    bus.add_argument("--concurrency", type=int, default=32, help="requests in flight for the throughput run")
+    bus.add_argument("--mosquitto", default=None, help="mqtt://host:port of a running Mosquitto (default: start one)")
+    bus.add_argument("--json", action="store_true")
+    ble = bench.add("ble", "a 100 KB photo from the simulated glasses over the virtual BLE link", run=_bench_ble)
+    ble.add_argument("--repeats", type=int, default=5, help="photos sent; the fastest counts (default 5)")
+    ble.add_argument("--mtu", type=int, default=247, help="the ATT MTU asked for (default 247)")
+    ble.add_argument("--json", action="store_true")
+    asr = bench.add("asr", "the recogniser alone: commands, replies and non-answers, synthesised", run=_bench_asr)
+    asr.add_argument("cases", type=Path, nargs="*", help="case files whose commands are decoded (none: replies only)")
+    asr.add_argument("--noise-floor", type=float, default=None, help="SphinxEngine.noise_floor (default 20)")
+    asr.add_argument("--reply-word-penalty", type=float, default=None, help="the reply grammar's wip (1e-3)")
+    asr.add_argument("--reply-silence-prob", type=float, default=None, help="the reply grammar's silprob (0.005)")
+    asr.add_argument("--json", action="store_true")
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from device_sdk.platform.checkout.policy import PolicyBook
+    from device_sdk.voice.tts import espeak_available
+
+    from .scenario import DEFAULT_REPLY, DEFAULT_SAY, run_demo
+
+    say = args.say or DEFAULT_SAY
+    replies = args.reply if args.reply is not None else [DEFAULT_REPLY]
+    quiet = args.json
+    if args.voice and not espeak_available():
+        print(
+            "device-sdk: espeak-ng is not installed (apt-get install espeak-ng): the demo runs on text", file=sys.stderr
+        )
+        args.voice = False
+    if not quiet:
+        how = "spoken with espeak-ng, heard by the speaker's recogniser" if args.voice else "typed"
+        print(f'user says: "{say}" ({how})')
+    try:
+        result = await run_demo(
+            say,
+            replies,
+            broker=args.broker,
+            on_step=None if quiet else lambda step: print(step.line()),
+            present=None if quiet else lambda text: print(f"  speaker says: {text}"),
+            audit=args.database or default_database(),
+            policy=PolicyBook.load(args.policy),
+            voice=args.voice,
+        )
+    except DeviceSdkError as exc:
+        if quiet:
+            print(json.dumps({"outcome": None, "order": None, "error": {"code": exc.code, "text": exc.text}}))
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if quiet:
+        print(json.dumps(result.as_dict()))
+    else:
+        if result.run.heard_command is not None:
+            print(f'speaker heard: "{result.run.heard_command}"; replies heard: {result.run.heard}')
+        order = result.run.result
+        error = f" ({result.run.error})" if result.run.error else ""
+        print(f"outcome: {result.outcome}{error}" + (f", order {order.order_id}" if order and order.order_id else ""))
+        if order is not None and order.reason:
+            print(f"reason: {order.reason}")
+        if result.verification is not None:
+            print(f"mandate {result.verification.mandate_id} verified: signed by {result.verification.key_id}")
+        print(f"broker: {result.broker}; orders placed: {result.orders_placed}")
+        if result.run.offer is not None:
+            session = result.run.offer.session_id
+            print(f"audit log: {result.audit} (device-sdk audit show --session {session} {result.audit})")
+    return 0 if result.ordered else 1
+
+
+async def _eval_voice(args: argparse.Namespace) -> int:
+    from .voice_eval import CaseResult, report_json, run_eval
+
+    def progress(result: CaseResult) -> None:
+        mark = "ok  " if result.success else "MISS"
+        print(f"{mark} {result.case.id}: heard {result.run.command!r} -> {result.outcome}", file=sys.stderr)
+
+    report = await run_eval(
+        args.cases,
+        engine=args.engine,
+        model=args.model,
+        realtime=args.realtime,
+        limit=args.limit,
+        progress=None if args.json else progress,
+    )
+    if args.json:
+        print(report_json(report))
+    else:
+        summary = report.as_dict()
+        summary.pop("results")
+        for key, value in summary.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def _bench_asr(args: argparse.Namespace) -> int:
+    from .asr_bench import run_bench_asr
+
+    report = run_bench_asr(
+        args.cases,
+        noise_floor=args.noise_floor,
+        reply_word_penalty=args.reply_word_penalty,
+        reply_silence_prob=args.reply_silence_prob,
+    )
+    return print_report(report, args.json)
+
+
+async def _simulate_glasses(args: argparse.Namespace) -> int:
+    from .glasses_demo import run_glasses
+
+    demo = await run_glasses(args.say, tap=args.tap, png=args.png, voice=args.voice, broker=args.broker, sku=args.sku)
+    if args.json:
+        print(json.dumps(demo.as_dict()))
+    else:
+        for step in demo.steps:
+            print(step.line())
+        if demo.run.card is not None:
+            print("lens:", *demo.run.card.text.split("\n"), sep="\n  ")
+        report = demo.as_dict()
+        print(
+            f"gesture: {report['gesture']}; outcome: {report['outcome']}"
+            + (f"; lens saved to {demo.png}" if demo.png else "")
+        )
+    run = demo.run
+    return 0 if run.result is not None and (run.result.outcome.value == "ordered") == (args.tap == "confirm") else 1
+
+
+async def _simulate_phone(args: argparse.Namespace) -> int:
+    from .phone_demo import run_phone
+
+    demo = await run_phone(args.say, tap=args.sheet, via=args.via, photo=args.photo, broker=args.broker)
+    result = demo.result
+    if args.json:
+        print(json.dumps(demo.as_dict()))
+    else:
+        for step in demo.steps:
+            print(step.line())
+        if demo.sheet is not None:
+            print("sheet:", *demo.sheet.split("\n"), sep="\n  ")
+        print(f"outcome: {result.outcome or result.code}" + (f", order {result.order_id}" if result.order_id else ""))
+        if result.deep_link:
+            print(f"handed to the app: {result.deep_link}")
+    ordered = result.outcome is not None and result.outcome.value == "ordered"
+    return 0 if ordered == (args.sheet == "confirm") else 1
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from device_sdk.bus.embedded import EmbeddedBroker
+    from device_sdk.bus.url import BrokerUrl
+    from device_sdk.platform.checkout.policy import PolicyBook
+
+    from .scenario import ShopBackend
+
+    async with contextlib.AsyncExitStack() as stack:
+        if args.broker == "auto":
+            from device_sdk.discovery.browse import find_broker
+
+            url, shared = await find_broker(5.0, args.interface), None
+        elif args.broker:
+            url, shared = BrokerUrl.parse(args.broker), None
+        else:
+            broker = EmbeddedBroker(args.host, args.port)
+            url, shared = (await stack.enter_async_context(broker)).url, False
+        database, policy = args.database or default_database(), PolicyBook.load(args.policy)
+        backend = await stack.enter_async_context(ShopBackend(url, shared=shared, database=database, policy=policy))
+        print(f"serving devices on {url} as gateway {backend.gateway.gateway_id}; Ctrl-C stops", flush=True)
+        print(f"audit log and verifier store: {database}", flush=True)
+        if args.advertise:
+            from device_sdk.discovery.advertise import GatewayAdvertiser
+            from device_sdk.discovery.records import GatewayInfo
+
+            gateway = GatewayInfo(backend.gateway.gateway_id, url)
+            advert = await stack.enter_async_context(GatewayAdvertiser(gateway, interfaces=args.interface))
+            print(f"advertised as {advert.name} on {', '.join(advert.addresses)}", flush=True)
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+    return 0
+
+
+async def _simulate_devices(args: argparse.Namespace) -> int:
+    from .advertised import run_advertised_devices
+
+    return await run_advertised_devices(
+        args.count, broker=args.broker, interfaces=args.interface, seconds=args.seconds, prefix=args.prefix
+    )
+
+
+async def _bench_ble(args: argparse.Namespace) -> int:
+    from .ble_bench import run_bench_ble
+
+    return print_report(await run_bench_ble(args.repeats, args.mtu), args.json)
+
+
+async def _bench_bus(args: argparse.Namespace) -> int:
+    from .bus_bench import run_bench_bus
+
+    return await run_bench_bus(args)
