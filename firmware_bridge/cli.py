@@ -51,7 +51,7 @@ from .link import GlassesLink, find_glasses
 
 SIMULATED = "firmware_bridge.simulated"
 """Entry-point group of what `--simulated` runs: glasses on a virtual link and a wearer who uses
-them (the simulators package registers `glasses`). The bridge never imports the simulators."""
+them (the simulators package registers `glasses`): the bridge reaches them only through this group."""
 
 
 class SimulatedGlasses(Protocol):
@@ -65,11 +65,10 @@ class SimulatedGlasses(Protocol):
 
 
 def simulated_glasses() -> SimulatedGlasses:
+    """What `--simulated` runs, from the entry point `glasses` of the group `SIMULATED`."""
     found = [ep for ep in entry_points(group=SIMULATED) if ep.name == "glasses"]
     if not found:
-        raise ConfigError(
-            "--simulated needs the simulators package (no `glasses` in the firmware_bridge.simulated group)"
-        )
+        raise ConfigError("--simulated needs the simulators package: nothing registers glasses in " + SIMULATED)
     opener: SimulatedGlasses = found[0].load()
     return opener
 

@@ -28,7 +28,6 @@ from .url import BrokerUrl
 
 log = logging.getLogger(__name__)
 
-
 ConnectHook = Callable[[], Awaitable[None]]
 
 

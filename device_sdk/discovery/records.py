@@ -27,46 +27,24 @@ from device_sdk.protocol.messages import DeviceInfo, first_error
 from device_sdk.protocol.topics import check_id
 
 DEVICE_TYPE = "_shop-device._tcp.local."
-
-
 GATEWAY_TYPE = "_shop-gateway._tcp.local."
-
-
 MQTT_TYPE = "_mqtt._tcp.local."
-
-
 ALL_TYPES = (DEVICE_TYPE, GATEWAY_TYPE, MQTT_TYPE)
-
-
 TXT_VERSION = "1"
-
-
 """`txtvers` of the device and gateway TXT records; a record with another version is refused."""
-
-
 TTL = 120
-
-
 """Seconds every advertised record lives (RFC 6762 advises 120 s for host records, 75 min for the
 others): a browser that honours it drops a device that vanished without a goodbye within this long.
 python-zeroconf's browsers, this module's included, keep a PTR record at least 1125 s."""
-
-
 MQTTS_PORT = 8883
 
 
 _CAPABILITY = re.compile(r"^[a-z0-9_]{1,32}$")
-
-
 _KNOWN_CAPABILITIES = {c.value for c in Capability}
-
-
 _TRUE = {"1", "true", "yes", "on"}
 
 
 Interfaces = Sequence[str] | None
-
-
 """Addresses of the interfaces to use (`["127.0.0.1"]`), or None for all of them."""
 
 

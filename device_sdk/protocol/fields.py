@@ -21,17 +21,10 @@ from pydantic import (
 )
 
 PROTOCOL_VERSION = 1
-
-
 MAX_PAYLOAD = 64 * 1024
-
-
 """Largest JSON payload accepted on any topic, in bytes."""
 
-
 Id = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Topic-safe identifier.")]
-
-
 Text = Annotated[str, Field(max_length=2000)]
 
 
@@ -50,11 +43,7 @@ Name = Annotated[str, Field(min_length=1, max_length=120), AfterValidator(plain_
 
 
 """Text from the agent or a merchant that the SDK reads out: one line of plain printable text."""
-
-
 Minor = Annotated[int, Field(ge=0, le=10**12, description="Integer minor units (fen for CNY).")]
-
-
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 

@@ -3,12 +3,14 @@
 `Recognition` comes back when the hypothesis changed) and end it with `result` (the final one,
 with word timings and confidence where the engine gives them).
 
-- `SphinxEngine`: pocketsphinx with the en-us model in its wheel, the engine that works out of the
-  box. JSGF grammars (words missing from its dictionary get espeak-ng pronunciations), the open
-  language model when no grammar is given, and keyphrase spotting for the wake word.
-- `VoskEngine`: vosk (Kaldi) on a model directory from configuration or `DEVICE_SDK_VOSK_MODEL`,
-  never downloaded. Runtime grammars on models built for them (`graph/HCLr.fst` and `graph/Gr.fst`);
-  a grammar on any other model is refused with `bad_grammar`.
+- `SphinxEngine` (`sphinx.py`): pocketsphinx with the en-us model in its wheel, the engine that
+  works out of the box. JSGF grammars (words missing from its dictionary get espeak-ng
+  pronunciations), the open language model when no grammar is given, and keyphrase spotting for
+  the wake word.
+- `VoskEngine` (`vosk.py`): vosk (Kaldi) on a model directory from configuration or
+  `DEVICE_SDK_VOSK_MODEL`, never downloaded. Runtime grammars on models built for them
+  (`graph/HCLr.fst` and `graph/Gr.fst`); a grammar on any other model is refused with
+  `bad_grammar`.
 """
 
 from __future__ import annotations

@@ -37,11 +37,7 @@ _NOT_UNDERSTOOD = (ErrorCode.NOT_UNDERSTOOD, ErrorCode.ITEM_NOT_FOUND, ErrorCode
 
 
 ASK_AGAIN = "Sorry, I did not catch that. What would you like to buy?"
-
-
 NOT_FOUND = "Sorry, I could not find that."
-
-
 CANCELLED = "Cancelled."
 
 

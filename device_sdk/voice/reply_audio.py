@@ -71,11 +71,7 @@ def voiced_seconds(samples: np.ndarray) -> float:
 
 
 UNEXPLAINED_S = 0.25
-
-
 QUIET_GARBAGE = 0.1
-
-
 _VAD_FRAME = RATE * 30 // 1000
 
 

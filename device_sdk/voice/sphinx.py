@@ -19,11 +19,7 @@ from .lexicon import pronunciations
 from .sources import RATE
 
 _FRAMES_PER_S = 100  # pocketsphinx's frame rate
-
-
 WARM_S = 5.0
-
-
 """Audio a pocketsphinx decoder hears before its live cepstral mean counts as adapted."""
 
 

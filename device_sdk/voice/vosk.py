@@ -18,7 +18,6 @@ from .sources import RATE
 
 log = logging.getLogger(__name__)
 
-
 VOSK_MODEL_ENV = "DEVICE_SDK_VOSK_MODEL"
 
 

@@ -54,8 +54,6 @@ class KeyRecord:
 
 
 RETIRED_GRACE = 900.0
-
-
 """Seconds a rotated-out key keeps verifying mandates issued before its rotation."""
 
 

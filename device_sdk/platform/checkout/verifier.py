@@ -35,52 +35,19 @@ from typing import Any
 
 from device_sdk.consent.keys import PublicKey
 from device_sdk.consent.mandate import MAX_LIFETIME, SignedMandate, mandate_id, read_mandate, verify_mandate
-from device_sdk.consent.readback import presentation_digest
 from device_sdk.protocol.errors import CheckoutError, ConsentError, ErrorCode
 from device_sdk.protocol.fields import Decision, Modality, Outcome, sha256_hex
 from device_sdk.protocol.messages import CheckoutProposal, ConsentTerms, IssuedProposal, OrderResult, decode
 
 from .audit import AuditLog
 from .backend import Completion
+from .consent_store import CHECKOUT_STATE, KEEP_REFUSALS, SCHEMA, StoredCheckout, spending, stored_result
 from .database import Database
 from .policy import PolicyBook, RiskPolicy
 from .registry import DeviceRegistry, KeyRecord
 
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS checkouts (
-        checkout_id TEXT PRIMARY KEY,
-        device_id TEXT NOT NULL,
-        session_id TEXT NOT NULL,
-        raw BLOB NOT NULL,
-        hash TEXT NOT NULL,
-        nonce TEXT NOT NULL UNIQUE,
-        terms TEXT NOT NULL,
-        currency TEXT NOT NULL,
-        opened_at REAL NOT NULL,
-        closed_at REAL
-    )""",
-    # one row per completion: its first result under its idempotency key; an accepted one also holds
-    # the mandate (accepted once), its checkout (ordered once, so its nonce is used once) and the order
-    """CREATE TABLE IF NOT EXISTS completions (
-        idempotency_key TEXT PRIMARY KEY,
-        body_sha256 TEXT NOT NULL,
-        checkout_id TEXT NOT NULL,
-        device_id TEXT NOT NULL,
-        result TEXT NOT NULL,
-        at REAL NOT NULL,
-        mandate_id TEXT UNIQUE,
-        ordered_checkout TEXT UNIQUE,
-        order_id TEXT UNIQUE,
-        total_minor INTEGER,
-        currency TEXT
-    )""",
-    "CREATE INDEX IF NOT EXISTS completions_orders ON completions (device_id, at) WHERE order_id IS NOT NULL",
-    "CREATE INDEX IF NOT EXISTS completions_refusals ON completions (at) WHERE order_id IS NULL",
-)
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_-]{27,128}$")
 """At least 27 characters: 128 bits or more in base64url or hex with a prefix."""
-KEEP_REFUSALS = 24 * 3600.0
-"""Refused completions are kept (answering their idempotency keys) for a day; accepted ones for good."""
 PARSED_KEPT = 100_000
 
 PlaceOrder = Callable[[CheckoutProposal, str], str]
@@ -139,28 +106,6 @@ CHECKS = (
 )
 
 
-@dataclass(frozen=True)
-class _Checkout:
-    proposal: CheckoutProposal
-    checkout_hash: str
-    nonce: str
-    terms: ConsentTerms
-    ordered: bool
-    closed: bool
-    digests: dict[Modality, str]
-    key: KeyRecord | None = None
-    replayed: bool = False
-    spent_today: int = 0
-    orders_last_minute: int = 0
-
-    def digest(self, modality: Modality) -> str:
-        """The display digest of what the SDK presents for this proposal in `modality`."""
-        digest = self.digests.get(modality)
-        if digest is None:
-            digest = self.digests[modality] = presentation_digest(self.proposal, modality)
-        return digest
-
-
 class ConsentVerifier:
     """Issues consent terms for proposals and admits completions only with a valid mandate."""
 
@@ -211,7 +156,7 @@ class ConsentVerifier:
                 "checkout_id": proposal.checkout_id,
             }
             try:
-                spent, recent = _spending(conn, proposal, self.clock())
+                spent, recent = spending(conn, proposal, self.clock())
                 self._check_limits(policy, proposal, spent, recent)
             except ConsentError as exc:
                 self.audit.append(conn, "refusal", stage="open", code=exc.code.value, reason=exc.text, **ids)
@@ -334,7 +279,7 @@ class ConsentVerifier:
             if row[0] != body:
                 text = "this idempotency key was used for another completion"
                 return self._refuse(conn, None, body, ids, ConsentError(text, ErrorCode.IDEMPOTENCY_CONFLICT))
-            earlier = _result_from(row[1])
+            earlier = stored_result(row[1])
             return earlier if isinstance(earlier, ConsentError) else (earlier, None)
         try:
             if isinstance(opened, ConsentError):
@@ -377,7 +322,7 @@ class ConsentVerifier:
         self.audit.append_many(conn, [("verification", {**ids, **verified}), ("order", {**ids, **ordered})])
         return order, accepted
 
-    def _check(self, conn: sqlite3.Connection, completion: Completion, opened: SignedMandate) -> _Checkout:
+    def _check(self, conn: sqlite3.Connection, completion: Completion, opened: SignedMandate) -> StoredCheckout:
         claims, answer, now = opened.claims, completion.confirmation, self.clock()
         checkout = self._load(conn, completion.checkout_id, opened, now)
         if checkout is None:
@@ -448,11 +393,11 @@ class ConsentVerifier:
 
     def _load(
         self, conn: sqlite3.Connection, checkout_id: str, opened: SignedMandate | None = None, now: float = 0.0
-    ) -> _Checkout | None:
+    ) -> StoredCheckout | None:
         """The checkout and, in the same read, everything its completion is checked against: the
         mandate's key, whether the mandate or the checkout was used, the device's recent orders."""
         kid, jti = (opened.kid, opened.claims.jti) if opened else (None, None)
-        row = conn.execute(_STATE, {"checkout": checkout_id, "kid": kid, "jti": jti, "day": now - 86400.0,
+        row = conn.execute(CHECKOUT_STATE, {"checkout": checkout_id, "kid": kid, "jti": jti, "day": now - 86400.0,
                                     "minute": now - 60.0}).fetchone()  # fmt: skip
         if row is None:
             return None
@@ -463,7 +408,7 @@ class ConsentVerifier:
             assert isinstance(proposal, CheckoutProposal)
             parsed = ((raw, terms), proposal, ConsentTerms.model_validate_json(terms), {})
         key = KeyRecord.from_row(key_row) if key_row[0] is not None else None
-        return _Checkout(parsed[1], digest, nonce, parsed[2], bool(ordered), closed_at is not None, parsed[3], key,
+        return StoredCheckout(parsed[1], digest, nonce, parsed[2], bool(ordered), closed_at is not None, parsed[3], key,
                          bool(replayed), spent, recent)  # fmt: skip
 
     def _remember(self, raw: bytes, proposal: CheckoutProposal, terms: ConsentTerms, text: str) -> None:
@@ -513,29 +458,6 @@ class ConsentVerifier:
             ).fetchall()
 
 
-_STATE = """
-SELECT c.raw, c.hash, c.nonce, c.terms, c.closed_at,
-    EXISTS (SELECT 1 FROM completions WHERE ordered_checkout = c.checkout_id),
-    EXISTS (SELECT 1 FROM completions WHERE mandate_id = :jti),
-    (SELECT coalesce(sum(total_minor), 0) FROM completions
-        WHERE order_id IS NOT NULL AND device_id = c.device_id AND currency = c.currency AND at > :day),
-    (SELECT count(*) FROM completions WHERE order_id IS NOT NULL AND device_id = c.device_id AND at > :minute),
-    k.kid, k.device_id, k.public_key, k.status, k.added_at, k.retired_at
-FROM checkouts c LEFT JOIN device_keys k ON k.kid = :kid
-WHERE c.checkout_id = :checkout
-"""
-
-
-def _spending(conn: sqlite3.Connection, proposal: CheckoutProposal, now: float) -> tuple[int, int]:
-    """The device's orders in its currency over the last 24 hours (sum), and over the last minute (count)."""
-    row = conn.execute(
-        "SELECT coalesce(sum(CASE WHEN currency = ? THEN total_minor END), 0), count(CASE WHEN at > ? THEN 1 END)"
-        " FROM completions WHERE order_id IS NOT NULL AND device_id = ? AND at > ?",
-        (proposal.currency, now - 60.0, proposal.device_id, now - 86400.0),
-    ).fetchone()
-    return int(row[0]), int(row[1])
-
-
 def _body_sha256(completion: Completion) -> str:
     fields = [
         completion.checkout_id,
@@ -545,10 +467,3 @@ def _body_sha256(completion: Completion) -> str:
         completion.confirmation.encode().decode(),
     ]
     return sha256_hex(json.dumps(fields, separators=(",", ":")))
-
-
-def _result_from(stored: str) -> OrderResult | ConsentError:
-    value = json.loads(stored)
-    if "refused" in value:
-        return ConsentError(value["text"], ErrorCode(value["refused"]))
-    return OrderResult.model_validate(value)

@@ -1,0 +1,329 @@
+"""The session flow on the gateway: a device's agent request becomes a proposal on offer, the device's
+confirmation of exactly that offer completes the checkout, and the session ends with one order
+result, every step recorded in the audit log before the device hears of it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
+
+from device_sdk.consent.readback import confirmation_request
+from device_sdk.platform.agent import RemoteAgent
+from device_sdk.platform.checkout.audit import AuditLog
+from device_sdk.platform.checkout.backend import CheckoutBackend, Completion
+from device_sdk.protocol.errors import CheckoutError, DeviceSdkError, ErrorCode, SessionError
+from device_sdk.protocol.fields import Decision, Outcome, WireMessage, new_id, now, sha256_hex
+from device_sdk.protocol.messages import AgentRequest, ConfirmationResult, IssuedProposal, OrderResult
+
+from .session import Session, State, Step
+
+log = logging.getLogger(__name__)
+
+SessionKey = tuple[str, str]
+"""(device_id, session_id): session ids are the device's own, so they are unique per device."""
+Send = Callable[[str, WireMessage], Awaitable[None]]
+"""Sends a message down to a device."""
+InSession = Callable[[SessionKey, Coroutine[Any, Any, None]], None]
+"""Runs a coroutine after every earlier handler of the same session."""
+
+
+class Refuse(Protocol):
+    """Answers a message with an `error` to its device (or on the errors topic when none is known)."""
+
+    def __call__(
+        self, device_id: str | None, exc: DeviceSdkError, *, ref: str | None = None, session_id: str | None = None
+    ) -> None: ...
+
+
+class SessionFlow:
+    """Takes each device session from its agent request to its order result, through the confirmation gate."""
+
+    def __init__(
+        self,
+        checkout: CheckoutBackend,
+        *,
+        audit: AuditLog | None,
+        send: Send,
+        refuse: Refuse,
+        in_session: InSession,
+        confirm_timeout: float,
+        checkout_timeout: float,
+        keep_ended: float,
+    ) -> None:
+        self.checkout = checkout
+        self.audit = audit
+        self.agent: RemoteAgent | None = None
+        """The client of the agent core; the gateway sets it once its bus is up."""
+        self.confirm_timeout = confirm_timeout
+        self.checkout_timeout = checkout_timeout
+        self.keep_ended = keep_ended
+        self.sessions: dict[SessionKey, Session] = {}
+        self._send = send
+        self._refuse = refuse
+        self._in_session = in_session
+        self._ended_at: dict[SessionKey, float] = {}
+        self._sweeping: set[SessionKey] = set()
+
+    # a device's messages -----------------------------------------------------------------
+
+    async def on_request(self, device_id: str, request: AgentRequest) -> None:
+        """Answer an agent request with the agent's proposal as an offer (a repeat gets the same answer)."""
+        key = (device_id, request.session_id)
+        session = self.sessions.get(key)
+        if session is None:
+            session = self.sessions[key] = Session(request.session_id, device_id)
+        superseded = session.offer if session.state is State.AWAITING_CONFIRMATION else None
+        try:
+            step = session.on_request(device_id, request.request_id)
+        except SessionError as exc:
+            self._refuse(device_id, exc, ref=request.request_id, session_id=request.session_id)
+            return
+        if step is Step.RESEND_OFFER and session.offer is not None:
+            await self._send(device_id, session.offer)
+            return
+        if step is Step.RESEND_RESULT and session.result is not None:
+            await self._send(device_id, session.result)
+            return
+        if step is not Step.ASK_AGENT:
+            return
+        if superseded is not None:
+            await self._close_checkout(superseded.checkout_id, Outcome.NOT_CONFIRMED, "superseded by a new request")
+        log.info("session %s: %s asks %r", request.session_id, device_id, request.text)
+        issued: IssuedProposal | None = None
+        try:
+            issued = await self._ask_agent(device_id, request)
+            await self.record(
+                "proposal",
+                session=session,
+                checkout_id=issued.proposal.checkout_id,
+                checkout_hash=issued.checkout_hash,
+                request=request.text,
+                lines=[[line.sku, line.qty, line.line_total_minor] for line in issued.proposal.lines],
+                total_minor=issued.proposal.total_minor,
+                currency=issued.proposal.currency,
+                payee=issued.proposal.merchant.id,
+            )
+            terms = await self.checkout.open(issued)
+            offer = confirmation_request(
+                issued.proposal, issued.checkout_hash, request.request_id, terms, now() + self.confirm_timeout
+            )
+        except Exception as exc:
+            session.on_agent_failed(request.request_id)
+            if issued is not None:
+                await self._close_checkout(issued.proposal.checkout_id, Outcome.NOT_CONFIRMED, "not offered")
+            if isinstance(exc, DeviceSdkError):
+                refusal = exc
+            else:
+                log.exception("session %s: no offer", request.session_id)
+                refusal = DeviceSdkError(f"could not make an offer: {type(exc).__name__}", ErrorCode.INTERNAL)
+            self._refuse(device_id, refusal, ref=request.request_id, session_id=request.session_id)
+            return
+        if session.on_offer(request.request_id, issued, offer):
+            await self.record(
+                "rendering",
+                session=session,
+                checkout_id=offer.checkout_id,
+                text=offer.readback,
+                display_digest=offer.display_digest,
+                modalities=[m.value for m in offer.consent.modalities],
+            )
+            await self._send(device_id, offer)
+
+    async def _ask_agent(self, device_id: str, request: AgentRequest) -> IssuedProposal:
+        """Ask the agent under a request id of the gateway's own, so devices' ids never collide."""
+        assert self.agent is not None
+        issued = await self.agent.propose(request.model_copy(update={"request_id": new_id("ar")}))
+        proposal = issued.proposal
+        if (proposal.device_id, proposal.session_id) != (device_id, request.session_id):
+            raise CheckoutError("the agent proposed for another device or session", ErrorCode.BAD_PROPOSAL)
+        return issued
+
+    async def on_confirmation(self, device_id: str, answer: ConfirmationResult) -> None:
+        """Complete or cancel the checkout on the device's answer to the offer it was shown, else refuse it."""
+        session = self.sessions.get((device_id, answer.session_id))
+        try:
+            if session is None:
+                raise SessionError(f"this device has no session {answer.session_id}", ErrorCode.UNKNOWN_CHECKOUT)
+            step = session.on_confirmation(device_id, answer, now())
+        except SessionError as exc:
+            await self.record(
+                "refusal",
+                device_id=device_id,
+                session_id=answer.session_id,
+                checkout_id=answer.checkout_id,
+                stage="confirmation",
+                code=exc.code.value,
+                reason=exc.text,
+            )
+            self._refuse(device_id, exc, ref=answer.checkout_id, session_id=answer.session_id)
+            return
+        if step in (Step.COMPLETE, Step.CANCEL):
+            retry = step is Step.COMPLETE and session.confirmed is not answer
+            await self.record(
+                "confirmation",
+                session=session,
+                checkout_id=answer.checkout_id,
+                completes="the first confirmation, whose completion got no answer" if retry else None,
+                decision=answer.decision.value,
+                modality=answer.modality.value,
+                display_digest=answer.display_digest,
+                heard=answer.heard,
+                mandate_sha256=sha256_hex(answer.mandate) if answer.mandate else None,
+            )
+        if step is Step.RESEND_RESULT and session.result is not None:
+            await self._send(device_id, session.result)
+            return
+        if step is Step.IGNORE or session.offer is None:
+            return
+        offer = session.offer
+        result: OrderResult | None
+        if step is Step.COMPLETE:
+            result = await self._complete(session)
+            if result is None:
+                return
+        elif answer.decision is Decision.DECLINE and now() <= offer.expires_at:
+            result = await self._cancel(session, Outcome.DECLINED, "the user declined on the device")
+        else:
+            reason = "no confirmation from the user" if now() <= offer.expires_at else "the confirmation expired"
+            result = await self._cancel(session, Outcome.NOT_CONFIRMED, reason)
+        await self._end(session, result)
+        log.info("session %s: %s", session.session_id, result.outcome)
+        await self._send(device_id, result)
+
+    # the checkout ------------------------------------------------------------------------
+
+    async def _complete(self, session: Session, attempts: int = 3) -> OrderResult | None:
+        """Complete with the session's confirmation, retrying a checkout that gives no answer under the
+        same idempotency key; None when it still gave none (the session waits for the next try)."""
+        assert session.offer is not None
+        assert session.confirmed is not None
+        completion = Completion(
+            checkout_id=session.offer.checkout_id,
+            checkout_hash=session.offer.checkout_hash,
+            device_id=session.device_id,
+            session_id=session.session_id,
+            confirmation=session.confirmed,
+            idempotency_key=session.idempotency_key,
+        )
+        for attempt in range(attempts):
+            try:
+                async with asyncio.timeout(self.checkout_timeout):
+                    return await self.checkout.complete(completion)
+            except CheckoutError as exc:
+                return OrderResult(
+                    session_id=completion.session_id,
+                    checkout_id=completion.checkout_id,
+                    outcome=Outcome(exc.outcome),
+                    reason=f"{exc.code}: {exc.text}",
+                )
+            except Exception as exc:
+                log.warning(
+                    "session %s: the checkout gave no answer (%r), try %d", session.session_id, exc, attempt + 1
+                )
+                if attempt + 1 < attempts:
+                    await asyncio.sleep(0.2 * 2**attempt)
+        session.on_complete_failed()
+        error = DeviceSdkError("the checkout gave no answer yet; the order is being retried", ErrorCode.INTERNAL)
+        self._refuse(session.device_id, error, ref=completion.checkout_id, session_id=session.session_id)
+        return None
+
+    async def _retry(self, session: Session) -> None:
+        """The sweeper's retry of a completion that got no answer."""
+        if not session.needs_retry(time.monotonic(), 0.0):
+            return
+        session.state = State.COMPLETING
+        result = await self._complete(session)
+        if result is not None:
+            await self._end(session, result)
+            log.info("session %s: %s (after a retry)", session.session_id, result.outcome)
+            await self._send(session.device_id, result)
+
+    async def _close_checkout(self, checkout_id: str, outcome: Outcome, reason: str) -> None:
+        """Cancel; a checkout that fails to hear it keeps an open checkout that nothing will complete."""
+        try:
+            async with asyncio.timeout(self.checkout_timeout):
+                await self.checkout.cancel(checkout_id, outcome, reason)
+        except Exception as exc:
+            log.warning("could not cancel checkout %s: %r", checkout_id, exc)
+
+    async def _cancel(self, session: Session, outcome: Outcome, reason: str) -> OrderResult:
+        assert session.offer is not None
+        await self._close_checkout(session.offer.checkout_id, outcome, reason)
+        return OrderResult(session_id=session.session_id, checkout_id=session.offer.checkout_id, outcome=outcome,
+                           reason=reason)  # fmt: skip
+
+    async def _end(self, session: Session, result: OrderResult) -> None:
+        """End the session with `result`, recorded in the audit log before the device is told."""
+        session.end(result)
+        self._ended_at[(session.device_id, session.session_id)] = time.monotonic()
+        await self.record(
+            "result",
+            session=session,
+            checkout_id=result.checkout_id,
+            outcome=result.outcome.value,
+            order_id=result.order_id,
+            reason=result.reason,
+        )
+
+    async def record(self, kind: str, *, session: Session | None = None, **fields: Any) -> None:
+        """Record a step of a session in the audit log, when the gateway keeps one."""
+        if self.audit is None:
+            return
+        if session is not None:
+            fields.update(device_id=session.device_id, session_id=session.session_id)
+        try:
+            await self.audit.record(kind, **fields)
+        except Exception as exc:
+            log.error("could not write the audit record %s: %r", kind, exc)
+
+    # housekeeping ------------------------------------------------------------------------
+
+    async def _expire(self, session: Session, reason: str) -> None:
+        if session.state is not State.AWAITING_CONFIRMATION or session.confirmed is not None:
+            return  # answered meanwhile, or a confirmation whose completion is being retried
+        result = await self._cancel(session, Outcome.NOT_CONFIRMED, reason)
+        await self._end(session, result)
+        log.info("session %s: not_confirmed (%s)", session.session_id, reason)
+        await self._send(session.device_id, result)
+
+    def hand_over(self, device_id: str) -> None:
+        """Another gateway took over the device: end its sessions that await an answer, unconfirmed."""
+        for key, session in self.sessions.items():
+            if session.device_id == device_id and session.state is State.AWAITING_CONFIRMATION:
+                self._sweep_task(key, self._expire(session, "another gateway took over the device"))
+
+    def _sweep_task(self, key: SessionKey, coro: Coroutine[Any, Any, None]) -> None:
+        """Queue one housekeeping task per session at a time."""
+        if key in self._sweeping:
+            coro.close()
+            return
+        self._sweeping.add(key)
+
+        async def run() -> None:
+            try:
+                await coro
+            finally:
+                self._sweeping.discard(key)
+
+        self._in_session(key, run())
+
+    def sweep(self, t: float, mono: float, gone: set[str], retry_after: float) -> None:
+        """Expire offers past their time or whose device is `gone` (offline past its grace), retry
+        unanswered completions, and forget sessions idle or ended for `keep_ended` seconds."""
+        for key, session in list(self.sessions.items()):
+            if session.expired(t):
+                self._sweep_task(key, self._expire(session, "the confirmation expired"))
+            elif session.needs_retry(mono, retry_after):
+                self._sweep_task(key, self._retry(session))
+            elif session.device_id in gone and session.state is State.AWAITING_CONFIRMATION:
+                if session.confirmed is None:
+                    self._sweep_task(key, self._expire(session, "the device went offline"))
+            elif (session.idle_since(mono) or 0.0) > self.keep_ended:
+                del self.sessions[key]
+        for key, ended in list(self._ended_at.items()):
+            if mono - ended > self.keep_ended:
+                del self._ended_at[key]
+                self.sessions.pop(key, None)
