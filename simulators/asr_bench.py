@@ -17,6 +17,10 @@ figures repeat from run to run (seeded noise, one thread).
 from __future__ import annotations
 
 import dataclasses
+import json
+import resource
+import subprocess
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -30,6 +34,7 @@ from device_sdk.voice.replies import ACCEPT_PHRASES, DECLINE_PHRASES, interpret_
 from device_sdk.voice.reply_audio import reply_text
 from device_sdk.voice.sphinx import SphinxEngine
 from device_sdk.voice.tts import synthesize, trim_silence
+from device_sdk.voice.whisper import WhisperEngine, install_base_model
 
 from .catalog import demo_catalog
 from .command_parser import CommandParser
@@ -114,6 +119,7 @@ def run_bench_asr(
 
     phrases = len(voices) * len(ACCEPT_PHRASES | DECLINE_PHRASES)
     return {
+        **whisper_figures(),
         "noise_floor": engine.noise_floor,
         "reply_word_penalty": replies.word_penalty,
         "reply_silence_prob": replies.silence_prob,
@@ -128,3 +134,32 @@ def run_bench_asr(
         "reply_misses": reply_misses,
         "false_accept_cases": false_accepts,
     }
+
+
+def whisper_figures() -> dict[str, Any]:
+    """Whisper's first load (model already installed) and peak memory, in a process of its own that
+    loads it, warms it and decodes a reply: `whisper_load_s`, `whisper_peak_rss_mb`."""
+    done = subprocess.run(
+        [sys.executable, "-m", "simulators.asr_bench", "whisper"], capture_output=True, text=True, timeout=300
+    )
+    if done.returncode != 0:
+        return {"whisper_error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
+    figures: dict[str, Any] = json.loads(done.stdout)
+    return figures
+
+
+def _whisper_child() -> None:
+    install_base_model()  # the one-time install is not the load being measured
+    engine = WhisperEngine()
+    load_s = engine.load_seconds
+    engine.warm()
+    started = time.perf_counter()
+    engine.transcribe(_spoken("yes please buy it", "en-us", 160), max_new_tokens=24)
+    reply_s = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"whisper_load_s": round(load_s, 3), "whisper_reply_s": round(reply_s, 3),
+                      "whisper_peak_rss_mb": round(peak, 1)}))  # fmt: skip
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["whisper"]:
+    _whisper_child()

@@ -31,11 +31,18 @@ UNITS = {
     "jar", "carton", "set", "unit", "item", "container", "loaf", "dozen",
 }  # fmt: skip
 LEADS = (
+    "we're out of", "we are out of", "i'm out of", "i am out of", "we ran out of", "i ran out of", "out of",
+    "can i get", "can i have", "could i get", "i'll take", "i will take", "let's get", "we need", "pick up",
     "please", "can you", "could you", "would you", "i want to", "i'd like to", "i would like to", "i want",
-    "i'd like", "i would like", "i need", "buy me", "order me", "get me", "buy", "order", "purchase", "get", "add",
-    "me", "some", "also", "and",
+    "i'd like", "i would like", "i need", "buy me", "order me", "get me", "get us", "buy us", "order us", "buy",
+    "order", "reorder", "purchase", "get", "grab", "add", "put", "me", "some", "more", "the", "also", "and",
 )  # fmt: skip
-TRAILS = ("to my cart", "to the cart", "to cart", "to my basket", "for me", "please", "thanks", "thank you")
+"""What people say before the items; longer phrases first (each is stripped while one matches)."""
+TRAILS = (
+    "to my shopping list", "to my cart", "to the cart", "to cart", "in my cart", "in the cart", "into my cart",
+    "to my basket", "to the basket", "in my basket", "to my list", "to the list", "on my list", "to my order",
+    "for me", "for us", "right now", "today", "please", "thanks", "thank you",
+)  # fmt: skip
 CONNECTORS = ("and", "and also", "plus", "as well as")
 _CONNECTOR = re.compile(
     r"\s*(?:,|&|" + "|".join(rf"\b{c}\b" for c in sorted(CONNECTORS, key=len, reverse=True)) + r")\s*"
@@ -103,7 +110,10 @@ class CommandParser:
         return list(merged.values())
 
     def _segment(self, words: list[str]) -> ParsedLine:
-        """`[quantity] [unit [of]] alias`, trying the readings from most to least specific."""
+        """`[quantity] [unit [of]] alias`, trying the readings from most to least specific. A unit
+        that is not the product's is refused only when no other reading fits: in "a dozen eggs" the
+        unit word is part of the product's own name."""
+        wrong_unit: AgentError | None = None
         for qty, used in _quantities(words):
             rest = words[used:]
             candidates: list[tuple[str | None, list[str]]] = [(None, rest)]
@@ -114,13 +124,16 @@ class CommandParser:
                 product = self._aliases.get(tuple(stem(w) for w in candidate))
                 if product is None:
                     continue
-                if not 1 <= qty <= MAX_QTY:
-                    raise AgentError(f"quantity {qty} is out of range 1-{MAX_QTY}", ErrorCode.QUANTITY_OUT_OF_RANGE)
                 if unit is not None and unit != product.unit:
-                    raise AgentError(
+                    wrong_unit = wrong_unit or AgentError(
                         f"{product.name} is sold by the {product.unit}, not by the {unit}", ErrorCode.NOT_UNDERSTOOD
                     )
+                    continue
+                if not 1 <= qty <= MAX_QTY:
+                    raise AgentError(f"quantity {qty} is out of range 1-{MAX_QTY}", ErrorCode.QUANTITY_OUT_OF_RANGE)
                 return ParsedLine(product, qty)
+        if wrong_unit is not None:
+            raise wrong_unit
         raise AgentError(f"no product matches {' '.join(words)!r}", ErrorCode.ITEM_NOT_FOUND)
 
 

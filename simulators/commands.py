@@ -29,8 +29,13 @@ def register(commands: Commands) -> None:
     demo.add_argument("--json", action="store_true", help="print one JSON object instead of the timeline")
     demo.add_argument(
         "--voice", action="store_true",
-        help="speak the request and replies (espeak-ng) and let the speaker hear them (pocketsphinx)",
+        help="speak the request and replies (espeak-ng) and let the speaker hear them (pocketsphinx, with "
+        "Whisper as the second opinion on the replies)",
     )  # fmt: skip
+    demo.add_argument(
+        "--engine", choices=("hybrid", "sphinx", "vosk", "whisper"), default="hybrid", help="--voice: what hears"
+    )
+    demo.add_argument("--whisper-model", default=None, help="--voice: a CTranslate2 Whisper directory (default: base)")
     store_options(demo)
 
     serve = commands.add(
@@ -49,8 +54,13 @@ def register(commands: Commands) -> None:
     evaluate = commands.group("eval", "evaluations")
     voice = evaluate.add("voice", "spoken cases through the whole voice pipeline, scored", run=_eval_voice)
     voice.add_argument("cases", type=Path, help="JSON Lines cases (the format of tests/data/voice-public.jsonl)")
-    voice.add_argument("--engine", choices=("sphinx", "vosk"), default="sphinx")
+    voice.add_argument(
+        "--engine", choices=("hybrid", "sphinx", "vosk", "whisper"), default="hybrid",
+        help="hybrid (default): pocketsphinx, with Whisper as the second opinion on replies; the others alone",
+    )  # fmt: skip
     voice.add_argument("--model", default=None, help="model directory (vosk: else $DEVICE_SDK_VOSK_MODEL)")
+    voice.add_argument("--whisper-model", default=None, help="a CTranslate2 Whisper directory (default: base)")
+    voice.add_argument("--text", action="store_true", help="typed command and reply, no audio (the phone path)")
     voice.add_argument("--realtime", action="store_true", help="audio at real-time pace (latency figures)")
     voice.add_argument("--limit", type=int, default=None, help="only the first N cases")
     voice.add_argument("--json", action="store_true", help="print one JSON object (default: a summary)")
@@ -114,6 +124,7 @@ def _register_bench(bench: Commands) -> None:
 
 async def _demo(args: argparse.Namespace) -> int:
     from device_sdk.platform.checkout.policy import PolicyBook
+    from device_sdk.voice.engines import hearing_named
     from device_sdk.voice.tts import espeak_available
 
     from .scenario import DEFAULT_REPLY, DEFAULT_SAY, run_demo
@@ -130,6 +141,9 @@ async def _demo(args: argparse.Namespace) -> int:
         how = "spoken with espeak-ng, heard by the speaker's recogniser" if args.voice else "typed"
         print(f'user says: "{say}" ({how})')
     try:
+        hearing = None
+        if args.voice:
+            hearing = await asyncio.to_thread(hearing_named, args.engine, whisper_model=args.whisper_model)
         result = await run_demo(
             say,
             replies,
@@ -139,6 +153,7 @@ async def _demo(args: argparse.Namespace) -> int:
             audit=args.database or default_database(),
             policy=PolicyBook.load(args.policy),
             voice=args.voice,
+            hearing=hearing,
         )
     except DeviceSdkError as exc:
         if quiet:
@@ -176,6 +191,8 @@ async def _eval_voice(args: argparse.Namespace) -> int:
         args.cases,
         engine=args.engine,
         model=args.model,
+        whisper_model=args.whisper_model,
+        text=args.text,
         realtime=args.realtime,
         limit=args.limit,
         progress=None if args.json else progress,

@@ -28,8 +28,7 @@ from device_sdk.platform.timeline import Step, Timeline
 from device_sdk.protocol.errors import OUTCOME_OF
 from device_sdk.protocol.fields import Outcome
 from device_sdk.protocol.topics import Topics
-from device_sdk.voice.asr import AsrEngine
-from device_sdk.voice.sphinx import SphinxEngine
+from device_sdk.voice.engines import Hearing, hearing_named
 
 from .agent_core import CatalogAgent
 from .catalog import demo_catalog
@@ -203,13 +202,14 @@ async def run_demo(
     audit: str | Path | None = None,
     policy: PolicyBook | None = None,
     voice: bool = False,
-    engine: AsrEngine | None = None,
+    hearing: Hearing | None = None,
 ) -> DemoResult:
     """Run one spoken request to its outcome; with no broker URL, on an embedded broker; with no
     audit path, the audit log and the verifier's store live in a temporary file.
 
     With `voice` the request and the replies are synthesised with espeak-ng and heard through
-    the speaker's voice pipeline (`engine`, default pocketsphinx); without it they are typed."""
+    the speaker's voice pipeline (`hearing`, default the hybrid: pocketsphinx, with Whisper as the
+    second opinion on replies); without it they are typed."""
     topics = topics or Topics()
     async with contextlib.AsyncExitStack() as stack:
         url, shared = await broker_or_embedded(stack, broker)
@@ -221,9 +221,11 @@ async def run_demo(
         device = await stack.enter_async_context(DeviceClient(url, device_id, topics=topics, key=key))
         speaker = SimulatedSpeaker(device, present)
         if voice:
-            asr: AsrEngine = engine if engine is not None else await asyncio.to_thread(SphinxEngine)
+            heard = hearing if hearing is not None else await asyncio.to_thread(hearing_named)
             vocabulary = CommandParser(backend.catalog).vocabulary()
-            run = await speaker.run_voice(say, replies, engine=asr, vocabulary=vocabulary, timeout=timeout)
+            run = await speaker.run_voice(
+                say, replies, engine=heard.engine, judge=heard.judge, vocabulary=vocabulary, timeout=timeout
+            )
         else:
             run = await speaker.run(say, replies, timeout=timeout)
         await timeline_settle(timeline)

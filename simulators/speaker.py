@@ -21,6 +21,7 @@ from device_sdk.voice.asr import AsrEngine
 from device_sdk.voice.assistant import VoiceConfig
 from device_sdk.voice.grammar import Vocabulary
 from device_sdk.voice.replies import REPROMPT, ReplyDialog
+from device_sdk.voice.reply_judge import ReplyJudge
 from device_sdk.voice.tts import synthesize, trim_silence
 
 from .voice_user import converse
@@ -84,6 +85,7 @@ class SimulatedSpeaker:
         *,
         engine: AsrEngine,
         vocabulary: Vocabulary,
+        judge: ReplyJudge | None = None,
         realtime: bool = False,
         timeout: float = 30.0,
     ) -> SpeakerRun:
@@ -100,6 +102,7 @@ class SimulatedSpeaker:
             realtime=realtime,
             present=self.present,
             config=VoiceConfig(request_timeout_s=timeout),
+            judge=judge,
         )
         return SpeakerRun(
             said=say,

@@ -12,7 +12,14 @@ Scores, as the case format defines them:
 - `false_confirmations`: orders placed where `expect_outcome` is not `ordered`.
 - `latency_ms`: from the last sample of the command to the proposal ready on the device
   (end-of-speech detection included); real time only with `--realtime`.
-- `asr_rtf`: recognition time over audio recognised.
+- `reply_latency_ms`: from the last sample of the reply that decided to the order result on the
+  device (end of speech, every hearing of the reply, the mandate and the checkout).
+- `asr_rtf`: every engine's decode seconds over the seconds of audio it was given.
+- `by_locale`: the same figures for the cases of each locale (`locale`, default en-US).
+
+`engine` names the hearing: `hybrid` (pocketsphinx, Whisper as the second opinion on replies, the
+forced choice against near misses) unless `--engine` runs one alone; with `--text` the command
+and reply are typed (the phone and chat path), and no audio is made.
 """
 
 from __future__ import annotations
@@ -30,16 +37,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from device_sdk.bus.embedded import EmbeddedBroker
 from device_sdk.device.client import DeviceClient
-from device_sdk.protocol.errors import AgentError, ConfigError, ErrorCode
-from device_sdk.voice.asr import AsrEngine
+from device_sdk.protocol.errors import OUTCOME_OF, AgentError, ConfigError, ErrorCode
 from device_sdk.voice.assistant import VoiceRun
-from device_sdk.voice.engines import engine_named
+from device_sdk.voice.engines import Hearing, hearing_named
 from device_sdk.voice.grammar import Vocabulary
 from device_sdk.voice.sources import read_wav
 from device_sdk.voice.tts import synthesize, trim_silence
 
+from . import natural_voice
 from .command_parser import CommandParser
 from .scenario import ShopBackend
+from .speaker import SimulatedSpeaker
 from .voice_user import converse
 
 
@@ -63,6 +71,7 @@ class VoiceCase(BaseModel):
     speed: int = Field(default=160, ge=80, le=450)
     command_wav: str | None = None
     reply_wav: str | None = None
+    locale: str = Field(default="en-US", pattern=r"^[a-z]{2,3}-[A-Z]{2}$")
 
 
 def load_cases(path: str | Path) -> list[VoiceCase]:
@@ -86,16 +95,20 @@ def load_cases(path: str | Path) -> list[VoiceCase]:
 
 
 def case_audio(case: VoiceCase, base: Path) -> tuple[bytes, bytes | None]:
-    """The command and reply as 16 kHz PCM: recorded WAVs where the case gives them, else espeak-ng."""
-    if case.command_wav:
-        command = read_wav(base / case.command_wav).tobytes()
-    else:
-        command = synthesize(case.command, voice=case.voice, speed=case.speed)
+    """The command and reply as 16 kHz PCM: recorded WAVs where the case gives them, else said by
+    the case's voice (espeak-ng, or the natural voice `joe`)."""
+
+    def say(text: str) -> bytes:
+        if natural_voice.is_natural(case.voice):
+            return natural_voice.speak(text, case.voice)
+        return synthesize(text, voice=case.voice, speed=case.speed)
+
+    command = read_wav(base / case.command_wav).tobytes() if case.command_wav else say(case.command)
     reply: bytes | None = None
     if case.reply_wav:
         reply = read_wav(base / case.reply_wav).tobytes()
     elif case.reply:
-        reply = synthesize(case.reply, voice=case.voice, speed=case.speed)
+        reply = say(case.reply)
     return trim_silence(command), trim_silence(reply) if reply is not None else None
 
 
@@ -106,6 +119,7 @@ class CaseResult:
     cart: list[dict[str, Any]]
     latency_ms: float | None
     orders: int
+    reply_latency_ms: float | None = None
 
     @property
     def outcome(self) -> str:
@@ -132,7 +146,12 @@ class CaseResult:
             "expect_outcome": self.case.expect_outcome,
             "success": self.success,
             "latency_ms": self.latency_ms,
+            "reply_latency_ms": self.reply_latency_ms,
             "barge_in": self.run.barge_in,
+            "locale": self.case.locale,
+            "judged": [
+                {"row": j.row, "whisper": j.second, "opinion": j.opinion, "guard": j.guard} for j in self.run.judgements
+            ],
         }
 
 
@@ -145,28 +164,45 @@ class EvalReport:
     audio_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def _share(self, kind: str | None) -> float | None:
-        chosen = [r for r in self.results if kind is None or r.case.kind == kind]
-        return round(sum(r.success for r in chosen) / len(chosen), 4) if chosen else None
-
     def as_dict(self) -> dict[str, Any]:
-        latencies = sorted(r.latency_ms for r in self.results if r.latency_ms is not None)
+        by_locale = sorted({r.case.locale for r in self.results})
         return {
             "cases": len(self.results),
             "engine": self.engine,
             "realtime": self.realtime,
-            "task_success": self._share(None),
-            "single_task_success": self._share("single"),
-            "multi_task_success": self._share("multi"),
-            "policy_task_success": self._share("policy"),
-            "false_confirmations": sum(r.false_confirmation for r in self.results),
-            "latency_ms": {
-                "p50": round(statistics.median(latencies), 1) if latencies else None,
-                "p95": round(_percentile(latencies, 0.95), 1) if latencies else None,
-            },
+            **_figures(self.results),
             "asr_rtf": round(self.asr_seconds / self.audio_seconds, 4) if self.audio_seconds else None,
+            "by_locale": {
+                locale: {"cases": len(chosen), **_figures(chosen)}
+                for locale in by_locale
+                if (chosen := [r for r in self.results if r.case.locale == locale])
+            },
+            **self.extra,
             "results": [r.as_dict() for r in self.results],
         }
+
+
+def _figures(results: list[CaseResult]) -> dict[str, Any]:
+    def share(kind: str | None) -> float | None:
+        chosen = [r for r in results if kind is None or r.case.kind == kind]
+        return round(sum(r.success for r in chosen) / len(chosen), 4) if chosen else None
+
+    return {
+        "task_success": share(None),
+        "single_task_success": share("single"),
+        "multi_task_success": share("multi"),
+        "policy_task_success": share("policy"),
+        "false_confirmations": sum(r.false_confirmation for r in results),
+        "latency_ms": _spread([r.latency_ms for r in results]),
+        "reply_latency_ms": _spread([r.reply_latency_ms for r in results]),
+    }
+
+
+def _spread(values: list[float | None]) -> dict[str, float | None]:
+    ordered = sorted(v for v in values if v is not None)
+    if not ordered:
+        return {"p50": None, "p95": None}
+    return {"p50": round(statistics.median(ordered), 1), "p95": round(_percentile(ordered, 0.95), 1)}
 
 
 def _percentile(ordered: list[float], q: float) -> float:
@@ -175,7 +211,7 @@ def _percentile(ordered: list[float], q: float) -> float:
 
 async def run_case(
     backend: ShopBackend,
-    engine: AsrEngine,
+    hearing: Hearing | None,
     vocabulary: Vocabulary,
     parser: CommandParser,
     case: VoiceCase,
@@ -184,45 +220,74 @@ async def run_case(
     device_id: str,
     realtime: bool,
 ) -> CaseResult:
-    command, reply = await asyncio.to_thread(case_audio, case, base)
+    """One case through the voice pipeline heard with `hearing`, or typed when it is None."""
     key = await asyncio.to_thread(backend.provision, device_id)
     orders_before = len(backend.checkout.orders)
+    latency = reply_latency = None
     async with DeviceClient(backend.url, device_id, topics=backend.topics, key=key) as device:
-        run, user = await converse(device, engine, vocabulary, command, [reply] if reply else [], realtime=realtime)
-    room = user.room
+        if hearing is None:
+            run = await _typed(device, case)
+        else:
+            command, reply = await asyncio.to_thread(case_audio, case, base)
+            replies = [reply] if reply else []
+            run, user = await converse(
+                device, hearing.engine, vocabulary, command, replies, realtime=realtime, judge=hearing.judge
+            )
+            room = user.room
+            if run.rendered_at is not None and room.spoken:
+                latency = round((run.rendered_at - room.sample_time(room.spoken[0][1])) * 1000, 1)
+            if run.finished_at is not None and run.judgements and len(room.spoken) > 1:
+                spoke = room.sample_time(room.spoken[len(run.judgements)][1])
+                reply_latency = round((run.finished_at - spoke) * 1000, 1)
     cart: list[dict[str, Any]] = []
     if run.offer is not None:
         cart = [{"sku": line.sku, "qty": line.qty} for line in run.offer.request.proposal.lines]
     elif run.command and run.error is not None and run.error.code not in (ErrorCode.NOT_UNDERSTOOD,):
         with contextlib.suppress(AgentError):
             cart = [{"sku": line.product.sku, "qty": line.qty} for line in parser.parse(run.command)]
-    latency = None
-    if run.rendered_at is not None and room.spoken:
-        latency = round((run.rendered_at - room.sample_time(room.spoken[0][1])) * 1000, 1)
-    return CaseResult(case, run, cart, latency, len(backend.checkout.orders) - orders_before)
+    orders = len(backend.checkout.orders) - orders_before
+    return CaseResult(case, run, cart, latency, orders, reply_latency)
+
+
+async def _typed(device: DeviceClient, case: VoiceCase) -> VoiceRun:
+    """The case typed, as a phone or chat client sends it: the same dialog on the words themselves."""
+    spoken = await SimulatedSpeaker(device).run(case.command, [case.reply] if case.reply else [])
+    run = VoiceRun(command=case.command, offer=spoken.offer, answers=spoken.heard, decision=spoken.decision)
+    run.result, run.error, run.mandate = spoken.result, spoken.error, spoken.mandate
+    if spoken.result is not None:
+        run.outcome = spoken.result.outcome.value
+    elif spoken.error is not None:
+        run.outcome = OUTCOME_OF.get(spoken.error.code, "not_understood")
+    return run
 
 
 async def run_eval(
     cases_path: str | Path,
     *,
-    engine: str = "sphinx",
+    engine: str = "hybrid",
     model: str | None = None,
+    whisper_model: str | None = None,
     realtime: bool = False,
+    text: bool = False,
     limit: int | None = None,
     progress: Callable[[CaseResult], None] | None = None,
 ) -> EvalReport:
+    """Every case of `cases_path` (the first `limit`), heard with the hearing `engine` (see
+    `device_sdk.voice.engines.ENGINES`), or typed with `text`."""
     cases = load_cases(cases_path)[:limit]
     base = Path(cases_path).parent
-    asr = await asyncio.to_thread(engine_named, engine, model)
+    hearing = None
+    if not text:
+        hearing = await asyncio.to_thread(hearing_named, engine, model=model, whisper_model=whisper_model)
     async with contextlib.AsyncExitStack() as stack:
         broker = await stack.enter_async_context(EmbeddedBroker())
         backend = await stack.enter_async_context(ShopBackend(broker.url, shared=False))
         parser = CommandParser(backend.catalog)
         vocabulary = parser.vocabulary()
-        report = EvalReport([], realtime, engine)
+        report = EvalReport([], realtime, "text" if text else engine)
         for number, case in enumerate(cases):
             result = await run_case(
-                backend, asr, vocabulary, parser, case, base, device_id=f"eval-{number}", realtime=realtime
+                backend, hearing, vocabulary, parser, case, base, device_id=f"eval-{number}", realtime=realtime
             )
             report.results.append(result)
             report.asr_seconds += result.run.asr_seconds

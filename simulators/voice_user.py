@@ -23,6 +23,7 @@ from device_sdk.device.client import DeviceClient
 from device_sdk.voice.asr import AsrEngine
 from device_sdk.voice.assistant import Voice, VoiceAssistant, VoiceConfig, VoiceRun
 from device_sdk.voice.grammar import Vocabulary
+from device_sdk.voice.reply_judge import ReplyJudge
 from device_sdk.voice.sources import RATE, Pcm
 
 _BLOCK = 1024  # 64 ms, as Wyoming sends
@@ -117,9 +118,11 @@ async def converse(
     realtime: bool = False,
     present: Callable[[str], None] | None = None,
     config: VoiceConfig | None = None,
+    judge: ReplyJudge | None = None,
 ) -> tuple[VoiceRun, VoiceUser]:
     """One voice session in a room: the user says `command`, then a reply each time the device
-    asks; the device's `VoiceAssistant` hears them. `present` sees each prompt as it is said."""
+    asks; the device's `VoiceAssistant` hears them (replies decided by `judge`, default the engine's
+    own hearing). `present` sees each prompt as it is said."""
     room = RoomSource(realtime=realtime)
     user = VoiceUser(room, command, replies, realtime=realtime)
 
@@ -129,7 +132,7 @@ async def converse(
         await user.output(text, pcm)
 
     voice = Voice(output=output, synthesize=realtime)  # a read-back takes its time only in real time
-    async with VoiceAssistant(device, engine, vocabulary, room, voice=voice, config=config) as assistant:
+    async with VoiceAssistant(device, engine, vocabulary, room, voice=voice, config=config, judge=judge) as assistant:
         user.start()
         try:
             return await assistant.session(), user

@@ -29,7 +29,9 @@ from .grammar import UNKNOWN, Grammar, Vocabulary, reply_grammar
 from .listener import Listener, LiveDecode, WakeWord, loudness_db
 from .replies import REPROMPT, ReplyDialog, interpret_reply
 from .reply_audio import reply_text
+from .reply_judge import Judgement, ReplyJudge
 from .sources import RATE, Pcm
+from .sphinx import SphinxEngine
 from .tts import espeak_available, play, synthesize
 
 log = logging.getLogger(__name__)
@@ -103,7 +105,13 @@ class VoiceRun:
     """`time.monotonic()` when the offer was ready to present (read-back about to start)."""
     replies: list[Recognition] = field(default_factory=list)
     answers: list[str] = field(default_factory=list)
-    """Each reply as it counted (`reply_text`): what the dialog judged."""
+    """Each reply as the reply grammar heard it (`reply_text`); Whisper's words are in `judgements`."""
+    judgements: list[Judgement] = field(default_factory=list)
+    """How each reply was decided: the hearings and the row of the decision table."""
+    finished_at: float | None = None
+    """`time.monotonic()` when the order result (or the refusal) reached the device."""
+    replied_at: list[float] = field(default_factory=list)
+    """`time.monotonic()` when each reply's utterance was cut (its end of speech detected)."""
     barge_in: bool = False
     decision: Decision | None = None
     mandate: str | None = None
@@ -130,9 +138,12 @@ class VoiceAssistant:
         *,
         voice: Voice | None = None,
         config: VoiceConfig | None = None,
+        judge: ReplyJudge | None = None,
     ) -> None:
         self.device = device
         self.engine = engine
+        self.judge = judge or ReplyJudge(guard=engine if isinstance(engine, SphinxEngine) else None)
+        """Decides each reply (default: the engine's hearing, and the forced choice on pocketsphinx)."""
         self.config = config or VoiceConfig()
         self.voice = voice or Voice()
         self.listener = Listener(source, self.config.endpoint)
@@ -231,6 +242,7 @@ class VoiceAssistant:
             mandate=run.mandate,
             timeout=self.config.request_timeout_s,
         )
+        run.finished_at = time.monotonic()
         run.outcome = run.result.outcome.value
         if run.result.outcome is not Outcome.ORDERED and run.decision is Decision.CONFIRM:
             await self.voice.say(_refusal_text(run.result))
@@ -272,19 +284,30 @@ class VoiceAssistant:
         dialog = ReplyDialog(reprompts=self.config.reprompts)
         while True:
             utterance = await self.listener.next(self.config.reply_timeout_s)
+            decision: Decision | None = None
             reply: str | None = None
             if utterance is not None:
-                recognition = await self.recognise(utterance, self.reply_grammar, run)
-                run.replies.append(recognition)
-                await self._transcript(run, recognition)
-                reply = reply_text(recognition, utterance.pcm)
+                run.replied_at.append(time.monotonic())
+                judgement = await self.judge.judge(utterance.pcm, self._first_hearing(utterance, run))
+                run.judgements.append(judgement)
+                run.asr_seconds += judgement.asr_seconds
+                run.audio_seconds += judgement.audio_seconds
+                reply = judgement.first
                 run.answers.append(reply)
-            decision = dialog.feed(reply)
+                decision = judgement.decision
+            decision = dialog.decide(decision, reply)
             if decision is not None:
                 return decision
             if await self._say_listening(REPROMPT, run):
                 run.barge_in = True
                 return Decision.DECLINE
+
+    async def _first_hearing(self, utterance: Utterance, run: VoiceRun) -> str:
+        """The reply on the reply grammar, as it counts (`reply_text`), published as a transcript."""
+        recognition = await self.recognise(utterance, self.reply_grammar, run)
+        run.replies.append(recognition)
+        await self._transcript(run, recognition)
+        return reply_text(recognition, utterance.pcm)
 
     async def _say_listening(self, text: str, run: VoiceRun) -> bool:
         """Say `text` while listening; True when the user said a decline phrase over it."""

@@ -1,19 +1,60 @@
-"""ASR engines by name, as the command line and the evaluation choose them."""
+"""ASR engines by name, as the command line and the evaluation choose them, and the hearing a voice
+pipeline is built with: the engine for commands and a judge for replies."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from device_sdk.protocol.errors import ErrorCode, VoiceError
 
 from .asr import AsrEngine
+from .reply_judge import ReplyJudge
 from .sphinx import SphinxEngine
 from .vosk import VoskEngine
+from .whisper import WhisperEngine
+
+ENGINES = ("hybrid", "sphinx", "vosk", "whisper")
+"""`hybrid`: pocketsphinx for commands and the first hearing of a reply, Whisper as the second
+opinion, and the forced choice against near misses. The others run alone."""
 
 
 def engine_named(name: str, model: str | Path | None = None) -> AsrEngine:
+    """One engine alone: `sphinx`, `vosk` or `whisper`, on `model` where it takes one."""
     if name == "sphinx":
         return SphinxEngine(model)
     if name == "vosk":
         return VoskEngine(model)
-    raise VoiceError(f"no ASR engine {name!r}: sphinx or vosk", ErrorCode.NO_MODEL)
+    if name == "whisper":
+        return WhisperEngine(model)
+    raise VoiceError(f"no ASR engine {name!r}: {', '.join(ENGINES)}", ErrorCode.NO_MODEL)
+
+
+@dataclass(frozen=True)
+class Hearing:
+    """What a voice pipeline hears with: `engine` for commands (and a reply's first hearing), and
+    `judge` for the decision on a reply."""
+
+    name: str
+    engine: AsrEngine
+    judge: ReplyJudge
+
+
+def hearing_named(
+    name: str = "hybrid", *, model: str | Path | None = None, whisper_model: str | Path | None = None,
+    language: str = "en",
+) -> Hearing:  # fmt: skip
+    """The hearing `name` (one of `ENGINES`), loaded and warmed: a pipeline that starts with it
+    pays for no model on its first reply. `model` is the sphinx or vosk model, `whisper_model` a
+    CTranslate2 Whisper directory (default: Whisper base from its packages)."""
+    if name == "hybrid":
+        sphinx = SphinxEngine(model)
+        whisper = WhisperEngine(whisper_model, language=language)
+        whisper.warm()
+        return Hearing(name, sphinx, ReplyJudge(second=whisper, guard=sphinx))
+    if name == "whisper":
+        alone = WhisperEngine(whisper_model or model, language=language)
+        alone.warm()
+        return Hearing(name, alone, ReplyJudge())
+    engine = engine_named(name, model)
+    return Hearing(name, engine, ReplyJudge(guard=engine if isinstance(engine, SphinxEngine) else None))

@@ -195,7 +195,7 @@ class Vocabulary:
             *self.connectors,
             "of",
         ]
-        return _grammar("command", rules, phrases, garbage=out_of_grammar, word_penalty=COMMAND_WORD_PENALTY)
+        return build_grammar("command", rules, phrases, garbage=out_of_grammar, word_penalty=COMMAND_WORD_PENALTY)
 
 
 def reply_grammar(
@@ -208,7 +208,7 @@ def reply_grammar(
         f"<accept> = {_alternatives(accept)};",
         f"<decline> = {_alternatives(decline)};",
     ]
-    return _grammar(
+    return build_grammar(
         "reply",
         rules,
         [*accept, *decline],
@@ -218,7 +218,7 @@ def reply_grammar(
     )
 
 
-def _grammar(
+def build_grammar(
     name: str,
     rules: list[str],
     phrases: Iterable[str],
@@ -227,6 +227,8 @@ def _grammar(
     word_penalty: float | None = None,
     silence_prob: float | None = None,
 ) -> Grammar:
+    """A grammar from JSGF `rules` (public rule first) and the phrases they are made of; with
+    `garbage`, the rule `<other>` is the out-of-grammar loop."""
     if garbage:
         rules = [*rules, "<other> = <garbage>+;", f"<garbage> = {' | '.join(word for word, _ in GARBAGE)};"]
     text = "#JSGF V1.0;\n\ngrammar " + name + ";\n\n" + "\n".join(rules) + "\n"

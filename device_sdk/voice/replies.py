@@ -50,12 +50,16 @@ class ReplyDialog:
 
     def feed(self, reply: str | None) -> Decision | None:
         """Take one reply (None for silence); return the decision, or None to re-prompt."""
+        return self.decide(interpret_reply(reply) if reply is not None else None, reply)
+
+    def decide(self, decision: Decision | None, reply: str | None) -> Decision | None:
+        """Take one reply already judged (`ReplyJudge`): its decision, or None when it was unclear."""
         if self.decision is not None:
             return self.decision
         self.attempts += 1
         if reply is not None:
             self.heard.append(reply)
-            self.decision = interpret_reply(reply)
+            self.decision = decision
         if self.decision is None and self.attempts > self.reprompts:
             self.decision = Decision.NO_ANSWER
         return self.decision
