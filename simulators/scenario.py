@@ -224,7 +224,13 @@ async def run_demo(
             heard = hearing if hearing is not None else await asyncio.to_thread(hearing_named)
             vocabulary = CommandParser(backend.catalog).vocabulary()
             run = await speaker.run_voice(
-                say, replies, engine=heard.engine, judge=heard.judge, vocabulary=vocabulary, timeout=timeout
+                say,
+                replies,
+                engine=heard.engine,
+                judge=heard.judge,
+                fallback=heard.fallback,
+                vocabulary=vocabulary,
+                timeout=timeout,
             )
         else:
             run = await speaker.run(say, replies, timeout=timeout)

@@ -86,6 +86,7 @@ class SimulatedSpeaker:
         engine: AsrEngine,
         vocabulary: Vocabulary,
         judge: ReplyJudge | None = None,
+        fallback: AsrEngine | None = None,
         realtime: bool = False,
         timeout: float = 30.0,
     ) -> SpeakerRun:
@@ -103,6 +104,7 @@ class SimulatedSpeaker:
             present=self.present,
             config=VoiceConfig(request_timeout_s=timeout),
             judge=judge,
+            fallback=fallback,
         )
         return SpeakerRun(
             said=say,

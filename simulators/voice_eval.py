@@ -231,12 +231,20 @@ async def run_case(
             command, reply = await asyncio.to_thread(case_audio, case, base)
             replies = [reply] if reply else []
             run, user = await converse(
-                device, hearing.engine, vocabulary, command, replies, realtime=realtime, judge=hearing.judge
+                device,
+                hearing.engine,
+                vocabulary,
+                command,
+                replies,
+                realtime=realtime,
+                judge=hearing.judge,
+                fallback=hearing.fallback,
             )
             room = user.room
             if run.rendered_at is not None and room.spoken:
                 latency = round((run.rendered_at - room.sample_time(room.spoken[0][1])) * 1000, 1)
-            if run.finished_at is not None and run.judgements and len(room.spoken) > 1:
+            decided = bool(run.judgements) and run.judgements[-1].decision is not None
+            if run.finished_at is not None and decided and len(room.spoken) > len(run.judgements):
                 spoke = room.sample_time(room.spoken[len(run.judgements)][1])
                 reply_latency = round((run.finished_at - spoke) * 1000, 1)
     cart: list[dict[str, Any]] = []

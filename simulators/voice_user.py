@@ -119,6 +119,7 @@ async def converse(
     present: Callable[[str], None] | None = None,
     config: VoiceConfig | None = None,
     judge: ReplyJudge | None = None,
+    fallback: AsrEngine | None = None,
 ) -> tuple[VoiceRun, VoiceUser]:
     """One voice session in a room: the user says `command`, then a reply each time the device
     asks; the device's `VoiceAssistant` hears them (replies decided by `judge`, default the engine's
@@ -132,7 +133,9 @@ async def converse(
         await user.output(text, pcm)
 
     voice = Voice(output=output, synthesize=realtime)  # a read-back takes its time only in real time
-    async with VoiceAssistant(device, engine, vocabulary, room, voice=voice, config=config, judge=judge) as assistant:
+    async with VoiceAssistant(
+        device, engine, vocabulary, room, voice=voice, config=config, judge=judge, fallback=fallback
+    ) as assistant:
         user.start()
         try:
             return await assistant.session(), user

@@ -170,3 +170,24 @@ async def test_a_resampled_stream_without_gaps_is_one_continuous_timeline() -> N
     out = [pcm async for pcm in StreamSource(stream)]
     assert all(a.end == b.offset for a, b in itertools.pairwise(out))  # no gap, no overlap
     assert out[-1].end == pytest.approx(16000, abs=32)
+
+
+def test_a_shorter_end_closes_an_answer_sooner_and_the_configured_one_comes_back(tmp_path: Path) -> None:
+    speech = read_wav(espeak(tmp_path, "yes please buy it"))
+    audio = np.concatenate([np.zeros(RATE // 2, dtype="<i2"), speech, np.zeros(RATE * 2, dtype="<i2")])
+
+    def end_of_speech(endpointer: Endpointer) -> int:
+        ended = [u for i in range(0, len(audio), 480) for u in endpointer.feed(Pcm(i, audio[i : i + 480].tobytes()))]
+        assert len(ended) == 1 and ended[0].ended_by == "silence"
+        return ended[0].end
+
+    default = end_of_speech(Endpointer(EndpointConfig(end_s=0.6)))
+    quick = Endpointer(EndpointConfig(end_s=0.6))
+    quick.end_after(0.3)
+    assert default - end_of_speech(quick) == pytest.approx(0.3 * RATE, abs=0.03 * RATE)
+    restored = Endpointer(EndpointConfig(end_s=0.6))
+    restored.end_after(0.3)
+    restored.end_after(None)
+    assert end_of_speech(restored) == default
+    with pytest.raises(ValueError, match="positive"):
+        restored.end_after(0)

@@ -74,9 +74,13 @@ def test_the_decision_table(
     ("whisper", "first", "expected"),
     [
         ("Confirm.", "confirm", Opinion.ACCEPT),
-        ("Yes, confirmed.", "yes confirm", Opinion.SUPPORTS),
+        ("Yes, confirmed.", "yes confirm", Opinion.ACCEPT),  # "confirmed" counts as "confirm"
+        ("Yes, I confirm.", "yes confirm", Opinion.SUPPORTS),
         ("Confirmed it order.", "confirm the order", Opinion.SUPPORTS),
         ("Good for him.", "confirm", Opinion.NEUTRAL),
+        ("Okay, firm.", "confirm", Opinion.NEUTRAL),  # "confirm" cut in two: no other word
+        ("Confirm the orrogo", "confirm the order", Opinion.NEUTRAL),  # garbled: no English word
+        ("Yes, confirmed.", "[unk]", Opinion.ACCEPT),
         ("comfort.", "confirm", Opinion.VETO),
         ("Conform.", "confirm", Opinion.VETO),
         ("can form.", "confirm", Opinion.VETO),

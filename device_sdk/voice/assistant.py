@@ -2,12 +2,13 @@
 and a confirmation that only an accept phrase can give.
 
     source ─► endpointing ─► ASR (command grammar) ─► DeviceClient.ask ─► read-back (TTS)
-           ─► ASR (reply grammar, garbage path) ─► ReplyDialog ─► signed mandate ─► order
+           ─► ASR (reply grammar, garbage path) + Whisper + forced choice ─► ReplyJudge
+           ─► ReplyDialog ─► signed mandate ─► order
 
-The confirmation is a state machine of its own (`ReplyDialog`): only an utterance recognised as
-exactly one of the accept phrases confirms; a decline phrase declines; anything else (speech that
-took the garbage path, silence, a partial phrase) re-prompts once and then ends as
-`not_confirmed`. "stop" or "cancel" while the read-back plays cancels it (barge-in).
+Each reply is decided by a `ReplyJudge` from its hearings (`reply_judge.py`: only a clear accept
+that the hearings agree on confirms); the dialog (`ReplyDialog`) re-prompts once after an unclear
+reply or silence and then ends as `not_confirmed`. "stop" or "cancel" while the read-back plays
+cancels it (barge-in). `VoiceAssistant.with_hearing(device, hearing_named(), ...)` is the hybrid.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from device_sdk.protocol.messages import MAX_WAKE_WINDOW, OrderResult
 
 from .asr import AsrEngine, Recognition
 from .endpointing import EndpointConfig, Utterance
+from .engines import Hearing
 from .grammar import UNKNOWN, Grammar, Vocabulary, reply_grammar
 from .listener import Listener, LiveDecode, WakeWord, loudness_db
 from .replies import REPROMPT, ReplyDialog, interpret_reply
@@ -85,11 +87,15 @@ class VoiceConfig:
     command_attempts: int = 2
     """Times a command is listened for before the session gives up (`not_understood`)."""
     command_timeout_s: float = 8.0
+    reply_end_s: float | None = 0.4
+    """Silence that ends a reply (None: the endpoint's own): answers are short, so they are cut
+    sooner than commands, and the decision comes sooner."""
     reply_timeout_s: float = 6.0
     """Audio with no reply that counts as no answer."""
     reprompts: int = 1
     open_vocabulary: bool = True
-    """When the command grammar hears no command, send what the open language model heard."""
+    """When the command grammar hears no command, send what an open vocabulary heard: the
+    assistant's `fallback` engine (Whisper, in the hybrid), else the engine's language model."""
     modality: Modality = Modality.VOICE
     request_timeout_s: float = 30.0
 
@@ -139,9 +145,12 @@ class VoiceAssistant:
         voice: Voice | None = None,
         config: VoiceConfig | None = None,
         judge: ReplyJudge | None = None,
+        fallback: AsrEngine | None = None,
     ) -> None:
         self.device = device
         self.engine = engine
+        self.fallback = fallback
+        """Hears a command the grammar did not, with no grammar (default: `engine`'s language model)."""
         self.judge = judge or ReplyJudge(guard=engine if isinstance(engine, SphinxEngine) else None)
         """Decides each reply (default: the engine's hearing, and the forced choice on pocketsphinx)."""
         self.config = config or VoiceConfig()
@@ -150,18 +159,41 @@ class VoiceAssistant:
         self.command_grammar: Grammar = vocabulary.command_grammar()
         self.reply_grammar: Grammar = reply_grammar()
 
+    @classmethod
+    def with_hearing(
+        cls,
+        device: DeviceClient,
+        hearing: Hearing,
+        vocabulary: Vocabulary,
+        source: AsyncIterable[Pcm],
+        *,
+        voice: Voice | None = None,
+        config: VoiceConfig | None = None,
+    ) -> VoiceAssistant:
+        """An assistant that hears with `hearing` (`hearing_named()`: the hybrid, the default)."""
+        return cls(
+            device, hearing.engine, vocabulary, source, voice=voice, config=config, judge=hearing.judge,
+            fallback=hearing.fallback,
+        )  # fmt: skip
+
     async def recognise(
-        self, utterance: Utterance, grammar: Grammar | None, run: VoiceRun, live: LiveDecode | None = None
+        self,
+        utterance: Utterance,
+        grammar: Grammar | None,
+        run: VoiceRun,
+        live: LiveDecode | None = None,
+        *,
+        engine: AsrEngine | None = None,
     ) -> Recognition:
         """The utterance's words: finished from `live` when it decoded this utterance as it was
-        heard, else decoded now."""
+        heard, else decoded now (by `engine`, default the assistant's)."""
         started = time.perf_counter()
         if live is not None and live.audio() == utterance.pcm:
             recognizer, rest = live.recognizer, b""
         else:
             if live is not None:
                 live.recognizer.close()
-            recognizer, rest = self.engine.recognizer(grammar), utterance.pcm
+            recognizer, rest = (engine or self.engine).recognizer(grammar), utterance.pcm
 
         def decode() -> Recognition:
             if rest:
@@ -269,7 +301,7 @@ class VoiceAssistant:
             if recognition.text and UNKNOWN not in recognition.text.split():
                 return recognition.text
             if self.config.open_vocabulary:
-                open_text = await self.recognise(utterance, None, run)
+                open_text = await self.recognise(utterance, None, run, engine=self.fallback)
                 run.commands.append(open_text)
                 await self._transcript(run, open_text)
                 if open_text.text:
@@ -277,7 +309,15 @@ class VoiceAssistant:
         return None
 
     async def _confirm(self, run: VoiceRun, offer: Offer) -> Decision:
-        """The read-back, then the confirm/decline dialog; barge-in during the read-back."""
+        """The read-back, then the confirm/decline dialog; barge-in during the read-back. Replies
+        end after `reply_end_s` of silence."""
+        self.listener.end_after(self.config.reply_end_s)
+        try:
+            return await self._dialog(run, offer)
+        finally:
+            self.listener.end_after(None)
+
+    async def _dialog(self, run: VoiceRun, offer: Offer) -> Decision:
         if await self._say_listening(offer.readback, run):
             run.barge_in = True
             return Decision.DECLINE

@@ -80,6 +80,13 @@ class Endpointer:
     def _frames(self, seconds: float) -> int:
         return max(1, round(seconds * 1000 / self.config.frame_ms))
 
+    def end_after(self, seconds: float | None) -> None:
+        """Close the next utterances after `seconds` of silence (None: the configured `end_s`): a
+        short answer is over sooner than a command, and every tenth of a second is latency."""
+        if seconds is not None and seconds <= 0:
+            raise ValueError("end_after takes a positive number of seconds")
+        self._end_frames = self._frames(self.config.end_s if seconds is None else seconds)
+
     @property
     def in_speech(self) -> bool:
         return self._speech is not None

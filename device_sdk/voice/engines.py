@@ -38,6 +38,8 @@ class Hearing:
     name: str
     engine: AsrEngine
     judge: ReplyJudge
+    fallback: AsrEngine | None = None
+    """Hears, with no grammar, a command the grammar did not (None: the engine's own language model)."""
 
 
 def hearing_named(
@@ -51,7 +53,7 @@ def hearing_named(
         sphinx = SphinxEngine(model)
         whisper = WhisperEngine(whisper_model, language=language)
         whisper.warm()
-        return Hearing(name, sphinx, ReplyJudge(second=whisper, guard=sphinx))
+        return Hearing(name, sphinx, ReplyJudge(second=whisper, guard=sphinx), fallback=whisper)
     if name == "whisper":
         alone = WhisperEngine(whisper_model or model, language=language)
         alone.warm()

@@ -8,7 +8,9 @@ the 39 ARPAbet phones of the CMU dictionary that the en-us acoustic model was tr
 
 from __future__ import annotations
 
+import functools
 import subprocess
+from pathlib import Path
 
 from device_sdk.protocol.errors import ErrorCode, VoiceError
 
@@ -82,3 +84,13 @@ def pronunciations(words: list[str], voice: str = "en-us") -> dict[str, str]:
             raise LexiconError(f"espeak-ng gave no usable phones for {word!r} ({ipa!r})")
         found[word] = " ".join(phones)
     return found
+
+
+@functools.cache
+def english_words() -> frozenset[str]:
+    """The words of the CMU pronouncing dictionary in pocketsphinx's wheel (about 134,000)."""
+    import pocketsphinx
+
+    path = Path(pocketsphinx.get_model_path()) / "en-us" / "cmudict-en-us.dict"
+    with path.open(encoding="utf-8") as entries:
+        return frozenset(line.split(" ", 1)[0].split("(")[0] for line in entries if line.strip())

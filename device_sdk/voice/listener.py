@@ -30,6 +30,10 @@ class Listener:
         """Samples heard so far."""
         self.ended = False
 
+    def end_after(self, seconds: float | None) -> None:
+        """The silence that ends an utterance from now on (None: the configured one)."""
+        self._endpointer.end_after(seconds)
+
     async def _read(self) -> None:
         try:
             async for block in self._source:

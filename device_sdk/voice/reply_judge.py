@@ -53,6 +53,7 @@ from device_sdk.protocol.fields import Decision
 
 from .asr import AsrEngine, transcribe
 from .grammar import Grammar, build_grammar, words_of
+from .lexicon import english_words
 from .replies import ACCEPT_PHRASES, DECLINE_PHRASES, interpret_reply, normalise
 from .sources import RATE
 from .whisper import REPLY_TOKENS, WhisperEngine
@@ -107,12 +108,16 @@ _FUNCTION_WORDS = frozenset({"the", "it", "a"})
 
 
 def _looks_like_ours(word: str) -> bool:
-    """A word that is not one of the accept phrases' but is spelt much like one ("comfort",
-    "conform", "concern", "inform" for "confirm"; "border" for "order"): Whisper heard another word.
-    Close spellings count; looser ones only with the same first letter ("good" is not "order")."""
-    if len(word) < 4 or word in _ALSO_OURS:
+    """An English word that is not one of the accept phrases' but is spelt much like one
+    ("comfort", "conform", "concern", "inform" for "confirm"; "border" for "order"): Whisper heard
+    another word. Close spellings count; looser ones only with the same first letter ("good" is
+    not "order"); a piece of one of ours ("Okay, firm.": "confirm" cut in two) and a string that is
+    no word at all ("orrogo": garbled) are no other word."""
+    if len(word) < 4 or word in _ALSO_OURS or word not in english_words():
         return False
     for ours in _OURS:
+        if word in ours:
+            continue
         ratio = SequenceMatcher(None, word, ours).ratio()
         if ratio >= 0.6 or (ratio >= 0.4 and word[0] == ours[0]):
             return True
@@ -126,7 +131,7 @@ def opinion(text: str, first: str) -> Opinion:
     words = normalise(text).split()
     if _QUESTION.search(text) or any(w in DOUBT or _looks_like_ours(w) for w in words):
         return Opinion.DECLINE if " ".join(words) in DECLINE_PHRASES else Opinion.VETO
-    whole = " ".join(words)
+    whole = " ".join(_SAME.get(w, w) for w in words)
     if whole in SHORT_ACCEPTS and whole != first:
         return Opinion.NEUTRAL  # a bare "Yes." is what Whisper writes for "guess" and "yet" too
     if whole in ACCEPT_PHRASES:
