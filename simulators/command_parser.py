@@ -33,6 +33,7 @@ UNITS = {
 LEADS = (
     "we're out of", "we are out of", "i'm out of", "i am out of", "we ran out of", "i ran out of", "out of",
     "can i get", "can i have", "could i get", "i'll take", "i will take", "let's get", "we need", "pick up",
+    "i'd love", "i would love", "grab us", "toss", "throw in",
     "please", "can you", "could you", "would you", "i want to", "i'd like to", "i would like to", "i want",
     "i'd like", "i would like", "i need", "buy me", "order me", "get me", "get us", "buy us", "order us", "buy",
     "order", "reorder", "purchase", "get", "grab", "add", "put", "me", "some", "more", "the", "also", "and",
@@ -40,8 +41,9 @@ LEADS = (
 """What people say before the items; longer phrases first (each is stripped while one matches)."""
 TRAILS = (
     "to my shopping list", "to my cart", "to the cart", "to cart", "in my cart", "in the cart", "into my cart",
-    "to my basket", "to the basket", "in my basket", "to my list", "to the list", "on my list", "to my order",
-    "for me", "for us", "right now", "today", "please", "thanks", "thank you",
+    "to my basket", "to the basket", "in my basket", "in the basket", "into the basket", "to my list",
+    "to the list", "on my list", "to my order",
+    "for me", "for us", "right now", "right away", "today", "please", "thanks", "thank you",
 )  # fmt: skip
 CONNECTORS = ("and", "and also", "plus", "as well as")
 _CONNECTOR = re.compile(

@@ -16,6 +16,8 @@ Scores, as the case format defines them:
   device (end of speech, every hearing of the reply, the mandate and the checkout).
 - `asr_rtf`: every engine's decode seconds over the seconds of audio it was given.
 - `by_locale`: the same figures for the cases of each locale (`locale`, default en-US).
+- `fallback_offered`: sessions where the voice heard no answer and the device offered its other
+  path (a button); the simulated user never takes it, so such a case counts as unanswered.
 
 `engine` names the hearing: `hybrid` (pocketsphinx, Whisper as the second opinion on replies, the
 forced choice against near misses) unless `--engine` runs one alone; with `--text` the command
@@ -48,7 +50,7 @@ from . import natural_voice
 from .command_parser import CommandParser
 from .scenario import ShopBackend
 from .speaker import SimulatedSpeaker
-from .voice_user import converse
+from .voice_user import SimulatedButton, converse
 
 
 class Line(BaseModel):
@@ -148,6 +150,7 @@ class CaseResult:
             "latency_ms": self.latency_ms,
             "reply_latency_ms": self.reply_latency_ms,
             "barge_in": self.run.barge_in,
+            "fallback_offered": self.run.fallback_offered,
             "locale": self.case.locale,
             "judged": [
                 {"row": j.row, "whisper": j.second, "opinion": j.opinion, "guard": j.guard} for j in self.run.judgements
@@ -193,6 +196,7 @@ def _figures(results: list[CaseResult]) -> dict[str, Any]:
         "multi_task_success": share("multi"),
         "policy_task_success": share("policy"),
         "false_confirmations": sum(r.false_confirmation for r in results),
+        "fallback_offered": sum(r.run.fallback_offered for r in results),
         "latency_ms": _spread([r.latency_ms for r in results]),
         "reply_latency_ms": _spread([r.reply_latency_ms for r in results]),
     }
@@ -239,6 +243,7 @@ async def run_case(
                 realtime=realtime,
                 judge=hearing.judge,
                 fallback=hearing.fallback,
+                button=SimulatedButton(press=False),  # offered, never pressed: the case counts as unanswered
             )
             room = user.room
             if run.rendered_at is not None and room.spoken:

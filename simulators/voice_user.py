@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from device_sdk.consent.readback import ANSWER_PROMPT
 from device_sdk.device.client import DeviceClient
 from device_sdk.voice.asr import AsrEngine
-from device_sdk.voice.assistant import Voice, VoiceAssistant, VoiceConfig, VoiceRun
+from device_sdk.voice.assistant import Button, Voice, VoiceAssistant, VoiceConfig, VoiceRun
 from device_sdk.voice.grammar import Vocabulary
 from device_sdk.voice.reply_judge import ReplyJudge
 from device_sdk.voice.sources import RATE, Pcm
@@ -85,6 +85,20 @@ class RoomSource:
 
 
 @dataclass
+class SimulatedButton:
+    """A speaker's button and the user's thumb: pressed when the device asks for it (`press`), or
+    never. The user decides at once, so a case that does not press costs no waiting."""
+
+    press: bool = False
+    offered: int = 0
+
+    async def pressed(self, timeout: float) -> bool:
+        self.offered += 1
+        await asyncio.sleep(0)
+        return self.press
+
+
+@dataclass
 class VoiceUser:
     """Says `command` at once, then one reply from `replies` each time the device stops talking."""
 
@@ -120,6 +134,7 @@ async def converse(
     config: VoiceConfig | None = None,
     judge: ReplyJudge | None = None,
     fallback: AsrEngine | None = None,
+    button: Button | None = None,
 ) -> tuple[VoiceRun, VoiceUser]:
     """One voice session in a room: the user says `command`, then a reply each time the device
     asks; the device's `VoiceAssistant` hears them (replies decided by `judge`, default the engine's
@@ -134,7 +149,7 @@ async def converse(
 
     voice = Voice(output=output, synthesize=realtime)  # a read-back takes its time only in real time
     async with VoiceAssistant(
-        device, engine, vocabulary, room, voice=voice, config=config, judge=judge, fallback=fallback
+        device, engine, vocabulary, room, voice=voice, config=config, judge=judge, fallback=fallback, button=button
     ) as assistant:
         user.start()
         try:

@@ -20,7 +20,7 @@ from device_sdk.bus.embedded import EmbeddedBroker
 from device_sdk.consent.mandate import unverified_claims
 from device_sdk.device.client import DeviceClient
 from device_sdk.protocol.errors import ConfigError, ErrorCode, VoiceError
-from device_sdk.protocol.fields import Decision
+from device_sdk.protocol.fields import Decision, Modality
 from device_sdk.voice.asr import transcribe
 from device_sdk.voice.assistant import Voice, VoiceAssistant, VoiceRun
 from device_sdk.voice.endpointing import EndpointConfig, Endpointer
@@ -36,7 +36,7 @@ from device_sdk.voice.vosk import VoskEngine
 from simulators.catalog import demo_catalog
 from simulators.command_parser import CommandParser
 from simulators.scenario import ShopBackend
-from simulators.voice_user import RoomSource, VoiceUser, converse
+from simulators.voice_user import RoomSource, SimulatedButton, VoiceUser, converse
 
 
 def need(tool: str, package: str) -> None:
@@ -317,14 +317,19 @@ async def backend() -> AsyncIterator[ShopBackend]:
 
 
 async def voice_session(
-    backend: ShopBackend, sphinx: SphinxEngine, command: str, replies: list[str], device_id: str = "speaker-v"
+    backend: ShopBackend,
+    sphinx: SphinxEngine,
+    command: str,
+    replies: list[str],
+    device_id: str = "speaker-v",
+    button: SimulatedButton | None = None,
 ) -> tuple[VoiceRun, VoiceUser]:
     key = await asyncio.to_thread(backend.provision, device_id)
     vocabulary = CommandParser(backend.catalog).vocabulary()
     spoken = [trim_silence(speech(r)) for r in replies]
     async with DeviceClient(backend.url, device_id, topics=backend.topics, key=key) as device:
         run, user = await asyncio.wait_for(
-            converse(device, sphinx, vocabulary, trim_silence(speech(command)), spoken), 60
+            converse(device, sphinx, vocabulary, trim_silence(speech(command)), spoken, button=button), 60
         )
     return run, user
 
@@ -349,6 +354,26 @@ async def test_a_declined_or_unclear_answer_places_nothing(backend: ShopBackend,
     assert unclear.outcome == "not_confirmed" and unclear.mandate is None
     assert len(unclear.replies) == 2 and sum("did not get that" in said for said in user.heard) == 1
     assert backend.checkout.orders == []
+
+
+async def test_when_the_voice_hears_no_answer_a_button_press_confirms(
+    backend: ShopBackend, sphinx: SphinxEngine
+) -> None:
+    """The other path: after two unheard replies a speaker with a button offers it; a press confirms
+    what was read back, with a mandate that names the button; no press places nothing."""
+    unheard = ["what is the delivery time", "tell me a joke"]
+    pressed = SimulatedButton(press=True)
+    run, user = await voice_session(backend, sphinx, "order two bottles of shampoo", unheard, "speaker-b", pressed)
+    assert run.fallback_offered and pressed.offered == 1 and "Press the button" in user.heard[-1]
+    assert run.outcome == "ordered" and run.modality is Modality.BUTTON
+    assert unverified_claims(run.mandate)["modality"] == "button"  # type: ignore[arg-type]
+    assert backend.verifier.last is not None and backend.verifier.last.modality == "button"
+    idle = SimulatedButton(press=False)
+    run, _ = await voice_session(backend, sphinx, "order two bottles of shampoo", unheard, "speaker-n", idle)
+    assert run.fallback_offered and run.outcome == "not_confirmed" and run.mandate is None
+    declined, _ = await voice_session(backend, sphinx, "order two bottles of shampoo", ["cancel"], "speaker-c", idle)
+    assert declined.outcome == "declined" and not declined.fallback_offered  # heard: nothing to offer
+    assert len(backend.checkout.orders) == 1
 
 
 async def test_silence_after_the_read_back_is_no_confirmation(backend: ShopBackend, sphinx: SphinxEngine) -> None:

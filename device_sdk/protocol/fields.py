@@ -82,6 +82,8 @@ class Modality(StrEnum):
     LENS_TAP = "lens_tap"
     PHONE_SHEET = "phone_sheet"
     TEXT = "text"
+    BUTTON = "button"
+    """A press of the device's own button after the spoken read-back: the voice's other path."""
 
 
 class Decision(StrEnum):

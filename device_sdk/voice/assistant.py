@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from device_sdk.device.client import DeviceClient, Offer
 from device_sdk.protocol.errors import OUTCOME_OF, ErrorCode, RemoteError, RequestTimeout, VoiceError
@@ -41,6 +42,7 @@ _NOT_UNDERSTOOD = (ErrorCode.NOT_UNDERSTOOD, ErrorCode.ITEM_NOT_FOUND, ErrorCode
 
 
 ASK_AGAIN = "Sorry, I did not catch that. What would you like to buy?"
+PRESS_TO_CONFIRM = "I could not hear your answer. Press the button to place the order, or do nothing to cancel."
 NOT_FOUND = "Sorry, I could not find that."
 CANCELLED = "Cancelled."
 
@@ -81,6 +83,14 @@ class Voice:
         await self.output(text, pcm)
 
 
+class Button(Protocol):
+    """A device's own button: the other way to confirm when the voice cannot hear the answer."""
+
+    async def pressed(self, timeout: float) -> bool:
+        """True when the user pressed it within `timeout` seconds (presses before the call do not count)."""
+        ...
+
+
 @dataclass(frozen=True)
 class VoiceConfig:
     endpoint: EndpointConfig = field(default_factory=lambda: EndpointConfig(end_s=0.5))
@@ -91,6 +101,8 @@ class VoiceConfig:
     """Silence that ends a reply (None: the endpoint's own): answers are short, so they are cut
     sooner than commands, and the decision comes sooner."""
     reply_timeout_s: float = 6.0
+    button_timeout_s: float = 10.0
+    """How long the device waits for a press once it has offered its button (`Button`)."""
     """Audio with no reply that counts as no answer."""
     reprompts: int = 1
     open_vocabulary: bool = True
@@ -129,6 +141,10 @@ class VoiceRun:
     asr_seconds: float = 0.0
     audio_seconds: float = 0.0
     session_id: str = field(default_factory=lambda: new_id("ses"))
+    fallback_offered: bool = False
+    """The voice could not hear an answer and the device offered its button instead."""
+    modality: Modality | None = None
+    """How the user confirmed (the mandate names it): voice, or the button of the other path."""
 
 
 class VoiceAssistant:
@@ -146,10 +162,13 @@ class VoiceAssistant:
         config: VoiceConfig | None = None,
         judge: ReplyJudge | None = None,
         fallback: AsrEngine | None = None,
+        button: Button | None = None,
     ) -> None:
         self.device = device
         self.engine = engine
         self.fallback = fallback
+        self.button = button
+        """After two unheard replies the device offers this button instead of giving up (None: no button)."""
         """Hears a command the grammar did not, with no grammar (default: `engine`'s language model)."""
         self.judge = judge or ReplyJudge(guard=engine if isinstance(engine, SphinxEngine) else None)
         """Decides each reply (default: the engine's hearing, and the forced choice on pocketsphinx)."""
@@ -263,13 +282,17 @@ class VoiceAssistant:
             return run
         run.rendered_at = time.monotonic()
         run.decision = await self._confirm(run, run.offer)
+        if run.decision is Decision.NO_ANSWER:
+            run.decision = await self._press_to_confirm(run, run.offer)
+        modality = run.modality or self.config.modality
         if run.decision is Decision.CONFIRM:
-            run.mandate = self.device.sign(run.offer, self.config.modality)
+            run.modality = modality
+            run.mandate = self.device.sign(run.offer, modality)
         heard = " / ".join(run.answers) or None
         run.result = await self.device.answer(
             run.offer,
             run.decision,
-            modality=self.config.modality,
+            modality=modality,
             heard=heard,
             mandate=run.mandate,
             timeout=self.config.request_timeout_s,
@@ -341,6 +364,18 @@ class VoiceAssistant:
             if await self._say_listening(REPROMPT, run):
                 run.barge_in = True
                 return Decision.DECLINE
+
+    async def _press_to_confirm(self, run: VoiceRun, offer: Offer) -> Decision:
+        """The other path: when the voice could not hear an answer, a device with a button offers it,
+        if the checkout's terms allow a press; a press confirms what was read back, nothing cancels."""
+        if self.button is None or Modality.BUTTON not in offer.request.consent.modalities:
+            return Decision.NO_ANSWER
+        run.fallback_offered = True
+        await self.voice.say(PRESS_TO_CONFIRM)
+        if await self.button.pressed(self.config.button_timeout_s):
+            run.modality = Modality.BUTTON
+            return Decision.CONFIRM
+        return Decision.NO_ANSWER
 
     async def _first_hearing(self, utterance: Utterance, run: VoiceRun) -> str:
         """The reply on the reply grammar, as it counts (`reply_text`), published as a transcript."""

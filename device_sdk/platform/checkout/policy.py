@@ -50,9 +50,11 @@ class RiskPolicy(BaseModel):
     payment_handlers: list[str] = Field(default_factory=lambda: ["shop-wallet"])
 
     def modalities(self, proposal: CheckoutProposal) -> list[Modality]:
-        """How this proposal may be confirmed: voice too when it is within the voice cap."""
+        """How this proposal may be confirmed: voice (and text, and a button press after the spoken
+        read-back) too when it is within the voice cap."""
         strong = list(STRONG_MODALITIES)
-        return [Modality.VOICE, Modality.TEXT, *strong] if self.voice_allowed(proposal) else strong
+        spoken = [Modality.VOICE, Modality.TEXT, Modality.BUTTON]  # all confirm the read-back alone
+        return [*spoken, *strong] if self.voice_allowed(proposal) else strong
 
     def voice_allowed(self, proposal: CheckoutProposal) -> bool:
         cap = self.voice_cap_minor.get(proposal.currency)
