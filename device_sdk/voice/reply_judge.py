@@ -228,6 +228,8 @@ class ReplyJudge:
 
     def __post_init__(self) -> None:
         self._choice = forced_choice_grammar()
+        if self.second is not None:
+            english_words()  # read the dictionary now, not on the first reply
 
     async def judge(self, pcm: bytes, first: Awaitable[str]) -> Judgement:
         """Decide the reply in `pcm`; `first` gives what the reply grammar heard (`reply_text`)."""
