@@ -61,14 +61,27 @@ from .whisper import REPLY_TOKENS, WhisperEngine
 T = TypeVar("T")
 
 NEAR_MISSES: dict[str, tuple[str, ...]] = {
-    "confirm": ("conform", "inform", "concern", "con form", "can form", "confirms", "conformed", "reform", "perform"),
+    "confirm": (
+        "conform",
+        "inform",
+        "concern",
+        "comfort",
+        "con form",
+        "can form",
+        "confirms",
+        "conformed",
+        "reform",
+        "perform",
+    ),
     "yes": ("guess", "yet", "less", "jess", "yeah", "chess", "mess"),
     "place": ("play", "plays", "pace"),
     "order": ("older", "border"),
 }
 """Words of the accept phrases and what they are misheard for (no homophones: "by" sounds as "buy")."""
-NEGATIONS = ("don't", "do not", "i can't", "i cannot", "not", "never", "i won't")
-"""Said before an accept phrase, each makes it a refusal: rivals in the forced choice."""
+NEGATIONS = ("don't", "do not", "i can't", "i cannot", "not", "never", "i won't", "can you", "should i", "did you")
+"""Said before an accept phrase, each makes it a refusal or a question: rivals in the forced choice."""
+VERBS = frozenset({"confirm", "buy", "place"})
+"""Words of the accept phrases that "don't" can go before inside them ("yes please don't buy it")."""
 
 
 class Verdict(StrEnum):
@@ -147,9 +160,10 @@ def opinion(text: str, first: str) -> Opinion:
 
 def rival_phrases(accept: str) -> list[str]:
     """The near misses of one accept phrase: each word swapped for each of its near misses, and the
-    phrase negated."""
+    phrase negated, before it and inside it."""
     words = accept.split()
     rivals = {f"{negation} {accept}" for negation in NEGATIONS}
+    rivals |= {" ".join([*words[:i], "don't", *words[i:]]) for i, word in enumerate(words) if i and word in VERBS}
     for i, word in enumerate(words):
         for miss in NEAR_MISSES.get(word, ()):
             rivals.add(" ".join([*words[:i], miss, *words[i + 1 :]]))
