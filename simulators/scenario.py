@@ -226,9 +226,7 @@ async def run_demo(
             run = await speaker.run_voice(
                 say,
                 replies,
-                engine=heard.engine,
-                judge=heard.judge,
-                fallback=heard.fallback,
+                hearing=heard,
                 vocabulary=vocabulary,
                 timeout=timeout,
             )

@@ -17,11 +17,10 @@ from device_sdk.device.client import DeviceClient, Offer
 from device_sdk.protocol.errors import RemoteError
 from device_sdk.protocol.fields import Decision, Modality
 from device_sdk.protocol.messages import OrderResult
-from device_sdk.voice.asr import AsrEngine
 from device_sdk.voice.assistant import VoiceConfig
+from device_sdk.voice.engines import Hearing
 from device_sdk.voice.grammar import Vocabulary
 from device_sdk.voice.replies import REPROMPT, ReplyDialog
-from device_sdk.voice.reply_judge import ReplyJudge
 from device_sdk.voice.tts import synthesize, trim_silence
 
 from .voice_user import converse
@@ -83,10 +82,8 @@ class SimulatedSpeaker:
         say: str,
         replies: Iterable[str],
         *,
-        engine: AsrEngine,
+        hearing: Hearing,
         vocabulary: Vocabulary,
-        judge: ReplyJudge | None = None,
-        fallback: AsrEngine | None = None,
         realtime: bool = False,
         timeout: float = 30.0,
     ) -> SpeakerRun:
@@ -96,15 +93,13 @@ class SimulatedSpeaker:
         answers = [trim_silence(await asyncio.to_thread(synthesize, reply)) for reply in replies]
         voice_run, user = await converse(
             self.device,
-            engine,
+            hearing,
             vocabulary,
             command,
             answers,
             realtime=realtime,
             present=self.present,
             config=VoiceConfig(request_timeout_s=timeout),
-            judge=judge,
-            fallback=fallback,
         )
         return SpeakerRun(
             said=say,

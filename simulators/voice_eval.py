@@ -39,8 +39,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from device_sdk.bus.embedded import EmbeddedBroker
 from device_sdk.device.client import DeviceClient
-from device_sdk.protocol.errors import OUTCOME_OF, AgentError, ConfigError, ErrorCode
-from device_sdk.voice.assistant import VoiceRun
+from device_sdk.protocol.errors import AgentError, ConfigError, ErrorCode
+from device_sdk.voice.assistant import VoiceRun, refusal_outcome
 from device_sdk.voice.engines import Hearing, hearing_named
 from device_sdk.voice.grammar import Vocabulary
 from device_sdk.voice.sources import read_wav
@@ -236,13 +236,11 @@ async def run_case(
             replies = [reply] if reply else []
             run, user = await converse(
                 device,
-                hearing.engine,
+                hearing,
                 vocabulary,
                 command,
                 replies,
                 realtime=realtime,
-                judge=hearing.judge,
-                fallback=hearing.fallback,
                 button=SimulatedButton(press=False),  # offered, never pressed: the case counts as unanswered
             )
             room = user.room
@@ -270,7 +268,7 @@ async def _typed(device: DeviceClient, case: VoiceCase) -> VoiceRun:
     if spoken.result is not None:
         run.outcome = spoken.result.outcome.value
     elif spoken.error is not None:
-        run.outcome = OUTCOME_OF.get(spoken.error.code, "not_understood")
+        run.outcome = refusal_outcome(spoken.error)
     return run
 
 

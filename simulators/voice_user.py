@@ -20,10 +20,9 @@ from dataclasses import dataclass, field
 
 from device_sdk.consent.readback import ANSWER_PROMPT
 from device_sdk.device.client import DeviceClient
-from device_sdk.voice.asr import AsrEngine
 from device_sdk.voice.assistant import Button, Voice, VoiceAssistant, VoiceConfig, VoiceRun
+from device_sdk.voice.engines import Hearing
 from device_sdk.voice.grammar import Vocabulary
-from device_sdk.voice.reply_judge import ReplyJudge
 from device_sdk.voice.sources import RATE, Pcm
 
 _BLOCK = 1024  # 64 ms, as Wyoming sends
@@ -124,7 +123,7 @@ class VoiceUser:
 
 async def converse(
     device: DeviceClient,
-    engine: AsrEngine,
+    hearing: Hearing,
     vocabulary: Vocabulary,
     command: bytes,
     replies: Sequence[bytes],
@@ -132,13 +131,11 @@ async def converse(
     realtime: bool = False,
     present: Callable[[str], None] | None = None,
     config: VoiceConfig | None = None,
-    judge: ReplyJudge | None = None,
-    fallback: AsrEngine | None = None,
     button: Button | None = None,
 ) -> tuple[VoiceRun, VoiceUser]:
     """One voice session in a room: the user says `command`, then a reply each time the device
-    asks; the device's `VoiceAssistant` hears them (replies decided by `judge`, default the engine's
-    own hearing). `present` sees each prompt as it is said."""
+    asks; the device's `VoiceAssistant` hears them with `hearing`. `present` sees each prompt as
+    it is said."""
     room = RoomSource(realtime=realtime)
     user = VoiceUser(room, command, replies, realtime=realtime)
 
@@ -148,8 +145,8 @@ async def converse(
         await user.output(text, pcm)
 
     voice = Voice(output=output, synthesize=realtime)  # a read-back takes its time only in real time
-    async with VoiceAssistant(
-        device, engine, vocabulary, room, voice=voice, config=config, judge=judge, fallback=fallback, button=button
+    async with VoiceAssistant.with_hearing(
+        device, hearing, vocabulary, room, voice=voice, config=config, button=button
     ) as assistant:
         user.start()
         try:

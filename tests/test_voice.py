@@ -24,6 +24,7 @@ from device_sdk.protocol.fields import Decision, Modality
 from device_sdk.voice.asr import transcribe
 from device_sdk.voice.assistant import Voice, VoiceAssistant, VoiceRun
 from device_sdk.voice.endpointing import EndpointConfig, Endpointer
+from device_sdk.voice.engines import Hearing
 from device_sdk.voice.grammar import UNKNOWN, Vocabulary, reply_grammar
 from device_sdk.voice.lexicon import ipa_to_arpabet, pronunciations
 from device_sdk.voice.listener import Listener, WakeWord
@@ -329,7 +330,7 @@ async def voice_session(
     spoken = [trim_silence(speech(r)) for r in replies]
     async with DeviceClient(backend.url, device_id, topics=backend.topics, key=key) as device:
         run, user = await asyncio.wait_for(
-            converse(device, sphinx, vocabulary, trim_silence(speech(command)), spoken, button=button), 60
+            converse(device, Hearing.of(sphinx), vocabulary, trim_silence(speech(command)), spoken, button=button), 60
         )
     return run, user
 

@@ -34,7 +34,6 @@ from .replies import REPROMPT, ReplyDialog, interpret_reply
 from .reply_audio import reply_text
 from .reply_judge import Judgement, ReplyJudge
 from .sources import RATE, Pcm
-from .sphinx import SphinxEngine
 from .tts import espeak_available, play, synthesize
 
 log = logging.getLogger(__name__)
@@ -101,9 +100,9 @@ class VoiceConfig:
     """Silence that ends a reply (None: the endpoint's own): answers are short, so they are cut
     sooner than commands, and the decision comes sooner."""
     reply_timeout_s: float = 6.0
+    """Audio with no reply that counts as no answer."""
     button_timeout_s: float = 10.0
     """How long the device waits for a press once it has offered its button (`Button`)."""
-    """Audio with no reply that counts as no answer."""
     reprompts: int = 1
     open_vocabulary: bool = True
     """When the command grammar hears no command, send what an open vocabulary heard: the
@@ -128,8 +127,6 @@ class VoiceRun:
     """How each reply was decided: the hearings and the row of the decision table."""
     finished_at: float | None = None
     """`time.monotonic()` when the order result (or the refusal) reached the device."""
-    replied_at: list[float] = field(default_factory=list)
-    """`time.monotonic()` when each reply's utterance was cut (its end of speech detected)."""
     barge_in: bool = False
     decision: Decision | None = None
     mandate: str | None = None
@@ -170,7 +167,7 @@ class VoiceAssistant:
         self.button = button
         """After two unheard replies the device offers this button instead of giving up (None: no button)."""
         """Hears a command the grammar did not, with no grammar (default: `engine`'s language model)."""
-        self.judge = judge or ReplyJudge(guard=engine if isinstance(engine, SphinxEngine) else None)
+        self.judge = judge or Hearing.of(engine).judge
         """Decides each reply (default: the engine's hearing, and the forced choice on pocketsphinx)."""
         self.config = config or VoiceConfig()
         self.voice = voice or Voice()
@@ -188,11 +185,12 @@ class VoiceAssistant:
         *,
         voice: Voice | None = None,
         config: VoiceConfig | None = None,
+        button: Button | None = None,
     ) -> VoiceAssistant:
         """An assistant that hears with `hearing` (`hearing_named()`: the hybrid, the default)."""
         return cls(
             device, hearing.engine, vocabulary, source, voice=voice, config=config, judge=hearing.judge,
-            fallback=hearing.fallback,
+            fallback=hearing.fallback, button=button,
         )  # fmt: skip
 
     async def recognise(
@@ -277,7 +275,7 @@ class VoiceAssistant:
             run.offer = await self.device.ask(text, session_id=run.session_id, timeout=self.config.request_timeout_s)
         except RemoteError as exc:
             run.error = exc
-            run.outcome = OUTCOME_OF.get(exc.code, "not_understood" if exc.code in _NOT_UNDERSTOOD else "not_confirmed")
+            run.outcome = refusal_outcome(exc)
             await self.voice.say(_refusal_text(exc))
             return run
         run.rendered_at = time.monotonic()
@@ -350,7 +348,6 @@ class VoiceAssistant:
             decision: Decision | None = None
             reply: str | None = None
             if utterance is not None:
-                run.replied_at.append(time.monotonic())
                 judgement = await self.judge.judge(utterance.pcm, self._first_hearing(utterance, run))
                 run.judgements.append(judgement)
                 run.asr_seconds += judgement.asr_seconds
@@ -412,6 +409,12 @@ class VoiceAssistant:
             if not speaking.done():
                 speaking.cancel()
         return False
+
+
+def refusal_outcome(refusal: RemoteError) -> str:
+    """A session's outcome when the agent or the gateway refused its request: the policy's
+    outcomes as they are, `not_understood` for a command the agent could not read."""
+    return OUTCOME_OF.get(refusal.code, "not_understood" if refusal.code in _NOT_UNDERSTOOD else "not_confirmed")
 
 
 def _refusal_text(refusal: RemoteError | OrderResult) -> str:

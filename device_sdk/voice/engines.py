@@ -41,6 +41,11 @@ class Hearing:
     fallback: AsrEngine | None = None
     """Hears, with no grammar, a command the grammar did not (None: the engine's own language model)."""
 
+    @classmethod
+    def of(cls, engine: AsrEngine) -> Hearing:
+        """One engine alone: its replies need the forced choice where it is pocketsphinx."""
+        return cls(engine.name, engine, ReplyJudge(guard=engine if isinstance(engine, SphinxEngine) else None))
+
 
 def hearing_named(
     name: str = "hybrid", *, model: str | Path | None = None, whisper_model: str | Path | None = None,
@@ -57,6 +62,5 @@ def hearing_named(
     if name == "whisper":
         alone = WhisperEngine(whisper_model or model, language=language)
         alone.warm()
-        return Hearing(name, alone, ReplyJudge())
-    engine = engine_named(name, model)
-    return Hearing(name, engine, ReplyJudge(guard=engine if isinstance(engine, SphinxEngine) else None))
+        return Hearing.of(alone)
+    return Hearing.of(engine_named(name, model))

@@ -141,17 +141,16 @@ def opinion(text: str, first: str) -> Opinion:
     """Whisper's transcript `text` as an opinion on a reply whose first hearing was `first`."""
     if not text.strip():
         return Opinion.NEUTRAL
-    words = normalise(text).split()
-    if _QUESTION.search(text) or any(w in DOUBT or _looks_like_ours(w) for w in words):
-        return Opinion.DECLINE if " ".join(words) in DECLINE_PHRASES else Opinion.VETO
-    whole = " ".join(_SAME.get(w, w) for w in words)
+    said = [_SAME.get(w, w) for w in normalise(text).split()]
+    whole = " ".join(said)
+    if whole in DECLINE_PHRASES:
+        return Opinion.DECLINE
+    if _QUESTION.search(text) or any(w in DOUBT or _looks_like_ours(w) for w in said):
+        return Opinion.VETO
     if whole in SHORT_ACCEPTS and whole != first:
         return Opinion.NEUTRAL  # a bare "Yes." is what Whisper writes for "guess" and "yet" too
     if whole in ACCEPT_PHRASES:
         return Opinion.ACCEPT
-    if whole in DECLINE_PHRASES:
-        return Opinion.DECLINE
-    said = [_SAME.get(w, w) for w in words]
     needed = [w for w in first.split() if w not in _FUNCTION_WORDS]
     if first in ACCEPT_PHRASES and all(w in said for w in needed) and len(said) <= len(first.split()) + 1:
         return Opinion.SUPPORTS
