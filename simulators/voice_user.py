@@ -3,7 +3,9 @@
 `RoomSource` is an audio source that yields silence, and the user's speech when `speak` queued
 some, in blocks of 1,024 samples (64 ms): with `realtime` at the pace of a live microphone;
 by default speech as fast as it is read and silence at 20 times real time, so timeouts counted
-in samples still pass while the pipeline waits on the network. `sample_time(n)` tells when sample `n` was
+in samples still pass while the pipeline waits on the network. Then each utterance starts on a
+grid of 0.96 s, so how long the network took does not move the speech against the endpointer's
+frames, and a run hears the same audio every time. `sample_time(n)` tells when sample `n` was
 delivered, for latency measurements.
 
 `VoiceUser` speaks a command, then its replies each time the device finishes talking: it is the
@@ -26,6 +28,8 @@ from device_sdk.voice.grammar import Vocabulary
 from device_sdk.voice.sources import RATE, Pcm
 
 _BLOCK = 1024  # 64 ms, as Wyoming sends
+_GRID = 15 * _BLOCK
+"""0.96 s: a whole number of blocks and of 10, 20 and 30 ms endpointer frames."""
 
 
 class RoomSource:
@@ -62,13 +66,13 @@ class RoomSource:
         pending = b""
         started = time.monotonic()
         while not (self.closed and not pending and not self._queue):
-            if not pending and self._queue:
+            if not pending and self._queue and (self.realtime or self.position % _GRID == 0):
                 pending = self._queue.popleft()
                 first = self.position + self._lead_in // 2
                 self.spoken.append((first, self.position + len(pending) // 2))
             if self.realtime:
                 await asyncio.sleep(max(0.0, started + self.position / RATE - time.monotonic()))
-            elif pending:
+            elif pending or self._queue:
                 await asyncio.sleep(0)
             else:
                 self._wake.clear()
