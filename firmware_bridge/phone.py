@@ -14,6 +14,9 @@ exactly that text; the bridge sends it on and answers the intent with the order'
 phone cannot confirm at all (no sheet, the sheet cannot be shown or does not answer, or the
 checkout does not take `phone_sheet`), nothing is ordered: the offer is left unconfirmed and the
 answer carries a deep link that hands the cart to the phone's shopping app, to be confirmed there.
+
+A phone paired at provisioning with a speaker or glasses also confirms the offers they hand over
+when their own modality cannot get an answer (`HandedOffers`): the same sheet, the phone's key.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from device_sdk.consent.readback import compose_phone_sheet, display_digest
 from device_sdk.device.client import DeviceClient, Offer
 from device_sdk.protocol.errors import OUTCOME_OF, DeviceSdkError, ErrorCode, IntentError, RemoteError
 from device_sdk.protocol.fields import Decision, Modality, Outcome
-from device_sdk.protocol.messages import IntentResult
+from device_sdk.protocol.messages import ConfirmationRequest, IntentResult, OrderResult
 from device_sdk.service import Service
 
 from .intents import MAX_INTENT, IntentVerifier, OemIntent
@@ -257,13 +260,7 @@ class IntentBridge(Service):
                 intent_id=intent.intent_id, outcome=Outcome(outcome) if outcome else None, code=exc.code, text=exc.text
             )
         text = compose_phone_sheet(offer.request.proposal)
-        answer: SheetAnswer | None = None
-        if self.sheet is not None and Modality.PHONE_SHEET in offer.request.consent.modalities:
-            try:
-                async with asyncio.timeout(self.sheet_timeout):
-                    answer = await self.sheet.present(offer, text)
-            except TimeoutError:
-                log.warning("the sheet gave no answer within %s s: handing the cart to the app", self.sheet_timeout)
+        answer = await on_sheet(self.sheet, offer, text, self.sheet_timeout)
         if answer is None:
             link = deep_link(offer, self.deep_link_base)
             result = await self.device.answer(
@@ -276,18 +273,7 @@ class IntentBridge(Service):
                 code=ErrorCode.NOT_CONFIRMED,
                 text="the phone could not confirm here: the cart is handed to the app",
             )
-        decision = answer.decision
-        if decision is Decision.CONFIRM and answer.mandate is None:
-            log.warning("the sheet confirmed without a mandate: taken as no answer")
-            decision = Decision.NO_ANSWER
-        order = await self.device.answer(
-            offer,
-            decision,
-            modality=Modality.PHONE_SHEET,
-            presented=text,
-            heard=f"sheet: {decision.value}",
-            mandate=answer.mandate if decision is Decision.CONFIRM else None,
-        )
+        order = await answer_from_sheet(self.device, offer, text, answer)
         return IntentResult(
             intent_id=intent.intent_id,
             outcome=order.outcome,
@@ -296,3 +282,79 @@ class IntentBridge(Service):
             currency=order.currency,
             text=order.reason,
         )
+
+
+class HandedOffers(Service):
+    """The sheet for the offers that a device paired with this phone at provisioning hands over
+    (`DeviceClient.hand_over`, when its voice could not hear the answer): each is shown on `sheet`
+    as `compose_phone_sheet` writes it, and confirmed with a `phone_sheet` mandate that the phone
+    signs with its own key. It reads the phone's `events()`; `answered` lists how each ended."""
+
+    def __init__(self, device: DeviceClient, sheet: ConfirmationSheet, *, sheet_timeout: float = 90.0) -> None:
+        self.device = device
+        self.sheet = sheet
+        self.sheet_timeout = sheet_timeout
+        self.answered: list[OrderResult] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        self._spawn(self._take())
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _take(self) -> None:
+        async for event in self.device.events():
+            if isinstance(event, ConfirmationRequest) and event.handed_over_from is not None:
+                self._spawn(self._present(event))
+
+    async def _present(self, request: ConfirmationRequest) -> None:
+        try:
+            offer = Offer.checked(request)
+        except DeviceSdkError as exc:
+            log.warning("a handed-over offer from %s refused: %s", request.handed_over_from, exc)
+            return
+        text = compose_phone_sheet(request.proposal)
+        answer = await on_sheet(self.sheet, offer, text, self.sheet_timeout)
+        try:
+            order = await answer_from_sheet(self.device, offer, text, answer or SheetAnswer(Decision.NO_ANSWER))
+        except DeviceSdkError as exc:
+            log.warning("the answer to %s's offer was refused: %s", request.handed_over_from, exc)
+            return
+        self.answered.append(order)
+
+
+async def on_sheet(sheet: ConfirmationSheet | None, offer: Offer, text: str, timeout: float) -> SheetAnswer | None:
+    """The user's answer on the sheet; None when there is no sheet, the offer does not take
+    `phone_sheet`, or the sheet could not be shown or gave no answer within `timeout` seconds."""
+    if sheet is None or Modality.PHONE_SHEET not in offer.request.consent.modalities:
+        return None
+    try:
+        async with asyncio.timeout(timeout):
+            return await sheet.present(offer, text)
+    except TimeoutError:
+        log.warning("the sheet gave no answer within %s s", timeout)
+        return None
+
+
+async def answer_from_sheet(device: DeviceClient, offer: Offer, text: str, answer: SheetAnswer) -> OrderResult:
+    """Send the sheet's answer on `offer` (a confirmation with no mandate counts as no answer)."""
+    decision = answer.decision
+    if decision is Decision.CONFIRM and answer.mandate is None:
+        log.warning("the sheet confirmed without a mandate: taken as no answer")
+        decision = Decision.NO_ANSWER
+    return await device.answer(
+        offer,
+        decision,
+        modality=Modality.PHONE_SHEET,
+        presented=text,
+        heard=f"sheet: {decision.value}",
+        mandate=answer.mandate if decision is Decision.CONFIRM else None,
+    )

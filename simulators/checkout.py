@@ -57,6 +57,9 @@ class CheckoutStandIn:
     async def cancel(self, checkout_id: str, outcome: Outcome, reason: str) -> None:
         await asyncio.to_thread(self.verifier.cancel, checkout_id, outcome, reason)
 
+    async def hand_over(self, checkout_id: str, device_id: str) -> tuple[str, ConsentTerms]:
+        return await asyncio.to_thread(self.verifier.hand_over, checkout_id, device_id)
+
 
 def _check_against(catalog: Catalog, proposal: CheckoutProposal) -> None:
     if proposal.currency != catalog.currency:

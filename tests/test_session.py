@@ -117,3 +117,32 @@ def test_an_unanswered_completion_is_retried_with_growing_pauses() -> None:
     session.on_complete_failed()
     session.touched = 1000.0
     assert session.needs_retry(session.touched + 60.0, 2.0) and not session.needs_retry(session.touched + 59.0, 2.0)
+
+
+def test_a_hand_over_lets_the_paired_phone_confirm_and_the_device_only_decline() -> None:
+    session, offer = offered()
+    with pytest.raises(SessionError) as caught:
+        session.on_hand_over("speaker-2", offer.checkout_id)
+    assert caught.value.code == ErrorCode.SESSION_NOT_OWNED
+    with pytest.raises(SessionError):
+        session.on_hand_over("speaker-1", "chk_other")
+    assert session.on_hand_over("speaker-1", offer.checkout_id) is Step.HAND_OVER
+    session.handed_to = "phone-1"
+    assert session.on_hand_over("speaker-1", offer.checkout_id) is Step.RESEND_OFFER  # asked again
+    with pytest.raises(SessionError) as caught:  # the device's own confirmation no longer counts
+        session.on_confirmation("speaker-1", answer(offer), now=50.0)
+    assert caught.value.code == ErrorCode.SESSION_NOT_OWNED and session.state is State.AWAITING_CONFIRMATION
+    with pytest.raises(SessionError):  # nor another device's
+        session.on_confirmation("phone-2", answer(offer), now=50.0)
+    assert session.on_confirmation("phone-1", answer(offer), now=50.0) is Step.COMPLETE
+    declining, offer2 = offered()
+    declining.handed_to = "phone-1"
+    assert declining.on_confirmation("speaker-1", answer(offer2, Decision.DECLINE), now=50.0) is Step.CANCEL
+
+
+def test_a_new_offer_in_the_session_is_no_longer_handed_over() -> None:
+    session, offer = offered()
+    session.handed_to = "phone-1"
+    assert session.on_request("speaker-1", "req_2") is Step.ASK_AGENT
+    assert session.on_offer("req_2", IssuedProposal(offer.proposal, offer.proposal.encode()), offer)
+    assert session.handed_to is None

@@ -377,6 +377,34 @@ async def test_when_the_voice_hears_no_answer_a_button_press_confirms(
     assert len(backend.checkout.orders) == 1
 
 
+async def test_when_the_voice_hears_no_answer_the_paired_phone_confirms(
+    backend: ShopBackend, sphinx: SphinxEngine
+) -> None:
+    """The other path on a speaker with no button: after two unheard replies it hands the offer to
+    the phone paired with it at provisioning; the phone's sheet confirms, its key signs."""
+    from firmware_bridge.phone import HandedOffers
+    from simulators.phone import SimulatedPhone
+
+    speaker_key = await asyncio.to_thread(backend.provision, "speaker-p")
+    phone_key = await asyncio.to_thread(backend.provision, "phone-p")
+    await asyncio.to_thread(backend.verifier.registry.pair, "speaker-p", "phone-p")
+    vocabulary = CommandParser(backend.catalog).vocabulary()
+    unheard = [trim_silence(speech(r)) for r in ("what is the delivery time", "tell me a joke")]
+    sheet = SimulatedPhone("phone-p", phone_key, phone_key)
+    async with (
+        DeviceClient(backend.url, "speaker-p", topics=backend.topics, key=speaker_key) as speaker,
+        DeviceClient(backend.url, "phone-p", topics=backend.topics, key=phone_key) as phone,
+        HandedOffers(phone, sheet),
+    ):
+        command = trim_silence(speech("order two bottles of shampoo"))
+        run, user = await asyncio.wait_for(converse(speaker, Hearing.of(sphinx), vocabulary, command, unheard), 60)
+    assert run.fallback_offered and run.handed_to == "phone-p" and "sent the order to your phone" in user.heard[-1]
+    assert run.outcome == "ordered" and run.modality is Modality.PHONE_SHEET and run.mandate is None
+    last = backend.verifier.last
+    assert last is not None and (last.device_id, last.signer, last.modality) == ("speaker-p", "phone-p", "phone_sheet")
+    assert len(sheet.shown) == 1 and len(backend.checkout.orders) == 1
+
+
 async def test_silence_after_the_read_back_is_no_confirmation(backend: ShopBackend, sphinx: SphinxEngine) -> None:
     run, _ = await voice_session(backend, sphinx, "order two bottles of shampoo", [], "speaker-s")
     assert run.outcome == "not_confirmed" and run.replies == [] and backend.checkout.orders == []

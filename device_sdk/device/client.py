@@ -45,6 +45,8 @@ from device_sdk.protocol.messages import (
     DeviceInfo,
     DeviceStatus,
     Error,
+    HandedOver,
+    HandOver,
     OrderResult,
     Ping,
     Pong,
@@ -64,6 +66,14 @@ class Offer:
     """A proposal to present to the user, with the SDK's read-back of it."""
 
     request: ConfirmationRequest
+
+    @classmethod
+    def checked(cls, request: ConfirmationRequest) -> Offer:
+        """The offer, once its read-back is the SDK's own for its proposal (else `ProtocolError`)."""
+        composed = compose_readback(request.proposal)
+        if composed != request.readback or display_digest(composed) != request.display_digest:
+            raise ProtocolError("the read-back does not match the proposal it came with", ErrorCode.DISPLAY_MISMATCH)
+        return cls(request)
 
     @property
     def readback(self) -> str:
@@ -141,6 +151,8 @@ class DeviceClient(Service):
         )
         """What the device is: retained on its info topic, and its zeroconf TXT record when advertised."""
         self._waiters: dict[str, list[_Waiter]] = {}
+        self._awaiting_result: dict[str, _Waiter] = {}
+        """Result waiters that `hand_over` set before it sent, by checkout id, for `result`."""
         self._events: DropOldest[Any] = DropOldest(1000)
         self._last_pong: float = 0.0
         self._ping_seq = 0
@@ -223,10 +235,7 @@ class DeviceClient(Service):
             request.request_id,
             timeout,
         )
-        composed = compose_readback(reply.proposal)
-        if composed != reply.readback or display_digest(composed) != reply.display_digest:
-            raise ProtocolError("the read-back does not match the proposal it came with", ErrorCode.DISPLAY_MISMATCH)
-        return Offer(reply)
+        return Offer.checked(reply)
 
     async def answer(
         self,
@@ -269,6 +278,57 @@ class DeviceClient(Service):
             timeout,
         )
         return reply
+
+    async def hand_over(self, offer: Offer, *, timeout: float = 30.0) -> str:
+        """Hand `offer` to the phone paired with this device at provisioning, for the user to confirm
+        on its sheet; returns that phone's id, or raises `RemoteError` (`not_paired`, ...). The
+        session's result then comes to both devices: `result` waits for it (however soon it came)."""
+        request = offer.request
+        waiter = self._result_waiter(request)
+        handing = HandOver(
+            session_id=request.session_id, checkout_id=request.checkout_id, checkout_hash=request.checkout_hash
+        )
+        try:
+            reply: HandedOver = await self._exchange(
+                request.session_id,
+                handing.encode(),
+                lambda m: isinstance(m, HandedOver) and m.checkout_id == request.checkout_id,
+                request.checkout_id,
+                timeout,
+            )
+        except BaseException:
+            self._drop_waiter(request.session_id, waiter)
+            raise
+        self._awaiting_result[request.checkout_id] = waiter
+        return reply.to_device
+
+    async def result(self, offer: Offer, *, timeout: float) -> OrderResult:
+        """Wait, sending nothing, for how the session of `offer` ended (after `hand_over`)."""
+        request = offer.request
+        waiter = self._awaiting_result.pop(request.checkout_id, None) or self._result_waiter(request)
+        try:
+            async with asyncio.timeout(timeout):
+                reply = await waiter.reply
+        except TimeoutError:
+            raise RequestTimeout(f"no result in session {request.session_id} within {timeout} s") from None
+        finally:
+            self._drop_waiter(request.session_id, waiter)
+        if isinstance(reply, Error):
+            raise RemoteError(reply.text, reply.code)
+        result: OrderResult = reply
+        return result
+
+    def _result_waiter(self, request: ConfirmationRequest) -> _Waiter:
+        waiter = _Waiter(lambda m: isinstance(m, OrderResult) and m.checkout_id == request.checkout_id, "")
+        self._waiters.setdefault(request.session_id, []).append(waiter)
+        return waiter
+
+    def _drop_waiter(self, session_id: str, waiter: _Waiter) -> None:
+        waiters = self._waiters.get(session_id, [])
+        if waiter in waiters:
+            waiters.remove(waiter)
+        if not waiters:
+            self._waiters.pop(session_id, None)
 
     def sign(self, offer: Offer, modality: Modality, *, presented: str | None = None) -> str | None:
         """The consent mandate for confirming `offer` by `modality` (None for a device with no key)."""

@@ -48,6 +48,9 @@ def register(commands: Commands) -> None:
     provision.add_argument("--key-out", type=Path, default=None, help="a device's key file (default: state dir)")
     provision.add_argument("--rotate", action="store_true", help="new password (and key) for a provisioned one")
     provision.add_argument("--revoke", action="store_true", help="remove the user; revoke a device's keys")
+    provision.add_argument("--phone", default=None, metavar="PHONE_ID",
+                           help="pair the device with this phone (provisioned first): its sheet confirms what the "
+                           "device hands over when its voice cannot hear the answer")  # fmt: skip
     provision.add_argument("--host", default=None, help="name clients connect to (kept; default localhost)")
     provision.add_argument("--tls-port", type=int, default=None, help="TLS listener port (kept; default 8883)")
     provision.add_argument("--plain-port", type=int, default=None, help="also a loopback listener without TLS")

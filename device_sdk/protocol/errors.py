@@ -60,6 +60,8 @@ class ErrorCode(StrEnum):
     MERCHANT_NOT_ALLOWED = "merchant_not_allowed"
     PAYMENT_CHANNEL_NOT_ALLOWED = "payment_channel_not_allowed"
     PAYMENT_DECLINED = "payment_declined"
+    NOT_PAIRED = "not_paired"
+    """A hand-over to a device that was not paired with the session's device at provisioning."""
     # local state: keys, configuration, the database and the audit log
     KEY_FILE = "key_file"
     KEY_CONFLICT = "key_conflict"

@@ -262,10 +262,35 @@ class ConfirmationRequest(WireMessage):
     display_digest: Sha256Hex = Field(description="SHA-256 of the UTF-8 read-back text.")
     consent: ConsentTerms
     expires_at: float
+    handed_over_from: Id | None = Field(
+        default=None,
+        description="Set on an offer handed to a paired phone: the device whose session it is (`handover`).",
+    )
+
+
+class HandOver(WireMessage):
+    """The device could not get an answer (the voice did not hear it twice) and hands the offer to
+    the phone it was paired with at provisioning, whose sheet the user confirms instead."""
+
+    type: Literal["handover"] = "handover"
+    session_id: Id
+    checkout_id: Id
+    checkout_hash: Sha256Hex
+
+
+class HandedOver(WireMessage):
+    """The gateway's answer to `handover`: the offer is on the sheet of `to_device`; the session's
+    `order.result` follows, to both devices."""
+
+    type: Literal["handed_over"] = "handed_over"
+    session_id: Id
+    checkout_id: Id
+    to_device: Id
 
 
 class ConfirmationResult(WireMessage):
-    """The user's answer, given on the device that owns the session."""
+    """The user's answer, given on the device that owns the session (or on the phone it handed the
+    offer to)."""
 
     type: Literal["confirmation.result"] = "confirmation.result"
     session_id: Id
@@ -345,6 +370,8 @@ Message = Annotated[
         | CheckoutProposal
         | ConfirmationRequest
         | ConfirmationResult
+        | HandOver
+        | HandedOver
         | OrderResult
         | IntentResult
         | Error
@@ -369,6 +396,8 @@ MESSAGE_TYPES: tuple[type[WireMessage], ...] = (
     CheckoutProposal,
     ConfirmationRequest,
     ConfirmationResult,
+    HandOver,
+    HandedOver,
     OrderResult,
     IntentResult,
     Error,

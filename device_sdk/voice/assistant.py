@@ -22,7 +22,7 @@ from typing import Protocol
 
 from device_sdk.device.client import DeviceClient, Offer
 from device_sdk.protocol.errors import OUTCOME_OF, ErrorCode, RemoteError, RequestTimeout, VoiceError
-from device_sdk.protocol.fields import Decision, Modality, Outcome, new_id
+from device_sdk.protocol.fields import Decision, Modality, Outcome, new_id, now
 from device_sdk.protocol.messages import MAX_WAKE_WINDOW, OrderResult
 
 from .asr import AsrEngine, Recognition
@@ -42,6 +42,7 @@ _NOT_UNDERSTOOD = (ErrorCode.NOT_UNDERSTOOD, ErrorCode.ITEM_NOT_FOUND, ErrorCode
 
 ASK_AGAIN = "Sorry, I did not catch that. What would you like to buy?"
 PRESS_TO_CONFIRM = "I could not hear your answer. Press the button to place the order, or do nothing to cancel."
+SENT_TO_PHONE = "I could not hear your answer. I sent the order to your phone: confirm it there."
 NOT_FOUND = "Sorry, I could not find that."
 CANCELLED = "Cancelled."
 
@@ -109,6 +110,9 @@ class VoiceConfig:
     assistant's `fallback` engine (Whisper, in the hybrid), else the engine's language model."""
     modality: Modality = Modality.VOICE
     request_timeout_s: float = 30.0
+    hand_over: bool = True
+    """When the voice heard no answer and no button confirmed, hand the offer to the phone paired
+    with the device at provisioning (if there is one): its sheet confirms, its key signs."""
 
 
 @dataclass
@@ -139,9 +143,11 @@ class VoiceRun:
     audio_seconds: float = 0.0
     session_id: str = field(default_factory=lambda: new_id("ses"))
     fallback_offered: bool = False
-    """The voice could not hear an answer and the device offered its button instead."""
+    """The voice could not hear an answer and the device offered its button, or its paired phone."""
+    handed_to: str | None = None
+    """The paired phone the offer was handed to, when it was."""
     modality: Modality | None = None
-    """How the user confirmed (the mandate names it): voice, or the button of the other path."""
+    """How the user confirmed (the mandate names it): voice, or the button or phone sheet of the other path."""
 
 
 class VoiceAssistant:
@@ -282,6 +288,12 @@ class VoiceAssistant:
         run.decision = await self._confirm(run, run.offer)
         if run.decision is Decision.NO_ANSWER:
             run.decision = await self._press_to_confirm(run, run.offer)
+        if run.decision is Decision.NO_ANSWER and self.config.hand_over:
+            run.result = await self._hand_to_phone(run, run.offer)
+            if run.result is not None:
+                run.finished_at = time.monotonic()
+                run.outcome = run.result.outcome.value
+                return run
         modality = run.modality or self.config.modality
         if run.decision is Decision.CONFIRM:
             run.modality = modality
@@ -409,6 +421,29 @@ class VoiceAssistant:
             if not speaking.done():
                 speaking.cancel()
         return False
+
+    async def _hand_to_phone(self, run: VoiceRun, offer: Offer) -> OrderResult | None:
+        """The other path on a device paired with a phone: hand the offer to the phone's sheet and
+        wait for the session's result; None when there is no phone to hand it to, or no result came
+        before the offer expired (the device then answers it unconfirmed)."""
+        try:
+            run.handed_to = await self.device.hand_over(offer, timeout=self.config.request_timeout_s)
+        except (RemoteError, RequestTimeout) as exc:
+            if not (isinstance(exc, RemoteError) and exc.code == ErrorCode.NOT_PAIRED):
+                log.warning("session %s: could not hand the offer over: %s", run.session_id, exc)
+            return None
+        run.fallback_offered = True
+        await self.voice.say(SENT_TO_PHONE)
+        try:
+            result = await self.device.result(offer, timeout=max(offer.request.expires_at - now(), 0.0) + 10.0)
+        except (RemoteError, RequestTimeout) as exc:
+            log.warning("session %s: no result from the phone: %s", run.session_id, exc)
+            return None
+        if result.outcome is Outcome.ORDERED:
+            run.decision, run.modality = Decision.CONFIRM, Modality.PHONE_SHEET
+        elif result.outcome is Outcome.DECLINED:
+            run.decision = Decision.DECLINE
+        return result
 
 
 def refusal_outcome(refusal: RemoteError) -> str:

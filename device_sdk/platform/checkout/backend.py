@@ -50,3 +50,8 @@ class CheckoutBackend(Protocol):
 
     async def cancel(self, checkout_id: str, outcome: Outcome, reason: str) -> None:
         """Close a checkout without an order; a later completion of it is refused."""
+
+    async def hand_over(self, checkout_id: str, device_id: str) -> tuple[str, ConsentTerms]:
+        """Hand the open offer of `device_id` to the phone paired with it at provisioning; return
+        that phone and the terms its mandate must meet (`phone_sheet`), or raise `ConsentError`
+        (`not_paired`). From then on only the phone's key signs for the offer."""

@@ -47,6 +47,13 @@ SCHEMA = (
         currency TEXT
     )""",
     "CREATE INDEX IF NOT EXISTS completions_orders ON completions (device_id, at) WHERE order_id IS NOT NULL",
+    # an offer the session's device handed to its paired phone: only that phone's sheet confirms it
+    """CREATE TABLE IF NOT EXISTS handovers (
+        checkout_id TEXT PRIMARY KEY,
+        to_device TEXT NOT NULL,
+        terms TEXT NOT NULL,
+        at REAL NOT NULL
+    )""",
     "CREATE INDEX IF NOT EXISTS completions_refusals ON completions (at) WHERE order_id IS NULL",
 )
 KEEP_REFUSALS = 24 * 3600.0
@@ -68,6 +75,10 @@ class StoredCheckout:
     replayed: bool = False
     spent_today: int = 0
     orders_last_minute: int = 0
+    handed_to: str | None = None
+    """The paired phone the offer was handed to (`handover`), whose key alone may sign for it."""
+    still_paired: bool = False
+    """Whether that phone is still paired with the session's device."""
 
     def digest(self, modality: Modality) -> str:
         """The display digest of what the SDK presents for this proposal in `modality`."""
@@ -84,12 +95,15 @@ SELECT c.raw, c.hash, c.nonce, c.terms, c.closed_at,
     (SELECT coalesce(sum(total_minor), 0) FROM completions
         WHERE order_id IS NOT NULL AND device_id = c.device_id AND currency = c.currency AND at > :day),
     (SELECT count(*) FROM completions WHERE order_id IS NOT NULL AND device_id = c.device_id AND at > :minute),
+    h.to_device, h.terms,
+    EXISTS (SELECT 1 FROM pairings p WHERE p.device_id = c.device_id AND p.phone_id = h.to_device
+        AND p.ended_at IS NULL),
     k.kid, k.device_id, k.public_key, k.status, k.added_at, k.retired_at
-FROM checkouts c LEFT JOIN device_keys k ON k.kid = :kid
+FROM checkouts c LEFT JOIN device_keys k ON k.kid = :kid LEFT JOIN handovers h ON h.checkout_id = c.checkout_id
 WHERE c.checkout_id = :checkout
 """
 """The checkout and, in the same read, the mandate's key, whether the mandate or the checkout was used,
-and the device's orders over the last day and minute."""
+the device's orders over the last day and minute, and the hand-over to a paired phone, if any."""
 
 
 def spending(conn: sqlite3.Connection, proposal: CheckoutProposal, now: float) -> tuple[int, int]:

@@ -1,5 +1,6 @@
 """The registry of device public keys that the verifier trusts: rotation, revocation, and the
-keys retired a short while ago that still verify mandates issued before."""
+keys retired a short while ago that still verify mandates issued before; and the pairings made at
+provisioning (a speaker or glasses with the phone that may confirm for them, `pair`)."""
 
 from __future__ import annotations
 
@@ -68,6 +69,15 @@ SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS device_keys_device ON device_keys (device_id)",
     "CREATE UNIQUE INDEX IF NOT EXISTS device_keys_one_active ON device_keys (device_id) WHERE status = 'active'",
+    # a device and the phone whose sheet may confirm its offers when its own modality cannot
+    """CREATE TABLE IF NOT EXISTS pairings (
+        device_id TEXT NOT NULL,
+        phone_id TEXT NOT NULL,
+        paired_at REAL NOT NULL,
+        ended_at REAL,
+        CHECK (device_id != phone_id)
+    )""",
+    "CREATE UNIQUE INDEX IF NOT EXISTS pairings_live ON pairings (device_id) WHERE ended_at IS NULL",
 )
 
 
@@ -115,7 +125,8 @@ class DeviceRegistry:
         return self.db.call(job)
 
     def revoke(self, device_id: str) -> int:
-        """Revoke every key of the device: none of its mandates verifies any more. Returns how many."""
+        """Revoke every key of the device, and end its pairings either way: none of its mandates
+        verifies any more. Returns how many keys."""
 
         def job(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
@@ -123,9 +134,41 @@ class DeviceRegistry:
                 "WHERE device_id = ? AND status != 'revoked'",
                 (time.time(), device_id),
             )
+            _end_pairings(conn, device_id)
             return cur.rowcount
 
         return self.db.call(job)
+
+    def pair(self, device_id: str, phone_id: str) -> None:
+        """Let `phone_id`'s sheet confirm the offers `device_id` hands over (one phone per device: a
+        new pairing ends the old one). Both must hold an active key."""
+
+        def job(conn: sqlite3.Connection) -> None:
+            if device_id == phone_id:
+                raise KeyStoreError("a device cannot be paired with itself", ErrorCode.NOT_PAIRED)
+            for which in (device_id, phone_id):
+                if _active(conn, which) is None:
+                    raise KeyStoreError(f"{which} has no active key: provision it first", ErrorCode.NOT_PAIRED)
+            if paired_phone(conn, device_id) == phone_id:
+                return
+            conn.execute(
+                "UPDATE pairings SET ended_at = ? WHERE device_id = ? AND ended_at IS NULL", (time.time(), device_id)
+            )
+            conn.execute(
+                "INSERT INTO pairings (device_id, phone_id, paired_at) VALUES (?, ?, ?)",
+                (device_id, phone_id, time.time()),
+            )
+
+        self.db.call(job)
+
+    def unpair(self, device_id: str) -> None:
+        """End the device's pairing: no offer of it can be handed over any more."""
+        self.db.call(lambda conn: _end_pairings(conn, device_id))
+
+    def phone_of(self, device_id: str) -> str | None:
+        """The phone paired with `device_id`, if any."""
+        with self.db.reading() as conn:
+            return paired_phone(conn, device_id)
 
     def records(self, device_id: str | None = None) -> list[KeyRecord]:
         with self.db.reading() as conn:
@@ -148,6 +191,21 @@ _COLUMNS = "kid, device_id, public_key, status, added_at, retired_at"
 def lookup(conn: sqlite3.Connection, kid: str) -> KeyRecord | None:
     row = conn.execute(f"SELECT {_COLUMNS} FROM device_keys WHERE kid = ?", (kid,)).fetchone()
     return KeyRecord.from_row(row) if row else None
+
+
+def paired_phone(conn: sqlite3.Connection, device_id: str) -> str | None:
+    row = conn.execute(
+        "SELECT phone_id FROM pairings WHERE device_id = ? AND ended_at IS NULL", (device_id,)
+    ).fetchone()
+    return row[0] if row else None
+
+
+def _end_pairings(conn: sqlite3.Connection, device_id: str) -> None:
+    """End every live pairing the device is in, on either side."""
+    conn.execute(
+        "UPDATE pairings SET ended_at = :at WHERE (device_id = :device OR phone_id = :device) AND ended_at IS NULL",
+        {"at": time.time(), "device": device_id},
+    )
 
 
 def _active(conn: sqlite3.Connection, device_id: str) -> str | None:

@@ -7,7 +7,8 @@ expected value, since every expected value comes from the verifier's own store:
 
 1. the mandate is a compact JWS with header exactly {alg Ed25519, kid, typ}, at most 8 KiB;
 2. its key is registered to the device that owns the session, and active (or retired after the
-   mandate was issued); the Ed25519 signature verifies;
+   mandate was issued), or, for an offer that device handed over (`hand_over`), to the phone it is
+   still paired with; the Ed25519 signature verifies;
 3. checkout id and hash, device, session, amount, currency and payee equal the stored proposal's;
 4. the audience is this verifier; the nonce is the one issued for this checkout and unused;
 5. `iat <= now + skew`, `exp > now` and `exp - iat <= 900 s`, checked once, when admitted;
@@ -43,6 +44,7 @@ from .audit import AuditLog
 from .backend import Completion
 from .consent_store import CHECKOUT_STATE, KEEP_REFUSALS, SCHEMA, StoredCheckout, spending, stored_result
 from .database import Database
+from .handover import hand_over
 from .policy import PolicyBook, RiskPolicy
 from .registry import DeviceRegistry, KeyRecord
 
@@ -72,6 +74,8 @@ class Verification:
     checkout_id: str
     modality: str
     order: OrderResult
+    signer: str
+    """The device whose key signed: the session's, or the paired phone it handed the offer to."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -79,6 +83,7 @@ class Verification:
             "mandate_id": self.mandate_id,
             "key_id": self.key_id,
             "device_id": self.device_id,
+            "signer": self.signer,
             "session_id": self.session_id,
             "checkout_id": self.checkout_id,
             "modality": self.modality,
@@ -198,6 +203,14 @@ class ConsentVerifier:
             raise opened
         return opened
 
+    def hand_over(self, checkout_id: str, device_id: str) -> tuple[str, ConsentTerms]:
+        """Hand the open offer of `device_id` to the phone paired with it at provisioning
+        (`handover.hand_over`): returns the phone and the terms its mandate must meet."""
+        handed = self.db.call(lambda conn: hand_over(conn, self.audit, checkout_id, device_id, self.clock()))
+        if isinstance(handed, ConsentError):
+            raise handed
+        return handed
+
     def cancel(self, checkout_id: str, outcome: Outcome, reason: str) -> None:
         """Close an open checkout without an order; its nonce can no longer be used."""
 
@@ -310,11 +323,12 @@ class ConsentVerifier:
         accepted = Verification(
             claims.jti,
             opened.kid,
-            claims.device_id,
+            proposal.device_id,
             claims.session_id,
             claims.checkout_id,
             claims.modality.value,
             order,
+            claims.device_id,
         )
         verified = {k: v for k, v in accepted.as_dict().items() if k not in ids and k != "checks"}
         ordered = {"order_id": order.order_id, "total_minor": order.total_minor, "currency": order.currency,
@@ -328,16 +342,23 @@ class ConsentVerifier:
         if checkout is None:
             raise ConsentError(f"no checkout {completion.checkout_id}", ErrorCode.UNKNOWN_CHECKOUT)
         proposal, key = checkout.proposal, checkout.key
-        if key is None or key.device_id != proposal.device_id or key.device_id != completion.device_id:
+        signer = checkout.handed_to or proposal.device_id
+        if key is None or key.device_id != signer or completion.device_id != proposal.device_id:
+            if checkout.handed_to is not None:
+                text = f"the offer was handed to {checkout.handed_to}: only its key signs for it"
+            else:
+                text = "the mandate is not signed by the key of the device that owns the session"
+            raise ConsentError(text, ErrorCode.UNKNOWN_KEY)
+        if checkout.handed_to is not None and not checkout.still_paired:
             raise ConsentError(
-                "the mandate is not signed by the key of the device that owns the session", ErrorCode.UNKNOWN_KEY
+                f"{checkout.handed_to} is no longer paired with {proposal.device_id}", ErrorCode.NOT_PAIRED
             )
         if not key.valid_at(claims.iat, now):
             raise ConsentError(f"the device's key {key.kid} is {key.status}", ErrorCode.KEY_REVOKED)
         if claims.checkout_id != proposal.checkout_id:
             raise ConsentError("the mandate is for another checkout", ErrorCode.STALE_CHECKOUT)
         if (
-            claims.device_id != proposal.device_id
+            claims.device_id != signer
             or (completion.device_id, completion.session_id) != (proposal.device_id, proposal.session_id)
             or claims.session_id != proposal.session_id
         ):
@@ -401,7 +422,10 @@ class ConsentVerifier:
                                     "minute": now - 60.0}).fetchone()  # fmt: skip
         if row is None:
             return None
-        raw, digest, nonce, terms, closed_at, ordered, replayed, spent, recent, *key_row = row
+        raw, digest, nonce, terms, closed_at, ordered, replayed, spent, recent, handed_to, handed, paired, *key_row = (
+            row
+        )
+        terms = handed or terms  # a hand-over changed the modalities, nothing else
         parsed = self._parsed.get(checkout_id)
         if parsed is None or parsed[0] != (raw, terms):  # opened elsewhere, before a restart, or rolled back
             proposal = decode(raw)
@@ -409,7 +433,7 @@ class ConsentVerifier:
             parsed = ((raw, terms), proposal, ConsentTerms.model_validate_json(terms), {})
         key = KeyRecord.from_row(key_row) if key_row[0] is not None else None
         return StoredCheckout(parsed[1], digest, nonce, parsed[2], bool(ordered), closed_at is not None, parsed[3], key,
-                         bool(replayed), spent, recent)  # fmt: skip
+                         bool(replayed), spent, recent, handed_to, bool(paired))  # fmt: skip
 
     def _remember(self, raw: bytes, proposal: CheckoutProposal, terms: ConsentTerms, text: str) -> None:
         """Keep the parsed form of a proposal this verifier opened; it is used only while the stored

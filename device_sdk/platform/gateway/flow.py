@@ -1,6 +1,11 @@
 """The session flow on the gateway: a device's agent request becomes a proposal on offer, the device's
 confirmation of exactly that offer completes the checkout, and the session ends with one order
-result, every step recorded in the audit log before the device hears of it."""
+result, every step recorded in the audit log before the device hears of it.
+
+A device whose own modality cannot get an answer (a voice that did not hear it twice) may hand the
+offer to the phone paired with it at provisioning (`handover`): the checkout records the hand-over
+and from then on takes only that phone's `phone_sheet` mandate; the phone gets the offer, and both
+devices get the session's result."""
 
 from __future__ import annotations
 
@@ -16,7 +21,14 @@ from device_sdk.platform.checkout.audit import AuditLog
 from device_sdk.platform.checkout.backend import CheckoutBackend, Completion
 from device_sdk.protocol.errors import CheckoutError, DeviceSdkError, ErrorCode, SessionError
 from device_sdk.protocol.fields import Decision, Outcome, WireMessage, new_id, now, sha256_hex
-from device_sdk.protocol.messages import AgentRequest, ConfirmationResult, IssuedProposal, OrderResult
+from device_sdk.protocol.messages import (
+    AgentRequest,
+    ConfirmationResult,
+    HandedOver,
+    HandOver,
+    IssuedProposal,
+    OrderResult,
+)
 
 from .session import Session, State, Step
 
@@ -64,6 +76,8 @@ class SessionFlow:
         self._send = send
         self._refuse = refuse
         self._in_session = in_session
+        self._handed: dict[SessionKey, SessionKey] = {}
+        """(phone, session id) of each offer handed over: the session's own key."""
         self._ended_at: dict[SessionKey, float] = {}
         self._sweeping: set[SessionKey] = set()
 
@@ -141,9 +155,47 @@ class SessionFlow:
             raise CheckoutError("the agent proposed for another device or session", ErrorCode.BAD_PROPOSAL)
         return issued
 
+    def session_key(self, device_id: str, session_id: str) -> SessionKey:
+        """The key a device's message runs under: the session's own, for a phone it was handed to."""
+        key = (device_id, session_id)
+        return self._handed.get(key, key)
+
+    async def on_hand_over(self, device_id: str, message: HandOver) -> None:
+        """Hand the device's offer to its paired phone: the checkout records it and issues the
+        `phone_sheet` terms; the phone gets the offer, the device `handed_over` (again: the same)."""
+        session = self.sessions.get((device_id, message.session_id))
+        try:
+            if session is None:
+                raise SessionError(f"this device has no session {message.session_id}", ErrorCode.UNKNOWN_CHECKOUT)
+            if session.on_hand_over(device_id, message.checkout_id) is Step.HAND_OVER:
+                await self._hand_over(session, message)
+        except DeviceSdkError as exc:
+            self._refuse(device_id, exc, ref=message.checkout_id, session_id=message.session_id)
+            return
+        phone, offer = session.handed_to, session.offer
+        if phone is None or offer is None:
+            return
+        log.info("session %s: %s handed its offer to %s", session.session_id, device_id, phone)
+        await self._send(phone, offer)
+        await self._send(device_id, HandedOver(session_id=session.session_id, checkout_id=offer.checkout_id,
+                                               to_device=phone))  # fmt: skip
+
+    async def _hand_over(self, session: Session, message: HandOver) -> None:
+        assert session.offer is not None
+        if message.checkout_hash != session.offer.checkout_hash:
+            raise SessionError("the hand-over names another version of the cart", ErrorCode.HASH_MISMATCH)
+        try:
+            async with asyncio.timeout(self.checkout_timeout):
+                phone, terms = await self.checkout.hand_over(message.checkout_id, session.device_id)
+        except TimeoutError:
+            raise DeviceSdkError("the checkout gave no answer to the hand-over", ErrorCode.TIMEOUT) from None
+        session.handed_to = phone
+        session.offer = session.offer.model_copy(update={"consent": terms, "handed_over_from": session.device_id})
+        self._handed[(phone, session.session_id)] = (session.device_id, session.session_id)
+
     async def on_confirmation(self, device_id: str, answer: ConfirmationResult) -> None:
         """Complete or cancel the checkout on the device's answer to the offer it was shown, else refuse it."""
-        session = self.sessions.get((device_id, answer.session_id))
+        session = self.sessions.get(self.session_key(device_id, answer.session_id))
         try:
             if session is None:
                 raise SessionError(f"this device has no session {answer.session_id}", ErrorCode.UNKNOWN_CHECKOUT)
@@ -191,7 +243,7 @@ class SessionFlow:
             result = await self._cancel(session, Outcome.NOT_CONFIRMED, reason)
         await self._end(session, result)
         log.info("session %s: %s", session.session_id, result.outcome)
-        await self._send(device_id, result)
+        await self._tell(session, result)
 
     # the checkout ------------------------------------------------------------------------
 
@@ -239,7 +291,7 @@ class SessionFlow:
         if result is not None:
             await self._end(session, result)
             log.info("session %s: %s (after a retry)", session.session_id, result.outcome)
-            await self._send(session.device_id, result)
+            await self._tell(session, result)
 
     async def _close_checkout(self, checkout_id: str, outcome: Outcome, reason: str) -> None:
         """Cancel; a checkout that fails to hear it keeps an open checkout that nothing will complete."""
@@ -268,6 +320,12 @@ class SessionFlow:
             reason=result.reason,
         )
 
+    async def _tell(self, session: Session, result: OrderResult) -> None:
+        """The session's result, to its device and to the phone it handed the offer to."""
+        await self._send(session.device_id, result)
+        if session.handed_to is not None:
+            await self._send(session.handed_to, result)
+
     async def record(self, kind: str, *, session: Session | None = None, **fields: Any) -> None:
         """Record a step of a session in the audit log, when the gateway keeps one."""
         if self.audit is None:
@@ -287,7 +345,7 @@ class SessionFlow:
         result = await self._cancel(session, Outcome.NOT_CONFIRMED, reason)
         await self._end(session, result)
         log.info("session %s: not_confirmed (%s)", session.session_id, reason)
-        await self._send(session.device_id, result)
+        await self._tell(session, result)
 
     def hand_over(self, device_id: str) -> None:
         """Another gateway took over the device: end its sessions that await an answer, unconfirmed."""
@@ -322,8 +380,13 @@ class SessionFlow:
                 if session.confirmed is None:
                     self._sweep_task(key, self._expire(session, "the device went offline"))
             elif (session.idle_since(mono) or 0.0) > self.keep_ended:
-                del self.sessions[key]
+                self._forget(key)
         for key, ended in list(self._ended_at.items()):
             if mono - ended > self.keep_ended:
                 del self._ended_at[key]
-                self.sessions.pop(key, None)
+                self._forget(key)
+
+    def _forget(self, key: SessionKey) -> None:
+        session = self.sessions.pop(key, None)
+        if session is not None and session.handed_to is not None:
+            self._handed.pop((session.handed_to, session.session_id), None)

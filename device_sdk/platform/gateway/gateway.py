@@ -34,6 +34,7 @@ from device_sdk.protocol.messages import (
     DeviceInfo,
     Error,
     GatewayStatus,
+    HandOver,
     Ping,
     Pong,
     Transcript,
@@ -289,7 +290,10 @@ class Gateway(Service):
                 return
             self._in_session((device_id, message.session_id), self.flow.on_request(device_id, message))
         elif isinstance(message, ConfirmationResult):
-            self._in_session((device_id, message.session_id), self.flow.on_confirmation(device_id, message))
+            key = self.flow.session_key(device_id, message.session_id)
+            self._in_session(key, self.flow.on_confirmation(device_id, message))
+        elif isinstance(message, HandOver):
+            self._in_session((device_id, message.session_id), self.flow.on_hand_over(device_id, message))
         elif isinstance(message, Wake):
             self._on_wake(device_id, message)
         elif isinstance(message, AudioStart | AudioStop):

@@ -1,7 +1,8 @@
 """A device session on the gateway side, as a small state machine with no I/O.
 
 One session belongs to the device that opened it. It waits for a proposal, then for that
-device's confirmation of exactly that proposal, then ends with one `OrderResult`. Repeated
+device's confirmation of exactly that proposal (or, once the device handed the offer over, the
+confirmation of the phone paired with it), then ends with one `OrderResult`. Repeated
 messages get the same answer again. Nothing moves a session backwards, except a checkout
 that did not answer: then the session waits for the device's confirmation once more.
 """
@@ -36,6 +37,7 @@ class Step(StrEnum):
     IGNORE = "ignore"
     COMPLETE = "complete"
     CANCEL = "cancel"
+    HAND_OVER = "hand_over"
 
 
 @dataclass
@@ -49,6 +51,8 @@ class Session:
     result: OrderResult | None = None
     confirmed: ConfirmationResult | None = None
     idempotency_key: str = field(default_factory=new_idempotency_key)
+    handed_to: str | None = None
+    """The paired phone the device handed the offer to: from then on it confirms, not the device."""
     unanswered: int = 0
     """Completions of this session's confirmation that got no answer from the checkout."""
     touched: float = field(default_factory=time.monotonic)
@@ -78,6 +82,7 @@ class Session:
         if request_id != self.request_id or self.state is not State.AWAITING_PROPOSAL:
             return False
         self.issued, self.offer, self.state = issued, offer, State.AWAITING_CONFIRMATION
+        self.handed_to = None
         return True
 
     def on_agent_failed(self, request_id: str) -> None:
@@ -85,9 +90,24 @@ class Session:
             self.state = State.IDLE
             self.touched = time.monotonic()
 
-    def on_confirmation(self, device_id: str, result: ConfirmationResult, now: float) -> Step:
-        """The device answered; refuses anything but its own answer to the offer it was shown."""
+    def on_hand_over(self, device_id: str, checkout_id: str) -> Step:
+        """The device asks to hand its offer to its paired phone (again: the same answer)."""
         self.check_owner(device_id)
+        if self.state is not State.AWAITING_CONFIRMATION or self.offer is None or self.confirmed is not None:
+            raise SessionError(f"session {self.session_id} has no offer awaiting an answer", ErrorCode.STALE_CHECKOUT)
+        if checkout_id != self.offer.checkout_id:
+            raise SessionError(f"checkout {checkout_id} is not the one on offer", ErrorCode.STALE_CHECKOUT)
+        return Step.RESEND_OFFER if self.handed_to is not None else Step.HAND_OVER
+
+    def on_confirmation(self, device_id: str, result: ConfirmationResult, now: float) -> Step:
+        """The device answered; refuses anything but its own answer to the offer it was shown. Once
+        handed over, only the phone confirms; the device may still decline."""
+        if self.handed_to is None or device_id != self.handed_to:
+            self.check_owner(device_id)
+            if self.handed_to is not None and result.decision is Decision.CONFIRM:
+                raise SessionError(
+                    f"the offer was handed to {self.handed_to}: confirm it there", ErrorCode.SESSION_NOT_OWNED
+                )
         if self.state is State.ENDED and self.result is not None and result.checkout_id == self.result.checkout_id:
             return Step.RESEND_RESULT
         if self.state is State.COMPLETING and self.offer is not None and result.checkout_id == self.offer.checkout_id:

@@ -85,6 +85,8 @@ class Provisioned:
     test_ca: bool
     rotated: bool
     database: Path | None = None
+    phone: str | None = None
+    """The phone the device was paired with (`phone=`), whose sheet confirms what it hands over."""
 
     def as_dict(self) -> dict[str, Any]:
         """Everything but the password (it is in the credentials file)."""
@@ -97,6 +99,7 @@ class Provisioned:
             "urls": [str(BrokerUrl.parse(url)) for url in c.urls],
             "ca": c.ca,
             "test_ca": self.test_ca,
+            "phone": self.phone,
             "key_file": c.key_file,
             "kid": c.kid,
             "database": str(self.database) if self.database else None,
@@ -115,6 +118,7 @@ def provision(
     key_out: str | Path | None = None,
     rotate: bool = False,
     settings: BrokerSettings | None = None,
+    phone: str | None = None,
 ) -> Provisioned:
     """Make `name` a broker user of `role` and write the broker's files again.
 
@@ -123,8 +127,12 @@ def provision(
     kept and registered, unless `rotate`. A user that exists already is refused (`KeyStoreError`,
     code `key_conflict`) unless `rotate`: then it gets a new password and, a device, a new key (the
     old key verifies mandates issued before for 15 minutes). `settings` replace the stored ones.
+    `phone` pairs a device with that phone (provisioned before it): when the device's own modality
+    cannot get an answer, it hands the offer to the phone, whose sheet confirms and whose key signs.
     """
     check_id(name, "user name")
+    if phone is not None and role not in KEYED_ROLES:
+        raise KeyStoreError(f"only a device is paired with a phone, not a {role}", ErrorCode.NOT_PAIRED)
     broker = BrokerDir(directory)
     with broker.locked():
         registry = broker.load()
@@ -145,6 +153,9 @@ def provision(
             db_path = Path(database) if database is not None else default_database()
             key_file = (Path(key_out) if key_out is not None else default_key_file(name)).expanduser().absolute()
             kid = _signing_key(name, key_file, db_path, rotate=rotate)
+            if phone is not None:
+                with Database(db_path) as db:
+                    DeviceRegistry(db).pair(name, check_id(phone, "phone"))
         password = new_password()
         now = time.time()
         registry.users[name] = BrokerUser(
@@ -167,7 +178,7 @@ def provision(
         path = write_file(
             broker.credentials_file(name), (json.dumps(credentials.as_dict(), indent=2) + "\n").encode(), 0o600
         )
-    return Provisioned(credentials, path, broker, tls, test_ca, existing is not None, db_path)
+    return Provisioned(credentials, path, broker, tls, test_ca, existing is not None, db_path, phone)
 
 
 @dataclass(frozen=True)
@@ -267,6 +278,7 @@ def run_provision(args: argparse.Namespace) -> int:
         key_out=args.key_out,
         rotate=args.rotate,
         settings=settings,
+        phone=args.phone,
     )
     if args.json:
         print(json.dumps(done.as_dict()))
@@ -276,6 +288,8 @@ def run_provision(args: argparse.Namespace) -> int:
           f"credentials in {done.credentials_file} (mode 600)")  # fmt: skip
     if c.kid:
         print(f"signing key {c.kid} in {c.key_file} (mode 600), registered in {done.database}")
+    if done.phone:
+        print(f"paired with the phone {done.phone}: its sheet confirms the offers {c.username} hands over")
     print(f"broker files: {broker.passwd_file}, {broker.acl_file}, {broker.conf_file}")
     ca = f"{done.tls.ca} (a TEST CA: bring your own with --tls-files for production)" if done.test_ca else done.tls.ca
     print(f"clients trust the CA {ca}")
