@@ -14,7 +14,8 @@ from device_sdk.protocol.fields import new_id, now
 from device_sdk.protocol.messages import AgentRequest, CheckoutProposal, ProposalLine
 
 from .catalog import MARKETPLACE, Catalog, demo_catalog
-from .command_parser import CommandParser
+from .command_parser import CommandParser, ParsedLine
+from .command_parser_zh import ChineseCommandParser
 from .photos import read_tag
 
 _DEICTIC = re.compile(r"\b(?:of )?(?:these|this|those|that|them|it)\b", re.IGNORECASE)
@@ -28,33 +29,44 @@ class CatalogAgent:
     def __init__(self, catalog: Catalog | None = None, *, images: ImageStore | None = None) -> None:
         self.catalog = catalog or demo_catalog()
         self.parser = CommandParser(self.catalog)
+        self.chinese = ChineseCommandParser(self.catalog)
         self.images = images
+
+    def parse(self, text: str, locale: str) -> list[ParsedLine]:
+        """The command's lines, read by the parser of the request's language."""
+        if locale == "zh-CN":
+            return self.chinese.parse(text)
+        if locale != "en-US":
+            raise AgentError(f"this agent reads en-US and zh-CN, not {locale}", ErrorCode.NOT_UNDERSTOOD)
+        return self.parser.parse(text)
 
     async def propose(self, request: AgentRequest) -> CheckoutProposal:
         text = await self._looked_at(request) if request.image_ref else request.text
+        locale = request.locale
         lines = [
             ProposalLine(
                 sku=parsed.product.sku,
-                name=parsed.product.name,
+                name=parsed.product.named(locale).name,
                 qty=parsed.qty,
-                unit=parsed.product.unit,
+                unit=parsed.product.named(locale).unit,
                 unit_price_minor=parsed.product.price_minor,
                 line_total_minor=parsed.qty * parsed.product.price_minor,
-                seller=self.catalog.merchant(parsed.product.merchant_id),
+                seller=self.catalog.merchant(parsed.product.merchant_id, locale),
                 category=parsed.product.category,
             )
-            for parsed in self.parser.parse(text)
+            for parsed in self.parse(text, locale)
         ]
         return CheckoutProposal(
             checkout_id=new_id("co"),
             request_id=request.request_id,
             device_id=request.device_id,
             session_id=request.session_id,
-            merchant=self.catalog.payee({line.seller.id for line in lines}),
+            merchant=self.catalog.payee({line.seller.id for line in lines}, locale),
             currency=self.catalog.currency,
             lines=lines,
             total_minor=sum(line.line_total_minor for line in lines),
             created_at=now(),
+            locale=None if locale == "en-US" else locale,
         )
 
     async def _looked_at(self, request: AgentRequest) -> str:
@@ -67,6 +79,7 @@ class CatalogAgent:
         product = self.catalog.product(sku) if sku else None
         if product is None:
             raise AgentError("nothing I know is in that picture", ErrorCode.ITEM_NOT_FOUND)
-        name = product.aliases[0] if product.aliases else product.name.split(",")[0]
+        local = product.named(request.locale)
+        name = local.aliases[0] if local.aliases else local.name.split(",")[0]
         text, replaced = _DEICTIC.subn(name, request.text, count=1)
         return text if replaced else request.text  # the words name the product themselves

@@ -1,4 +1,5 @@
-"""The demo catalog: products with aliases, units, prices in minor units, merchants and categories."""
+"""The demo catalog: products with aliases, units, prices in minor units, merchants and categories,
+and per locale (`zh-CN`) each product's name, spoken aliases and measure word, and each merchant's name."""
 
 from __future__ import annotations
 
@@ -14,6 +15,17 @@ from device_sdk.protocol.messages import Merchant
 
 MARKETPLACE = Merchant(id="m-marketplace", name="Shop Agent Marketplace")
 """Merchant of record when one cart holds items from several sellers."""
+MARKETPLACE_NAMES = {"zh-CN": "购物助手商城"}
+
+
+class Localised(BaseModel):
+    """A product's name, aliases and unit (its measure word) in one locale."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    aliases: list[str] = Field(default_factory=list)
+    unit: str
 
 
 class Product(BaseModel):
@@ -26,6 +38,19 @@ class Product(BaseModel):
     price_minor: Annotated[int, Field(ge=0)]
     merchant_id: str
     category: str
+    locales: dict[str, Localised] = Field(default_factory=dict)
+
+    def named(self, locale: str) -> Localised:
+        """Its name, aliases and unit in `locale` (en-US, and any locale it has none for: its own)."""
+        return self.locales.get(locale) or Localised(name=self.name, aliases=self.aliases, unit=self.unit)
+
+
+class Seller(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    name: str
+    names: dict[str, str] = Field(default_factory=dict)
 
 
 class Catalog(BaseModel):
@@ -33,7 +58,7 @@ class Catalog(BaseModel):
 
     version: int
     currency: str
-    merchants: list[Merchant]
+    merchants: list[Seller]
     products: list[Product]
 
     @model_validator(mode="after")
@@ -44,15 +69,19 @@ class Catalog(BaseModel):
                 raise ValueError(f"{product.sku}: unknown merchant {product.merchant_id}")
         return self
 
-    def merchant(self, merchant_id: str) -> Merchant:
-        return next(m for m in self.merchants if m.id == merchant_id)
+    def merchant(self, merchant_id: str, locale: str = "en-US") -> Merchant:
+        """The seller as a proposal names it, in `locale`."""
+        seller = next(m for m in self.merchants if m.id == merchant_id)
+        return Merchant(id=seller.id, name=seller.names.get(locale, seller.name))
 
     def product(self, sku: str) -> Product | None:
         return next((p for p in self.products if p.sku == sku), None)
 
-    def payee(self, seller_ids: set[str]) -> Merchant:
+    def payee(self, seller_ids: set[str], locale: str = "en-US") -> Merchant:
         """The merchant of record: the one seller, or the marketplace for several."""
-        return self.merchant(next(iter(seller_ids))) if len(seller_ids) == 1 else MARKETPLACE
+        if len(seller_ids) == 1:
+            return self.merchant(next(iter(seller_ids)), locale)
+        return MARKETPLACE.model_copy(update={"name": MARKETPLACE_NAMES.get(locale, MARKETPLACE.name)})
 
 
 def load_catalog(path: str | Path | None = None) -> Catalog:

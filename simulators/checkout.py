@@ -68,14 +68,15 @@ def _check_against(catalog: Catalog, proposal: CheckoutProposal) -> None:
         product = catalog.product(line.sku)
         if product is None:
             raise CheckoutError(f"no product {line.sku}", ErrorCode.BAD_PROPOSAL)
+        local = product.named(proposal.language)
         listed = (
-            product.name,
-            product.unit,
+            local.name,
+            local.unit,
             product.price_minor,
-            catalog.merchant(product.merchant_id),
+            catalog.merchant(product.merchant_id, proposal.language),
             product.category,
         )
         if (line.name, line.unit, line.unit_price_minor, line.seller, line.category) != listed:
             raise CheckoutError(f"line {line.sku} differs from the catalog", ErrorCode.BAD_PROPOSAL)
-    if proposal.merchant != catalog.payee({line.seller.id for line in proposal.lines}):
+    if proposal.merchant != catalog.payee({line.seller.id for line in proposal.lines}, proposal.language):
         raise CheckoutError("the payee is not the merchant of record", ErrorCode.BAD_PROPOSAL)

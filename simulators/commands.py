@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from device_sdk.commands import Commands, print_report
+from device_sdk.locale import LOCALES
 from device_sdk.platform.commands import store_options
 from device_sdk.protocol.errors import DeviceSdkError
 from device_sdk.state import default_database
@@ -26,6 +27,9 @@ def register(commands: Commands) -> None:
         help="the user's answer to the read-back; repeat for an answer to the re-prompt (default: confirm)",
     )  # fmt: skip
     demo.add_argument("--broker", default=None, help="mqtt://host:port (default: an embedded broker)")
+    demo.add_argument(
+        "--locale", choices=LOCALES, default="en-US", help="the speaker's language: its request, read-back and replies"
+    )
     demo.add_argument("--json", action="store_true", help="print one JSON object instead of the timeline")
     demo.add_argument(
         "--voice", action="store_true",
@@ -127,11 +131,16 @@ async def _demo(args: argparse.Namespace) -> int:
     from device_sdk.voice.engines import hearing_named
     from device_sdk.voice.tts import espeak_available
 
-    from .scenario import DEFAULT_REPLY, DEFAULT_SAY, run_demo
+    from .scenario import DEFAULTS, run_demo
 
-    say = args.say or DEFAULT_SAY
-    replies = args.reply if args.reply is not None else [DEFAULT_REPLY]
+    default_say, default_reply = DEFAULTS[args.locale]
+    say = args.say or default_say
+    replies = args.reply if args.reply is not None else [default_reply]
     quiet = args.json
+    if args.voice and args.locale != "en-US":
+        print(f"device-sdk: the voice pipeline hears en-US only so far: the {args.locale} demo runs on text",
+              file=sys.stderr)  # fmt: skip
+        args.voice = False
     if args.voice and not espeak_available():
         print(
             "device-sdk: espeak-ng is not installed (apt-get install espeak-ng): the demo runs on text", file=sys.stderr
@@ -154,6 +163,7 @@ async def _demo(args: argparse.Namespace) -> int:
             policy=PolicyBook.load(args.policy),
             voice=args.voice,
             hearing=hearing,
+            locale=args.locale,
         )
     except DeviceSdkError as exc:
         if quiet:

@@ -78,9 +78,11 @@ async def run_phone(
     photo: str | None = None,
     broker: str | None = None,
     device_id: str = "phone-1",
+    locale: str = "en-US",
 ) -> PhoneDemo:
     """One intent from the assistant to its outcome, with the user answering the sheet with `tap`;
-    with `photo` (a catalog SKU) the intent carries a photo of that product."""
+    with `photo` (a catalog SKU) the intent carries a photo of that product; `locale` is the phone's
+    and the intent's language."""
     async with contextlib.AsyncExitStack() as stack:
         url, shared = await broker_or_embedded(stack, broker)
         timeline = await stack.enter_async_context(Timeline(url))
@@ -89,7 +91,7 @@ async def run_phone(
         phone.tap = tap
         verifier = IntentVerifier(OemKeys([(phone.oem_id, phone.oem_key.public)]))
         device = await stack.enter_async_context(
-            DeviceClient(url, device_id, kind=DeviceKind.PHONE, capabilities=PHONE_CAPABILITIES)
+            DeviceClient(url, device_id, kind=DeviceKind.PHONE, capabilities=PHONE_CAPABILITIES, locale=locale)
         )
         bridge = await stack.enter_async_context(IntentBridge(device, verifier, phone, listen=("127.0.0.1", 0)))
         oem_bus = await stack.enter_async_context(MqttBus(url, f"oem-{phone.oem_id}")) if via == "bus" else None
@@ -99,7 +101,9 @@ async def run_phone(
             if product is None:
                 raise ValueError(f"no product {photo!r} in the catalog")
             image = product_photo(product.sku, product.name)
-        result = await send_intent(via, phone.intent(say, image=image), bus=oem_bus, bridge=bridge, oem_id=phone.oem_id)
+        result = await send_intent(
+            via, phone.intent(say, image=image, locale=locale), bus=oem_bus, bridge=bridge, oem_id=phone.oem_id
+        )
         await timeline_settle(timeline)
         verification = backend.verifier.last
         return PhoneDemo(

@@ -38,6 +38,8 @@ from .speaker import SimulatedSpeaker, SpeakerRun
 
 DEFAULT_SAY = "buy two packs of AA batteries and a bottle of milk"
 DEFAULT_REPLY = "confirm"
+DEFAULTS = {"en-US": (DEFAULT_SAY, DEFAULT_REPLY), "zh-CN": ("帮我买两包五号电池和一瓶牛奶", "确认")}
+"""What the demo's user says and answers, per locale."""
 log = logging.getLogger(__name__)
 
 
@@ -203,6 +205,7 @@ async def run_demo(
     policy: PolicyBook | None = None,
     voice: bool = False,
     hearing: Hearing | None = None,
+    locale: str = "en-US",
 ) -> DemoResult:
     """Run one spoken request to its outcome; with no broker URL, on an embedded broker; with no
     audit path, the audit log and the verifier's store live in a temporary file.
@@ -218,7 +221,7 @@ async def run_demo(
             ShopBackend(url, topics=topics, shared=shared, database=audit, policy=policy)
         )
         key = await asyncio.to_thread(backend.provision, device_id)
-        device = await stack.enter_async_context(DeviceClient(url, device_id, topics=topics, key=key))
+        device = await stack.enter_async_context(DeviceClient(url, device_id, topics=topics, key=key, locale=locale))
         speaker = SimulatedSpeaker(device, present)
         if voice:
             heard = hearing if hearing is not None else await asyncio.to_thread(hearing_named)

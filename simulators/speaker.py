@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 
 from device_sdk.consent.mandate import mandate_id
 from device_sdk.device.client import DeviceClient, Offer
+from device_sdk.locale import locale_for
 from device_sdk.protocol.errors import RemoteError
 from device_sdk.protocol.fields import Decision, Modality
 from device_sdk.protocol.messages import OrderResult
 from device_sdk.voice.assistant import VoiceConfig
 from device_sdk.voice.engines import Hearing
 from device_sdk.voice.grammar import Vocabulary
-from device_sdk.voice.replies import REPROMPT, ReplyDialog
+from device_sdk.voice.replies import ReplyDialog
 from device_sdk.voice.tts import synthesize, trim_silence
 
 from .voice_user import converse
@@ -61,9 +62,9 @@ class SimulatedSpeaker:
             run.error = exc
             return run
         self._say(run, run.offer.readback)
-        dialog, pending = ReplyDialog(), iter(replies)
+        dialog, pending = ReplyDialog(locale=self.device.locale), iter(replies)
         while (decision := dialog.feed(next(pending, None))) is None:
-            self._say(run, REPROMPT)
+            self._say(run, locale_for(self.device.locale).readback.reprompt)
         run.heard, run.decision = dialog.heard, decision
         if decision is Decision.CONFIRM:
             run.mandate = self.device.sign(run.offer, Modality.TEXT)

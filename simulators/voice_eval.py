@@ -47,6 +47,7 @@ from device_sdk.voice.sources import read_wav
 from device_sdk.voice.tts import synthesize, trim_silence
 
 from . import natural_voice
+from .agent_core import CatalogAgent
 from .command_parser import CommandParser
 from .scenario import ShopBackend
 from .speaker import SimulatedSpeaker
@@ -68,7 +69,7 @@ class VoiceCase(BaseModel):
     command: str = ""
     expect: list[Line]
     reply: str = ""
-    expect_outcome: str = Field(pattern="^(ordered|declined|not_confirmed|step_up_required|blocked)$")
+    expect_outcome: str = Field(pattern="^(ordered|declined|not_confirmed|step_up_required|blocked|not_understood)$")
     voice: str = "en-us"
     speed: int = Field(default=160, ge=80, le=450)
     command_wav: str | None = None
@@ -217,7 +218,7 @@ async def run_case(
     backend: ShopBackend,
     hearing: Hearing | None,
     vocabulary: Vocabulary,
-    parser: CommandParser,
+    reader: CatalogAgent,
     case: VoiceCase,
     base: Path,
     *,
@@ -228,7 +229,7 @@ async def run_case(
     key = await asyncio.to_thread(backend.provision, device_id)
     orders_before = len(backend.checkout.orders)
     latency = reply_latency = None
-    async with DeviceClient(backend.url, device_id, topics=backend.topics, key=key) as device:
+    async with DeviceClient(backend.url, device_id, topics=backend.topics, key=key, locale=case.locale) as device:
         if hearing is None:
             run = await _typed(device, case)
         else:
@@ -255,7 +256,7 @@ async def run_case(
         cart = [{"sku": line.sku, "qty": line.qty} for line in run.offer.request.proposal.lines]
     elif run.command and run.error is not None and run.error.code not in (ErrorCode.NOT_UNDERSTOOD,):
         with contextlib.suppress(AgentError):
-            cart = [{"sku": line.product.sku, "qty": line.qty} for line in parser.parse(run.command)]
+            cart = [{"sku": line.product.sku, "qty": line.qty} for line in reader.parse(run.command, case.locale)]
     orders = len(backend.checkout.orders) - orders_before
     return CaseResult(case, run, cart, latency, orders, reply_latency)
 
@@ -293,12 +294,12 @@ async def run_eval(
     async with contextlib.AsyncExitStack() as stack:
         broker = await stack.enter_async_context(EmbeddedBroker())
         backend = await stack.enter_async_context(ShopBackend(broker.url, shared=False))
-        parser = CommandParser(backend.catalog)
-        vocabulary = parser.vocabulary()
+        reader = CatalogAgent(backend.catalog)
+        vocabulary = CommandParser(backend.catalog).vocabulary()
         report = EvalReport([], realtime, "text" if text else engine)
         for number, case in enumerate(cases):
             result = await run_case(
-                backend, hearing, vocabulary, parser, case, base, device_id=f"eval-{number}", realtime=realtime
+                backend, hearing, vocabulary, reader, case, base, device_id=f"eval-{number}", realtime=realtime
             )
             report.results.append(result)
             report.asr_seconds += result.run.asr_seconds

@@ -6,8 +6,9 @@ device and the verifier all derive the same text and the same display digest fro
 
 from __future__ import annotations
 
+from device_sdk.locale import DEFAULT_LOCALE, locale_for
 from device_sdk.protocol.fields import Modality, sha256_hex
-from device_sdk.protocol.messages import CheckoutProposal, ConfirmationRequest, ConsentTerms, ProposalLine
+from device_sdk.protocol.messages import CheckoutProposal, ConfirmationRequest, ConsentTerms
 
 # ISO 4217 minor-unit exponents that are not 2 (every other current currency has 2).
 _EXPONENT = {
@@ -19,69 +20,72 @@ _EXPONENT = {
     **dict.fromkeys(["BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"], 3),
     **dict.fromkeys(["CLF", "UYW"], 4),
 }  # fmt: skip
-_PLURAL = {"box": "boxes", "bunch": "bunches", "case": "cases", "piece": "pieces", "pair": "pairs"}
 
 
-def format_amount(minor: int, currency: str) -> str:
-    """`2580, "CNY"` -> `"25.80 CNY"`, using the currency's minor-unit exponent."""
+def format_amount(minor: int, currency: str, locale: str = DEFAULT_LOCALE) -> str:
+    """`2580, "CNY"` -> `"25.80 CNY"` (in zh-CN `"25.80 元"`), by the currency's minor-unit exponent."""
     exponent = _EXPONENT.get(currency, 2)
-    if exponent == 0:
-        return f"{minor} {currency}"
     major, rest = divmod(minor, 10**exponent)
-    return f"{major}.{rest:0{exponent}d} {currency}"
-
-
-def _unit(line: ProposalLine) -> str:
-    if line.qty == 1:
-        return line.unit
-    return _PLURAL.get(line.unit, line.unit if line.unit.endswith("s") else f"{line.unit}s")
+    amount = f"{major}.{rest:0{exponent}d}" if exponent else str(minor)
+    data = locale_for(locale)
+    return data.amount.format(amount=amount, currency=data.currency_names.get(currency, currency))
 
 
 def compose_readback(proposal: CheckoutProposal) -> str:
-    """Items, quantities, sellers, total and payee, then how to answer, as one spoken paragraph."""
-    parts = ["Please confirm your order."]
+    """Items, quantities, sellers, total and payee, then how to answer, as one spoken paragraph in
+    the proposal's locale."""
+    data = locale_for(proposal.language)
+    text = data.readback
+    parts = [text.title]
     for line in proposal.lines:
+        amount = format_amount(line.line_total_minor, proposal.currency, proposal.language)
         parts.append(
-            f"{line.qty} {_unit(line)} of {line.name}, from {line.seller.name}, "
-            f"{format_amount(line.line_total_minor, proposal.currency)}."
-        )
-    parts.append(f"Total {format_amount(proposal.total_minor, proposal.currency)}, paid to {proposal.merchant.name}.")
-    parts.append(ANSWER_PROMPT)
-    return " ".join(parts)
+            text.line.format(qty=line.qty, unit=data.unit(line.unit, line.qty), name=line.name,
+                             seller=line.seller.name, amount=amount)
+        )  # fmt: skip
+    total = format_amount(proposal.total_minor, proposal.currency, proposal.language)
+    parts.append(text.total.format(total=total, payee=proposal.merchant.name))
+    parts.append(text.answer)
+    return text.join.join(parts)
 
 
-ANSWER_PROMPT = "Say confirm to place the order, or cancel."
-LENS_PROMPT = "Tap to confirm, swipe to cancel"
+ANSWER_PROMPT = locale_for(DEFAULT_LOCALE).readback.answer
+"""How an en-US read-back ends; `answer_prompt` for any locale."""
+LENS_PROMPT = locale_for(DEFAULT_LOCALE).lens.answer
+
+
+def answer_prompt(locale: str = DEFAULT_LOCALE) -> str:
+    """How every read-back and re-prompt in `locale` ends: the question the user answers."""
+    return locale_for(locale).readback.answer
 
 
 def compose_lens_card(proposal: CheckoutProposal) -> str:
     """The card a pair of glasses shows on the lens, one line per row: a title, per item its
     quantity, name and total, then its seller, then the total and payee, then how to answer. Its
     digest is what a `lens_tap` mandate signs; `device_sdk.consent.lens` draws it."""
-    rows = ["Confirm order"]
+    text = locale_for(proposal.language).lens
+    rows = [text.title]
     for line in proposal.lines:
-        rows.append(f"{line.qty} x {line.name} | {format_amount(line.line_total_minor, proposal.currency)}")
-        rows.append(f"  from {line.seller.name}")
-    rows.append(f"Total {format_amount(proposal.total_minor, proposal.currency)}")
-    rows.append(f"Paid to {proposal.merchant.name}")
-    rows.append(LENS_PROMPT)
+        amount = format_amount(line.line_total_minor, proposal.currency, proposal.language)
+        rows.append(text.line.format(qty=line.qty, name=line.name, amount=amount))
+        rows.append(text.seller.format(seller=line.seller.name))
+    rows.append(text.total.format(total=format_amount(proposal.total_minor, proposal.currency, proposal.language)))
+    rows.append(text.payee.format(payee=proposal.merchant.name))
+    rows.append(text.answer)
     return "\n".join(rows)
-
-
-SHEET_ACTIONS = "[Cancel]  [Confirm]"
 
 
 def compose_phone_sheet(proposal: CheckoutProposal) -> str:
     """The phone's system confirmation sheet, one line per row: a title, the payee, per item its
     quantity, name, seller and total, the total, then the two buttons. Its digest is what a
     `phone_sheet` mandate signs."""
-    rows = ["Confirm purchase", f"Pay {proposal.merchant.name}"]
+    text = locale_for(proposal.language).sheet
+    rows = [text.title, text.payee.format(payee=proposal.merchant.name)]
     for line in proposal.lines:
-        rows.append(
-            f"{line.qty} x {line.name} ({line.seller.name}) {format_amount(line.line_total_minor, proposal.currency)}"
-        )
-    rows.append(f"Total {format_amount(proposal.total_minor, proposal.currency)}")
-    rows.append(SHEET_ACTIONS)
+        amount = format_amount(line.line_total_minor, proposal.currency, proposal.language)
+        rows.append(text.line.format(qty=line.qty, name=line.name, seller=line.seller.name, amount=amount))
+    rows.append(text.total.format(total=format_amount(proposal.total_minor, proposal.currency, proposal.language)))
+    rows.append(text.actions)
     return "\n".join(rows)
 
 

@@ -23,6 +23,7 @@ from device_sdk.bus.url import BrokerUrl
 from device_sdk.consent.keys import SigningKey
 from device_sdk.consent.mandate import mandate_for
 from device_sdk.consent.readback import compose_readback, display_digest
+from device_sdk.locale import DEFAULT_LOCALE, locale_for
 from device_sdk.media.audio import MAX_CHUNK, AudioChunk
 from device_sdk.media.images import image_ref, strip_metadata
 from device_sdk.protocol.errors import (
@@ -128,6 +129,7 @@ class DeviceClient(Service):
         capabilities: Sequence[Capability] = (Capability.MIC, Capability.AUDIO_OUT, Capability.TEXT),
         firmware: str | None = None,
         room: str | None = None,
+        locale: str = DEFAULT_LOCALE,
         topics: Topics | None = None,
         heartbeat: float = 2.0,
         pong_timeout: float = 5.0,
@@ -137,6 +139,8 @@ class DeviceClient(Service):
         self.url = url
         self.device_id = check_id(device_id, "device id")
         self.key = key
+        self.locale = locale_for(locale).tag
+        """The language its user speaks and reads: sent with every request, the read-back's language."""
         self.topics = topics or Topics()
         self.controller_id: str | None = None
         self.controller_alive = False
@@ -147,7 +151,12 @@ class DeviceClient(Service):
             device_id=device_id, online=True, kind=kind, capabilities=list(capabilities), firmware=firmware
         )
         self.info = DeviceInfo(
-            device_id=device_id, kind=kind, capabilities=list(capabilities), firmware=firmware, room=room
+            device_id=device_id,
+            kind=kind,
+            capabilities=list(capabilities),
+            firmware=firmware,
+            room=room,
+            locale=None if locale == DEFAULT_LOCALE else locale,
         )
         """What the device is: retained on its info topic, and its zeroconf TXT record when advertised."""
         self._waiters: dict[str, list[_Waiter]] = {}
@@ -216,7 +225,7 @@ class DeviceClient(Service):
         *,
         session_id: str | None = None,
         image_ref: str | None = None,
-        locale: str = "en-US",
+        locale: str | None = None,
         timeout: float = 30.0,
     ) -> Offer:
         """Send what the user asked for; return the offer to present, or raise `RemoteError`."""
@@ -226,7 +235,7 @@ class DeviceClient(Service):
             session_id=session_id or new_id("ses"),
             text=text,
             image_ref=image_ref,
-            locale=locale,
+            locale=locale or self.locale,
         )
         reply = await self._exchange(
             request.session_id,

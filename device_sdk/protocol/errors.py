@@ -13,6 +13,7 @@ class ErrorCode(StrEnum):
     TOO_LARGE = "too_large"
     UNKNOWN_TYPE = "unknown_type"
     UNSUPPORTED_VERSION = "unsupported_version"
+    UNSUPPORTED_LOCALE = "unsupported_locale"
     WRONG_TOPIC = "wrong_topic"
     BAD_AUDIO = "bad_audio"
     UNKNOWN_STREAM = "unknown_stream"

@@ -39,6 +39,9 @@ from .fields import (
     plain_text,
 )
 
+LocaleTag = Annotated[str, Field(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$", max_length=35)]
+"""A BCP 47 language tag (`en-US`, `zh-CN`)."""
+
 
 class DeviceStatus(WireMessage):
     """Retained on the device's status topic; the last will publishes it with online=false."""
@@ -63,6 +66,7 @@ class DeviceInfo(WireMessage):
     protocol: int = Field(default=PROTOCOL_VERSION, ge=1, le=255, description="Highest protocol version spoken.")
     firmware: Annotated[str, Field(min_length=1, max_length=64), AfterValidator(plain_text)] | None = None
     room: Id | None = Field(default=None, description="Where the device is; wake words are arbitrated per room.")
+    locale: LocaleTag | None = Field(default=None, description="The language its user speaks and reads (none: en-US).")
 
 
 class GatewayStatus(WireMessage):
@@ -170,7 +174,7 @@ class AgentRequest(WireMessage):
     image_ref: Annotated[str, Field(max_length=512)] | None = Field(
         default=None, description="Reference to a camera frame the user looked at (not the image bytes)."
     )
-    locale: Annotated[str, Field(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$")] = "en-US"
+    locale: LocaleTag = "en-US"
     reply_to: Annotated[str, Field(max_length=256)] | None = Field(
         default=None, description="Topic for the answer; set by the gateway on the agent request topic."
     )
@@ -213,6 +217,14 @@ class CheckoutProposal(WireMessage):
     lines: list[ProposalLine] = Field(min_length=1, max_length=50)
     total_minor: Minor
     created_at: float
+    locale: LocaleTag | None = Field(
+        default=None, description="The device's locale (none: en-US): the read-back, card and sheet are in it."
+    )
+
+    @property
+    def language(self) -> str:
+        """The locale its text is composed in."""
+        return self.locale or "en-US"
 
     @model_validator(mode="after")
     def _total(self) -> CheckoutProposal:

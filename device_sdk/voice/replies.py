@@ -1,40 +1,36 @@
 """What a spoken or typed reply to a read-back means: a closed set of phrases, nothing guessed.
 
 A wrongly heard "yes" is the worst failure a shopping device can have, so only these exact
-phrases (after case and punctuation are folded) confirm or decline; anything else is unclear,
+phrases of the locale's data file (after case and punctuation are folded) confirm or decline; anything else is unclear,
 is asked once more, and then ends as `not_confirmed`.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
-from device_sdk.consent.readback import ANSWER_PROMPT
+from device_sdk.locale import DEFAULT_LOCALE, locale_for
 from device_sdk.protocol.fields import Decision
 
-ACCEPT_PHRASES = frozenset(
-    {"confirm", "yes confirm", "yes", "confirm the order", "yes please buy it", "place the order"}
-)
-DECLINE_PHRASES = frozenset({"cancel", "no", "no thanks", "stop", "cancel the order", "don't buy it"})
+_EN = locale_for(DEFAULT_LOCALE)
+ACCEPT_PHRASES = _EN.replies.accept
+DECLINE_PHRASES = _EN.replies.decline
+REPROMPT = _EN.readback.reprompt
 """How every read-back and re-prompt ends: the question the user answers."""
-REPROMPT = f"Sorry, I did not get that. {ANSWER_PROMPT}"
-
-_NOT_WORD = re.compile(r"[^a-z0-9' ]+")
 
 
 def normalise(text: str) -> str:
-    """Lower case, curly quotes straightened, punctuation dropped, spaces collapsed."""
-    text = text.lower().replace("\u2019", "'")
-    return " ".join(_NOT_WORD.sub(" ", text).split())
+    """Lower case, curly quotes straightened, punctuation dropped, spaces collapsed (en-US)."""
+    return _EN.normalise_reply(text)
 
 
-def interpret_reply(text: str) -> Decision | None:
-    """`CONFIRM`, `DECLINE`, or None when the reply is neither."""
-    phrase = normalise(text)
-    if phrase in ACCEPT_PHRASES:
+def interpret_reply(text: str, locale: str = DEFAULT_LOCALE) -> Decision | None:
+    """`CONFIRM`, `DECLINE`, or None when the reply is neither of `locale`'s exact phrases."""
+    data = locale_for(locale)
+    phrase = data.normalise_reply(text)
+    if phrase in data.replies.accept:
         return Decision.CONFIRM
-    if phrase in DECLINE_PHRASES:
+    if phrase in data.replies.decline:
         return Decision.DECLINE
     return None
 
@@ -44,13 +40,14 @@ class ReplyDialog:
     """Feeds replies until a decision: `reprompts` re-prompts after unclear replies, then `NO_ANSWER`."""
 
     reprompts: int = 1
+    locale: str = DEFAULT_LOCALE
     heard: list[str] = field(default_factory=list)
     attempts: int = 0
     decision: Decision | None = None
 
     def feed(self, reply: str | None) -> Decision | None:
         """Take one reply (None for silence); return the decision, or None to re-prompt."""
-        return self.decide(interpret_reply(reply) if reply is not None else None, reply)
+        return self.decide(interpret_reply(reply, self.locale) if reply is not None else None, reply)
 
     def decide(self, decision: Decision | None, reply: str | None) -> Decision | None:
         """Take one reply already judged (`ReplyJudge`): its decision, or None when it was unclear."""

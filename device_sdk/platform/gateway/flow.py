@@ -119,6 +119,7 @@ class SessionFlow:
                 total_minor=issued.proposal.total_minor,
                 currency=issued.proposal.currency,
                 payee=issued.proposal.merchant.id,
+                locale=issued.proposal.language,
             )
             terms = await self.checkout.open(issued)
             offer = confirmation_request(

@@ -1,0 +1,104 @@
+"""The locale data files, read once and checked: `locale_for("zh-CN")`."""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import cache
+from importlib.resources import files
+
+from pydantic import BaseModel, ConfigDict
+
+from device_sdk.protocol.errors import ErrorCode, ProtocolError
+
+DEFAULT_LOCALE = "en-US"
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ReadbackText(_Data):
+    title: str
+    line: str
+    """`{qty}`, `{unit}`, `{name}`, `{seller}`, `{amount}`."""
+    total: str
+    """`{total}`, `{payee}`."""
+    answer: str
+    unclear: str
+    """Said before the answer prompt again when a reply was neither an accept nor a decline."""
+    join: str
+
+    @property
+    def reprompt(self) -> str:
+        return self.join.join((self.unclear, self.answer))
+
+
+class LensText(_Data):
+    title: str
+    line: str
+    seller: str
+    total: str
+    payee: str
+    answer: str
+
+
+class SheetText(_Data):
+    title: str
+    payee: str
+    line: str
+    total: str
+    actions: str
+
+
+class ReplyPhrases(_Data):
+    accept: frozenset[str]
+    decline: frozenset[str]
+
+
+class Locale(_Data):
+    """One locale's data (see the package's docstring)."""
+
+    tag: str
+    language: str
+    """ISO 639-1, as speech engines take it (`en`, `zh`)."""
+    currency_names: dict[str, str]
+    """How a currency is written after an amount (`CNY` -> `元`); the ISO code when not listed."""
+    amount: str
+    readback: ReadbackText
+    lens: LensText
+    sheet: SheetText
+    plurals: dict[str, str]
+    """Irregular plural units; others take `plural_suffix` (none in a language without plurals)."""
+    plural_suffix: str
+    replies: ReplyPhrases
+
+    def unit(self, unit: str, qty: int) -> str:
+        """The unit as said with `qty`: "2 boxes", "2 packs"; "2包" unchanged."""
+        if qty == 1 or not self.plural_suffix:
+            return unit
+        suffix = self.plural_suffix
+        return self.plurals.get(unit, unit if unit.endswith(suffix) else unit + suffix)
+
+    def normalise_reply(self, text: str) -> str:
+        """A reply folded for matching: lower case, punctuation dropped; spaces collapsed where
+        words are spaced, dropped where they are not (Chinese)."""
+        text = text.lower().replace("\u2019", "'")
+        if self.language == "zh":
+            return _NOT_WORD_ZH.sub("", text)
+        return " ".join(_NOT_WORD.sub(" ", text).split())
+
+
+_NOT_WORD = re.compile(r"[^a-z0-9' ]+")
+_NOT_WORD_ZH = re.compile(r"[\W_]+")
+LOCALES = ("en-US", "zh-CN")
+"""The locales with a data file."""
+
+
+@cache
+def locale_for(tag: str) -> Locale:
+    """The locale `tag`, or `ProtocolError` (`unsupported_locale`) for one with no data file."""
+    if tag not in LOCALES:
+        raise ProtocolError(f"no locale {tag!r}: {', '.join(LOCALES)}", ErrorCode.UNSUPPORTED_LOCALE)
+    text = files("device_sdk.locale").joinpath(f"data/{tag}.json").read_text(encoding="utf-8")
+    return Locale.model_validate(json.loads(text))

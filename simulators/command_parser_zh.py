@@ -1,0 +1,133 @@
+"""Turns a Chinese shopping command into catalog lines: "帮我买两包五号电池和一瓶牛奶".
+
+Quantities in Chinese numerals or digits (一 两 俩 三 … 十 十二 二十五, 2), a measure word (包 瓶 袋
+盒 个 …), the product by its zh-CN name or alias; no spaces; several items joined by 和, 还有,
+再加, 跟, 以及, 另外 or a comma. A dropped 一 ("买包袜子") is one; 俩 is two. What is not understood is
+reported, never guessed: a measure word that is not the product's ("两个口罩" when masks come in
+boxes) is refused rather than read as two boxes (个 stands for any item sold by the piece, and a
+measure word in the product's own name counts: 一打鸡蛋), and so is a quantity over 99 ("一万包").
+"""
+
+from __future__ import annotations
+
+import re
+
+from device_sdk.protocol.errors import AgentError, ErrorCode
+
+from .catalog import Catalog, Product
+from .command_parser import MAX_QTY, ParsedLine
+
+LOCALE = "zh-CN"
+_DIGITS = {"零": 0, "〇": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
+_POWERS = {"十": 10, "百": 100, "千": 1000, "万": 10_000}
+_NUMBER = re.compile(r"^(?:\d+|[零〇一二两三四五六七八九十百千万]+)")
+MEASURE_WORDS = frozenset("个只支瓶包袋盒箱提卷根双副本把张台份组听罐条件套打杯块斤")
+"""Measure words people put between a number and a product; each product has its own (`unit`)."""
+LEADS = (
+    "麻烦帮我买", "请帮我买", "帮我下单", "帮我订", "帮我买", "给我买", "我想要买", "我想买", "我要买", "我需要",
+    "我想要", "我要", "再来", "给我来", "来", "再买", "买", "请", "帮我", "下单", "订", "要", "再",
+)  # fmt: skip
+"""What people say before the items; longer first (each is stripped while one matches)."""
+TRAILS = ("谢谢你", "谢谢", "就行了", "就好", "吧", "了", "呀", "啊", "哦", "呢")
+CONNECTORS = re.compile(r"还有|再加上|再加|以及|另外|加上|然后|和|跟|与|及|[,，、;；]")
+_NOT_TEXT = re.compile(r"[\s\-_·.。!！?？\"'“”‘’()（）]+")
+
+
+def fold(text: str) -> str:
+    """Lower case, full-width forms narrowed, spaces, hyphens and punctuation dropped ("Type-C线" ->
+    "typec线"), separators kept."""
+    narrowed = "".join(chr(ord(c) - 0xFEE0) if "\uff01" <= c <= "\uff5e" and c not in "，；" else c for c in text)
+    return _NOT_TEXT.sub("", narrowed.lower())
+
+
+def chinese_number(text: str) -> int:
+    """ "两" -> 2, "十二" -> 12, "二十五" -> 25, "一万" -> 10000, "12" -> 12."""
+    if text.isdigit():
+        return int(text)
+    total = section = digit = 0
+    for char in text:
+        if char in _DIGITS:
+            digit = _DIGITS[char]
+        elif char == "万":
+            total += (section + digit) * 10_000
+            section = digit = 0
+        else:
+            section += (digit or 1) * _POWERS[char]
+            digit = 0
+    return total + section + digit
+
+
+class ChineseCommandParser:
+    """Parses zh-CN commands against the catalog's zh-CN names and aliases."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        names: dict[str, Product] = {}
+        for product in catalog.products:
+            local = product.named(LOCALE)
+            for name in (local.name, local.name.split("，")[0], *local.aliases):
+                names.setdefault(fold(name), product)
+        self._names = sorted(names.items(), key=lambda item: len(item[0]), reverse=True)
+
+    def parse(self, text: str) -> list[ParsedLine]:
+        """The lines of `text`, or `AgentError` (`not_understood`, `item_not_found`,
+        `quantity_out_of_range`) naming what could not be read."""
+        folded = _strip_ends(fold(text))
+        if not folded or folded in LEADS:
+            raise AgentError("没有听到要买的东西", ErrorCode.NOT_UNDERSTOOD)
+        lines: dict[str, ParsedLine] = {}
+        for segment in (s for s in CONNECTORS.split(folded) if s):
+            parsed = self._segment(_strip_ends(segment))
+            earlier = lines.get(parsed.product.sku)
+            qty = parsed.qty + (earlier.qty if earlier else 0)
+            if qty > MAX_QTY:
+                raise AgentError(f"最多买 {MAX_QTY} 件", ErrorCode.QUANTITY_OUT_OF_RANGE)
+            lines[parsed.product.sku] = ParsedLine(parsed.product, qty)
+        return list(lines.values())
+
+    def _segment(self, segment: str) -> ParsedLine:
+        qty, rest = 1, segment
+        if segment.startswith("俩"):
+            qty, rest = 2, segment[1:]
+        elif number := _NUMBER.match(segment):
+            qty, rest = chinese_number(number.group()), segment[number.end() :]
+        if qty < 1 or qty > MAX_QTY:
+            raise AgentError(f"数量 {qty} 超出范围（1 到 {MAX_QTY}）", ErrorCode.QUANTITY_OUT_OF_RANGE)
+        product = self._product(rest)
+        measure = None
+        if product is None and rest[:1] in MEASURE_WORDS:
+            measure, rest = rest[0], rest[1:]
+            product = self._product(rest)
+        if product is None:
+            raise AgentError(f"找不到“{segment}”", ErrorCode.ITEM_NOT_FOUND)
+        if measure is not None and not _sold_by(product, measure):
+            local = product.named(LOCALE)
+            raise AgentError(f"{local.name}按“{local.unit}”卖，不按“{measure}”", ErrorCode.NOT_UNDERSTOOD)
+        return ParsedLine(product, qty)
+
+    def _product(self, rest: str) -> Product | None:
+        """The product `rest` names exactly (an alias or its name), the longest first."""
+        rest = _strip_ends(rest)
+        return next((product for name, product in self._names if rest == name), None)
+
+
+def _sold_by(product: Product, measure: str) -> bool:
+    """Whether "<qty><measure><product>" asks for that many of the product as sold: its own measure
+    word, one its name holds ("一打" in 鸡蛋，一打), or 个 for an item sold by the piece."""
+    local = product.named(LOCALE)
+    return measure == local.unit or f"一{measure}" in local.name or (measure == "个" and product.unit == "piece")
+
+
+def _strip_ends(text: str) -> str:
+    changed = True
+    while changed and text:
+        changed = False
+        for lead in LEADS:
+            if text.startswith(lead) and len(text) > len(lead):
+                text, changed = text[len(lead) :], True
+                break
+        for trail in TRAILS:
+            if text.endswith(trail) and len(text) > len(trail):
+                text, changed = text[: -len(trail)], True
+                break
+    return text
