@@ -353,8 +353,7 @@ class DeviceClient(Service):
         """Publish `payload` on the up topic, resending it until the message that `answers` it, or an
         error about `ref`. Several calls may wait in one session; each gets only its own answer."""
         waiter = _Waiter(answers, ref)
-        waiters = self._waiters.setdefault(session_id, [])
-        waiters.append(waiter)
+        self._waiters.setdefault(session_id, []).append(waiter)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:
@@ -374,9 +373,7 @@ class DeviceClient(Service):
                     raise RemoteError(reply.text, reply.code)
                 return reply
         finally:
-            waiters.remove(waiter)
-            if not waiters:
-                self._waiters.pop(session_id, None)
+            self._drop_waiter(session_id, waiter)
 
     async def wake(
         self, confidence: float, energy_db: float, *, session_id: str | None = None, timeout: float = 5.0
