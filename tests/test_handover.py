@@ -69,6 +69,8 @@ def kinds(backend: ShopBackend, session_id: str) -> list[str]:
 
 async def test_the_paired_phone_confirms_what_the_speaker_handed_over() -> None:
     async with paired() as pair:
+        earlier = await pair.speaker.ask("buy a pack of socks")  # an order in the store already
+        assert (await pair.speaker.answer(earlier, Decision.CONFIRM)).outcome is Outcome.ORDERED
         offer = await pair.speaker.ask(ASK)
         assert await pair.speaker.hand_over(offer) == "phone-1"
         result = await pair.speaker.result(offer, timeout=20)
@@ -93,7 +95,7 @@ async def test_the_paired_phone_confirms_what_the_speaker_handed_over() -> None:
         assert handover["to_device"] == "phone-1" and handover["modalities"] == ["phone_sheet"]
         order = [r["kind"] for r in records]
         assert order.index("rendering") < order.index("handover") < order.index("verification") < order.index("order")
-        assert len(pair.backend.checkout.orders) == 1
+        assert len(pair.backend.checkout.orders) == 2
 
 
 async def test_the_phone_declines_or_leaves_it_and_nothing_is_ordered() -> None:

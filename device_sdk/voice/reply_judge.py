@@ -26,7 +26,8 @@ The decision table (`decide`):
 | accept | veto or decline | - | ask again |
 | "yes" alone | accept or supports | accept | accept |
 | "yes" alone | anything else | - | ask again ("guess" and "yet" sound like it) |
-| another accept | accept or supports | - | accept |
+| another accept | accept or supports | accept or none | accept |
+| another accept | accept or supports | rival | ask again (both took "conform" for "confirm") |
 | another accept | neutral | accept | accept |
 | another accept | neutral | rival or none | ask again |
 | neither | decline | - | decline |
@@ -56,7 +57,7 @@ from .grammar import Grammar, build_grammar, words_of
 from .lexicon import english_words
 from .replies import ACCEPT_PHRASES, DECLINE_PHRASES, interpret_reply, normalise
 from .sources import RATE
-from .whisper import REPLY_TOKENS, WhisperEngine
+from .whisper import REPLY_TOKENS, REPLY_WINDOW_S, WhisperEngine
 
 T = TypeVar("T")
 
@@ -218,8 +219,10 @@ def decide(first: str, second: Opinion | None, guard: Verdict | None) -> tuple[D
             if agrees and guard in (None, Verdict.ACCEPT):
                 return Decision.CONFIRM, "a short accept every hearing agreed on"
             return None, "a short accept not every hearing agreed on"
-        if agrees:
+        if agrees and guard is not Verdict.RIVAL:
             return Decision.CONFIRM, "an accept Whisper agreed with"
+        if agrees:
+            return None, "an accept Whisper agreed with, but a near miss beat it"
         if guard is Verdict.ACCEPT:
             return Decision.CONFIRM, "an accept Whisper garbled that beat its near misses"
         return None, f"an accept Whisper did not hear ({guard or 'no guard'})"
@@ -264,7 +267,7 @@ class ReplyJudge:
 
     def _second(self, pcm: bytes) -> str:
         assert self.second is not None
-        return self.second.transcribe(pcm, max_new_tokens=REPLY_TOKENS)
+        return self.second.transcribe(pcm, max_new_tokens=REPLY_TOKENS, window_s=REPLY_WINDOW_S)
 
     def choose(self, pcm: bytes) -> Verdict:
         """The forced choice: an accept phrase, a rival, or nothing the decoder would settle on."""

@@ -44,6 +44,13 @@ MODEL_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")
 REPLY_TOKENS = 24
 """Tokens a short answer may take: "yes please buy it" is 6; a runaway on noise is cut here."""
 COMMAND_TOKENS = 96
+REPLY_WINDOW_S = 12.0
+"""The window a reply is encoded in, where Whisper takes 30 s: its encoder costs in proportion to
+the window (a reply took 0.26 s in 12 s against 0.9 to 1.1 s in 30 s), and a spoken answer is a
+few seconds. Shorter windows made it repeat itself more ("Confirm Confirm" at 5 to 10 s)."""
+NO_SPEECH = (0.6, -1.0)
+"""faster-whisper's test for a window with no speech: its no-speech probability over 0.6 while the
+average log-probability of the words is under -1 (then nothing was said)."""
 
 
 def cache_dir() -> Path:
@@ -116,6 +123,17 @@ def runaway(text: str) -> bool:
     return bool(_REPEAT.search(squeezed)) or bool(re.search(r"(\b\w+\b)(?:\W+\1\b){3,}", text.lower()))
 
 
+_REPEATED = re.compile(r"\s*(.+?)(?:[\s,;]+\1)+\s*", re.IGNORECASE)
+
+
+def once(text: str) -> str:
+    """A transcript that is one phrase said again and again, once ("Confirm Confirm" -> "Confirm";
+    "Yes, confirm. Yes, confirm." -> "Yes, confirm."): what a short window adds, with the
+    phrase's own punctuation kept ("Confirm? Confirm?" stays a question)."""
+    repeated = _REPEATED.fullmatch(text)
+    return repeated.group(1) if repeated else text
+
+
 @dataclass
 class WhisperEngine:
     """faster-whisper on the CPU: `model` is a CTranslate2 Whisper directory (default: Whisper base,
@@ -159,8 +177,13 @@ class WhisperEngine:
         noise = np.random.default_rng(0).normal(0.0, 30.0, RATE).astype("<i2").tobytes()
         self.transcribe(noise, max_new_tokens=4)
 
-    def transcribe(self, pcm: bytes, *, language: str | None = None, max_new_tokens: int = COMMAND_TOKENS) -> str:
-        """The words in 16 kHz s16le mono PCM, or "" for silence, noise and runaway loops."""
+    def transcribe(
+        self, pcm: bytes, *, language: str | None = None, max_new_tokens: int = COMMAND_TOKENS,
+        window_s: float | None = None,
+    ) -> str:  # fmt: skip
+        """The words in 16 kHz s16le mono PCM, or "" for silence, noise and runaway loops. With
+        `window_s`, audio that fits it is encoded in a window that long instead of Whisper's 30 s
+        (the same decoding: greedy or beam, temperature 0, no prompt, no timestamps)."""
         if len(pcm) % 2:
             raise VoiceError("PCM for recognition is whole 16-bit samples", ErrorCode.BAD_AUDIO)
         if not pcm:
@@ -168,6 +191,9 @@ class WhisperEngine:
         audio = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768.0
         with self._lock:  # one decode at a time: each already uses every thread it was given
             try:
+                if window_s is not None and len(audio) <= window_s * RATE:
+                    text = once(self._in_window(audio, language or self.language, max_new_tokens, window_s))
+                    return "" if runaway(text) else text
                 segments, _info = self._model.transcribe(
                     audio,
                     language=language or self.language,
@@ -184,6 +210,32 @@ class WhisperEngine:
             except (RuntimeError, ValueError) as exc:
                 raise VoiceError(f"Whisper failed: {exc}", ErrorCode.ASR_FAILED) from None
         return "" if runaway(text) else text
+
+    def _in_window(self, audio: np.ndarray, language: str | None, max_new_tokens: int, window_s: float) -> str:
+        """One window of `window_s` seconds, its features padded as faster-whisper pads its 30 s."""
+        from faster_whisper.tokenizer import Tokenizer
+        from faster_whisper.transcribe import get_suppressed_tokens
+
+        model = self._model
+        features = model.feature_extractor(audio)
+        frames = round(window_s * RATE / model.feature_extractor.hop_length)
+        padded = np.zeros((features.shape[0], frames), dtype=features.dtype)
+        padded[:, : min(frames, features.shape[1])] = features[:, :frames]
+        encoded = model.encode(padded)
+        if language is None:
+            language = max(model.model.detect_language(encoded)[0], key=lambda pair: pair[1])[0][2:-2]
+        tokenizer = Tokenizer(model.hf_tokenizer, model.model.is_multilingual, task="transcribe", language=language)
+        prompt = [*tokenizer.sot_sequence, tokenizer.no_timestamps]
+        result = model.model.generate(
+            encoded, [prompt], beam_size=self.beam_size, max_length=len(prompt) + max_new_tokens,
+            return_scores=True, return_no_speech_prob=True, suppress_blank=True,
+            suppress_tokens=get_suppressed_tokens(tokenizer, (-1,)),
+        )[0]  # fmt: skip
+        tokens = result.sequences_ids[0]
+        average = result.scores[0] * len(tokens) / (len(tokens) + 1)
+        if result.no_speech_prob > NO_SPEECH[0] and average < NO_SPEECH[1]:
+            return ""
+        return str(tokenizer.decode(tokens)).strip()
 
     def recognizer(self, grammar: Grammar | None = None) -> WhisperRecognizer:
         """Whisper takes no grammar: it hears freely, and a short-answer grammar (`reply`) only

@@ -20,9 +20,9 @@ def hand_over(
     its mandate must meet; or the refusal (`not_paired` for a device with no live pairing), recorded
     in the audit log like the hand-over itself. Asking again gives the same answer."""
     row = conn.execute(
-        "SELECT device_id, session_id, terms, closed_at,"
-        " EXISTS (SELECT 1 FROM completions WHERE ordered_checkout = checkout_id)"
-        " FROM checkouts WHERE checkout_id = ?",
+        "SELECT c.device_id, c.session_id, c.terms, c.closed_at,"
+        " EXISTS (SELECT 1 FROM completions o WHERE o.ordered_checkout = c.checkout_id)"
+        " FROM checkouts c WHERE c.checkout_id = ?",
         (checkout_id,),
     ).fetchone()
     if row is None or row[0] != device_id:
