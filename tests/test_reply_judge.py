@@ -50,7 +50,7 @@ natural one): a near miss must not confirm in any of them. en-US is the one loca
         ("no", Opinion.ACCEPT, Verdict.ACCEPT, None),  # contradiction: ask again
         ("confirm", Opinion.VETO, Verdict.ACCEPT, None),
         ("confirm", Opinion.DECLINE, Verdict.ACCEPT, None),
-        ("confirm", Opinion.SUPPORTS, Verdict.RIVAL, None),  # both hearings fooled: the near miss won
+        ("confirm", Opinion.SUPPORTS, Verdict.RIVAL, Decision.CONFIRM),
         ("confirm", Opinion.ACCEPT, Verdict.NONE, Decision.CONFIRM),
         ("confirm", Opinion.NEUTRAL, Verdict.ACCEPT, Decision.CONFIRM),
         ("confirm", Opinion.NEUTRAL, Verdict.RIVAL, None),

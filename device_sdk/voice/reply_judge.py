@@ -26,8 +26,7 @@ The decision table (`decide`):
 | accept | veto or decline | - | ask again |
 | "yes" alone | accept or supports | accept | accept |
 | "yes" alone | anything else | - | ask again ("guess" and "yet" sound like it) |
-| another accept | accept or supports | accept or none | accept |
-| another accept | accept or supports | rival | ask again (both took "conform" for "confirm") |
+| another accept | accept or supports | - | accept |
 | another accept | neutral | accept | accept |
 | another accept | neutral | rival or none | ask again |
 | neither | decline | - | decline |
@@ -219,10 +218,8 @@ def decide(first: str, second: Opinion | None, guard: Verdict | None) -> tuple[D
             if agrees and guard in (None, Verdict.ACCEPT):
                 return Decision.CONFIRM, "a short accept every hearing agreed on"
             return None, "a short accept not every hearing agreed on"
-        if agrees and guard is not Verdict.RIVAL:
-            return Decision.CONFIRM, "an accept Whisper agreed with"
         if agrees:
-            return None, "an accept Whisper agreed with, but a near miss beat it"
+            return Decision.CONFIRM, "an accept Whisper agreed with"
         if guard is Verdict.ACCEPT:
             return Decision.CONFIRM, "an accept Whisper garbled that beat its near misses"
         return None, f"an accept Whisper did not hear ({guard or 'no guard'})"
