@@ -20,7 +20,18 @@ from .photos import read_tag
 
 _DEICTIC = re.compile(r"\b(?:of )?(?:these|this|those|that|them|it)\b", re.IGNORECASE)
 
-__all__ = ["MARKETPLACE", "CatalogAgent"]
+__all__ = ["MARKETPLACE", "CatalogAgent", "proposal_locale"]
+
+
+def proposal_locale(locale: str) -> str:
+    """The locale this agent answers a request of `locale` in: zh-CN for any Chinese (zh, zh-Hans,
+    zh-SG...), en-US for any English (en-GB, en-IN...); another language is not understood."""
+    language = locale.split("-")[0].lower()
+    if language == "zh":
+        return "zh-CN"
+    if language == "en":
+        return "en-US"
+    raise AgentError(f"this agent reads English and Chinese, not {locale}", ErrorCode.NOT_UNDERSTOOD)
 
 
 class CatalogAgent:
@@ -34,15 +45,13 @@ class CatalogAgent:
 
     def parse(self, text: str, locale: str) -> list[ParsedLine]:
         """The command's lines, read by the parser of the request's language."""
-        if locale == "zh-CN":
+        if proposal_locale(locale) == "zh-CN":
             return self.chinese.parse(text)
-        if locale != "en-US":
-            raise AgentError(f"this agent reads en-US and zh-CN, not {locale}", ErrorCode.NOT_UNDERSTOOD)
         return self.parser.parse(text)
 
     async def propose(self, request: AgentRequest) -> CheckoutProposal:
         text = await self._looked_at(request) if request.image_ref else request.text
-        locale = request.locale
+        locale = proposal_locale(request.locale)
         lines = [
             ProposalLine(
                 sku=parsed.product.sku,
@@ -79,7 +88,7 @@ class CatalogAgent:
         product = self.catalog.product(sku) if sku else None
         if product is None:
             raise AgentError("nothing I know is in that picture", ErrorCode.ITEM_NOT_FOUND)
-        local = product.named(request.locale)
+        local = product.named(proposal_locale(request.locale))
         name = local.aliases[0] if local.aliases else local.name.split(",")[0]
         text, replaced = _DEICTIC.subn(name, request.text, count=1)
         return text if replaced else request.text  # the words name the product themselves

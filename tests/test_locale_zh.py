@@ -96,6 +96,10 @@ async def test_the_agent_proposes_in_the_requests_locale() -> None:
     assert english.locale is None and english.lines[0].name == "Cotton socks, 5 pairs"  # en-US bytes unchanged
     with pytest.raises(AgentError):
         await agent.propose(request.model_copy(update={"locale": "ja-JP"}))
+    british = await agent.propose(request.model_copy(update={"text": "buy socks", "locale": "en-GB"}))
+    assert british.locale is None and british.lines[0].sku == "socks-5"  # any English: the en-US read-back
+    hans = await agent.propose(request.model_copy(update={"locale": "zh-Hans-CN"}))
+    assert hans.locale == "zh-CN" and hans.lines[0].unit == "包"
 
 
 async def test_read_back_card_and_sheet_are_composed_in_chinese() -> None:
