@@ -4,6 +4,7 @@ lens card and phone sheet in Chinese, Chinese replies judged by exact phrase, an
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -161,13 +162,23 @@ async def test_a_chinese_phone_intent_shows_a_chinese_sheet() -> None:
     assert demo.sheet is not None and demo.sheet.splitlines()[:2] == ["确认购买", "付款给家居直供"]
 
 
-async def test_a_device_of_another_locale_gets_a_refusal_not_a_cart() -> None:
+async def test_a_request_in_a_language_the_device_did_not_declare_is_refused() -> None:
     async with EmbeddedBroker() as broker, ShopBackend(broker.url, shared=False) as shop:
         key = shop.provision("speaker-j")
-        async with DeviceClient(broker.url, "speaker-j", key=key) as device:
+        async with DeviceClient(broker.url, "speaker-j", key=key) as device:  # declares en-US
+            for _ in range(100):  # the gateway has read its retained device.info
+                if shop.gateway.locales.get("speaker-j"):
+                    break
+                await asyncio.sleep(0.02)
+            assert shop.gateway.locales["speaker-j"] == "en-US"
             with pytest.raises(RemoteError) as refused:
-                await device.ask("帮我买两包五号电池", locale="ja-JP")
-    assert refused.value.code in (ErrorCode.NOT_UNDERSTOOD, ErrorCode.UNSUPPORTED_LOCALE)
+                await device.ask("帮我买两包五号电池", locale="zh-CN")
+            assert refused.value.code == ErrorCode.UNSUPPORTED_LOCALE
+            with pytest.raises(RemoteError) as unknown:
+                await device.ask("buy socks", locale="ja-JP")
+            assert unknown.value.code == ErrorCode.UNSUPPORTED_LOCALE
+            british = await device.ask("buy a pack of socks", locale="en-GB")  # the same language
+            assert british.request.proposal.lines[0].sku == "socks-5"
     assert shop.checkout.orders == []
 
 

@@ -88,6 +88,8 @@ class Gateway(Service):
         """Sessions whose wake lost, and who won: an agent request in one is refused (`not_chosen`)."""
         self.rooms: dict[str, str | None] = {}
         """Each device's room, from its retained `device.info`: wake words are arbitrated per room."""
+        self.locales: dict[str, str] = {}
+        """Each device's declared locale (its retained `device.info`): a request in another language is refused."""
         self.refused = 0
         self.flow = SessionFlow(
             checkout,
@@ -283,6 +285,14 @@ class Gateway(Service):
                     session_id=message.session_id,
                 )
                 return
+            declared = self.locales.get(device_id)
+            if declared is not None and _language(message.locale) != _language(declared):
+                refused = ProtocolError(
+                    f"a request in {message.locale} from a device that declared {declared}",
+                    ErrorCode.UNSUPPORTED_LOCALE,
+                )
+                self._refuse(device_id, refused, ref=message.request_id, session_id=message.session_id)
+                return
             winner = self._not_chosen.get((device_id, message.session_id))
             if winner is not None:
                 lost = SessionError(f"{winner} took this wake word's session", ErrorCode.NOT_CHOSEN)
@@ -351,6 +361,7 @@ class Gateway(Service):
     def _on_info(self, device_id: str, received: Received) -> None:
         if not received.payload:
             self.rooms.pop(device_id, None)
+            self.locales.pop(device_id, None)
             return
         try:
             info = decode_as(received.payload, DeviceInfo, device_id)
@@ -358,6 +369,7 @@ class Gateway(Service):
             self._refuse(None, exc, ref=received.topic)
             return
         self.rooms[device_id] = info.room
+        self.locales[device_id] = info.locale or "en-US"
 
     # audio -------------------------------------------------------------------------------
 
@@ -382,3 +394,8 @@ class Gateway(Service):
     async def _publish_retained(self, topic: str, payload: bytes) -> None:
         """Publish retained state (this gateway's status, its claims); a failure is the caller's to handle."""
         await self.bus.publish(topic, payload, retain=True)
+
+
+def _language(tag: str) -> str:
+    """The primary language of a BCP 47 tag: `en` for en-GB, `zh` for zh-Hans-CN."""
+    return tag.split("-")[0].lower()
