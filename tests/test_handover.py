@@ -24,8 +24,10 @@ from device_sdk.platform.checkout.registry import DeviceRegistry
 from device_sdk.platform.provisioning.provision import provision, revoke
 from device_sdk.protocol.errors import ConsentError, ErrorCode, KeyStoreError, RemoteError
 from device_sdk.protocol.fields import Decision, DeviceKind, Modality, Outcome
-from device_sdk.protocol.messages import ConfirmationResult
+from device_sdk.protocol.messages import ConfirmationResult, ConsentTerms
 from firmware_bridge.phone import HandedOffers
+from simulators.catalog import demo_catalog
+from simulators.checkout import CheckoutStandIn
 from simulators.phone import SimulatedPhone
 from simulators.scenario import ShopBackend
 
@@ -194,3 +196,21 @@ def test_provisioning_pairs_a_device_with_a_provisioned_phone(tmp_path: Path) ->
     revoke("phone-1", **where)  # type: ignore[arg-type]
     with Database(where["database"]) as db:
         assert DeviceRegistry(db).phone_of("speaker-1") is None  # a revoked phone confirms for no one
+
+
+async def test_a_checkout_that_fails_the_hand_over_leaves_the_offer_with_the_device() -> None:
+    class Broken(CheckoutStandIn):
+        async def hand_over(self, checkout_id: str, device_id: str) -> tuple[str, ConsentTerms]:
+            raise RuntimeError("the backend's bug")
+
+    async with (
+        EmbeddedBroker() as broker,
+        ShopBackend(broker.url, shared=False, make_checkout=lambda v: Broken(v, demo_catalog())) as shop,
+    ):
+        key = await asyncio.to_thread(shop.provision, "speaker-1")
+        async with DeviceClient(broker.url, "speaker-1", topics=shop.topics, key=key) as speaker:
+            offer = await speaker.ask(ASK)
+            with pytest.raises(RemoteError) as failed:
+                await speaker.hand_over(offer, timeout=10)
+            assert failed.value.code == ErrorCode.INTERNAL
+            assert (await speaker.answer(offer, Decision.CONFIRM)).outcome is Outcome.ORDERED

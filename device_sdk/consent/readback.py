@@ -50,13 +50,7 @@ def compose_readback(proposal: CheckoutProposal) -> str:
 
 
 ANSWER_PROMPT = locale_for(DEFAULT_LOCALE).readback.answer
-"""How an en-US read-back ends; `answer_prompt` for any locale."""
-LENS_PROMPT = locale_for(DEFAULT_LOCALE).lens.answer
-
-
-def answer_prompt(locale: str = DEFAULT_LOCALE) -> str:
-    """How every read-back and re-prompt in `locale` ends: the question the user answers."""
-    return locale_for(locale).readback.answer
+"""How an en-US read-back ends (any locale's: `locale_for(tag).readback.answer`)."""
 
 
 def compose_lens_card(proposal: CheckoutProposal) -> str:

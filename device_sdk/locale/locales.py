@@ -91,8 +91,9 @@ class Locale(_Data):
 
 _NOT_WORD = re.compile(r"[^a-z0-9' ]+")
 _NOT_WORD_ZH = re.compile(r"[\W_]+")
-LOCALES = ("en-US", "zh-CN")
-"""The locales with a data file."""
+_DATA = files("device_sdk.locale").joinpath("data")
+LOCALES = tuple(sorted(entry.name.removesuffix(".json") for entry in _DATA.iterdir() if entry.name.endswith(".json")))
+"""The locales with a data file: adding one is adding its file."""
 
 
 @cache
@@ -100,5 +101,5 @@ def locale_for(tag: str) -> Locale:
     """The locale `tag`, or `ProtocolError` (`unsupported_locale`) for one with no data file."""
     if tag not in LOCALES:
         raise ProtocolError(f"no locale {tag!r}: {', '.join(LOCALES)}", ErrorCode.UNSUPPORTED_LOCALE)
-    text = files("device_sdk.locale").joinpath(f"data/{tag}.json").read_text(encoding="utf-8")
+    text = _DATA.joinpath(f"{tag}.json").read_text(encoding="utf-8")
     return Locale.model_validate(json.loads(text))

@@ -190,6 +190,11 @@ class SessionFlow:
                 phone, terms = await self.checkout.hand_over(message.checkout_id, session.device_id)
         except TimeoutError:
             raise DeviceSdkError("the checkout gave no answer to the hand-over", ErrorCode.TIMEOUT) from None
+        except DeviceSdkError:
+            raise
+        except Exception as exc:  # a backend's bug: the device hears of it, the offer stays its own
+            log.exception("session %s: the hand-over failed", session.session_id)
+            raise DeviceSdkError(f"could not hand the offer over: {type(exc).__name__}", ErrorCode.INTERNAL) from None
         session.handed_to = phone
         session.offer = session.offer.model_copy(update={"consent": terms, "handed_over_from": session.device_id})
         self._handed[(phone, session.session_id)] = (session.device_id, session.session_id)
