@@ -6,6 +6,10 @@ Quantities in Chinese numerals or digits (一 两 俩 三 … 十 十二 二十�
 reported, never guessed: a measure word that is not the product's ("两个口罩" when masks come in
 boxes) is refused rather than read as two boxes (个 stands for any item sold by the piece, and a
 measure word in the product's own name counts: 一打鸡蛋), and so is a quantity over 99 ("一万包").
+
+A spoken command arrives as Whisper wrote it, with sound-alikes (棉花 for 棉袜, 拉鸡蛋 for 垃圾袋, 诶诶电池
+for AA电池, 衣包 for 一包). When no name matches exactly, the item span is matched as a whole by its
+pinyin (`pinyin_match`), and taken only when one product is near and clearly nearer than the rest.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from device_sdk.protocol.errors import AgentError, ErrorCode
 
 from .catalog import Catalog, Product
 from .command_parser import MAX_QTY, ParsedLine
+from .pinyin_match import SoundMatcher, clear_winner, heard_numeral, sayings
 
 LOCALE = "zh-CN"
 _DIGITS = {"零": 0, "〇": 0, "一": 1, "二": 2, "两": 2, "三": 3, "四": 4, "五": 5, "六": 6, "七": 7, "八": 8, "九": 9}
@@ -68,6 +73,9 @@ class ChineseCommandParser:
             for name in (local.name, local.name.split("，")[0], *local.aliases):
                 names.setdefault(fold(name), product)
         self._names = sorted(names.items(), key=lambda item: len(item[0]), reverse=True)
+        self._products = {product.sku: product for product in catalog.products}
+        self._initials = frozenset(name[:1] for name in names)
+        self._sounds = SoundMatcher((name, product.sku) for name, product in names.items())
 
     def parse(self, text: str) -> list[ParsedLine]:
         """The lines of `text`, or `AgentError` (`not_understood`, `item_not_found`,
@@ -76,7 +84,7 @@ class ChineseCommandParser:
         if not folded or folded in LEADS:
             raise AgentError("没有听到要买的东西", ErrorCode.NOT_UNDERSTOOD)
         lines: dict[str, ParsedLine] = {}
-        for segment in (s for s in CONNECTORS.split(folded) if s):
+        for segment in _segments(folded):
             parsed = self._segment(_strip_ends(segment))
             earlier = lines.get(parsed.product.sku)
             qty = parsed.qty + (earlier.qty if earlier else 0)
@@ -93,29 +101,109 @@ class ChineseCommandParser:
             qty, rest = chinese_number(number.group()), segment[number.end() :]
         if qty < 1 or qty > MAX_QTY:
             raise AgentError(f"数量 {qty} 超出范围（1 到 {MAX_QTY}）", ErrorCode.QUANTITY_OUT_OF_RANGE)
-        product = self._product(rest)
-        measure = None
-        if product is None and rest[:1] in MEASURE_WORDS:
-            measure, rest = rest[0], rest[1:]
-            product = self._product(rest)
+        product, measure = self._named(rest)
         if product is None:
-            raise AgentError(f"找不到“{segment}”", ErrorCode.ITEM_NOT_FOUND)
+            qty, product, measure = self._heard(segment, qty, rest)
         if measure is not None and not _sold_by(product, measure):
             local = product.named(LOCALE)
             raise AgentError(f"{local.name}按“{local.unit}”卖，不按“{measure}”", ErrorCode.NOT_UNDERSTOOD)
         return ParsedLine(product, qty)
 
+    def _named(self, rest: str) -> tuple[Product | None, str | None]:
+        """The product `rest` names exactly, and the measure word before it if one was taken off."""
+        product = self._product(rest)
+        if product is None and rest[:1] in MEASURE_WORDS:
+            return self._product(rest[1:]), rest[0]
+        return product, None
+
     def _product(self, rest: str) -> Product | None:
-        """The product `rest` names exactly (an alias or its name), the longest first."""
-        rest = _strip_ends(rest)
-        return next((product for name, product in self._names if rest == name), None)
+        """The product `rest` names exactly (an alias or its name), the longest first. A name found
+        only by taking a lead or trail off (来鸡蛋) is refused when the whole span sounds as near
+        another product (垃圾袋)."""
+        whole, rest = rest, _strip_ends(rest)
+        product = next((product for name, product in self._names if rest == name), None)
+        if product is not None and rest != whole:
+            ranked = self._sounds.nearest(whole)
+            mine = next((near.distance for near in ranked if near.item == product.sku), 1.0)
+            if any(near.item != product.sku and near.distance <= mine for near in ranked):
+                raise AgentError(f"听不清“{whole}”是哪件商品", ErrorCode.NOT_UNDERSTOOD)
+        return product
+
+    def _heard(self, segment: str, qty: int, rest: str) -> tuple[int, Product, str | None]:
+        """The quantity, product and measure word the segment sounds like, its item span matched as a
+        whole in pinyin: only a product near enough and clearly nearer than any other is taken."""
+        readings: dict[str, tuple[int, str | None]] = {}
+        for n, span, measure in _readings(segment, qty, rest, self._initials):
+            readings.setdefault(span, (n, measure))
+        ranked = self._sounds.nearest(*readings)
+        winner = clear_winner(ranked)
+        if winner is None:
+            if ranked and ranked[0].near:
+                names = "还是".join(self._products[near.item].named(LOCALE).name.split("，")[0] for near in ranked[:2])
+                raise AgentError(f"听不清“{segment}”是{names}", ErrorCode.NOT_UNDERSTOOD)
+            raise AgentError(f"找不到“{segment}”", ErrorCode.ITEM_NOT_FOUND)
+        qty, measure = readings[winner.heard]
+        return qty, self._products[winner.item], measure
+
+
+def _readings(segment: str, qty: int, rest: str, initials: frozenset[str]) -> list[tuple[int, str, str | None]]:
+    """The ways a segment that names no product exactly may split into quantity, item span and
+    measure word. A measure word stays in the span only where a name starts with it (瓶装水). A
+    numeral straight before the item, with no measure word, is read as part of its name (一号电池,
+    三奶 for 酸奶); a character that sounds like a numeral before a measure word is one (衣包袜子)."""
+    readings: list[tuple[int, str, str | None]]
+    if rest[:1] in MEASURE_WORDS:
+        readings = [(qty, rest[1:], rest[0])] + ([(qty, rest, None)] if rest[0] in initials else [])
+    elif rest != segment and not segment.startswith("俩"):
+        readings = [(1, segment, None)]
+    else:
+        readings = [(qty, rest, None)]
+    if rest != segment and rest[:1] not in MEASURE_WORDS and _heard_measure(rest[:1]):
+        readings.append((qty, rest[1:], rest[0]))
+    if rest == segment and (heard := heard_numeral(segment[:1])) and _heard_measure(segment[1:2]):
+        readings.append((heard, segment[2:], segment[1]))
+    return readings
+
+
+def _heard_measure(char: str) -> bool:
+    """A measure word, or what sounds like one (核 for 盒, 代 for 袋, T for 提)."""
+    return char in MEASURE_WORDS or bool(sayings(char) & _MEASURE_SAYINGS)
+
+
+_MEASURE_SAYINGS = frozenset(syllable for measure in MEASURE_WORDS for syllable in sayings(measure))
+_SPLIT = re.compile(f"({CONNECTORS.pattern})")
+
+
+def _segments(folded: str) -> list[str]:
+    """The items of a command, split at its connectors; where Whisper wrote a measure word as a
+    connector that sounds like it (五盒口罩 -> 物和口罩, 十根 -> 时跟), a bare numeral before it is
+    joined again with what follows."""
+    parts = _SPLIT.split(folded)
+    segments: list[str] = []
+    at = 0
+    while at < len(parts):
+        segment = parts[at]
+        if at + 2 < len(parts) and parts[at + 2] and _bare_numeral(segment) and _heard_measure(parts[at + 1]):
+            segment, at = segment + parts[at + 1] + parts[at + 2], at + 2
+        if segment:
+            segments.append(segment)
+        at += 2
+    return segments
+
+
+def _bare_numeral(segment: str) -> bool:
+    segment = _strip_ends(segment)
+    return bool(_NUMBER.fullmatch(segment)) or (len(segment) == 1 and heard_numeral(segment) is not None)
 
 
 def _sold_by(product: Product, measure: str) -> bool:
     """Whether "<qty><measure><product>" asks for that many of the product as sold: its own measure
-    word, one its name holds ("一打" in 鸡蛋，一打), or 个 for an item sold by the piece."""
+    word, one its name holds ("一打" in 鸡蛋，一打), 个 for an item sold by the piece, or a word said
+    as its own is (只 for 支; 核 as Whisper writes 盒)."""
     local = product.named(LOCALE)
-    return measure == local.unit or f"一{measure}" in local.name or (measure == "个" and product.unit == "piece")
+    if measure == local.unit or f"一{measure}" in local.name or (measure == "个" and product.unit == "piece"):
+        return True
+    return bool(sayings(measure) & sayings(local.unit))  # said the same: 核 or 和 for 盒, 只 for 支
 
 
 def _strip_ends(text: str) -> str:

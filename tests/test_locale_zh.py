@@ -116,8 +116,8 @@ async def test_read_back_card_and_sheet_are_composed_in_chinese() -> None:
     sheet = compose_phone_sheet(proposal).splitlines()
     assert sheet[0] == "确认购买" and sheet[-1] == "[取消]  [确认]" and "合计 38.30 元" in sheet
     assert format_amount(3830, "CNY", "zh-CN") == "38.30 元" and format_amount(3830, "USD", "zh-CN") == "38.30 USD"
-    with pytest.raises(ProtocolError) as no_glyph:  # Pillow's default font has no CJK: never shown as boxes
-        LensCard.for_proposal(proposal).render()
+    with pytest.raises(ProtocolError) as no_glyph:  # Pillow's default font alone has no CJK: never boxes
+        LensCard.for_proposal(proposal).render(fonts=())
     assert no_glyph.value.code == ErrorCode.DISPLAY_MISMATCH and "五" in no_glyph.value.text
 
 

@@ -5,13 +5,20 @@ see it in a PNG (`device-sdk simulate glasses --png`).
 A see-through display shows black as clear, so the card is light text on black. Every row of the
 text is drawn, whole: the font shrinks until the card fits, and a card that does not fit even at
 the smallest size is refused (`display_mismatch`) rather than shown cut, because the wearer must
-see all of what the tap confirms; so is a card holding a character the font has no glyph for (a
-Chinese card on Pillow's default font), rather than shown as boxes.
+see all of what the tap confirms.
+
+The card is drawn in the first font of a search list that has a glyph for every character of it:
+the fonts in `$DEVICE_SDK_LENS_FONT` (else Noto Sans CJK SC, from Debian's `fonts-noto-cjk`), then
+Pillow's default, which has no CJK. A card no font can draw whole (a Chinese card with no CJK font
+installed) is refused (`display_mismatch`) too, rather than shown as boxes.
 """
 
 from __future__ import annotations
 
+import functools
 import io
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
@@ -25,6 +32,36 @@ LENS_SIZE = (640, 400)
 _MARGIN = 16
 _SIZES = (26, 24, 22, 20, 18, 16, 14, 12)
 _TEXT, _DIM, _ACCENT = (235, 235, 235), (150, 150, 150), (90, 220, 120)
+
+FONT_ENV = "DEVICE_SDK_LENS_FONT"
+"""The fonts the lens tries before Pillow's default, in order: font files separated by `os.pathsep`,
+each with an optional `#N` that picks face N of a collection (`/path/NotoSansCJK-Regular.ttc#2`). A
+path is used as it is; a bare file name is looked up in the system's font folders (as Pillow does)."""
+
+
+@dataclass(frozen=True)
+class LensFont:
+    """A font file the lens may draw with; `index` picks a face of a collection (`.ttc`)."""
+
+    path: str
+    index: int = 0
+
+    @classmethod
+    def parse(cls, spec: str) -> LensFont:
+        """`"/fonts/a.ttf"` or, for face 2 of a collection, `"/fonts/a.ttc#2"`."""
+        path, hash_, index = spec.rpartition("#")
+        return cls(path, int(index)) if hash_ and index.isdigit() else cls(spec)
+
+
+NOTO_SANS_CJK_SC = LensFont("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc", 2)
+"""Simplified Chinese: face 2 of the collection (0 JP, 1 KR, 2 SC, 3 TC, 4 HK) that Debian's
+`fonts-noto-cjk` installs. It has Latin too, so with it installed every card is drawn in it."""
+
+
+def lens_fonts() -> tuple[LensFont, ...]:
+    """The fonts to try before Pillow's default: those in `$DEVICE_SDK_LENS_FONT`, else Noto Sans CJK SC."""
+    configured = os.environ.get(FONT_ENV, "")
+    return tuple(LensFont.parse(spec) for spec in configured.split(os.pathsep) if spec) or (NOTO_SANS_CJK_SC,)
 
 
 @dataclass(frozen=True)
@@ -46,29 +83,24 @@ class LensCard:
         """What travels to the glasses in a display message (docs/ble.md)."""
         return self.text.encode()
 
-    def render(self, size: tuple[int, int] = LENS_SIZE) -> Image.Image:
-        return render_card(self.text, size)
+    def render(self, size: tuple[int, int] = LENS_SIZE, fonts: Sequence[LensFont] | None = None) -> Image.Image:
+        return render_card(self.text, size, fonts)
 
-    def png(self, size: tuple[int, int] = LENS_SIZE) -> bytes:
+    def png(self, size: tuple[int, int] = LENS_SIZE, fonts: Sequence[LensFont] | None = None) -> bytes:
         out = io.BytesIO()
-        self.render(size).save(out, "PNG")
+        self.render(size, fonts).save(out, "PNG")
         return out.getvalue()
 
 
-def render_card(text: str, size: tuple[int, int] = LENS_SIZE) -> Image.Image:
+def render_card(text: str, size: tuple[int, int] = LENS_SIZE, fonts: Sequence[LensFont] | None = None) -> Image.Image:
     """Every row of `text` on a black lens: the title and the prompt highlighted, sellers dimmed,
-    item totals right-aligned after the `|`."""
+    item totals right-aligned after the `|`. `fonts` (default: `lens_fonts()`) are tried in order,
+    then Pillow's default."""
     rows = text.split("\n")
     width, height = size
-    missing = missing_glyphs(text, ImageFont.load_default(_SIZES[-1]))
-    if missing:
-        raise ProtocolError(
-            f"the lens font has no glyph for {''.join(missing)!r}: the card cannot be shown as it is signed;"
-            " confirm on another device",
-            ErrorCode.DISPLAY_MISMATCH,
-        )
+    face = choose_font(text, lens_fonts() if fonts is None else fonts)
     for font_size in _SIZES:
-        font = ImageFont.load_default(font_size)
+        font = _load(face, font_size)
         step = font_size + font_size // 3
         if step * len(rows) + 2 * _MARGIN > height:
             continue
@@ -92,16 +124,45 @@ def render_card(text: str, size: tuple[int, int] = LENS_SIZE) -> Image.Image:
     return image
 
 
+def choose_font(text: str, fonts: Sequence[LensFont]) -> LensFont | None:
+    """The first of `fonts` that can be read and has a glyph for every character of `text`, else
+    Pillow's default (None) if it has; a card none can draw whole is refused, so never signed."""
+    misses: list[str] = []
+    for face in (*fonts, None):
+        try:
+            missing = missing_glyphs(text, _load(face, _SIZES[-1]))
+        except OSError:  # not installed, or not a font: the next one
+            continue
+        if not missing:
+            return face
+        misses.append("".join(missing))
+    raise ProtocolError(
+        f"the lens font has no glyph for {min(misses, key=len)!r}: the card cannot be shown as it is"
+        " signed; confirm on another device",
+        ErrorCode.DISPLAY_MISMATCH,
+    )
+
+
 def missing_glyphs(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> list[str]:
     """The characters of `text` that `font` would draw as its "no glyph" box (the box it draws for
-    a private-use character), each once: a card holding any is never shown, so never signed."""
+    U+FFFF, a noncharacter no font maps), each once."""
 
     def drawn(char: str) -> tuple[tuple[int, int], bytes]:
         mask = font.getmask(char)
         return mask.size, bytes(mask)
 
-    box = drawn("\ue000")
-    return sorted({c for c in text if not c.isspace() and drawn(c) == box})
+    box = drawn("\uffff")
+    return sorted(c for c in set(text) if not c.isspace() and drawn(c) == box)
+
+
+@functools.cache
+def _load(face: LensFont | None, size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """`face` at `size` (None: Pillow's default), loaded once: a card is drawn per offer."""
+    if face is None:
+        return ImageFont.load_default(size)
+    if os.path.dirname(face.path) and not os.path.isfile(face.path):
+        raise FileNotFoundError(face.path)  # else Pillow would load a file of that name from elsewhere
+    return ImageFont.truetype(face.path, size, index=face.index)
 
 
 def _row_width(row: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> float:

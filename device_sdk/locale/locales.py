@@ -6,6 +6,7 @@ import json
 import re
 from functools import cache
 from importlib.resources import files
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -51,6 +52,24 @@ class SheetText(_Data):
     actions: str
 
 
+class VoiceText(_Data):
+    """How a voice device speaks and hears the locale, and what it says besides the read-back."""
+
+    espeak: str
+    """The espeak-ng voice a device speaks with (`en-us`, `cmn-latn-pinyin`)."""
+    hearing: Literal["hybrid", "whisper"]
+    """`hybrid`: pocketsphinx's grammars with Whisper beside them (a language pocketsphinx has a
+    model of); `whisper`: Whisper alone in the locale's `language`, for commands and replies."""
+    ask_again: str
+    press_to_confirm: str
+    sent_to_phone: str
+    not_found: str
+    cancelled: str
+    step_up: str
+    not_allowed: str
+    not_placed: str
+
+
 class ReplyPhrases(_Data):
     accept: frozenset[str]
     decline: frozenset[str]
@@ -72,6 +91,7 @@ class Locale(_Data):
     """Irregular plural units; others take `plural_suffix` (none in a language without plurals)."""
     plural_suffix: str
     replies: ReplyPhrases
+    voice: VoiceText
 
     def unit(self, unit: str, qty: int) -> str:
         """The unit as said with `qty`: "2 boxes", "2 packs"; "2包" unchanged."""

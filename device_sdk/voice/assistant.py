@@ -9,6 +9,10 @@ Each reply is decided by a `ReplyJudge` from its hearings (`reply_judge.py`: onl
 that the hearings agree on confirms); the dialog (`ReplyDialog`) re-prompts once after an unclear
 reply or silence and then ends as `not_confirmed`. "stop" or "cancel" while the read-back plays
 cancels it (barge-in). `VoiceAssistant.with_hearing(device, hearing_named(), ...)` is the hybrid.
+
+The device's locale (`DeviceClient(locale=...)`) chooses what the assistant says and hears: its
+prompts and espeak-ng voice come from the locale's data file, and `hearing_named(locale=...)` the
+engines (Whisper alone for zh-CN).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from device_sdk.device.client import DeviceClient, Offer
+from device_sdk.locale import DEFAULT_LOCALE, locale_for
 from device_sdk.protocol.errors import OUTCOME_OF, ErrorCode, RemoteError, RequestTimeout, VoiceError
 from device_sdk.protocol.fields import Decision, Modality, Outcome, new_id, now
 from device_sdk.protocol.messages import MAX_WAKE_WINDOW, OrderResult
@@ -30,21 +35,15 @@ from .endpointing import EndpointConfig, Utterance
 from .engines import Hearing
 from .grammar import UNKNOWN, Grammar, Vocabulary, reply_grammar
 from .listener import Listener, LiveDecode, WakeWord, loudness_db
-from .replies import REPROMPT, ReplyDialog, interpret_reply
+from .replies import ReplyDialog, interpret_reply
 from .reply_audio import reply_text
 from .reply_judge import Judgement, ReplyJudge
 from .sources import RATE, Pcm
 from .tts import espeak_available, play, synthesize
+from .whisper import WhisperEngine
 
 log = logging.getLogger(__name__)
 _NOT_UNDERSTOOD = (ErrorCode.NOT_UNDERSTOOD, ErrorCode.ITEM_NOT_FOUND, ErrorCode.QUANTITY_OUT_OF_RANGE)
-
-
-ASK_AGAIN = "Sorry, I did not catch that. What would you like to buy?"
-PRESS_TO_CONFIRM = "I could not hear your answer. Press the button to place the order, or do nothing to cancel."
-SENT_TO_PHONE = "I could not hear your answer. I sent the order to your phone: confirm it there."
-NOT_FOUND = "Sorry, I could not find that."
-CANCELLED = "Cancelled."
 
 
 Speak = Callable[[str, bytes | None], Awaitable[None]]
@@ -62,12 +61,13 @@ async def loudspeaker(text: str, pcm: bytes | None) -> None:
 @dataclass
 class Voice:
     """What the device says: synthesised with espeak-ng when it is installed (`synthesize=False`
-    to skip), handed to `output` (default: the loudspeaker), and shown with `show`."""
+    to skip), handed to `output` (default: the loudspeaker), and shown with `show`. `voice` is the
+    espeak-ng voice (None: the one of the assistant's locale)."""
 
     output: Speak = loudspeaker
     show: Callable[[str], None] = field(default=lambda text: None)
     synthesize: bool = True
-    voice: str = "en-us"
+    voice: str | None = None
     speed: int = 160
     said: list[str] = field(default_factory=list)
 
@@ -79,7 +79,8 @@ class Voice:
     async def say(self, text: str) -> None:
         self.said.append(text)
         self.show(text)
-        pcm = await asyncio.to_thread(synthesize, text, voice=self.voice, speed=self.speed) if self.synthesize else None
+        voice = self.voice or locale_for(DEFAULT_LOCALE).voice.espeak
+        pcm = await asyncio.to_thread(synthesize, text, voice=voice, speed=self.speed) if self.synthesize else None
         await self.output(text, pcm)
 
 
@@ -176,7 +177,11 @@ class VoiceAssistant:
         self.judge = judge or Hearing.of(engine).judge
         """Decides each reply (default: the engine's hearing, and the forced choice on pocketsphinx)."""
         self.config = config or VoiceConfig()
+        self.locale = locale_for(device.locale)
+        """What the assistant says, and the replies it takes: the device's locale."""
         self.voice = voice or Voice()
+        if self.voice.voice is None:
+            self.voice.voice = self.locale.voice.espeak
         self.listener = Listener(source, self.config.endpoint)
         self.command_grammar: Grammar = vocabulary.command_grammar()
         self.reply_grammar: Grammar = reply_grammar()
@@ -282,7 +287,7 @@ class VoiceAssistant:
         except RemoteError as exc:
             run.error = exc
             run.outcome = refusal_outcome(exc)
-            await self.voice.say(_refusal_text(exc))
+            await self.voice.say(self._refusal_text(exc))
             return run
         run.rendered_at = time.monotonic()
         run.decision = await self._confirm(run, run.offer)
@@ -310,13 +315,13 @@ class VoiceAssistant:
         run.finished_at = time.monotonic()
         run.outcome = run.result.outcome.value
         if run.result.outcome is not Outcome.ORDERED and run.decision is Decision.CONFIRM:
-            await self.voice.say(_refusal_text(run.result))
+            await self.voice.say(self._refusal_text(run.result))
         return run
 
     async def _hear_command(self, run: VoiceRun) -> str | None:
         for attempt in range(self.config.command_attempts):
             if attempt:
-                await self.voice.say(ASK_AGAIN)
+                await self.voice.say(self.locale.voice.ask_again)
                 self.listener.drain()
             live = LiveDecode(self.engine.recognizer(self.command_grammar))
             streaming = self.listener.stream_next(live.accept)  # False: speech already under way
@@ -333,7 +338,7 @@ class VoiceAssistant:
             await self._transcript(run, recognition)
             if recognition.text and UNKNOWN not in recognition.text.split():
                 return recognition.text
-            if self.config.open_vocabulary:
+            if self.config.open_vocabulary and self._hears_grammars():
                 open_text = await self.recognise(utterance, None, run, engine=self.fallback)
                 run.commands.append(open_text)
                 await self._transcript(run, open_text)
@@ -354,7 +359,7 @@ class VoiceAssistant:
         if await self._say_listening(offer.readback, run):
             run.barge_in = True
             return Decision.DECLINE
-        dialog = ReplyDialog(reprompts=self.config.reprompts)
+        dialog = ReplyDialog(reprompts=self.config.reprompts, locale=self.locale.tag)
         while True:
             utterance = await self.listener.next(self.config.reply_timeout_s)
             decision: Decision | None = None
@@ -370,7 +375,7 @@ class VoiceAssistant:
             decision = dialog.decide(decision, reply)
             if decision is not None:
                 return decision
-            if await self._say_listening(REPROMPT, run):
+            if await self._say_listening(self.locale.readback.reprompt, run):
                 run.barge_in = True
                 return Decision.DECLINE
 
@@ -380,7 +385,7 @@ class VoiceAssistant:
         if self.button is None or Modality.BUTTON not in offer.request.consent.modalities:
             return Decision.NO_ANSWER
         run.fallback_offered = True
-        await self.voice.say(PRESS_TO_CONFIRM)
+        await self.voice.say(self.locale.voice.press_to_confirm)
         if await self.button.pressed(self.config.button_timeout_s):
             run.modality = Modality.BUTTON
             return Decision.CONFIRM
@@ -409,18 +414,35 @@ class VoiceAssistant:
                     continue
                 recognition = await self.recognise(utterance, self.reply_grammar, run)
                 answer = reply_text(recognition, utterance.pcm)
-                if interpret_reply(answer) is Decision.DECLINE:
+                if interpret_reply(answer, self.locale.tag) is Decision.DECLINE:
                     run.replies.append(recognition)
                     run.answers.append(answer)
                     speaking.cancel()
                     await asyncio.gather(speaking, return_exceptions=True)
-                    await self.voice.say(CANCELLED)
+                    await self.voice.say(self.locale.voice.cancelled)
                     return True
             await speaking
         finally:
             if not speaking.done():
                 speaking.cancel()
         return False
+
+    def _hears_grammars(self) -> bool:
+        """True when commands are heard on a grammar, so that an open vocabulary can hear what it
+        missed; Whisper alone hears freely the first time (a second decode of the same noise
+        would only cost time)."""
+        return self.fallback is not None or not isinstance(self.engine, WhisperEngine)
+
+    def _refusal_text(self, refusal: RemoteError | OrderResult) -> str:
+        said = self.locale.voice
+        code = refusal.code if isinstance(refusal, RemoteError) else refusal.reason
+        if code == ErrorCode.STEP_UP_REQUIRED:
+            return said.step_up
+        if code in OUTCOME_OF:
+            return said.not_allowed
+        if isinstance(refusal, RemoteError) and refusal.code in (ErrorCode.NOT_UNDERSTOOD, ErrorCode.ITEM_NOT_FOUND):
+            return said.not_found
+        return said.not_placed
 
     async def _hand_to_phone(self, run: VoiceRun, offer: Offer) -> OrderResult | None:
         """The other path on a device paired with a phone: hand the offer to the phone's sheet and
@@ -433,7 +455,7 @@ class VoiceAssistant:
                 log.warning("session %s: could not hand the offer over: %s", run.session_id, exc)
             return None
         run.fallback_offered = True
-        await self.voice.say(SENT_TO_PHONE)
+        await self.voice.say(self.locale.voice.sent_to_phone)
         try:
             result = await self.device.result(offer, timeout=max(offer.request.expires_at - now(), 0.0) + 10.0)
         except (RemoteError, RequestTimeout) as exc:
@@ -450,14 +472,3 @@ def refusal_outcome(refusal: RemoteError) -> str:
     """A session's outcome when the agent or the gateway refused its request: the policy's
     outcomes as they are, `not_understood` for a command the agent could not read."""
     return OUTCOME_OF.get(refusal.code, "not_understood" if refusal.code in _NOT_UNDERSTOOD else "not_confirmed")
-
-
-def _refusal_text(refusal: RemoteError | OrderResult) -> str:
-    code = refusal.code if isinstance(refusal, RemoteError) else refusal.reason
-    if code == ErrorCode.STEP_UP_REQUIRED:
-        return "This order needs a stronger confirmation. Please confirm it on your phone."
-    if code in OUTCOME_OF:
-        return "Sorry, this order is not allowed."
-    if isinstance(refusal, RemoteError) and refusal.code in (ErrorCode.NOT_UNDERSTOOD, ErrorCode.ITEM_NOT_FOUND):
-        return NOT_FOUND
-    return "The order was not placed."

@@ -6,7 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from device_sdk.protocol.errors import ErrorCode, VoiceError
+from device_sdk.locale import DEFAULT_LOCALE, locale_for
+from device_sdk.protocol.errors import ConfigError, ErrorCode, VoiceError
 
 from .asr import AsrEngine
 from .reply_judge import ReplyJudge
@@ -48,19 +49,32 @@ class Hearing:
 
 
 def hearing_named(
-    name: str = "hybrid", *, model: str | Path | None = None, whisper_model: str | Path | None = None,
-    language: str = "en",
+    name: str | None = None, *, model: str | Path | None = None, whisper_model: str | Path | None = None,
+    locale: str = DEFAULT_LOCALE,
 ) -> Hearing:  # fmt: skip
-    """The hearing `name` (one of `ENGINES`), loaded and warmed: a pipeline that starts with it
-    pays for no model on its first reply. `model` is the sphinx or vosk model, `whisper_model` a
-    CTranslate2 Whisper directory (default: Whisper base from its packages)."""
+    """The hearing `name` (one of `ENGINES`; None: the locale's own), loaded and warmed: a pipeline
+    that starts with it pays for no model on its first reply. `model` is the sphinx or vosk model,
+    `whisper_model` a CTranslate2 Whisper directory (default: Whisper base from its packages).
+
+    The locale chooses with no flag: a language pocketsphinx has a model of (en-US) is heard by the
+    hybrid, another (zh-CN) by Whisper alone in that language, its replies judged by the locale's
+    exact phrases; naming an engine of another language for it is a `ConfigError`."""
+    data = locale_for(locale)
+    if data.voice.hearing == "whisper":
+        if name not in (None, "whisper"):
+            raise ConfigError(f"{locale} is heard by Whisper only: no {name} model speaks {data.language}")
+        whisper = WhisperEngine(whisper_model or model, language=data.language)
+        whisper.warm()
+        return Hearing("whisper", whisper, ReplyJudge(locale=locale))
+    name = name or "hybrid"
     if name == "hybrid":
         sphinx = SphinxEngine(model)
-        whisper = WhisperEngine(whisper_model, language=language)
+        whisper = WhisperEngine(whisper_model, language=data.language)
         whisper.warm()
         return Hearing(name, sphinx, ReplyJudge(second=whisper, guard=sphinx), fallback=whisper)
     if name == "whisper":
-        alone = WhisperEngine(whisper_model or model, language=language)
+        alone = WhisperEngine(whisper_model or model, language=data.language)
         alone.warm()
-        return Hearing.of(alone)
+        # Whisper alone writes "Confirm." for "conform": its English accepts need the forced choice
+        return Hearing(name, alone, ReplyJudge(guard=SphinxEngine()))
     return Hearing.of(engine_named(name, model))

@@ -19,7 +19,7 @@ def reply_text(recognition: Recognition, pcm: bytes) -> str:
 
     - Speech the words do not explain: voiced audio (WebRTC VAD, strictest mode) outside every
       recognised word, over `UNEXPLAINED_S`, adds `[unk]` ("yesterday was fun" heard as "yes"
-      and silence).
+      and silence). An engine that gives no word timings (Whisper) writes all it heard: no check.
     - No vowel: recognised words holding under `VOICED_S` of periodic audio add `[unk]` (white
       noise heard as "yes").
     - Garbage that is only room noise: an `[unk]` stretch much quieter than the words is dropped
@@ -37,7 +37,7 @@ def reply_text(recognition: Recognition, pcm: bytes) -> str:
     kept = [w.text for w in words if w.text != UNKNOWN or rms(w.start, w.end) > QUIET_GARBAGE * level]
     if not words:
         kept = recognition.text.split()
-    if _unexplained_speech(words, pcm) > UNEXPLAINED_S:
+    if words and _unexplained_speech(words, pcm) > UNEXPLAINED_S:
         kept.append(UNKNOWN)
     if spoken and sum(voiced_seconds(samples[int(w.start * RATE) : int(w.end * RATE)]) for w in spoken) < VOICED_S:
         kept.append(UNKNOWN)  # no vowel in the words: noise, a hiss, a click heard as "yes"

@@ -34,7 +34,9 @@ The decision table (`decide`):
 | neither | anything else | - | ask again |
 
 With no second hearing (`--engine sphinx`) an accept of the first needs the guard; with no guard
-either (vosk or Whisper alone) the first hearing decides. Measured on espeak-ng (five voices and
+either (vosk or Whisper alone, and Whisper in a locale pocketsphinx has no model of: zh-CN) the
+first hearing decides, by the locale's exact phrases: "不确认", "确认一下价格" and "确定吗" are none
+of them. Measured on espeak-ng (five voices and
 speeds) and a natural voice (Piper): docs/voice.md.
 """
 
@@ -49,6 +51,8 @@ from difflib import SequenceMatcher
 from enum import StrEnum
 from typing import TypeVar
 
+from device_sdk.locale import DEFAULT_LOCALE, locale_for
+from device_sdk.protocol.errors import ConfigError
 from device_sdk.protocol.fields import Decision
 
 from .asr import AsrEngine, transcribe
@@ -197,11 +201,14 @@ class Judgement:
     """Seconds of audio they were given."""
 
 
-def decide(first: str, second: Opinion | None, guard: Verdict | None) -> tuple[Decision | None, str]:
+def decide(
+    first: str, second: Opinion | None, guard: Verdict | None, locale: str = DEFAULT_LOCALE
+) -> tuple[Decision | None, str]:
     """The decision table of this module: `first` is the first hearing as it counts (`reply_text`),
-    `second` Whisper's opinion (None: not asked), `guard` the forced choice (None: no guard)."""
-    heard = interpret_reply(first)
-    phrase = normalise(first)
+    `second` Whisper's opinion (None: not asked), `guard` the forced choice (None: no guard);
+    `locale` the reply's language (the second hearing and the guard are English only)."""
+    heard = interpret_reply(first, locale)
+    phrase = locale_for(locale).normalise_reply(first)
     agrees = second in (Opinion.ACCEPT, Opinion.SUPPORTS)
     if heard is Decision.DECLINE:
         if second is Opinion.ACCEPT:
@@ -238,8 +245,12 @@ class ReplyJudge:
 
     second: WhisperEngine | None = None
     guard: AsrEngine | None = None
+    locale: str = DEFAULT_LOCALE
+    """The language of the replies: a second hearing and a guard judge English only."""
 
     def __post_init__(self) -> None:
+        if self.locale != DEFAULT_LOCALE and (self.second is not None or self.guard is not None):
+            raise ConfigError(f"the second hearing and the guard judge en-US replies, not {self.locale}")
         self._choice = forced_choice_grammar()
         if self.second is not None:
             english_words()  # read the dictionary now, not on the first reply
@@ -258,7 +269,7 @@ class ReplyJudge:
         second_text, seconds = (await second) if second is not None else (None, 0.0)
         verdict, guard_seconds = (await guard) if guard is not None else (None, 0.0)
         said = opinion(second_text, normalise(first_text)) if second_text is not None else None
-        decision, row = decide(first_text, said, verdict)
+        decision, row = decide(first_text, said, verdict, self.locale)
         audio = len(pcm) / 2 / RATE * ((second is not None) + (guard is not None))
         return Judgement(decision, row, first_text, second_text, said, verdict, seconds + guard_seconds, audio)
 

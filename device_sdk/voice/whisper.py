@@ -11,11 +11,13 @@ progress line. Any other CTranslate2 Whisper directory works too (`WhisperEngine
 Decoding is beam search at temperature 0 only (the fallback ladder spiked single
 calls to 4-14 s), with no initial prompt (a prompt of accept words made Whisper write them on
 noise), without timestamps and with few tokens for short answers (timestamped decoding ran away
-into loops on noise); a transcript that repeats itself is dropped as a runaway.
+into loops on noise); a transcript that repeats itself is dropped as a runaway. Chinese comes back
+in Simplified characters (Whisper often writes Traditional ones: `zhconv` converts them).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -45,9 +47,10 @@ REPLY_TOKENS = 24
 """Tokens a short answer may take: "yes please buy it" is 6; a runaway on noise is cut here."""
 COMMAND_TOKENS = 96
 REPLY_WINDOW_S = 12.0
-"""The window a reply is encoded in, where Whisper takes 30 s: its encoder costs in proportion to
-the window (a reply took 0.26 s in 12 s against 0.9 to 1.1 s in 30 s), and a spoken answer is a
-few seconds. Shorter windows made it repeat itself more ("Confirm Confirm" at 5 to 10 s)."""
+"""The window a reply (or a command that fits in it) is encoded in, where Whisper takes 30 s: its
+encoder costs in proportion to the window (a reply took 0.26 s in 12 s against 0.9 to 1.1 s in
+30 s), and a spoken answer is a few seconds. Shorter windows made it repeat itself more
+("Confirm Confirm" at 5 to 10 s)."""
 NO_SPEECH = (0.6, -1.0)
 """faster-whisper's test for a window with no speech: its no-speech probability over 0.6 while the
 average log-probability of the words is under -1 (then nothing was said)."""
@@ -123,15 +126,32 @@ def runaway(text: str) -> bool:
     return bool(_REPEAT.search(squeezed)) or bool(re.search(r"(\b\w+\b)(?:\W+\1\b){3,}", text.lower()))
 
 
-_REPEATED = re.compile(r"\s*(.+?)(?:[\s,;]+\1)+\s*", re.IGNORECASE)
+_REPEATED = re.compile(r"\s*(.+?)(?:[\s,;，、；]+\1)+[\s。.]*|([\u4e00-\u9fff]{2,}?)\2+[。.]?", re.IGNORECASE)
 
 
 def once(text: str) -> str:
     """A transcript that is one phrase said again and again, once ("Confirm Confirm" -> "Confirm";
-    "Yes, confirm. Yes, confirm." -> "Yes, confirm."): what a short window adds, with the
+    "Yes, confirm. Yes, confirm." -> "Yes, confirm."; "确认确认" -> "确认"): what a short window adds, with the
     phrase's own punctuation kept ("Confirm? Confirm?" stays a question)."""
     repeated = _REPEATED.fullmatch(text)
-    return repeated.group(1) if repeated else text
+    return (repeated.group(1) or repeated.group(2)) if repeated else text
+
+
+def simplified(text: str, language: str | None) -> str:
+    """Chinese text in Simplified characters, as mainland users write it (確認 -> 确认); other
+    languages as they are."""
+    if language != "zh" or not text:
+        return text
+    return str(_zhconv().convert(text, "zh-cn"))
+
+
+@functools.cache
+def _zhconv() -> Any:
+    """zhconv with its dictionary loaded by path: its own loader leaves the file open."""
+    import zhconv
+
+    zhconv.loaddict(str(files("zhconv") / "zhcdict.json"))
+    return zhconv
 
 
 @dataclass
@@ -192,9 +212,10 @@ class WhisperEngine:
         with self._lock:  # one decode at a time: each already uses every thread it was given
             try:
                 if window_s is not None and len(audio) <= window_s * RATE:
-                    text = once(self._in_window(audio, language or self.language, max_new_tokens, window_s))
+                    said, spoken = self._in_window(audio, language or self.language, max_new_tokens, window_s)
+                    text = once(simplified(said, spoken))
                     return "" if runaway(text) else text
-                segments, _info = self._model.transcribe(
+                segments, info = self._model.transcribe(
                     audio,
                     language=language or self.language,
                     task="transcribe",
@@ -206,13 +227,16 @@ class WhisperEngine:
                     max_new_tokens=max_new_tokens,
                     vad_filter=False,
                 )
-                text = "".join(segment.text for segment in segments).strip()
+                text = simplified("".join(segment.text for segment in segments).strip(), info.language)
             except (RuntimeError, ValueError) as exc:
                 raise VoiceError(f"Whisper failed: {exc}", ErrorCode.ASR_FAILED) from None
         return "" if runaway(text) else text
 
-    def _in_window(self, audio: np.ndarray, language: str | None, max_new_tokens: int, window_s: float) -> str:
-        """One window of `window_s` seconds, its features padded as faster-whisper pads its 30 s."""
+    def _in_window(
+        self, audio: np.ndarray, language: str | None, max_new_tokens: int, window_s: float
+    ) -> tuple[str, str]:
+        """One window of `window_s` seconds, its features padded as faster-whisper pads its 30 s:
+        the words, and the language they were heard in."""
         from faster_whisper.tokenizer import Tokenizer
         from faster_whisper.transcribe import get_suppressed_tokens
 
@@ -234,8 +258,8 @@ class WhisperEngine:
         tokens = result.sequences_ids[0]
         average = result.scores[0] * len(tokens) / (len(tokens) + 1)
         if result.no_speech_prob > NO_SPEECH[0] and average < NO_SPEECH[1]:
-            return ""
-        return str(tokenizer.decode(tokens)).strip()
+            return "", language
+        return str(tokenizer.decode(tokens)).strip(), language
 
     def recognizer(self, grammar: Grammar | None = None) -> WhisperRecognizer:
         """Whisper takes no grammar: it hears freely, and a short-answer grammar (`reply`) only
@@ -269,7 +293,8 @@ class WhisperRecognizer:
         if self._done:
             raise VoiceError("this recognizer has given its result", ErrorCode.ASR_FAILED)
         self._done = True
-        text = self.engine.transcribe(b"".join(self._audio), max_new_tokens=self.max_new_tokens)
+        pcm = b"".join(self._audio)
+        text = self.engine.transcribe(pcm, max_new_tokens=self.max_new_tokens, window_s=REPLY_WINDOW_S)
         return Recognition(text, True, None, (), "whisper", self.grammar)
 
     def close(self) -> None:
