@@ -31,18 +31,25 @@ MEASURE_WORDS = frozenset("个只支瓶包袋盒箱提卷根双副本把张台�
 LEADS = (
     "麻烦帮我买", "请帮我买", "帮我下单", "帮我订", "帮我买", "给我买", "我想要买", "我想买", "我要买", "我需要",
     "我想要", "我要", "再来", "给我来", "来", "再买", "买", "请", "帮我", "下单", "订", "要", "再",
+    "帮我卖", "我要卖", "我想卖", "帮我定", "卖", "定",
 )  # fmt: skip
-"""What people say before the items; longer first (each is stripped while one matches)."""
+"""What people say before the items; longer first (each is stripped while one matches). 卖 and 定 are
+how Whisper writes 买 (mai) and 订 (ding) said: the same syllables."""
 TRAILS = ("谢谢你", "谢谢", "就行了", "就好", "吧", "了", "呀", "啊", "哦", "呢")
 CONNECTORS = re.compile(r"还有|再加上|再加|以及|另外|加上|然后|和|跟|与|及|[,，、;；]")
 _NOT_TEXT = re.compile(r"[\s\-_·.。!！?？\"'“”‘’()（）]+")
 
 
-def fold(text: str) -> str:
+def fold(text: str, pauses: bool = True) -> str:
     """Lower case, full-width forms narrowed, spaces, hyphens and punctuation dropped ("Type-C线" ->
-    "typec线"), separators kept."""
+    "typec线"), separators kept; with `pauses`, a space between Chinese words is one (Whisper writes
+    a pause so: "一瓶牛奶 两袋咖啡豆")."""
     narrowed = "".join(chr(ord(c) - 0xFEE0) if "\uff01" <= c <= "\uff5e" and c not in "，；" else c for c in text)
-    return _NOT_TEXT.sub("", narrowed.lower())
+    narrowed = narrowed.lower()
+    return _NOT_TEXT.sub("", _PAUSE.sub("，", narrowed) if pauses else narrowed)
+
+
+_PAUSE = re.compile(r"(?<=[\u4e00-\u9fff])\s+(?=[\u4e00-\u9fff])")
 
 
 def chinese_number(text: str) -> int:
@@ -79,19 +86,46 @@ class ChineseCommandParser:
 
     def parse(self, text: str) -> list[ParsedLine]:
         """The lines of `text`, or `AgentError` (`not_understood`, `item_not_found`,
-        `quantity_out_of_range`) naming what could not be read."""
-        folded = _strip_ends(fold(text))
+        `quantity_out_of_range`) naming what could not be read. A space between Chinese words
+        separates items, unless only the words joined read (诶 诶电池: AA电池 spelt as said)."""
+        try:
+            return self._parse(fold(text))
+        except AgentError:
+            joined = fold(text, pauses=False)
+            if joined == fold(text):
+                raise
+            try:
+                return self._parse(joined)
+            except AgentError:
+                pass
+            raise
+
+    def _parse(self, folded: str) -> list[ParsedLine]:
+        folded = _strip_ends(folded)
         if not folded or folded in LEADS:
             raise AgentError("没有听到要买的东西", ErrorCode.NOT_UNDERSTOOD)
         lines: dict[str, ParsedLine] = {}
-        for segment in _segments(folded):
-            parsed = self._segment(_strip_ends(segment))
+        for parsed in (line for segment in _segments(folded) for line in self._lines(segment)):
             earlier = lines.get(parsed.product.sku)
             qty = parsed.qty + (earlier.qty if earlier else 0)
             if qty > MAX_QTY:
                 raise AgentError(f"最多买 {MAX_QTY} 件", ErrorCode.QUANTITY_OUT_OF_RANGE)
             lines[parsed.product.sku] = ParsedLine(parsed.product, qty)
         return list(lines.values())
+
+    def _lines(self, segment: str) -> list[ParsedLine]:
+        """The one item of a segment; or, when it reads as none, the items it holds if what sounds
+        like 和 (合, 河, 喝: how Whisper writes it) joins them: every one of them must read."""
+        try:
+            return [self._segment(_strip_ends(segment))]
+        except AgentError as unread:
+            parts = [part for part in _HEARD_AND.split(segment) if part]
+            if len(parts) < 2:
+                raise
+            try:
+                return [self._segment(_strip_ends(part)) for part in parts]
+            except AgentError:
+                raise unread from None
 
     def _segment(self, segment: str) -> ParsedLine:
         qty, rest = 1, segment
@@ -143,6 +177,8 @@ class ChineseCommandParser:
                 raise AgentError(f"听不清“{segment}”是{names}", ErrorCode.NOT_UNDERSTOOD)
             raise AgentError(f"找不到“{segment}”", ErrorCode.ITEM_NOT_FOUND)
         qty, measure = readings[winner.heard]
+        if measure is None and qty > 1 and winner.distance > _BARE_COUNT_DISTANCE:
+            raise AgentError(f"找不到“{segment}”", ErrorCode.ITEM_NOT_FOUND)  # 两匹厨房纸巾: what is 匹?
         return qty, self._products[winner.item], measure
 
 
@@ -154,15 +190,20 @@ def _readings(segment: str, qty: int, rest: str, initials: frozenset[str]) -> li
     readings: list[tuple[int, str, str | None]]
     if rest[:1] in MEASURE_WORDS:
         readings = [(qty, rest[1:], rest[0])] + ([(qty, rest, None)] if rest[0] in initials else [])
-    elif rest != segment and not segment.startswith("俩"):
+    elif rest != segment and not segment.startswith(("俩", "两")):  # 俩 said is written 两
         readings = [(1, segment, None)]
     else:
         readings = [(qty, rest, None)]
-    if rest != segment and rest[:1] not in MEASURE_WORDS and _heard_measure(rest[:1]):
-        readings.append((qty, rest[1:], rest[0]))
+    if rest[:1] not in MEASURE_WORDS and _heard_measure(rest[:1]):
+        readings.append((qty, rest[1:], rest[0]))  # 两核绿茶, 来平洗发水: a measure word heard as its sound-alike
     if rest == segment and (heard := heard_numeral(segment[:1])) and _heard_measure(segment[1:2]):
         readings.append((heard, segment[2:], segment[1]))
     return readings
+
+
+_BARE_COUNT_DISTANCE = 0.1
+"""How near a name heard after a count with no measure word (俩充电宝, written 两充电保) must be: a
+syllable more in its place (两匹厨房纸巾) may be a measure word no one sells it by."""
 
 
 def _heard_measure(char: str) -> bool:
@@ -172,6 +213,7 @@ def _heard_measure(char: str) -> bool:
 
 _MEASURE_SAYINGS = frozenset(syllable for measure in MEASURE_WORDS for syllable in sayings(measure))
 _SPLIT = re.compile(f"({CONNECTORS.pattern})")
+_HEARD_AND = re.compile("[合河喝何荷]")
 
 
 def _segments(folded: str) -> list[str]:

@@ -180,3 +180,32 @@ def test_a_winner_must_be_near_and_clearly_nearest() -> None:
     assert clear_winner([Near("a", 0.1, "x"), Near("b", 0.15, "x")]) is None  # too close to call
     assert clear_winner([Near("a", 0.5, "x")]) is None  # too far
     assert clear_winner([]) is None
+
+
+@pytest.mark.parametrize(
+    ("heard", "expected"),
+    [
+        ("帮我买两核绿茶", [("tea-green-100", 2)]),  # 盒 written 核
+        ("帮我买五代方便面", [("noodles-5", 5)]),  # 袋 written 代
+        ("买一副太阳尽和两只牙膏", [("sunglasses", 1), ("toothpaste-120", 2)]),  # 只 said as 支
+        ("买3T出房纸金和一袋狗粮", [("food-dog-3kg", 1), ("paper-towels-6", 3)]),  # 提 heard as the letter T
+        ("帮我买物和口罩", [("masks-50", 5)]),  # 五盒 written 物和: not "物" and "口罩"
+        ("我要买时跟type系线", [("cable-usbc-1m", 10)]),  # 十根 written 时跟
+        ("给我来平洗化水。", [("shampoo-400", 1)]),  # 瓶 written 平, with 一 dropped
+        ("买两充电保", [("power-bank-10k", 2)]),  # 俩 heard as 两, no measure word
+        ("帮我定十二卷拉鸡蛋", [("trash-bags-50", 12)]),  # 订 written 定
+        ("卖两盒鸡蛋", [("eggs-12", 2)]),  # 买 written 卖: the same syllable
+        ("买一瓶牛奶 两袋咖啡豆", [("coffee-beans-500", 2), ("milk-1l", 1)]),  # a pause written as a space
+        ("来两题抽只合一箱矿泉水吧", [("tissues-10", 2), ("water-24", 1)]),  # 和 written 合
+    ],
+)
+def test_what_whisper_writes_for_spoken_commands_reads_as_said(heard: str, expected: list[tuple[str, int]]) -> None:
+    assert cart(heard) == sorted(expected)
+
+
+@pytest.mark.parametrize(
+    "heard",
+    ["两件拉鸡蛋", "买两个口罩", "买三份笔记本合一组孙奶", "买两匹厨房纸巾"],
+)
+def test_a_measure_word_that_does_not_sound_like_the_product_s_is_still_refused(heard: str) -> None:
+    assert refusal(heard).code in (ErrorCode.NOT_UNDERSTOOD, ErrorCode.ITEM_NOT_FOUND)
