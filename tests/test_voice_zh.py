@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,9 +31,11 @@ from simulators import natural_voice_zh
 from simulators.command_parser import CommandParser
 from simulators.scenario import DEFAULTS, ShopBackend, run_demo
 from simulators.user_voices import speak
+from simulators.voice_eval import run_eval
 from simulators.voice_user import converse
 
 ZH = "zh-CN"
+DATA = Path(__file__).parent / "data"
 NEAR_MISSES = ("不确认", "先不确认", "确认一下价格", "别确认", "确定吗", "不确定", "不是的", "先别确认", "确认了吗")
 """Refusals and questions that hold an accept word: Whisper writes them as they are said."""
 ACCEPTS = ("确认", "确认下单", "是的，确认", "确定")
@@ -143,3 +146,14 @@ async def test_a_chinese_speaker_orders_by_voice(hearing: Hearing) -> None:
     assert offer is not None and offer.request.proposal.locale == ZH
     assert sorted((line.sku, line.qty) for line in offer.request.proposal.lines) == [("bat-aa-4", 2), ("milk-1l", 1)]
     assert result.orders_placed == 1 and result.run.presented[0].startswith("请确认您的订单")
+
+
+async def test_spoken_chinese_cases_order_what_was_said_and_nothing_unconfirmed() -> None:
+    """Our own spoken cases (never tuned on), said by the natural voice: the targets of the zh-CN
+    work, and the report names the engine the locale chose."""
+    report = (await run_eval(DATA / "voice-spoken-zh.jsonl")).as_dict()
+    zh = report["by_locale"][ZH]
+    assert zh["engine"] == "whisper" and zh["cases"] == 30
+    assert report["false_confirmations"] == 0
+    assert zh["single_task_success"] >= 0.75 and zh["multi_task_success"] >= 0.55, zh
+    assert zh["latin_items"]["cases"] >= 1
