@@ -8,7 +8,6 @@ import argparse
 import asyncio
 import inspect
 import json
-import logging
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
@@ -19,6 +18,7 @@ from device_sdk.discovery.listing import run_discover
 from device_sdk.platform import commands as platform_commands
 from device_sdk.protocol.errors import DeviceSdkError
 from device_sdk.protocol.messages import message_schemas
+from device_sdk.terminal import log_to_stderr, printable
 
 
 def parser() -> argparse.ArgumentParser:
@@ -44,9 +44,7 @@ def _register(commands: Commands) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    log_to_stderr(args.verbose)
     code = args.run(args)
     if inspect.iscoroutine(code):
         code = asyncio.run(code)
@@ -61,7 +59,7 @@ def console(main: Callable[[], int], prog: str) -> None:
     except KeyboardInterrupt:
         raise SystemExit(130) from None
     except DeviceSdkError as exc:
-        print(f"{prog}: {exc}", file=sys.stderr)
+        print(printable(f"{prog}: {exc}"), file=sys.stderr)
         raise SystemExit(2) from None
 
 

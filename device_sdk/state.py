@@ -23,6 +23,12 @@ def default_database() -> Path:
     return state_dir() / "shop.db"
 
 
+def demo_database() -> Path:
+    """The demo's own SQLite file, `<state>/demo/shop.db`: its simulated devices' keys and its orders
+    never enter the store and audit log that `serve` keeps for real devices."""
+    return state_dir() / "demo" / "shop.db"
+
+
 def default_key_file(device_id: str) -> Path:
     """A device's signing key, as `device-sdk keys create` writes it."""
     return state_dir() / "keys" / f"{device_id}.pem"

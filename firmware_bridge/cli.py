@@ -28,13 +28,13 @@ import argparse
 import asyncio
 import contextlib
 import json
-import logging
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Protocol
 
+from device_sdk.bus.password import broker_options, broker_url
 from device_sdk.bus.url import BrokerUrl
 from device_sdk.consent.keys import SigningKey
 from device_sdk.device.client import DeviceClient
@@ -42,6 +42,7 @@ from device_sdk.protocol.errors import ConfigError
 from device_sdk.protocol.fields import DeviceKind
 from device_sdk.protocol.topics import check_id
 from device_sdk.state import default_key_file
+from device_sdk.terminal import log_to_stderr, printable
 from device_sdk.voice.asr import AsrEngine
 from device_sdk.voice.grammar import vocabulary_named
 from device_sdk.voice.sphinx import SphinxEngine
@@ -73,7 +74,8 @@ def simulated_glasses() -> SimulatedGlasses:
     return opener
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The `firmware-bridge` command line."""
     parser = argparse.ArgumentParser(prog="firmware-bridge", description=__doc__.split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -82,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     where.add_argument("--ble", metavar="ADDRESS", help="the glasses' Bluetooth address")
     where.add_argument("--name", help="scan for glasses advertising this name (strongest signal first)")
     where.add_argument("--simulated", action="store_true", help="simulated glasses on a virtual link")
-    run.add_argument("--broker", required=True, help="MQTT broker URL, e.g. mqtt://127.0.0.1:1883")
+    broker_options(run, "MQTT broker URL, e.g. mqtts://glasses-1@localhost:8883?ca=ca.crt", required=True)
     run.add_argument("--device-id", default="glasses-1", help="the glasses' device id on the bus")
     run.add_argument("--key", type=Path, default=None, help="the device's signing key file")
     run.add_argument("--asr", choices=["none", "sphinx"], default="none", help="hear the wearer (default: none)")
@@ -97,17 +99,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--tap", choices=["confirm", "cancel", "none"], default="confirm", help="--simulated: answer")
     run.add_argument("--json", action="store_true", help="one JSON object per session")
     phone = commands.add_parser("phone", help="take a phone's OEM intents (bus and local endpoint) for the agent")
-    phone.add_argument("--broker", required=True, help="MQTT broker URL for the phone, e.g. mqtt://127.0.0.1:1883")
+    broker_options(phone, "MQTT broker URL for the phone, e.g. mqtts://phone-1@localhost:8883", required=True)
     phone.add_argument("--device-id", default="phone-1", help="the phone's device id on the bus")
     phone.add_argument("--oem-keys", type=Path, required=True, help='JSON {"oems": {"<oem id>": ["<public key>"]}}')
     phone.add_argument("--listen", default="127.0.0.1:8787", help="local endpoint HOST:PORT ('off' for none)")
     phone.add_argument("--no-bus", action="store_true", help="take intents at the local endpoint only")
     phone.add_argument("--sheet-url", default=None, help="the phone's sheet service (default: none: deep links)")
     phone.add_argument("--deep-link-base", default="shopagent://cart", help="the app's cart link")
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    log_to_stderr(args.verbose)
     if args.command == "phone":
         return asyncio.run(_phone(args))
     if args.say is not None and not args.simulated:
@@ -133,7 +137,7 @@ async def _phone(args: argparse.Namespace) -> int:
     capabilities = [Capability.DISPLAY, Capability.TOUCH, Capability.TEXT]
     async with contextlib.AsyncExitStack() as stack:
         device = await stack.enter_async_context(
-            DeviceClient(BrokerUrl.parse(args.broker), device_id, kind=DeviceKind.PHONE, capabilities=capabilities)
+            DeviceClient(_broker(args), device_id, kind=DeviceKind.PHONE, capabilities=capabilities)
         )
         bridge = await stack.enter_async_context(
             IntentBridge(device, IntentVerifier(keys), sheet, bus=not args.no_bus, listen=listen,
@@ -164,18 +168,26 @@ async def _run(args: argparse.Namespace) -> int:
         link = await stack.enter_async_context(await _link(args, stack))
         device = await stack.enter_async_context(
             DeviceClient(
-                BrokerUrl.parse(args.broker), device_id, kind=DeviceKind.GLASSES,
+                _broker(args), device_id, kind=DeviceKind.GLASSES,
                 capabilities=CAPABILITIES, firmware=await link.read_firmware(), key=key,
             )
         )  # fmt: skip
         driver = GlassesDriver(link, device)
-        print(f"firmware-bridge: {link.address} is {device_id} on {args.broker}", file=sys.stderr)
+        print(printable(f"firmware-bridge: {link.address} is {device_id} on {device.url}"), file=sys.stderr)
         async for session in driver.sessions(engine=engine, vocabulary=vocabulary):
             _report(session, args.json)
             done += 1
             if done == args.sessions:
                 break
     return 0
+
+
+def _broker(args: argparse.Namespace) -> BrokerUrl:
+    """`--broker` with the password from `--broker-password-file` or the environment (never the URL)."""
+    url = broker_url(args.broker, args.broker_password_file)
+    if url is None:
+        raise ConfigError("--broker URL is needed")
+    return url
 
 
 async def _link(args: argparse.Namespace, stack: contextlib.AsyncExitStack) -> GlassesLink:

@@ -97,7 +97,7 @@ class AdvertisedDevices:
 async def run_advertised_devices(
     count: int,
     *,
-    broker: str | None = None,
+    broker: BrokerUrl | str | None = None,
     interfaces: Sequence[str] | None = None,
     seconds: float | None = None,
     prefix: str = "sim",

@@ -22,6 +22,7 @@ from typing import Any
 from device_sdk.bus.embedded import EmbeddedBroker
 from device_sdk.bus.mosquitto import MosquittoServer
 from device_sdk.bus.mqtt import MqttBus
+from device_sdk.bus.password import PASSWORD_ENV, broker_url
 from device_sdk.bus.url import BrokerUrl
 from device_sdk.platform.agent import AgentWorker, RemoteAgent
 from device_sdk.protocol.errors import BusError
@@ -37,8 +38,9 @@ def _percentile(sorted_ms: list[float], q: float) -> float:
 
 async def measure(url: BrokerUrl, n: int, concurrency: int) -> dict[str, Any]:
     """Round-trip figures through the broker at `url`, with an agent worker in a child process."""
+    env = {**os.environ, PASSWORD_ENV: url.password} if url.password else None  # never on its command line
     worker = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "simulators.bus_bench", "worker", str(url), stdout=subprocess.PIPE
+        sys.executable, "-m", "simulators.bus_bench", "worker", url.argument(), stdout=subprocess.PIPE, env=env
     )
     try:
         assert worker.stdout is not None
@@ -94,8 +96,8 @@ async def run_bench_bus(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {}
     async with EmbeddedBroker() as embedded:
         results["embedded"] = await measure(embedded.url, args.n, args.concurrency)
-    if args.mosquitto:
-        results["mosquitto"] = await measure(BrokerUrl.parse(args.mosquitto), args.n, args.concurrency)
+    if (given := broker_url(args.mosquitto, args.broker_password_file)) is not None:
+        results["mosquitto"] = await measure(given, args.n, args.concurrency)
     else:
         try:
             async with MosquittoServer() as server:
@@ -122,7 +124,9 @@ async def run_bench_bus(args: argparse.Namespace) -> int:
 async def _worker(url: str) -> None:
     from .agent_core import CatalogAgent
 
-    async with MqttBus(url, f"bench-worker-{os.getpid()}") as bus, AgentWorker(bus, CatalogAgent(), shared=False):
+    broker = broker_url(url)
+    assert broker is not None
+    async with MqttBus(broker, f"bench-worker-{os.getpid()}") as bus, AgentWorker(bus, CatalogAgent(), shared=False):
         print("ready", flush=True)
         await asyncio.Event().wait()
 

@@ -10,11 +10,13 @@ import json
 import sys
 from pathlib import Path
 
+from device_sdk.bus.password import broker_options, broker_url
 from device_sdk.commands import Commands, print_report
 from device_sdk.locale import LOCALES
 from device_sdk.platform.commands import store_options
 from device_sdk.protocol.errors import DeviceSdkError
-from device_sdk.state import default_database
+from device_sdk.state import default_database, demo_database
+from device_sdk.terminal import printable
 
 # The command bodies import what they run when they run: `device-sdk --help` stays fast.
 
@@ -26,7 +28,7 @@ def register(commands: Commands) -> None:
         "--reply", action="append", default=None,
         help="the user's answer to the read-back; repeat for an answer to the re-prompt (default: confirm)",
     )  # fmt: skip
-    demo.add_argument("--broker", default=None, help="mqtt://host:port (default: an embedded broker)")
+    broker_options(demo, "mqtt://[USER@]host:port (default: an embedded broker)")
     demo.add_argument(
         "--locale", choices=LOCALES, default="en-US", help="the speaker's language: its request, read-back and replies"
     )
@@ -41,15 +43,14 @@ def register(commands: Commands) -> None:
         help="--voice: what hears (default: the locale's own: hybrid for en-US, whisper for zh-CN)",
     )  # fmt: skip
     demo.add_argument("--whisper-model", default=None, help="--voice: a CTranslate2 Whisper directory (default: base)")
-    store_options(demo)
+    store_options(demo, default=demo_database())
 
     serve = commands.add(
         "serve", "run the backend (broker, gateway, reference agent, checkout) for devices", run=_serve
     )
-    serve.add_argument(
-        "--broker", default=None,
-        help="mqtt://host:port to use, or auto: the first _mqtt._tcp broker zeroconf finds (default: embedded)",
-    )  # fmt: skip
+    broker_options(
+        serve, "mqtt://[USER@]host:port to use, or auto: the first _mqtt._tcp broker zeroconf finds (default: embedded)"
+    )
     serve.add_argument("--port", type=int, default=1883, help="port of the embedded broker (default 1883)")
     serve.add_argument("--host", default="127.0.0.1", help="address of the embedded broker (default 127.0.0.1)")
     serve.add_argument("--advertise", action="store_true", help="advertise the gateway with zeroconf")
@@ -90,7 +91,7 @@ def _register_simulate(simulate: Commands) -> None:
     glasses.add_argument("--png", type=Path, default=None, help="save the lens (640x400) as PNG here")
     glasses.add_argument("--sku", default="bat-aa-4", help="the product the wearer looks at (catalog SKU)")
     glasses.add_argument("--voice", action="store_true", help="speak --say into the glasses' microphone (espeak-ng)")
-    glasses.add_argument("--broker", default=None, help="MQTT broker URL (default: an embedded one)")
+    broker_options(glasses, "MQTT broker URL (default: an embedded one)")
     glasses.add_argument("--json", action="store_true")
     phone = simulate.add(
         "phone", "a phone assistant's signed intent to an order confirmed on the phone's system sheet",
@@ -103,13 +104,13 @@ def _register_simulate(simulate: Commands) -> None:
     )  # fmt: skip
     phone.add_argument("--via", choices=["bus", "http"], default="bus", help="how the intent reaches the bridge")
     phone.add_argument("--photo", default=None, metavar="SKU", help="the intent carries a photo of this product")
-    phone.add_argument("--broker", default=None, help="MQTT broker URL (default: an embedded one)")
+    broker_options(phone, "MQTT broker URL (default: an embedded one)")
     phone.add_argument("--json", action="store_true")
     devices = simulate.add(
         "devices", "speakers and glasses on the bus, advertised with zeroconf", run=_simulate_devices
     )
     devices.add_argument("--count", type=int, default=2, help="how many (default 2: a speaker and a pair of glasses)")
-    devices.add_argument("--broker", default=None, help="MQTT broker URL (default: an embedded one)")
+    broker_options(devices, "MQTT broker URL (default: an embedded one)")
     devices.add_argument("--interface", action="append", metavar="IP", help="advertise on this address only (repeat)")
     devices.add_argument("--seconds", type=float, default=None, help="stop after this long (default: Ctrl-C)")
     devices.add_argument("--prefix", default="sim", help="device ids are PREFIX-KIND-N (default sim)")
@@ -119,7 +120,7 @@ def _register_bench(bench: Commands) -> None:
     bus = bench.add("bus", "agent round trips through the embedded broker and Mosquitto", run=_bench_bus)
     bus.add_argument("-n", type=int, default=5000, help="round trips per measurement")
     bus.add_argument("--concurrency", type=int, default=32, help="requests in flight for the throughput run")
-    bus.add_argument("--mosquitto", default=None, help="mqtt://host:port of a running Mosquitto (default: start one)")
+    broker_options(bus, "mqtt://[USER@]host:port of a running Mosquitto (default: start one)", flag="--mosquitto")
     bus.add_argument("--json", action="store_true")
     ble = bench.add("ble", "a 100 KB photo from the simulated glasses over the virtual BLE link", run=_bench_ble)
     ble.add_argument("--repeats", type=int, default=5, help="photos sent; the fastest counts (default 5)")
@@ -152,7 +153,7 @@ async def _demo(args: argparse.Namespace) -> int:
         args.voice = False
     if not quiet:
         how = f"spoken by the voice {user_voice(args.locale)}, heard by the speaker" if args.voice else "typed"
-        print(f'user says: "{say}" ({how})')
+        print(printable(f'user says: "{say}" ({how})'))
     try:
         hearing = None
         if args.voice:
@@ -162,10 +163,10 @@ async def _demo(args: argparse.Namespace) -> int:
         result = await run_demo(
             say,
             replies,
-            broker=args.broker,
+            broker=broker_url(args.broker, args.broker_password_file),
             on_step=None if quiet else lambda step: print(step.line()),
-            present=None if quiet else lambda text: print(f"  speaker says: {text}"),
-            audit=args.database or default_database(),
+            present=None if quiet else lambda text: print(printable(f"  speaker says: {text}")),
+            audit=args.database or demo_database(),
             policy=PolicyBook.load(args.policy),
             voice=args.voice,
             hearing=hearing,
@@ -175,18 +176,19 @@ async def _demo(args: argparse.Namespace) -> int:
         if quiet:
             print(json.dumps({"outcome": None, "order": None, "error": {"code": exc.code, "text": exc.text}}))
         else:
-            print(f"error: {exc}", file=sys.stderr)
+            print(printable(f"error: {exc}"), file=sys.stderr)
         return 2
     if quiet:
         print(json.dumps(result.as_dict()))
     else:
         if result.run.heard_command is not None:
-            print(f'speaker heard: "{result.run.heard_command}"; replies heard: {result.run.heard}')
+            print(printable(f'speaker heard: "{result.run.heard_command}"; replies heard: {result.run.heard}'))
         order = result.run.result
         error = f" ({result.run.error})" if result.run.error else ""
-        print(f"outcome: {result.outcome}{error}" + (f", order {order.order_id}" if order and order.order_id else ""))
+        order_text = f", order {order.order_id}" if order and order.order_id else ""
+        print(printable(f"outcome: {result.outcome}{error}{order_text}"))
         if order is not None and order.reason:
-            print(f"reason: {order.reason}")
+            print(printable(f"reason: {order.reason}"))
         if result.verification is not None:
             print(f"mandate {result.verification.mandate_id} verified: signed by {result.verification.key_id}")
         print(f"broker: {result.broker}; orders placed: {result.orders_placed}")
@@ -201,7 +203,7 @@ async def _eval_voice(args: argparse.Namespace) -> int:
 
     def progress(result: CaseResult) -> None:
         mark = "ok  " if result.success else "MISS"
-        print(f"{mark} {result.case.id}: heard {result.run.command!r} -> {result.outcome}", file=sys.stderr)
+        print(printable(f"{mark} {result.case.id}: heard {result.run.command!r} -> {result.outcome}"), file=sys.stderr)
 
     report = await run_eval(
         args.cases,
@@ -239,14 +241,15 @@ def _bench_asr(args: argparse.Namespace) -> int:
 async def _simulate_glasses(args: argparse.Namespace) -> int:
     from .glasses_demo import run_glasses
 
-    demo = await run_glasses(args.say, tap=args.tap, png=args.png, voice=args.voice, broker=args.broker, sku=args.sku)
+    broker = broker_url(args.broker, args.broker_password_file)
+    demo = await run_glasses(args.say, tap=args.tap, png=args.png, voice=args.voice, broker=broker, sku=args.sku)
     if args.json:
         print(json.dumps(demo.as_dict()))
     else:
         for step in demo.steps:
             print(step.line())
         if demo.run.card is not None:
-            print("lens:", *demo.run.card.text.split("\n"), sep="\n  ")
+            print("lens:", *printable(demo.run.card.text, newlines=True).split("\n"), sep="\n  ")
         report = demo.as_dict()
         print(
             f"gesture: {report['gesture']}; outcome: {report['outcome']}"
@@ -259,7 +262,8 @@ async def _simulate_glasses(args: argparse.Namespace) -> int:
 async def _simulate_phone(args: argparse.Namespace) -> int:
     from .phone_demo import run_phone
 
-    demo = await run_phone(args.say, tap=args.sheet, via=args.via, photo=args.photo, broker=args.broker)
+    broker = broker_url(args.broker, args.broker_password_file)
+    demo = await run_phone(args.say, tap=args.sheet, via=args.via, photo=args.photo, broker=broker)
     result = demo.result
     if args.json:
         print(json.dumps(demo.as_dict()))
@@ -267,17 +271,17 @@ async def _simulate_phone(args: argparse.Namespace) -> int:
         for step in demo.steps:
             print(step.line())
         if demo.sheet is not None:
-            print("sheet:", *demo.sheet.split("\n"), sep="\n  ")
-        print(f"outcome: {result.outcome or result.code}" + (f", order {result.order_id}" if result.order_id else ""))
+            print("sheet:", *printable(demo.sheet, newlines=True).split("\n"), sep="\n  ")
+        order_text = f", order {result.order_id}" if result.order_id else ""
+        print(printable(f"outcome: {result.outcome or result.code}{order_text}"))
         if result.deep_link:
-            print(f"handed to the app: {result.deep_link}")
+            print(printable(f"handed to the app: {result.deep_link}"))
     ordered = result.outcome is not None and result.outcome.value == "ordered"
     return 0 if ordered == (args.sheet == "confirm") else 1
 
 
 async def _serve(args: argparse.Namespace) -> int:
     from device_sdk.bus.embedded import EmbeddedBroker
-    from device_sdk.bus.url import BrokerUrl
     from device_sdk.platform.checkout.policy import PolicyBook
 
     from .scenario import ShopBackend
@@ -287,8 +291,8 @@ async def _serve(args: argparse.Namespace) -> int:
             from device_sdk.discovery.browse import find_broker
 
             url, shared = await find_broker(5.0, args.interface), None
-        elif args.broker:
-            url, shared = BrokerUrl.parse(args.broker), None
+        elif (given := broker_url(args.broker, args.broker_password_file)) is not None:
+            url, shared = given, None
         else:
             broker = EmbeddedBroker(args.host, args.port)
             url, shared = (await stack.enter_async_context(broker)).url, False
@@ -312,7 +316,11 @@ async def _simulate_devices(args: argparse.Namespace) -> int:
     from .advertised import run_advertised_devices
 
     return await run_advertised_devices(
-        args.count, broker=args.broker, interfaces=args.interface, seconds=args.seconds, prefix=args.prefix
+        args.count,
+        broker=broker_url(args.broker, args.broker_password_file),
+        interfaces=args.interface,
+        seconds=args.seconds,
+        prefix=args.prefix,
     )
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from device_sdk.bus.url import BrokerUrl
 from device_sdk.device.client import DeviceClient
 from device_sdk.platform.timeline import Step, Timeline
 from device_sdk.protocol.errors import ConfigError
@@ -66,7 +67,7 @@ async def run_glasses(
     png: str | Path | None = None,
     voice: bool = False,
     engine: AsrEngine | None = None,
-    broker: str | None = None,
+    broker: BrokerUrl | str | None = None,
     sku: str = "bat-aa-4",
     device_id: str = "glasses-1",
     decision_timeout: float = 5.0,

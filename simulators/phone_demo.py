@@ -16,6 +16,7 @@ from typing import Any, Literal
 import aiohttp
 
 from device_sdk.bus.mqtt import MqttBus
+from device_sdk.bus.url import BrokerUrl
 from device_sdk.consent.keys import SigningKey
 from device_sdk.device.client import DeviceClient
 from device_sdk.platform.timeline import Step, Timeline
@@ -76,7 +77,7 @@ async def run_phone(
     tap: SheetTap = "confirm",
     via: Via = "bus",
     photo: str | None = None,
-    broker: str | None = None,
+    broker: BrokerUrl | str | None = None,
     device_id: str = "phone-1",
     locale: str = "en-US",
 ) -> PhoneDemo:

@@ -183,19 +183,21 @@ class ShopBackend:
         return key
 
 
-async def broker_or_embedded(stack: contextlib.AsyncExitStack, broker: str | None) -> tuple[BrokerUrl, bool | None]:
+async def broker_or_embedded(
+    stack: contextlib.AsyncExitStack, broker: BrokerUrl | str | None
+) -> tuple[BrokerUrl, bool | None]:
     """The broker at `broker`, or with None an embedded one in this process, entered on `stack`; and
     whether it has shared subscriptions (False for the embedded one, None: ask the broker)."""
     if broker is None:
         return (await stack.enter_async_context(EmbeddedBroker())).url, False
-    return BrokerUrl.parse(broker), None
+    return BrokerUrl.parse(broker) if isinstance(broker, str) else broker, None
 
 
 async def run_demo(
     say: str = DEFAULT_SAY,
     replies: Sequence[str] = (DEFAULT_REPLY,),
     *,
-    broker: str | None = None,
+    broker: BrokerUrl | str | None = None,
     device_id: str = "speaker-1",
     topics: Topics | None = None,
     on_step: Callable[[Step], None] | None = None,

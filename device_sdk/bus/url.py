@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from device_sdk.protocol.errors import BusError
 
@@ -25,7 +25,10 @@ class BrokerUrl:
 
     @classmethod
     def parse(cls, url: str) -> BrokerUrl:
+        """`url` parsed and checked; an error names the URL without its password."""
         parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+        if parts.password is not None:
+            url = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
         if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
             raise BusError(f"unsupported broker scheme {parts.scheme!r} in {url!r} (use mqtt:// or mqtts://)")
         tls = parts.scheme in ("mqtts", "ssl")
@@ -45,3 +48,11 @@ class BrokerUrl:
 
     def __str__(self) -> str:
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+    def argument(self) -> str:
+        """The URL for another process's command line: with the user and the CA, never the password
+        (hand that over in `$DEVICE_SDK_BROKER_PASSWORD`)."""
+        user = f"{quote(self.username, safe='')}@" if self.username else ""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        ca = f"?ca={quote(self.ca, safe='/')}" if self.ca else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{host}:{self.port}{ca}"

@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from device_sdk.protocol.errors import ErrorCode, ProtocolError
 from device_sdk.protocol.messages import CheckoutProposal
+from device_sdk.terminal import printable, unsafe_characters
 
 from .readback import compose_lens_card, display_digest
 
@@ -95,7 +96,15 @@ class LensCard:
 def render_card(text: str, size: tuple[int, int] = LENS_SIZE, fonts: Sequence[LensFont] | None = None) -> Image.Image:
     """Every row of `text` on a black lens: the title and the prompt highlighted, sellers dimmed,
     item totals right-aligned after the `|`. `fonts` (default: `lens_fonts()`) are tried in order,
-    then Pillow's default."""
+    then Pillow's default. A card with a control character or a bidi override in it (other than the
+    line feeds between rows) is refused: the wearer would not see what the tap signs."""
+    hidden = unsafe_characters(text, newlines=True)
+    if hidden:
+        raise ProtocolError(
+            f"the card holds control or bidi characters ({printable(''.join(hidden))}): it cannot be shown as it"
+            " is signed; confirm on another device",
+            ErrorCode.DISPLAY_MISMATCH,
+        )
     rows = text.split("\n")
     width, height = size
     face = choose_font(text, lens_fonts() if fonts is None else fonts)

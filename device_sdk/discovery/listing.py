@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
+from device_sdk.terminal import printable
+
 from .browse import Browser, ChangeKind, Found, ordered
 from .records import Interfaces
 
@@ -34,7 +36,8 @@ def table(found: Sequence[Found]) -> list[str]:
         ident = item.device.device_id if item.device else item.gateway.gateway_id if item.gateway else item.instance
         rows.append((item.kind, ident, f"{','.join(item.addresses)}:{item.port}", describe(item)))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    return [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}".rstrip() for r in rows]
+    lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}".rstrip() for r in rows]
+    return [printable(line) for line in lines]  # names and TXT records come from anyone on the LAN
 
 
 @dataclass
@@ -72,7 +75,7 @@ async def run_discover(
             screen.draw([], f"browsing for {timeout:g} s...")
         async for change in browser.changes(timeout):
             if change.kind is ChangeKind.REFUSED and change.error is not None:
-                print(f"skipped {change.name}: {change.error}", file=err)
+                print(printable(f"skipped {change.name}: {change.error}"), file=err)
             if screen is not None:
                 screen.draw(ordered(browser.found.values()), f"browsing for {timeout:g} s...")
         found = ordered(browser.found.values())

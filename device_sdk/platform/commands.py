@@ -12,6 +12,7 @@ from device_sdk.consent.keys import PublicKey, SigningKey
 from device_sdk.protocol.errors import KeyStoreError
 from device_sdk.protocol.topics import check_id
 from device_sdk.state import default_database, default_key_file
+from device_sdk.terminal import printable
 
 from .checkout.audit import describe, trail, verify_log
 from .checkout.bench import run_bench_consent
@@ -80,11 +81,12 @@ def register(commands: Commands) -> None:
     consent.add_argument("--json", action="store_true")
 
 
-def store_options(command: argparse.ArgumentParser, *, policy: bool = True) -> None:
-    """Where the checkout keeps its state (`demo`, `serve`, `keys`), and its risk policy."""
+def store_options(command: argparse.ArgumentParser, *, policy: bool = True, default: Path | None = None) -> None:
+    """Where the checkout keeps its state (`demo`, `serve`, `keys`; `default` names the command's own
+    default in the help, else `default_database()`), and its risk policy."""
     command.add_argument(
         "--audit", "--db", dest="database", type=Path, default=None,
-        help=f"SQLite file of the audit log, device keys and verifier store (default: {default_database()})",
+        help=f"SQLite file of the audit log, device keys and verifier store (default: {default or default_database()})",
     )  # fmt: skip
     if policy:
         command.add_argument(
@@ -117,7 +119,7 @@ def _keys(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(rows))
             for row in [] if args.json else rows:
-                print(f"{row['device_id']:<24} {row['kid']}  {row['status']}")
+                print(printable(f"{row['device_id']:<24} {row['kid']}  {row['status']}"))
     return 0
 
 
@@ -129,7 +131,7 @@ def _audit_show(args: argparse.Namespace) -> int:
     for record in [] if args.json else records:
         print(describe(record))
     if not records:
-        print(f"no records of session {args.session} in {path}", file=sys.stderr)
+        print(printable(f"no records of session {args.session} in {path}"), file=sys.stderr)
     return 0 if records else 1
 
 
@@ -150,7 +152,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
         print(f"{path}: intact, {report.records} records, {report.checkpoints} checkpoints")
         print(f"head {report.head}, signed by {report.key_id} ({pinned})")
     else:
-        print(f"{path}: BROKEN at record {report.first_bad}: {report.problem}")
+        print(printable(f"{path}: BROKEN at record {report.first_bad}: {report.problem}"))
     if not report.key_pinned:
         print("warning: no key pinned (no key file beside the log, no --key): a log rewritten and re-signed "
               "with another key would pass", file=sys.stderr)  # fmt: skip

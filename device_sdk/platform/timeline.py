@@ -31,6 +31,7 @@ from device_sdk.protocol.messages import (
     decode,
 )
 from device_sdk.protocol.topics import Topics
+from device_sdk.terminal import printable
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ class Step:
     summary: str
 
     def line(self) -> str:
-        return f"{self.t_ms:9.1f} ms  {self.route:<26} {self.type:<21} {self.summary}"
+        """The step for a terminal: a device's text in it (a topic, what it heard or asks for) is `printable`."""
+        return printable(f"{self.t_ms:9.1f} ms  {self.route:<26} {self.type:<21} {self.summary}")
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -24,6 +24,7 @@ from typing import Any
 
 from device_sdk.consent.keys import PublicKey, SigningKey
 from device_sdk.protocol.errors import ErrorCode, KeyStoreError, StoreError
+from device_sdk.terminal import printable
 
 from .database import Database, connect
 
@@ -278,11 +279,13 @@ def trail(path: str | Path, session_id: str) -> list[dict[str, Any]]:
 
 
 def describe(record: dict[str, Any]) -> str:
-    """One readable line for a record in `audit show`."""
+    """One readable line for a record in `audit show`: what a device sent (heard and request text) is
+    `printable`, so that it cannot drive the operator's terminal (`--json` keeps it raw)."""
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(record.get("at", 0)))
     skip = {"seq", "at", "kind", "device_id", "session_id"}
     details = " ".join(f"{k}={_short(v)}" for k, v in record.items() if k not in skip)
-    return f"{record['seq']:>7} {when}Z {record.get('kind', '?'):<13} {record.get('device_id', '-')}  {details}"
+    line = f"{record['seq']:>7} {when}Z {record.get('kind', '?'):<13} {record.get('device_id', '-')}  {details}"
+    return printable(line)
 
 
 def _short(value: Any) -> str:
