@@ -10,6 +10,11 @@ An ack is the payload of a message of type `ACK`, sent the other way (docs/ble.m
 
 The receiver acks every `window // 2` new chunks and when the message is complete; the sender
 keeps at most `window` chunks beyond the lowest one still missing in flight.
+
+An ack is read as a request, never as an order: its ranges are clipped to chunks sent and not yet
+known received (below the lowest missing chunk of an earlier ack), each chunk is sent again at most
+once per ack, and one ack gives at most `window` chunks again and `window` new ones, so no ack,
+however wide its ranges, makes the sender queue more than the window allows.
 """
 
 from __future__ import annotations
@@ -75,6 +80,18 @@ def as_ranges(indices: Iterable[int]) -> tuple[tuple[int, int], ...]:
     return tuple((first, count) for first, count in runs)
 
 
+def wanted(missing: Iterable[tuple[int, int]], low: int, high: int, limit: int) -> list[int]:
+    """The chunk indices `missing` names within [low, high), each once, in order, at most `limit` of them."""
+    out: list[int] = []
+    for first, count in sorted(missing):
+        start = max(first, low, out[-1] + 1 if out else 0)
+        stop = min(first + count, high, start + limit - len(out))
+        out.extend(range(start, stop))
+        if len(out) >= limit:
+            break
+    return out
+
+
 class Sender:
     """Sends one message at a time within the receiver's window; `on_ack` gives what to send next:
     the chunks the ack names as missing, then new chunks up to its window end."""
@@ -88,12 +105,14 @@ class Sender:
         self.done = True
         self._frames: list[bytes] = []
         self._next = 0
+        self._received_below = 0  # every chunk below it has arrived: an earlier ack named none of them missing
 
     def send(self, type: MessageType, payload: bytes) -> list[bytes]:
         """The first frames of a new message (at most one window)."""
         self.seq = (self.seq + 1) & 0xFFFF
         self._frames = encode(type, self.seq, payload, self.att_payload)
         self._next = min(self.window, len(self._frames))
+        self._received_below = 0
         self.done = False
         self.sent += self._next
         return self._frames[: self._next]
@@ -107,8 +126,10 @@ class Sender:
         if ack.status is AckStatus.COMPLETE:
             self.done = True
             return []
-        again = [self._frames[i] for first, count in ack.missing for i in range(first, first + count) if i < self._next]
-        end = min(max(ack.window_end, self._next), len(self._frames))
+        if ack.missing:
+            self._received_below = max(self._received_below, min(first for first, _ in ack.missing))
+        again = [self._frames[i] for i in wanted(ack.missing, self._received_below, self._next, self.window)]
+        end = min(max(ack.window_end, self._next), len(self._frames), self._next + self.window)
         fresh = self._frames[self._next : end]
         self._next = end
         self.sent += len(again) + len(fresh)

@@ -18,12 +18,12 @@ each), or an `error` event with code `unsupported_version`.
 
 from __future__ import annotations
 
-import json
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from device_sdk.protocol import strict_json
 from device_sdk.protocol.errors import ErrorCode, FrameError
 
 from .frames import (
@@ -176,11 +176,15 @@ _EVENT: TypeAdapter[Welcome | Shown | Input | Battery | DeviceFault] = TypeAdapt
 
 
 def _load(payload: bytes, adapter: TypeAdapter[Any], what: str) -> Any:
+    """The message in `payload`, or `FrameError`: whatever the bytes hold (deep nesting, a key twice,
+    not UTF-8, not JSON), never another exception."""
+    if not isinstance(payload, bytes | bytearray | memoryview):
+        raise FrameError(f"a {what} message is bytes, not {type(payload).__name__}", ErrorCode.BAD_MESSAGE)
     if len(payload) > MAX_CONTROL:
         raise FrameError(f"a {what} message of {len(payload)} bytes (at most {MAX_CONTROL})", ErrorCode.TOO_LARGE)
     try:
-        return adapter.validate_python(json.loads(payload))
-    except (ValueError, ValidationError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return adapter.validate_python(strict_json.loads(payload))
+    except (ValueError, ValidationError) as exc:  # strict_json's ProtocolError is a ValueError
         raise FrameError(f"not a {what} message: {str(exc).splitlines()[0]}", ErrorCode.BAD_MESSAGE) from None
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 import time
 from collections import OrderedDict
@@ -32,7 +33,8 @@ from joserfc import jws
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from device_sdk.consent.keys import PublicKey, SigningKey, b64url_decode
-from device_sdk.protocol.errors import ErrorCode, IntentError, KeyStoreError
+from device_sdk.protocol import strict_json
+from device_sdk.protocol.errors import ErrorCode, IntentError, KeyStoreError, ProtocolError
 from device_sdk.protocol.fields import Id
 from device_sdk.protocol.messages import first_error
 
@@ -130,7 +132,7 @@ class OemKeys:
     @classmethod
     def load(cls, path: str | Path) -> OemKeys:
         try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
+            data = strict_json.loads(Path(path).read_bytes())
         except OSError as exc:
             raise KeyStoreError(f"cannot read the OEM keys {path}: {exc.strerror}") from None
         except ValueError as exc:
@@ -167,7 +169,9 @@ class IntentVerifier:
     def check(self, token: bytes | str, *, now: float | None = None) -> OemIntent:
         """The intent in `token`, or `IntentError` with the reason. An accepted intent is remembered
         (for twice the allowed skew, when a replay would be stale anyway) and refused after."""
-        raw = token.encode() if isinstance(token, str) else bytes(token)
+        raw = _token_bytes(token)
+        if now is not None and (not isinstance(now, int | float) or isinstance(now, bool) or not math.isfinite(now)):
+            raise IntentError(f"now is a time in seconds, not {now!r}", ErrorCode.BAD_MESSAGE)
         if len(raw) > MAX_INTENT:
             raise IntentError(f"an intent of {len(raw)} bytes (at most {MAX_INTENT})", ErrorCode.TOO_LARGE)
         compact = _read(raw)
@@ -182,9 +186,10 @@ class IntentVerifier:
         if not valid:
             raise IntentError("the intent's signature does not verify", ErrorCode.BAD_SIGNATURE)
         try:
+            strict_json.check(compact.payload)  # one reading: no field twice, no deep nesting
             intent = OemIntent.model_validate_json(compact.payload)
-        except RecursionError:
-            raise IntentError("the intent nests too deep", ErrorCode.BAD_MESSAGE) from None
+        except ProtocolError as exc:
+            raise IntentError(f"intent: {exc.text}", ErrorCode.BAD_MESSAGE) from None
         except ValidationError as exc:
             raise IntentError(f"intent: {first_error(exc)}", ErrorCode.BAD_MESSAGE) from None
         ident = intent.intent_id
@@ -211,6 +216,18 @@ class IntentVerifier:
         return intent
 
 
+def _token_bytes(token: object) -> bytes:
+    """An intent token's bytes: text (UTF-8, so no lone surrogate) or bytes, else `IntentError`."""
+    if isinstance(token, str):
+        try:
+            return token.encode()
+        except UnicodeEncodeError:
+            raise IntentError("an intent token is UTF-8 text", ErrorCode.BAD_MESSAGE) from None
+    if isinstance(token, bytes | bytearray | memoryview):
+        return bytes(token)
+    raise IntentError(f"an intent token is text or bytes, not {type(token).__name__}", ErrorCode.BAD_MESSAGE)
+
+
 def _read(raw: bytes) -> jws.CompactSignature:
     """The JWS's parts, with its header checked (exactly alg, kid and typ), or the refusal."""
     stripped = raw.strip()
@@ -220,7 +237,9 @@ def _read(raw: bytes) -> jws.CompactSignature:
         raise IntentError("an intent is a compact JWS: three base64url parts", ErrorCode.BAD_MESSAGE)
     header_part, _, signature = stripped.rpartition(b".")
     try:
-        header = json.loads(b64url_decode(header_part.split(b".")[0].decode()))
+        header = strict_json.loads(b64url_decode(header_part.split(b".")[0].decode()))
+    except ProtocolError as exc:  # a key twice (two `alg`), deep nesting, not UTF-8
+        raise IntentError(f"the intent's header: {exc.text}", ErrorCode.BAD_MESSAGE) from None
     except Exception:
         raise IntentError("the intent's header is not base64url JSON", ErrorCode.BAD_MESSAGE) from None
     if not isinstance(header, dict):

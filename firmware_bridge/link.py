@@ -379,6 +379,8 @@ class GlassesLink:
                 self._on_event(gatt.decode_event(message.payload))
         except FrameError as exc:
             log.warning("glasses %s: dropped a frame on %s: %s", self.address, uuid, exc)
+        except Exception:  # bleak's callback is no place for an exception: a bug here drops the frame, loudly
+            log.exception("glasses %s: dropped a frame on %s that the bridge could not handle", self.address, uuid)
 
     def _on_event(self, event: gatt.Welcome | gatt.Shown | gatt.Input | gatt.Battery | gatt.DeviceFault) -> None:
         waiting = self._welcome if self._welcome is not None and not self._welcome.done() else None

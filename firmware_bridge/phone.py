@@ -35,11 +35,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from device_sdk.bus.subscription import Received
 from device_sdk.consent.readback import compose_phone_sheet, display_digest
 from device_sdk.device.client import DeviceClient, Offer
-from device_sdk.protocol.errors import OUTCOME_OF, DeviceSdkError, ErrorCode, IntentError, RemoteError
+from device_sdk.protocol import strict_json
+from device_sdk.protocol.errors import (
+    OUTCOME_OF,
+    DeviceSdkError,
+    ErrorCode,
+    IntentError,
+    ProtocolError,
+    RemoteError,
+)
 from device_sdk.protocol.fields import Decision, Modality, Outcome
 from device_sdk.protocol.messages import ConfirmationRequest, IntentResult, OrderResult
 from device_sdk.service import Service
 
+from .intent_locale import check_intent_locale
 from .intents import MAX_INTENT, IntentVerifier, OemIntent
 
 log = logging.getLogger(__name__)
@@ -52,6 +61,7 @@ HTTP_STATUS = {
     ErrorCode.UNKNOWN_KEY: 401,
     ErrorCode.REPLAYED: 409,
     ErrorCode.UNKNOWN_ACTION: 422,
+    ErrorCode.UNSUPPORTED_LOCALE: 422,
     ErrorCode.BAD_MESSAGE: 400,
     ErrorCode.STALE: 400,
     ErrorCode.BAD_IMAGE: 400,
@@ -117,8 +127,10 @@ class HttpSheet:
                 if response.status != 200:
                     log.warning("the sheet at %s answered %d: no sheet", self.url, response.status)
                     return None
-                reply = SheetReply.model_validate_json(await response.read())
-        except (aiohttp.ClientError, TimeoutError, ValidationError) as exc:
+                answer = await response.read()
+                strict_json.check(answer)  # one reading: no key twice, no deep nesting
+                reply = SheetReply.model_validate_json(answer)
+        except (aiohttp.ClientError, TimeoutError, ValidationError, ProtocolError) as exc:
             log.warning("the sheet at %s gave no answer (%s): no sheet", self.url, type(exc).__name__)
             return None
         return SheetAnswer(reply.decision, reply.mandate)
@@ -240,6 +252,7 @@ class IntentBridge(Service):
                     raise IntentError(text, ErrorCode.WRONG_TOPIC, intent_id=intent.intent_id)
                 if intent.device_id != self.device.device_id:
                     raise IntentError(f"this bridge serves {self.device.device_id}", intent_id=intent.intent_id)
+                check_intent_locale(intent, self.device.locale)  # another language: refused, nothing asked
             except IntentError as exc:
                 log.info("refused an intent: %s", exc)
                 return IntentResult(intent_id=exc.intent_id, code=exc.code, text=exc.text)

@@ -213,7 +213,10 @@ class SimulatedGlasses:
                 raise FrameError(f"a {message.type.name} message on the control characteristic", ErrorCode.UNKNOWN_TYPE)
         except FrameError as exc:
             log.warning("glasses: refused a control frame: %s", exc)
-            self._event(gatt.DeviceFault(code=exc.code, text=exc.text))
+            self._event(gatt.DeviceFault(code=exc.code, text=exc.text[:512]))
+        except Exception:  # never into the BLE stack's callback: the gateway hears an error event
+            log.exception("glasses: a control frame the simulator could not handle")
+            self._event(gatt.DeviceFault(code=ErrorCode.INTERNAL, text="a control frame the glasses could not handle"))
 
     def _command(self, command: gatt.Hello | gatt.Capture | gatt.Mic | gatt.Clear) -> None:
         if isinstance(command, gatt.Hello):

@@ -135,7 +135,8 @@ BAD = [
      ErrorCode.UNEXPECTED_MESSAGE),
     ("device/speaker-9/up", b'{"v": 1, "type": "agent.request", "request_id": "r", "device_id": "speaker-1", '
      b'"session_id": "s", "text": "buy milk"}', ErrorCode.WRONG_TOPIC),
-    ("device/speaker-9/up", b'{"v": 1, "type": "ping", "seq": 1, "v": 7}', ErrorCode.UNSUPPORTED_VERSION),
+    ("device/speaker-9/up", b'{"v": 7, "type": "ping", "seq": 1}', ErrorCode.UNSUPPORTED_VERSION),
+    ("device/speaker-9/up", b'{"v": 1, "type": "ping", "seq": 1, "v": 7}', ErrorCode.BAD_JSON),  # a key twice
     ("device/speaker-9/up", b"{" + b" " * 100_000 + b"}", ErrorCode.TOO_LARGE),
     ("device/speaker-9/status", b"[]", ErrorCode.BAD_MESSAGE),
     ("device/speaker-9/status", b'{"v": 1, "type": "ping", "seq": 1}', ErrorCode.UNEXPECTED_MESSAGE),

@@ -8,10 +8,11 @@ import io
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import ExifTags, Image, ImageChops, ImageOps, ImageStat, PngImagePlugin
 
 from device_sdk.media.images import ImageStore, image_ref, strip_metadata
 from device_sdk.protocol.errors import ErrorCode, ProtocolError
+from simulators.camera_files import LOCATION, SECRETS, SERIAL, exif_body, phone_photo, segment
 from simulators.photos import product_photo, read_tag
 
 PHOTO = product_photo("bat-aa-4", "AA batteries, pack of 4")
@@ -72,3 +73,117 @@ async def test_store_keeps_recent_images_by_reference_and_waits_for_late_ones() 
     assert await waiter == strip_metadata(other)
     await store.put(product_photo("x-1", "X"))
     assert store.get(first) is None and len(store) == 2  # the oldest made room
+
+
+# issue 18, finding 4: multi-picture files, metadata after the first scan, orientation, other formats ---------
+
+PHONE = phone_photo()
+
+
+def test_finding_4_a_phone_multi_picture_jpeg_keeps_only_the_primary_picture_without_metadata() -> None:
+    with Image.open(io.BytesIO(PHONE)) as original:  # the file is real: Pillow reads an MPO of two pictures
+        assert original.format == "MPO" and getattr(original, "n_frames", 1) == 2
+        assert original.getexif().get_ifd(ExifTags.IFD.GPSInfo)
+        primary_pixels = original.tobytes()
+        original.seek(1)
+        assert original.getexif().get_ifd(ExifTags.IFD.GPSInfo)  # the gain map has a position of its own
+    clean = strip_metadata(PHONE)
+    for secret in SECRETS:
+        assert secret not in clean, secret
+    assert clean.endswith(b"\xff\xd9") and len(clean) < len(PHONE)
+    with Image.open(io.BytesIO(clean)) as after:
+        assert after.format == "JPEG" and getattr(after, "n_frames", 1) == 1
+        assert not after.getexif() and not {"exif", "xmp", "mp", "mpinfo", "comment", "icc_profile"} & set(after.info)
+        assert after.tobytes() == primary_pixels  # upright already: not re-encoded
+    assert read_tag(clean) == "bat-aa-4" and strip_metadata(clean) == clean
+    assert strip_metadata(bytearray(PHONE)) == clean
+
+
+def test_finding_4_exif_and_comments_after_the_scan_of_a_baseline_jpeg_are_dropped() -> None:
+    with Image.open(io.BytesIO(PHOTO)) as photo:
+        plain = io.BytesIO()
+        photo.save(plain, "JPEG", quality=85, comment=b"")  # baseline, one scan, no EXIF, no comment
+    late = segment(0xE1, exif_body("PhoneCam", SERIAL, LOCATION)) + segment(0xFE, b"edited on the phone")
+    trailer = b"\xff\xd8" + segment(0xE1, exif_body("PhoneCam", SERIAL, LOCATION))  # after EOI: not a picture
+    jpeg = plain.getvalue()[:-2] + late + b"\xff\xd9" + trailer
+    with Image.open(io.BytesIO(jpeg)) as before:
+        pixels = before.tobytes()  # a decoder reads past what stands after the scan
+    clean = strip_metadata(jpeg)
+    assert b"Exif" not in clean and SERIAL.encode() not in clean and b"edited" not in clean
+    assert clean == plain.getvalue()  # exactly the picture without what was added
+    with Image.open(io.BytesIO(clean)) as after:
+        assert after.tobytes() == pixels
+
+
+@pytest.mark.parametrize("orientation", range(2, 9))
+def test_finding_4_orientation_is_applied_before_the_exif_goes(orientation: int) -> None:
+    jpeg = phone_photo(orientation=orientation)
+    with Image.open(io.BytesIO(jpeg)) as stored:
+        reference = ImageOps.exif_transpose(stored)  # what a viewer shows
+    assert read_tag(jpeg) is None or orientation in (2, 4)  # stored turned: the tag strip is not at the bottom
+    clean = strip_metadata(jpeg)
+    for secret in SECRETS:
+        assert secret not in clean, secret
+    with Image.open(io.BytesIO(clean)) as upright:
+        assert not upright.getexif() and upright.size == reference.size == (640, 480)
+        difference = ImageStat.Stat(ImageChops.difference(upright.convert("RGB"), reference.convert("RGB")))
+        assert max(difference.mean) < 4  # the same picture, re-encoded once
+    assert read_tag(clean) == "bat-aa-4" and strip_metadata(clean) == clean
+
+
+def _png_with_text() -> bytes:
+    info = PngImagePlugin.PngInfo()
+    info.add_text("GPSLatitude", "31.23")
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(out, "PNG", pnginfo=info)
+    return out.getvalue()
+
+
+def _webp_with_exif() -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(out, "WEBP", exif=exif_body("PhoneCam", SERIAL, LOCATION))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "name"),
+    [
+        (_png_with_text(), "PNG"),
+        (_webp_with_exif(), "WebP"),
+        (b"\0\0\0\x18ftypheic\0\0\0\0mif1heic" + bytes(64), "HEIC"),
+        (b"GIF89a" + bytes(32), "GIF"),
+        (b"II*\0" + bytes(32), "TIFF"),
+    ],
+    ids=["png", "webp", "heic", "gif", "tiff"],
+)
+def test_finding_4_other_image_formats_are_refused_by_name(data: bytes, name: str) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        strip_metadata(data)
+    assert caught.value.code is ErrorCode.BAD_IMAGE and name in caught.value.text and "JPEG" in caught.value.text
+
+
+@pytest.mark.parametrize(
+    "value",
+    [memoryview(PHOTO), PHOTO.decode("latin-1"), None, 42, [0xFF, 0xD8]],
+    ids=["memoryview", "str", "none", "int", "list"],
+)
+def test_finding_4_wrong_types_get_the_sdks_error(value: object) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        strip_metadata(value)  # type: ignore[arg-type]
+    assert caught.value.code is ErrorCode.BAD_IMAGE and type(value).__name__ in caught.value.text
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=len(PHONE)), st.integers(min_value=0, max_value=len(PHONE) - 1),
+       st.integers(min_value=0, max_value=255))  # fmt: skip
+def test_fuzz_strip_of_cut_or_altered_multi_picture_files_never_crashes(cut: int, at: int, value: int) -> None:
+    altered = bytearray(PHONE)
+    altered[at] = value
+    for data in (PHONE[:cut], bytes(altered)):
+        try:
+            clean = strip_metadata(data)
+        except ProtocolError as exc:
+            assert exc.code in (ErrorCode.BAD_IMAGE, ErrorCode.TOO_LARGE)  # noqa: PT017
+        else:
+            assert clean.startswith(b"\xff\xd8") and clean.endswith(b"\xff\xd9")
+            assert strip_metadata(clean) == clean  # what comes out is a clean walk of itself

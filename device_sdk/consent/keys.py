@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from joserfc.jwk import OKPKey
 
+from device_sdk.protocol import strict_json
 from device_sdk.protocol.errors import ErrorCode, KeyStoreError
 
 
@@ -73,7 +74,7 @@ class PublicKey:
         text = text.strip()
         try:
             if text.startswith("{"):
-                return cls(b64url_decode(json.loads(text)["x"]))
+                return cls(b64url_decode(strict_json.loads(text)["x"]))
             if text.startswith("-----BEGIN"):
                 loaded = serialization.load_pem_public_key(text.encode())
                 if not isinstance(loaded, Ed25519PublicKey):

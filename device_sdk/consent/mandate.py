@@ -10,7 +10,6 @@ channel, the verifier's nonce, and the digest of exactly what the device showed 
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import dataclass
@@ -19,9 +18,10 @@ from typing import Annotated, Any, Literal
 from joserfc import jws
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from device_sdk.protocol.errors import ConsentError, ErrorCode
+from device_sdk.protocol import strict_json
+from device_sdk.protocol.errors import ConsentError, ErrorCode, ProtocolError
 from device_sdk.protocol.fields import Id, Modality, Nonce, Sha256Hex, new_id
-from device_sdk.protocol.messages import ConfirmationRequest, first_error
+from device_sdk.protocol.messages import ConfirmationRequest, StepUpProof, first_error
 
 from .keys import PublicKey, SigningKey, b64url_decode
 
@@ -60,6 +60,9 @@ class MandateClaims(BaseModel):
     session_id: Id
     modality: Modality
     display_digest: Sha256Hex = Field(description="SHA-256 of the read-back or card the user was given.")
+    step_up: StepUpProof | None = Field(
+        default=None, description="For `voice_pin`: the single-use proof the platform issued once the PIN checked out."
+    )
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,8 @@ class SignedMandate:
 def sign_mandate(key: SigningKey, claims: MandateClaims) -> str:
     """The compact JWS of `claims`, signed by `key`."""
     header = {"alg": ALG, "kid": key.public.kid, "typ": JWS_TYPE}
-    return jws.serialize_compact(header, claims.model_dump_json().encode(), key.jwk(), algorithms=[ALG])
+    payload = claims.model_dump_json(exclude_none=True).encode()
+    return jws.serialize_compact(header, payload, key.jwk(), algorithms=[ALG])
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,10 @@ def read_mandate(token: str) -> ReadMandate:
     if not isinstance(token, str) or len(token) > MAX_TOKEN or not _TOKEN.match(token):
         raise ConsentError("the mandate is not a compact JWS", ErrorCode.MANDATE_MALFORMED)
     try:
+        strict_json.check(b64url_decode(token.split(".", 1)[0]))  # one reading: no `alg` twice
         compact = jws.extract_compact(token.encode())
+    except ProtocolError as exc:
+        raise ConsentError(f"the mandate header: {exc.text}", ErrorCode.MANDATE_MALFORMED) from None
     except Exception as exc:  # whatever the bytes hold (deep nesting, odd JSON), a coded refusal
         raise ConsentError(f"unreadable mandate: {type(exc).__name__}", ErrorCode.MANDATE_MALFORMED) from None
     header: Any = compact.protected
@@ -116,9 +123,10 @@ def verify_mandate(read: ReadMandate, public: PublicKey) -> SignedMandate:
     if not valid:
         raise ConsentError("the mandate's signature does not verify", ErrorCode.BAD_SIGNATURE)
     try:
+        strict_json.check(read.compact.payload)  # one reading: no claim twice, no deep nesting
         claims = MandateClaims.model_validate_json(read.compact.payload)
-    except RecursionError:
-        raise ConsentError("mandate claims nest too deep", ErrorCode.MANDATE_MALFORMED) from None
+    except ProtocolError as exc:
+        raise ConsentError(f"mandate claims: {exc.text}", ErrorCode.MANDATE_MALFORMED) from None
     except ValidationError as exc:
         raise ConsentError(f"mandate claims: {first_error(exc)}", ErrorCode.MANDATE_MALFORMED) from None
     return SignedMandate(read.token, read.kid, claims)
@@ -132,7 +140,7 @@ def open_mandate(token: str, public: PublicKey) -> SignedMandate:
 def unverified_claims(token: str) -> dict[str, Any] | None:
     """The claims of a mandate without any check (None when unreadable): never trust them."""
     try:
-        value = json.loads(b64url_decode(token.split(".")[1]))
+        value = strict_json.loads(b64url_decode(token.split(".")[1]))
     except Exception:
         return None
     return value if isinstance(value, dict) else None
@@ -154,8 +162,10 @@ def mandate_for(
     display_digest: str,
     lifetime: int | None = None,
     issued_at: int | None = None,
+    step_up: str | None = None,
 ) -> str:
-    """The device's mandate for `offer`: signed when, and only when, its user confirmed it."""
+    """The device's mandate for `offer`: signed when, and only when, its user confirmed it; a
+    `voice_pin` one carries the `step_up` proof the platform gave for the PIN."""
     terms, proposal = offer.consent, offer.proposal
     iat = int(time.time()) if issued_at is None else issued_at
     claims = MandateClaims(
@@ -174,5 +184,6 @@ def mandate_for(
         session_id=offer.session_id,
         modality=modality,
         display_digest=display_digest,
+        step_up=step_up,
     )
     return sign_mandate(key, claims)

@@ -29,6 +29,10 @@ HEADER = struct.Struct("<BBHIQ")
 MAX_CHUNK = 64 * 1024
 """Largest chunk in bytes, header included (about 2 s of 16 kHz audio)."""
 LAST = 0x01
+MAX_GAP_SECONDS = 60
+"""The most audio a stream takes as lost between two chunks; a chunk that claims a wider gap is refused."""
+MAX_SEQ_GAP = 6000
+"""The most chunks a stream takes as lost between two (a minute of 10 ms chunks)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,10 @@ class AudioChunk:
 
 def decode_chunk(data: bytes, width: int = 2) -> AudioChunk:
     """Parse one chunk, or raise `ProtocolError(bad_audio)` (or `too_large`)."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ProtocolError(f"an audio chunk is bytes, not {type(data).__name__}", ErrorCode.BAD_AUDIO)
+    if not isinstance(width, int) or isinstance(width, bool) or not 1 <= width <= 4:
+        raise ProtocolError(f"a sample is 1 to 4 bytes wide, not {width!r}", ErrorCode.BAD_AUDIO)
     if len(data) > MAX_CHUNK:
         raise ProtocolError(f"audio chunk of {len(data)} bytes exceeds {MAX_CHUNK}", ErrorCode.TOO_LARGE)
     if len(data) < HEADER.size:
@@ -66,7 +74,9 @@ def decode_chunk(data: bytes, width: int = 2) -> AudioChunk:
 class AudioStream:
     """One device's audio for one session, as the gateway receives it: an async iterator of chunks.
 
-    Chunks arrive in order or not at all (QoS 0); `lost_samples` counts the gaps. Iteration ends
+    Chunks arrive in order or not at all (QoS 0); `lost_samples` counts the gaps. A chunk that
+    would open a gap wider than `MAX_GAP_SECONDS` or `MAX_SEQ_GAP` chunks is refused
+    (`ProtocolError(bad_audio)`) and leaves the stream as it was, for the honest chunks after it. Iteration ends
     at `audio.stop` or the last chunk. The queue is bounded: a consumer that falls `maxsize`
     chunks behind loses the oldest, counted in `dropped`. With `keep=False` (nobody listens)
     chunks are only counted.
@@ -98,6 +108,13 @@ class AudioStream:
             return
         if chunk.offset < self._next_offset or chunk.seq < self._next_seq:
             return  # a duplicate or a late chunk: time only moves forward
+        gap = chunk.offset - self._next_offset
+        if gap > MAX_GAP_SECONDS * self.format.rate or chunk.seq - self._next_seq > MAX_SEQ_GAP:
+            raise ProtocolError(
+                f"audio chunk {chunk.seq} at sample {chunk.offset} is too far past sample {self._next_offset}"
+                f" (chunk {self._next_seq}): refused, the stream goes on",
+                ErrorCode.BAD_AUDIO,
+            )
         self.lost_samples += chunk.offset - self._next_offset
         self._next_offset = chunk.offset + chunk.samples(self.format.width)
         self._next_seq = chunk.seq + 1
@@ -110,7 +127,7 @@ class AudioStream:
     def end(self, sent_samples: int | None = None) -> None:
         if sent_samples is not None:
             self.sent_samples = sent_samples
-            self.lost_samples += max(0, sent_samples - self._next_offset)
+            self.lost_samples += min(max(0, sent_samples - self._next_offset), MAX_GAP_SECONDS * self.format.rate)
         if not self.ended:
             self.ended = True
             self._queue.close()

@@ -1,24 +1,53 @@
 """Camera images on their way to the agent: metadata stripped, named by their hash, kept for a while.
 
 A device strips every metadata segment from a JPEG before it leaves the gateway (`strip_metadata`:
-EXIF with its GPS position, camera serial and time, XMP, IPTC, comments), publishes the clean
-bytes on its `image` topic and sends the agent request with `image_ref="sha256:<hex>"`. The agent
-side keeps recent images in an `ImageStore` and looks them up by that reference. Stripping works on
-the JPEG's segments, so the picture itself is not re-encoded: its pixels stay bit for bit.
+EXIF with its GPS position, camera serial and time, XMP, IPTC, ICC profiles, comments, wherever
+they stand, and every picture after the primary one: the second images of multi-picture / Ultra
+HDR files carry their own EXIF), publishes the clean bytes on its `image` topic and sends the agent
+request with `image_ref="sha256:<hex>"`. The agent side keeps recent images in an `ImageStore` and
+looks them up by that reference. Stripping rebuilds the primary picture from its decoding segments
+(`device_sdk.media.jpeg`), so an upright picture is not re-encoded: its pixels stay bit for bit. A
+picture whose EXIF says it is stored rotated or mirrored is turned upright first (decoded and
+re-encoded with Pillow), since the EXIF that said so is gone after. Other formats (PNG with its
+text chunks, WebP, HEIC/AVIF, GIF, TIFF) are refused by name.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 from collections import OrderedDict
+
+from PIL import Image
 
 from device_sdk.protocol.errors import ErrorCode, ProtocolError
 
+from . import jpeg as jpeg_segments
+
 MAX_IMAGE = 1 << 20
-_KEEP_APP = {0xE0: (b"JFIF\0", b"JFXX\0"), 0xE2: (b"ICC_PROFILE\0",), 0xEE: (b"Adobe",)}
-"""APPn segments that describe how to decode the picture, not where or by whom it was taken."""
-_STANDALONE = {0x01, *range(0xD0, 0xD8)}  # TEM and RSTn carry no length
+MAX_PIXELS = 40_000_000
+"""Largest picture decoded to turn it upright (a 1 MiB JPEG that claims more is refused, not decoded)."""
+_QUALITIES = (92, 80, 65)
+"""JPEG qualities tried, in turn, for an upright picture that must fit in `max_size`."""
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+"""What turns a picture of each EXIF orientation upright (as `PIL.ImageOps.exif_transpose` does)."""
+_OTHER_FORMATS = (
+    (0, b"\x89PNG\r\n\x1a\n", "a PNG (its text chunks are not stripped here)"),
+    (0, b"GIF8", "a GIF"),
+    (8, b"WEBP", "a WebP"),
+    (0, b"II*\0", "a TIFF"),
+    (0, b"MM\0*", "a TIFF"),
+    (4, b"ftyp", "a HEIC/AVIF (ISO media) file"),
+)
 
 
 def image_ref(jpeg: bytes) -> str:
@@ -30,47 +59,39 @@ def _bad(text: str) -> ProtocolError:
 
 
 def strip_metadata(jpeg: bytes, *, max_size: int = MAX_IMAGE) -> bytes:
-    """The JPEG without EXIF (and its GPS block), XMP, IPTC, maker notes and comments; only the
-    segments a decoder needs are kept. `ProtocolError(bad_image)` for anything that is not a
-    whole baseline or progressive JPEG of at most `max_size` bytes."""
+    """The primary picture of `jpeg`, upright, without EXIF (and its GPS block), XMP, IPTC, ICC,
+    maker notes, comments or later pictures; only the segments a decoder needs are kept.
+    `ProtocolError(bad_image)` for anything that is not a whole JPEG (other image formats are
+    named), `too_large` over `max_size` bytes."""
+    if not isinstance(jpeg, (bytes, bytearray)):
+        raise _bad(f"an image is bytes, not {type(jpeg).__name__}")
     if len(jpeg) > max_size:
         raise ProtocolError(f"an image of {len(jpeg)} bytes (at most {max_size})", ErrorCode.TOO_LARGE)
-    if jpeg[:2] != b"\xff\xd8":
-        raise _bad("no start-of-image marker")
-    out = bytearray(b"\xff\xd8")
-    pos = 2
-    while True:
-        if pos + 2 > len(jpeg) or jpeg[pos] != 0xFF:
-            raise _bad(f"no marker at byte {pos}")
-        marker = jpeg[pos + 1]
-        if marker == 0xFF:  # fill byte
-            pos += 1
-            continue
-        if marker == 0xD9:
-            raise _bad("the image ends before any scan")
-        if marker in _STANDALONE:
-            out += jpeg[pos : pos + 2]
-            pos += 2
-            continue
-        if pos + 4 > len(jpeg):
-            raise _bad("truncated segment header")
-        length = int.from_bytes(jpeg[pos + 2 : pos + 4], "big")
-        end = pos + 2 + length
-        if length < 2 or end > len(jpeg):
-            raise _bad(f"a segment of length {length} at byte {pos} runs past the end")
-        body = jpeg[pos + 4 : end]
-        if marker == 0xDA:  # start of scan: the rest is picture data (and any later scans) up to EOI
-            if not jpeg.rstrip(b"\0").endswith(b"\xff\xd9"):
-                raise _bad("truncated: no end-of-image marker")
-            out += jpeg[pos:]
-            return bytes(out)
-        if marker in _KEEP_APP:
-            keep = body.startswith(_KEEP_APP[marker])
-        else:  # every other APPn (EXIF and GPS, XMP, IPTC, maker notes, MPF) and comments go
-            keep = marker not in range(0xE0, 0xF0) and marker != 0xFE
-        if keep:
-            out += jpeg[pos:end]
-        pos = end
+    data = bytes(jpeg)
+    for offset, magic, name in _OTHER_FORMATS:
+        if data[offset : offset + len(magic)] == magic:
+            raise _bad(f"{name}; send the picture as a JPEG")
+    picture = jpeg_segments.primary(data)
+    if picture.orientation == 1:
+        return picture.jpeg
+    return jpeg_segments.primary(_upright(picture, max_size)).jpeg
+
+
+def _upright(picture: jpeg_segments.Primary, max_size: int) -> bytes:
+    """`picture` decoded, turned upright as its EXIF orientation said, and encoded again."""
+    if picture.width * picture.height > MAX_PIXELS:
+        raise _bad(f"a {picture.width}x{picture.height} picture to turn upright (at most {MAX_PIXELS} pixels)")
+    try:
+        with Image.open(io.BytesIO(picture.jpeg), formats=["JPEG"]) as stored:
+            upright = stored.transpose(_TRANSPOSE[picture.orientation])
+    except Exception as exc:  # Pillow's errors for a picture it cannot decode are of many kinds
+        raise _bad(f"the picture does not decode: {type(exc).__name__}") from None
+    for quality in _QUALITIES:
+        out = io.BytesIO()
+        upright.save(out, "JPEG", quality=quality)
+        if out.tell() <= max_size:
+            return out.getvalue()
+    raise ProtocolError(f"the upright picture is over {max_size} bytes", ErrorCode.TOO_LARGE)
 
 
 class ImageStore:

@@ -1,6 +1,7 @@
 """Every message on the bus: versioned pydantic models with a `type` discriminator.
 
-Receivers ignore fields they do not know; a breaking change bumps `v`. Amounts are integer
+Receivers ignore fields they do not know, except in what is hashed or signed (a proposal and its
+lines and merchants: refused, never hashed unread); a breaking change bumps `v`. Amounts are integer
 minor units (fen for CNY) everywhere. `decode` turns any payload into a model or a
 `ProtocolError` with a code; it never raises anything else.
 """
@@ -13,12 +14,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    ConfigDict,
     Field,
     TypeAdapter,
     ValidationError,
     model_validator,
 )
 
+from . import strict_json
 from .errors import ErrorCode, ProtocolError
 from .fields import (
     MAX_PAYLOAD,
@@ -34,6 +37,7 @@ from .fields import (
     Outcome,
     Sha256Hex,
     Text,
+    Unit,
     WireMessage,
     WireModel,
     plain_text,
@@ -41,6 +45,8 @@ from .fields import (
 
 LocaleTag = Annotated[str, Field(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$", max_length=35)]
 """A BCP 47 language tag (`en-US`, `zh-CN`)."""
+IdempotencyKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{27,128}$")]
+"""128 bits or more: 27 to 128 characters of base64url or hex with a prefix."""
 
 
 class DeviceStatus(WireMessage):
@@ -181,15 +187,23 @@ class AgentRequest(WireMessage):
 
 
 class Merchant(WireModel):
+    """A seller or the payee, as named in a proposal (hashed: unknown fields are refused)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     id: Id
     name: Name
 
 
 class ProposalLine(WireModel):
+    """One item of a proposal (hashed: unknown fields are refused)."""
+
+    model_config = ConfigDict(extra="forbid")
+
     sku: Id
     name: Name
     qty: int = Field(ge=1, le=99)
-    unit: Annotated[str, Field(min_length=1, max_length=32), AfterValidator(plain_text)] = "piece"
+    unit: Unit = "piece"
     unit_price_minor: Minor
     line_total_minor: Minor
     seller: Merchant
@@ -205,7 +219,10 @@ class ProposalLine(WireModel):
 
 
 class CheckoutProposal(WireMessage):
-    """A cart proposed by the agent. Its SHA-256 over the bytes as issued is the checkout hash."""
+    """A cart proposed by the agent. Its SHA-256 over the bytes as issued is the checkout hash, so
+    a field this side does not know is refused rather than hashed unread (`extra="forbid"`)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     type: Literal["checkout.proposal"] = "checkout.proposal"
     checkout_id: Id
@@ -300,6 +317,36 @@ class HandedOver(WireMessage):
     to_device: Id
 
 
+Pin = Annotated[str, Field(pattern=r"^[0-9]{4,12}$", repr=False)]
+"""A step-up PIN: 4 to 12 digits, as the user said or typed them."""
+StepUpProof = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{43}$")]
+"""256 random bits (base64url) that the platform issues once a PIN checked out."""
+
+
+class StepUp(WireMessage):
+    """The PIN the user said or typed for a `voice_pin` confirmation of one offer, for the platform
+    to check against the salted hash kept since provisioning (never on the device). Answered with
+    `step_up.result`, or an `error`: `step_up_failed` (tries left in its text), `step_up_locked`."""
+
+    type: Literal["step_up"] = "step_up"
+    step_up_id: Id = Field(description="The try's own id: a resend of it is answered, not counted, again.")
+    session_id: Id
+    checkout_id: Id
+    checkout_hash: Sha256Hex
+    pin: Pin
+
+
+class StepUpResult(WireMessage):
+    """The PIN checked out: a single-use proof bound to this device and checkout, which the device
+    signs into its `voice_pin` mandate (claim `step_up`) before `expires_at`."""
+
+    type: Literal["step_up.result"] = "step_up.result"
+    session_id: Id
+    checkout_id: Id
+    proof: StepUpProof
+    expires_at: float
+
+
 class ConfirmationResult(WireMessage):
     """The user's answer, given on the device that owns the session (or on the phone it handed the
     offer to)."""
@@ -314,6 +361,11 @@ class ConfirmationResult(WireMessage):
     heard: Text | None = Field(default=None, description="The reply as heard or typed, for the audit trail.")
     mandate: Annotated[str, Field(max_length=8192)] | None = Field(
         default=None, description="Device-signed consent mandate (compact JWS), where the device signs."
+    )
+    idempotency_key: IdempotencyKey | None = Field(
+        default=None,
+        description="The device's key for this answer, kept across its retries: a resent confirmation with"
+        " it gets the stored result from any gateway, never a second order.",
     )
 
 
@@ -333,6 +385,34 @@ class OrderResult(WireMessage):
     def _order_iff_ordered(self) -> OrderResult:
         if (self.outcome is Outcome.ORDERED) != (self.order_id is not None):
             raise ValueError("order_id is set exactly when the outcome is 'ordered'")
+        return self
+
+
+class OrderStatus(WireMessage):
+    """A device asks how its checkout stands (an answer that never came, a gateway that restarted):
+    any gateway answers from the checkout's store with `order.status.result`."""
+
+    type: Literal["order.status"] = "order.status"
+    session_id: Id
+    checkout_id: Id
+
+
+class OrderStatusResult(WireMessage):
+    """How a checkout stands in the store: `open` (no confirmation admitted: the offer may still be
+    answered), `pending` (admitted, the order is being placed: ask again) or `ended` (`result`)."""
+
+    type: Literal["order.status.result"] = "order.status.result"
+    session_id: Id
+    checkout_id: Id
+    state: Literal["open", "pending", "ended"]
+    result: OrderResult | None = Field(default=None, description="How the session ended, exactly when `ended`.")
+
+    @model_validator(mode="after")
+    def _result_iff_ended(self) -> OrderStatusResult:
+        if (self.state == "ended") != (self.result is not None):
+            raise ValueError("result is set exactly when the state is 'ended'")
+        if self.result is not None and self.result.checkout_id != self.checkout_id:
+            raise ValueError("the result is for another checkout")
         return self
 
 
@@ -384,7 +464,11 @@ Message = Annotated[
         | ConfirmationResult
         | HandOver
         | HandedOver
+        | StepUp
+        | StepUpResult
         | OrderResult
+        | OrderStatus
+        | OrderStatusResult
         | IntentResult
         | Error
     ),
@@ -410,7 +494,11 @@ MESSAGE_TYPES: tuple[type[WireMessage], ...] = (
     ConfirmationResult,
     HandOver,
     HandedOver,
+    StepUp,
+    StepUpResult,
     OrderResult,
+    OrderStatus,
+    OrderStatusResult,
     IntentResult,
     Error,
 )
@@ -423,6 +511,7 @@ def decode(payload: bytes | bytearray, max_size: int = MAX_PAYLOAD) -> Message:
     """Parse one wire payload into its message model, or raise `ProtocolError` with a code."""
     if len(payload) > max_size:
         raise ProtocolError(f"payload of {len(payload)} bytes exceeds {max_size}", ErrorCode.TOO_LARGE)
+    strict_json.check(payload)  # one reading: no key twice, no deep nesting, no NaN or lone surrogate
     try:
         return _ADAPTER.validate_json(payload, context=_WIRE)
     except ValidationError as exc:
@@ -449,6 +538,8 @@ def _protocol_error(exc: ValidationError) -> ProtocolError:
     where = ".".join(str(part) for part in first["loc"])
     if kind in ("json_invalid", "json_type"):
         return ProtocolError(f"not JSON: {first['msg']}", ErrorCode.BAD_JSON)
+    if kind == "extra_forbidden":
+        return ProtocolError(f"{where}: a field this side does not know, in a hashed message", ErrorCode.BAD_MESSAGE)
     if kind == "model_attributes_type":
         return ProtocolError("a message is a JSON object", ErrorCode.BAD_MESSAGE)
     if kind == "union_tag_invalid":

@@ -18,7 +18,7 @@ _ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 def check_id(value: str, what: str = "id") -> str:
     """Refuse an identifier that could escape its topic level (`/`, `+`, `#`) or is empty or too long."""
-    if not _ID.fullmatch(value):
+    if not isinstance(value, str) or not _ID.fullmatch(value):
         raise ProtocolError(f"{what} {value!r} is not 1-64 of [A-Za-z0-9_.-]", ErrorCode.BAD_MESSAGE)
     return value
 

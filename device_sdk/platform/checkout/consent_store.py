@@ -55,9 +55,39 @@ SCHEMA = (
         at REAL NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS completions_refusals ON completions (at) WHERE order_id IS NULL",
+    "CREATE INDEX IF NOT EXISTS completions_device_refusals ON completions (device_id, at) WHERE order_id IS NULL",
 )
 KEEP_REFUSALS = 24 * 3600.0
 """Refused completions are kept (answering their idempotency keys) for a day; accepted ones for good."""
+KEEP_REFUSALS_PER_DEVICE = 1000
+"""At most this many of a device's refused completions are kept, its newest: a device refused again and
+again does not grow the store. Nothing a replay check needs is lost: a mandate is made single use, and a
+checkout ordered once, by the row of the accepted completion, which is never pruned."""
+_REFUSED = "order_id IS NULL AND ordered_checkout IS NULL"
+
+
+def record_refusal(
+    conn: sqlite3.Connection, key: str, body: str, ids: dict[str, str], exc: ConsentError, now: float
+) -> None:
+    """Keep a refusal's answer under its idempotency key, and prune the refusals past their keeping."""
+    result = json.dumps({"refused": exc.code.value, "text": exc.text})
+    conn.execute(
+        "INSERT INTO completions (idempotency_key, body_sha256, checkout_id, device_id, result, at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (key, body, ids["checkout_id"], ids["device_id"], result, now),
+    )
+    prune_refusals(conn, now, ids["device_id"])
+
+
+def prune_refusals(conn: sqlite3.Connection, now: float, device_id: str | None = None) -> None:
+    """Forget refusals older than `KEEP_REFUSALS`, and `device_id`'s beyond its newest `KEEP_REFUSALS_PER_DEVICE`."""
+    conn.execute(f"DELETE FROM completions WHERE {_REFUSED} AND at < ?", (now - KEEP_REFUSALS,))
+    if device_id is not None:
+        conn.execute(
+            f"DELETE FROM completions WHERE rowid IN (SELECT rowid FROM completions WHERE {_REFUSED} AND device_id = ?"
+            " ORDER BY at DESC LIMIT -1 OFFSET ?)",
+            (device_id, KEEP_REFUSALS_PER_DEVICE),
+        )
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ expected value, since every expected value comes from the verifier's own store:
 6. the display digest is that of what the SDK renders for the proposal in the signed modality,
    and the unsigned confirmation says the same as the mandate;
 7. the mandate id was never accepted before (a unique key in SQLite);
-8. the risk policy: payment channel, categories and merchants, voice cap, daily cap, velocity.
+8. the risk policy: payment channel, categories and merchants, voice cap, daily cap, velocity;
+9. the signer's provisioned kind can give the modality, and a `voice_pin` carries a PIN's proof (`step_up`).
 
 The completion's idempotency key (128 bits or more) maps to its first result: the same key and
 body get the same result, the same key with another body is a conflict. All of it, and the order,
@@ -40,13 +41,15 @@ from device_sdk.protocol.errors import CheckoutError, ConsentError, ErrorCode
 from device_sdk.protocol.fields import Decision, Modality, Outcome, sha256_hex
 from device_sdk.protocol.messages import CheckoutProposal, ConsentTerms, IssuedProposal, OrderResult, decode
 
+from . import consent_store
 from .audit import AuditLog
 from .backend import Completion
-from .consent_store import CHECKOUT_STATE, KEEP_REFUSALS, SCHEMA, StoredCheckout, spending, stored_result
+from .consent_store import CHECKOUT_STATE, SCHEMA, StoredCheckout, spending, stored_result
 from .database import Database
 from .handover import hand_over
 from .policy import PolicyBook, RiskPolicy
 from .registry import DeviceRegistry, KeyRecord
+from .step_up import StepUp, check_confirmation
 
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_-]{27,128}$")
 """At least 27 characters: 128 bits or more in base64url or hex with a prefix."""
@@ -108,6 +111,7 @@ CHECKS = (
     "display",
     "single_use",
     "policy",
+    "step_up",
 )
 
 
@@ -131,6 +135,7 @@ class ConsentVerifier:
         self.payment_handler = payment_handler
         self.policy = policy or PolicyBook()
         self.registry = DeviceRegistry(db)
+        self.step_up = StepUp(db, audit, clock=clock)
         self.clock = clock
         self.skew = skew
         self.last: Verification | None = None
@@ -194,7 +199,7 @@ class ConsentVerifier:
                 checkout_hash=issued.checkout_hash,
                 **ids,
             )
-            conn.execute("DELETE FROM completions WHERE order_id IS NULL AND at < ?", (self.clock() - KEEP_REFUSALS,))
+            consent_store.prune_refusals(conn, self.clock())
             self._remember(issued.raw, proposal, terms, terms_text)
             return terms
 
@@ -403,6 +408,7 @@ class ConsentVerifier:
         policy.check_modality(proposal, claims.modality)  # after the hard limits: no step-up to a refusal
         if claims.modality not in checkout.terms.modalities:
             raise ConsentError(f"{claims.modality} was not offered for this checkout", ErrorCode.STEP_UP_REQUIRED)
+        check_confirmation(conn, signer, claims, now)  # the signer can give it; a PIN's proof, spent
         return checkout
 
     def _check_limits(self, policy: RiskPolicy, proposal: CheckoutProposal, spent: int, recent: int) -> None:
@@ -463,12 +469,7 @@ class ConsentVerifier:
             **ids,
         )
         if key is not None:
-            result = json.dumps({"refused": exc.code.value, "text": exc.text})
-            conn.execute(
-                "INSERT INTO completions (idempotency_key, body_sha256, checkout_id, device_id, result, at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (key, body, ids["checkout_id"], ids["device_id"], result, self.clock()),
-            )
+            consent_store.record_refusal(conn, key, body, ids, exc, self.clock())
         return exc
 
     # reading -----------------------------------------------------------------------------
