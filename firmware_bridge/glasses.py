@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from device_sdk.consent.lens import LensCard
 from device_sdk.device.client import DeviceClient, Offer
+from device_sdk.locale import DEFAULT_LOCALE, locale_for
 from device_sdk.protocol.errors import ErrorCode, ProtocolError, RemoteError
 from device_sdk.protocol.fields import Capability, Decision, Modality
 from device_sdk.protocol.messages import OrderResult
@@ -34,8 +35,6 @@ from .link import GlassesLink
 
 CAPABILITIES = (Capability.MIC, Capability.CAMERA, Capability.DISPLAY, Capability.TOUCH)
 """What a pair of glasses announces in its device status."""
-DEFAULT_ASK = "buy this"
-"""What a session asks for when the driver has no recogniser: one of what the photo shows."""
 DEICTIC_NAMES = ("these", "of these", "this", "this one", "those", "of those", "that", "that one")
 """What a wearer calls the thing they look at; the agent resolves it from the photo."""
 
@@ -55,6 +54,12 @@ class GlassesRun:
     mandate: str | None = None
     result: OrderResult | None = None
     error: RemoteError | None = None
+
+
+def default_ask(locale: str = DEFAULT_LOCALE) -> str:
+    """What a session asks for when the driver has no recogniser, in the device's `locale`: one of
+    what the photo shows ("buy this", "帮我买这个"; the locale file's `lens.ask`)."""
+    return locale_for(locale).lens.ask
 
 
 def glasses_vocabulary(vocabulary: Vocabulary) -> Vocabulary:
@@ -118,11 +123,12 @@ class GlassesDriver:
         return None
 
     async def sessions(
-        self, *, engine: AsrEngine | None = None, vocabulary: Vocabulary | None = None, ask: str = DEFAULT_ASK
+        self, *, engine: AsrEngine | None = None, vocabulary: Vocabulary | None = None, ask: str | None = None
     ) -> AsyncIterator[GlassesRun]:
         """A session each time the wearer taps or nods on a blank lens, until the link closes: a
-        photo, the words (heard through the microphone with `engine`, else `ask`), the card, the
-        gesture, the outcome."""
+        photo, the words (heard through the microphone with `engine`, else `ask`; default: the
+        device locale's `default_ask`), the card, the gesture, the outcome."""
+        ask = ask or default_ask(self.device.locale)
         async for event in self.link.events():
             if isinstance(event, gatt.Input) and event.digest is None and event.gesture in gatt.CONFIRM_GESTURES:
                 yield await self.run(None if engine is not None else ask, engine=engine, vocabulary=vocabulary)

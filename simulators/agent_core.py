@@ -6,8 +6,6 @@ It stands in for the real shopping agent; the SDK reaches it only through the bu
 
 from __future__ import annotations
 
-import re
-
 from device_sdk.media.images import ImageStore
 from device_sdk.protocol.errors import AgentError, ErrorCode
 from device_sdk.protocol.fields import new_id, now
@@ -16,9 +14,8 @@ from device_sdk.protocol.messages import AgentRequest, CheckoutProposal, Proposa
 from .catalog import MARKETPLACE, Catalog, demo_catalog
 from .command_parser import CommandParser, ParsedLine
 from .command_parser_zh import ChineseCommandParser
+from .deictic import has_deictic, resolve
 from .photos import read_tag
-
-_DEICTIC = re.compile(r"\b(?:of )?(?:these|this|those|that|them|it)\b", re.IGNORECASE)
 
 __all__ = ["MARKETPLACE", "CatalogAgent", "proposal_locale"]
 
@@ -50,8 +47,13 @@ class CatalogAgent:
         return self.parser.parse(text)
 
     async def propose(self, request: AgentRequest) -> CheckoutProposal:
-        text = await self._looked_at(request) if request.image_ref else request.text
         locale = proposal_locale(request.locale)
+        if request.image_ref:
+            text = await self._looked_at(request)
+        elif locale == "zh-CN" and has_deictic(request.text, locale):
+            raise AgentError(f"“{request.text}”：没有照片，不知道是哪件商品", ErrorCode.NOT_UNDERSTOOD)
+        else:
+            text = request.text
         lines = [
             ProposalLine(
                 sku=parsed.product.sku,
@@ -79,8 +81,9 @@ class CatalogAgent:
         )
 
     async def _looked_at(self, request: AgentRequest) -> str:
-        """The request with "this" or "these" replaced by the product in the picture. The stand-in
-        for vision: the simulator's photos carry their SKU in a tag strip (`photos.read_tag`)."""
+        """The request with "this", "these", "这个" or "两个这个" replaced by the product in the picture
+        (`deictic.resolve`). The stand-in for vision: the simulator's photos carry their SKU in a tag
+        strip (`photos.read_tag`)."""
         jpeg = await self.images.wait(request.image_ref, 5.0) if self.images and request.image_ref else None
         if jpeg is None:
             raise AgentError(f"the image {request.image_ref} never arrived", ErrorCode.NOT_UNDERSTOOD)
@@ -88,7 +91,4 @@ class CatalogAgent:
         product = self.catalog.product(sku) if sku else None
         if product is None:
             raise AgentError("nothing I know is in that picture", ErrorCode.ITEM_NOT_FOUND)
-        local = product.named(proposal_locale(request.locale))
-        name = local.aliases[0] if local.aliases else local.name.split(",")[0]
-        text, replaced = _DEICTIC.subn(name, request.text, count=1)
-        return text if replaced else request.text  # the words name the product themselves
+        return resolve(request.text, product, proposal_locale(request.locale))

@@ -3,7 +3,9 @@ bus or to the bridge's local endpoint; the bridge asks the agent as the phone; t
 sheet shows the order and the user's tap signs the consent mandate.
 
 `device-sdk simulate phone --say TEXT --sheet confirm|cancel|none|unavailable --via bus|http
-[--photo SKU] [--json]`.
+[--photo SKU] [--locale zh-CN] [--json]`. With `--locale zh-CN` the phone declares zh-CN, the
+assistant's intent carries Chinese text ("帮我买两包五号电池"; with a photo "帮我买两个这个") and the
+sheet is Chinese.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from .photos import product_photo
 from .scenario import ShopBackend, broker_or_embedded, timeline_settle
 
 Via = Literal["bus", "http"]
+SAY = {"en-US": "buy two packs of AA batteries", "zh-CN": "帮我买两包五号电池"}
+SAY_PHOTO = {"en-US": "buy two of these", "zh-CN": "帮我买两个这个"}
+"""What the simulated user asks the assistant by default, per locale (with a photo: two of what it shows)."""
 PHONE_CAPABILITIES = (Capability.DISPLAY, Capability.TOUCH, Capability.MIC, Capability.CAMERA, Capability.TEXT)
 
 
@@ -72,7 +77,7 @@ async def send_intent(via: Via, token: str, *, bus: MqttBus | None, bridge: Inte
 
 
 async def run_phone(
-    say: str = "buy two packs of AA batteries",
+    say: str | None = None,
     *,
     tap: SheetTap = "confirm",
     via: Via = "bus",
@@ -83,7 +88,8 @@ async def run_phone(
 ) -> PhoneDemo:
     """One intent from the assistant to its outcome, with the user answering the sheet with `tap`;
     with `photo` (a catalog SKU) the intent carries a photo of that product; `locale` is the phone's
-    and the intent's language."""
+    and the intent's language (`say` by default: `SAY`, or `SAY_PHOTO` with a photo, of the locale)."""
+    say = say or (SAY_PHOTO if photo is not None else SAY)[locale]
     async with contextlib.AsyncExitStack() as stack:
         url, shared = await broker_or_embedded(stack, broker)
         timeline = await stack.enter_async_context(Timeline(url))

@@ -42,6 +42,8 @@ class LensText(_Data):
     total: str
     payee: str
     answer: str
+    ask: str
+    """What the glasses ask for when the wearer says nothing: one of what they look at."""
 
 
 class SheetText(_Data):
@@ -81,6 +83,10 @@ class Locale(_Data):
     tag: str
     language: str
     """ISO 639-1, as speech engines take it (`en`, `zh`)."""
+    script: str
+    """The letters the language is written in, as a regular-expression class (`[A-Za-z]`)."""
+    spaced: bool
+    """Whether its words are written with spaces between them (en) or not (zh: each letter a word)."""
     currency_names: dict[str, str]
     """How a currency is written after an amount (`CNY` -> `元`); the ISO code when not listed."""
     amount: str
@@ -99,6 +105,19 @@ class Locale(_Data):
             return unit
         suffix = self.plural_suffix
         return self.plurals.get(unit, unit if unit.endswith(suffix) else unit + suffix)
+
+    def writes(self, text: str) -> bool:
+        """Whether `text` is written in the language: at least half of its words are in its
+        `script`. A word is a run of letters where words are spaced, a letter where they are not;
+        letters of another script count the other way ("Type-C线两根" and "买两包AA电池" are
+        Chinese, "buy two packs of AA batteries" and "buy 五号电池" are not)."""
+        own = other = 0
+        for piece in re.findall(rf"{self.script}+|(?:(?!{self.script})[^\W\d_])+", text):
+            if re.match(self.script, piece):
+                own += 1 if self.spaced else len(piece)
+            else:
+                other += len(piece) if self.spaced else 1
+        return own > 0 and own >= other
 
     def normalise_reply(self, text: str) -> str:
         """A reply folded for matching: lower case, punctuation dropped; spaces collapsed where
