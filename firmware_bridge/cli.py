@@ -7,8 +7,10 @@ the gateway treats them like any other device. `firmware-bridge phone`: a phone'
 
 A tap or a nod on a blank lens starts a session (`GlassesDriver.sessions`): a photo, the words (heard
 through the glasses' microphone with `--asr sphinx`, else "buy this": one of what the photo shows),
-the card on the lens, the wearer's gesture, the order. The device's signing key is read from
-`--key` (default: the state directory, where `device-sdk keys create DEVICE_ID` puts it).
+the card on the lens, the wearer's gesture, the order. `--locale zh-CN` makes the glasses a zh-CN
+device: they ask "帮我买这个", hear the wearer with Whisper in Chinese (`--asr whisper`), and show
+a Chinese card. The device's signing key is read from `--key` (default: the state directory, where
+`device-sdk keys create DEVICE_ID` puts it).
 
 `--simulated` runs simulated glasses on a virtual link in this process, driven through bleak as
 real ones are, with a simulated wearer who taps the blank lens (saying `--say` into the microphone,
@@ -38,6 +40,7 @@ from device_sdk.bus.password import broker_options, broker_url
 from device_sdk.bus.url import BrokerUrl
 from device_sdk.consent.keys import SigningKey
 from device_sdk.device.client import DeviceClient
+from device_sdk.locale import DEFAULT_LOCALE, LOCALES, locale_for
 from device_sdk.protocol.errors import ConfigError
 from device_sdk.protocol.fields import DeviceKind
 from device_sdk.protocol.topics import check_id
@@ -46,6 +49,7 @@ from device_sdk.terminal import log_to_stderr, printable
 from device_sdk.voice.asr import AsrEngine
 from device_sdk.voice.grammar import vocabulary_named
 from device_sdk.voice.sphinx import SphinxEngine
+from device_sdk.voice.whisper import WhisperEngine
 
 from .glasses import CAPABILITIES, GlassesDriver, GlassesRun
 from .link import GlassesLink, find_glasses
@@ -61,7 +65,7 @@ class SimulatedGlasses(Protocol):
 
     async def __call__(
         self, stack: contextlib.AsyncExitStack, *, device_id: str, say: str | None, tap: str, sessions: int,
-        scan_timeout: float,
+        scan_timeout: float, locale: str,
     ) -> GlassesLink: ...  # fmt: skip
 
 
@@ -87,7 +91,14 @@ def parser() -> argparse.ArgumentParser:
     broker_options(run, "MQTT broker URL, e.g. mqtts://glasses-1@localhost:8883?ca=ca.crt", required=True)
     run.add_argument("--device-id", default="glasses-1", help="the glasses' device id on the bus")
     run.add_argument("--key", type=Path, default=None, help="the device's signing key file")
-    run.add_argument("--asr", choices=["none", "sphinx"], default="none", help="hear the wearer (default: none)")
+    run.add_argument(
+        "--asr", choices=["none", "sphinx", "whisper"], default="none",
+        help="hear the wearer (default: none; --say: the locale's own, sphinx for en-US, whisper for zh-CN)",
+    )  # fmt: skip
+    run.add_argument(
+        "--locale", choices=LOCALES, default=DEFAULT_LOCALE,
+        help="the glasses' language (declared in device.info): what they ask, hear and show",
+    )  # fmt: skip
     run.add_argument(
         "--vocabulary", default="demo",
         help="the agent's command vocabulary the recogniser listens for (a name in device_sdk.vocabularies; "
@@ -95,7 +106,7 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     run.add_argument("--sessions", type=int, default=0, help="stop after this many sessions (default: never)")
     run.add_argument("--scan-timeout", type=float, default=10.0, help="seconds to look for the glasses")
-    run.add_argument("--say", default=None, help="--simulated: what the wearer says (implies --asr sphinx)")
+    run.add_argument("--say", default=None, help="--simulated: what the wearer says (implies the locale's --asr)")
     run.add_argument("--tap", choices=["confirm", "cancel", "none"], default="confirm", help="--simulated: answer")
     run.add_argument("--json", action="store_true", help="one JSON object per session")
     phone = commands.add_parser("phone", help="take a phone's OEM intents (bus and local endpoint) for the agent")
@@ -106,6 +117,10 @@ def parser() -> argparse.ArgumentParser:
     phone.add_argument("--no-bus", action="store_true", help="take intents at the local endpoint only")
     phone.add_argument("--sheet-url", default=None, help="the phone's sheet service (default: none: deep links)")
     phone.add_argument("--deep-link-base", default="shopagent://cart", help="the app's cart link")
+    phone.add_argument(
+        "--locale", choices=LOCALES, default=DEFAULT_LOCALE,
+        help="the phone's language (declared in device.info); an intent in another is refused (unsupported_locale)",
+    )  # fmt: skip
     return parser
 
 
@@ -137,7 +152,7 @@ async def _phone(args: argparse.Namespace) -> int:
     capabilities = [Capability.DISPLAY, Capability.TOUCH, Capability.TEXT]
     async with contextlib.AsyncExitStack() as stack:
         device = await stack.enter_async_context(
-            DeviceClient(_broker(args), device_id, kind=DeviceKind.PHONE, capabilities=capabilities)
+            DeviceClient(_broker(args), device_id, kind=DeviceKind.PHONE, capabilities=capabilities, locale=args.locale)
         )
         bridge = await stack.enter_async_context(
             IntentBridge(device, IntentVerifier(keys), sheet, bus=not args.no_bus, listen=listen,
@@ -160,8 +175,8 @@ async def _run(args: argparse.Namespace) -> int:
     key = SigningKey.load(key_file)
     engine: AsrEngine | None = None
     vocabulary = None
-    if args.asr == "sphinx" or args.say is not None:
-        engine = await asyncio.to_thread(SphinxEngine)
+    if args.asr != "none" or args.say is not None:
+        engine = await asyncio.to_thread(_engine, args.asr, args.locale)
         vocabulary = vocabulary_named(args.vocabulary)
     done = 0
     async with contextlib.AsyncExitStack() as stack:
@@ -169,7 +184,7 @@ async def _run(args: argparse.Namespace) -> int:
         device = await stack.enter_async_context(
             DeviceClient(
                 _broker(args), device_id, kind=DeviceKind.GLASSES,
-                capabilities=CAPABILITIES, firmware=await link.read_firmware(), key=key,
+                capabilities=CAPABILITIES, firmware=await link.read_firmware(), key=key, locale=args.locale,
             )
         )  # fmt: skip
         driver = GlassesDriver(link, device)
@@ -180,6 +195,21 @@ async def _run(args: argparse.Namespace) -> int:
             if done == args.sessions:
                 break
     return 0
+
+
+def _engine(asr: str, locale: str) -> AsrEngine:
+    """What hears the wearer: `asr`, or (none) the locale's own: pocketsphinx for a language it has
+    a model of (en-US), else Whisper in the locale's language (zh-CN)."""
+    data = locale_for(locale)
+    if asr == "none":
+        asr = "sphinx" if data.voice.hearing == "hybrid" else "whisper"
+    if asr == "sphinx":
+        if data.voice.hearing != "hybrid":
+            raise ConfigError(f"pocketsphinx has no {locale} model: --asr whisper (or none)")
+        return SphinxEngine()
+    whisper = WhisperEngine(language=data.language)
+    whisper.warm()
+    return whisper
 
 
 def _broker(args: argparse.Namespace) -> BrokerUrl:
@@ -200,7 +230,7 @@ async def _link(args: argparse.Namespace, stack: contextlib.AsyncExitStack) -> G
         return GlassesLink(found[0].device, rssi=found[0].rssi)
     return await simulated_glasses()(
         stack, device_id=args.device_id, say=args.say, tap=args.tap, sessions=args.sessions,
-        scan_timeout=args.scan_timeout,
+        scan_timeout=args.scan_timeout, locale=args.locale,
     )  # fmt: skip
 
 
