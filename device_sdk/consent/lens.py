@@ -125,7 +125,7 @@ def render_card(text: str, size: tuple[int, int] = LENS_SIZE, fonts: Sequence[Le
     y = _MARGIN
     for index, row in enumerate(rows):
         colour = _ACCENT if index in (0, len(rows) - 1) else _DIM if row.startswith("  ") else _TEXT
-        left, _, right = row.partition(" | ")
+        left, right = columns(row)
         draw.text((_MARGIN, y), left, fill=colour, font=font)
         if right:
             draw.text((width - _MARGIN, y), right, fill=colour, font=font, anchor="ra")
@@ -174,6 +174,13 @@ def _load(face: LensFont | None, size: int) -> ImageFont.FreeTypeFont | ImageFon
     return ImageFont.truetype(face.path, size, index=face.index)
 
 
+def columns(row: str) -> tuple[str, str]:
+    """A row's text and its right-aligned amount, split at its last ` | `: the amount is the SDK's,
+    after every name (names can hold no `|`, `names.shown_name`), so a name never reaches that column."""
+    left, _, right = row.rpartition(" | ")
+    return (left, right) if left else (row, "")
+
+
 def _row_width(row: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont) -> float:
-    left, _, right = row.partition(" | ")
+    left, right = columns(row)
     return font.getlength(left) + (font.getlength("   " + right) if right else 0)

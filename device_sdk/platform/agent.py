@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 from typing import Any, Protocol
+
+from pydantic import ValidationError
 
 from device_sdk.bus.mqtt import MqttBus
 from device_sdk.bus.pending import Pending
 from device_sdk.bus.subscription import Received
 from device_sdk.media.images import ImageStore
 from device_sdk.protocol.errors import AgentError, DeviceSdkError, ErrorCode, ProtocolError, RequestTimeout
-from device_sdk.protocol.messages import AgentRequest, CheckoutProposal, Error, IssuedProposal, decode
+from device_sdk.protocol.messages import AgentRequest, CheckoutProposal, Error, IssuedProposal, decode, first_error
 from device_sdk.protocol.topics import DEFAULT_AGENT_GROUP, Topics
 from device_sdk.service import Service
 
@@ -132,6 +135,12 @@ class AgentWorker(Service):
             await self._answer(
                 reply_to, Error(code=exc.code, text=exc.text, ref=message.request_id, session_id=message.session_id)
             )
+        except ValidationError as exc:  # the core built a proposal the protocol refuses (a name, a total)
+            text = f"the proposal was refused: {first_error(exc)}"
+            await self._answer(
+                reply_to,
+                Error(code=ErrorCode.BAD_PROPOSAL, text=text, ref=message.request_id, session_id=message.session_id),
+            )
         except Exception as exc:
             log.exception("agent core failed on %s", message.request_id)
             await self._answer(
@@ -192,6 +201,11 @@ class RemoteAgent:
             except ProtocolError as exc:
                 log.warning("unreadable agent reply on %s: %s", received.topic, exc)
                 await self._report(Error(code=exc.code, text=f"agent reply: {exc.text}", ref=received.topic))
+                request_id = _request_id_of(received.payload)
+                if request_id is not None:  # the request it answers fails now, with the reason, not by timeout
+                    self._pending.fail(
+                        request_id, AgentError(f"the proposal was refused: {exc.text}", ErrorCode.BAD_PROPOSAL)
+                    )
                 continue
             if isinstance(message, CheckoutProposal):
                 self._pending.resolve(message.request_id, IssuedProposal(message, received.payload))
@@ -203,3 +217,13 @@ class RemoteAgent:
     async def _report(self, error: Error) -> None:
         with contextlib.suppress(DeviceSdkError):
             await self.bus.publish(self.topics.errors(), error.encode())
+
+
+def _request_id_of(payload: bytes) -> str | None:
+    """The `request_id` a refused reply names, if it can be read at all (only to fail that request)."""
+    try:
+        data = json.loads(payload)
+    except (ValueError, RecursionError):
+        return None
+    request_id = data.get("request_id") if isinstance(data, dict) else None
+    return request_id if isinstance(request_id, str) else None

@@ -20,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from .names import shown_name
+
 PROTOCOL_VERSION = 1
 MAX_PAYLOAD = 64 * 1024
 """Largest JSON payload accepted on any topic, in bytes."""
@@ -39,10 +41,19 @@ def plain_text(value: str) -> str:
 _NOT_PLAIN = frozenset({"Cc", "Cf", "Co", "Cs", "Zl", "Zp"})
 
 
-Name = Annotated[str, Field(min_length=1, max_length=120), AfterValidator(plain_text)]
+def _shown_name(value: str, info: ValidationInfo) -> str:
+    name = shown_name(value)
+    if name != value and info.context and info.context.get("wire"):  # the hash is over the bytes as sent
+        raise ValueError("a name on the wire must be in Unicode NFC: compose it before it is sent")
+    return name
 
 
-"""Text from the agent or a merchant that the SDK reads out: one line of plain printable text."""
+Name = Annotated[str, Field(min_length=1, max_length=120), AfterValidator(_shown_name)]
+"""A name from the agent or a merchant that the SDK shows or reads out (`names.shown_name`): one
+line of visible text in NFC that cannot pass for a price. A model built in code composes it; one
+read from the wire must carry it composed already."""
+Unit = Annotated[str, Field(min_length=1, max_length=32), AfterValidator(_shown_name)]
+"""A line's unit (`piece`, `pack`, `盒`): read out beside the quantity, so a name by the same rule."""
 Minor = Annotated[int, Field(ge=0, le=10**12, description="Integer minor units (fen for CNY).")]
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
