@@ -1,5 +1,5 @@
 """The simulators' commands, registered with `device-sdk` (entry-point group `device_sdk.commands`):
-`demo`, `serve`, `simulate glasses|phone|devices`, `eval voice` and `bench bus|asr|ble`."""
+`demo`, `serve`, `simulate glasses|phone|devices`, `eval voice` and `bench bus|asr|ble|flood`."""
 
 from __future__ import annotations
 
@@ -132,6 +132,16 @@ def _register_bench(bench: Commands) -> None:
     asr.add_argument("--reply-word-penalty", type=float, default=None, help="the reply grammar's wip (1e-3)")
     asr.add_argument("--reply-silence-prob", type=float, default=None, help="the reply grammar's silprob (0.005)")
     asr.add_argument("--json", action="store_true")
+    flood = bench.add(
+        "flood", "one device floods the gateway while another orders: the other's latency", run=_bench_flood
+    )
+    flood.add_argument("--seconds", type=float, default=20.0, help="how long the flood lasts at most (default 20)")
+    flood.add_argument("--messages", type=int, default=400_000, help="how many messages it sends at most")
+    flood.add_argument("--every", type=float, default=2.5, help="seconds between the other device's orders")
+    flood.add_argument(
+        "--broker", default="mosquitto", help="mosquitto (started on a free port), embedded, or an mqtt:// URL"
+    )
+    flood.add_argument("--json", action="store_true")
 
 
 async def _demo(args: argparse.Namespace) -> int:
@@ -328,6 +338,13 @@ async def _bench_ble(args: argparse.Namespace) -> int:
     from .ble_bench import run_bench_ble
 
     return print_report(await run_bench_ble(args.repeats, args.mtu), args.json)
+
+
+async def _bench_flood(args: argparse.Namespace) -> int:
+    from .flood_bench import run_bench_flood
+
+    report = await run_bench_flood(args.seconds, args.messages, args.every, args.broker)
+    return print_report(report, args.json)
 
 
 async def _bench_bus(args: argparse.Namespace) -> int:

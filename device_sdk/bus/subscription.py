@@ -41,6 +41,9 @@ class Subscription:
         self.qos = qos
         self._bus = bus
         self._match = [f.split("/", 2)[2] if f.startswith("$share/") else f for f in filters]
+        self._seen: dict[str, bool] = {}
+        """The answer for each topic seen lately: paho builds a matcher per call, and this runs for
+        every message on every subscription."""
         self._queue: DropOldest[Received] = DropOldest(maxsize)
 
     @property
@@ -48,7 +51,13 @@ class Subscription:
         return self._queue.dropped
 
     def matches(self, topic: str) -> bool:
-        return any(paho.topic_matches_sub(f, topic) for f in self._match)
+        """Whether a topic matches any filter (remembered for the last 4,096 topics seen)."""
+        known = self._seen.get(topic)
+        if known is None:
+            if len(self._seen) >= 4096:
+                self._seen.clear()
+            known = self._seen[topic] = any(paho.topic_matches_sub(f, topic) for f in self._match)
+        return known
 
     def _put(self, message: Received) -> None:
         if self._queue.put(message) and self.dropped & (self.dropped - 1) == 0:  # 1, 2, 4...: loud, no flood

@@ -36,6 +36,10 @@ class ErrorCode(StrEnum):
     CONTROLLER_LOST = "controller_lost"
     DEVICE_OFFLINE = "device_offline"
     BUSY = "busy"
+    RATE_LIMITED = "rate_limited"
+    """A device sent faster than its limits at the gateway allow: what went over was dropped."""
+    QUOTA_EXCEEDED = "quota_exceeded"
+    """A device asked for a new checkout while it had its quota of open ones: nothing was opened."""
     INTERNAL = "internal"
     # consent: the verifier's reason codes (outcome not_confirmed unless listed in OUTCOME_OF)
     MANDATE_MISSING = "mandate_missing"
@@ -63,6 +67,13 @@ class ErrorCode(StrEnum):
     PAYMENT_DECLINED = "payment_declined"
     NOT_PAIRED = "not_paired"
     """A hand-over to a device that was not paired with the session's device at provisioning."""
+    MODALITY_NOT_SUPPORTED = "modality_not_supported"
+    """A confirmation by a modality the signer's provisioned kind and capabilities lack (a lens tap
+    from a speaker, a phone sheet from glasses), or a `voice_pin` from a device with no PIN."""
+    STEP_UP_FAILED = "step_up_failed"
+    """A wrong PIN: no proof; the reply says how many tries are left before the lockout."""
+    STEP_UP_LOCKED = "step_up_locked"
+    """Too many wrong PINs: the device's step-up is locked for a while."""
     # local state: keys, configuration, the database and the audit log
     KEY_FILE = "key_file"
     KEY_CONFLICT = "key_conflict"
@@ -94,6 +105,8 @@ class ErrorCode(StrEnum):
 
 OUTCOME_OF: dict[ErrorCode, str] = {
     ErrorCode.STEP_UP_REQUIRED: "step_up_required",
+    ErrorCode.STEP_UP_FAILED: "step_up_required",
+    ErrorCode.STEP_UP_LOCKED: "step_up_required",
     ErrorCode.DAILY_CAP: "blocked",
     ErrorCode.VELOCITY_LIMIT: "blocked",
     ErrorCode.CATEGORY_BLOCKED: "blocked",
@@ -188,6 +201,14 @@ class SessionError(DeviceSdkError):
     """A message that the session it names cannot accept (wrong owner, closed, stale)."""
 
     code = ErrorCode.UNEXPECTED_MESSAGE
+
+
+class LimitError(DeviceSdkError):
+    """A device went over one of its per-device limits at the gateway (`rate_limited`) or over its
+    quota of open checkouts (`quota_exceeded`). What it sent was dropped; nothing was opened, asked
+    or recorded for it, and every other device is served as before."""
+
+    code = ErrorCode.RATE_LIMITED
 
 
 class VoiceError(DeviceSdkError):

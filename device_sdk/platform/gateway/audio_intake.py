@@ -12,13 +12,18 @@ from device_sdk.protocol.errors import ErrorCode, SessionError
 from device_sdk.protocol.messages import AudioStart, AudioStop
 
 MAX_STREAMS = 64
-"""Open streams over all devices; a new one beyond this (or beyond 4 of one device) ends the oldest."""
+"""Open streams over all devices; a new one beyond this (or beyond `per_device` of one device) ends the oldest."""
 
 
 class AudioIntake:
-    """Opens, feeds and ends the streams devices announce; keeps their audio only while someone listens."""
+    """Opens, feeds and ends the streams devices announce; keeps their audio only while someone listens.
 
-    def __init__(self) -> None:
+    Each device's audio waiting for a listener is bounded: at most `per_device` open streams, each
+    keeping `queue_chunks` chunks, the oldest dropped first (counted in the stream's `dropped`)."""
+
+    def __init__(self, per_device: int = 4, queue_chunks: int = 100) -> None:
+        self.per_device = per_device
+        self.queue_chunks = queue_chunks
         self._streams: dict[tuple[str, int], AudioStream] = {}
         self._new_streams: asyncio.Queue[AudioStream] = asyncio.Queue(8)
         self._listeners = 0
@@ -50,11 +55,13 @@ class AudioIntake:
             return
         if key in self._streams:
             self._streams.pop(key).end()
-        while len(self._streams) >= MAX_STREAMS or sum(k[0] == device_id for k in self._streams) >= 4:
+        while len(self._streams) >= MAX_STREAMS or sum(k[0] == device_id for k in self._streams) >= self.per_device:
             oldest = next(k for k in self._streams if len(self._streams) >= MAX_STREAMS or k[0] == device_id)
             self._streams.pop(oldest).end()
         keep = self._listeners > 0
-        stream = AudioStream(device_id, message.session_id, message.stream, message.format, keep=keep)
+        stream = AudioStream(
+            device_id, message.session_id, message.stream, message.format, keep=keep, maxsize=self.queue_chunks
+        )
         self._streams[key] = stream
         if keep:
             if self._new_streams.full():

@@ -48,6 +48,8 @@ from .arbitration import DEFAULT_WINDOW, Arbiter, Contender, Round
 from .audio_intake import AudioIntake
 from .claims import ClaimBook, decode_as
 from .flow import SessionFlow, SessionKey
+from .limits import DeviceLimiter, Limits
+from .quota import CheckoutQuota
 from .session import Session
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,7 @@ class Gateway(Service):
         checkout_timeout: float = 10.0,
         audit: AuditLog | None = None,
         wake_window: float = DEFAULT_WINDOW,
+        limits: Limits | None = None,
     ) -> None:
         self.url = url
         self.checkout = checkout
@@ -110,7 +113,11 @@ class Gateway(Service):
             replay=self._route,
             lost=self.flow.hand_over,
         )
-        self.audio_intake = AudioIntake()
+        self.limits = limits or Limits()
+        """What each device may send (`limits.py`); a device over them is refused, the others served."""
+        self.limiter = DeviceLimiter(self.limits, self._refuse)
+        self.quota = CheckoutQuota(self.limits.open_checkouts, self.flow.sessions, self._refuse)
+        self.audio_intake = AudioIntake(self.limits.audio_streams, self.limits.audio_queue_chunks)
         self._locks: dict[SessionKey, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._bus: MqttBus | None = None
@@ -252,6 +259,8 @@ class Gateway(Service):
             return  # a cleared retained message
         if not self.claim_book.admit(device_id, leaf, received):
             return
+        if not self.limiter.admit_raw(device_id, leaf, received.payload):
+            return
         if leaf == "status":
             try:
                 self.claim_book.on_status(device_id, received.payload)
@@ -273,6 +282,8 @@ class Gateway(Service):
         self._on_up(device_id, message)
 
     def _on_up(self, device_id: str, message: Any) -> None:
+        if not self.limiter.admit_message(device_id, message):
+            return
         if isinstance(message, Ping):
             pong = Pong(seq=message.seq, controller_id=self.gateway_id)
             self._spawn(self._send(device_id, pong, qos=0))
@@ -298,7 +309,9 @@ class Gateway(Service):
                 lost = SessionError(f"{winner} took this wake word's session", ErrorCode.NOT_CHOSEN)
                 self._refuse(device_id, lost, ref=message.request_id, session_id=message.session_id)
                 return
-            self._in_session((device_id, message.session_id), self.flow.on_request(device_id, message))
+            if self.quota.take(device_id, message.session_id, ref=message.request_id):
+                handled = self.quota.holding(device_id, message.session_id, self.flow.on_request(device_id, message))
+                self._in_session((device_id, message.session_id), handled)
         elif isinstance(message, ConfirmationResult):
             key = self.flow.session_key(device_id, message.session_id)
             self._in_session(key, self.flow.on_confirmation(device_id, message))
