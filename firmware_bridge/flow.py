@@ -126,8 +126,9 @@ class Sender:
         if ack.status is AckStatus.COMPLETE:
             self.done = True
             return []
-        if ack.missing:
-            self._received_below = max(self._received_below, min(first for first, _ in ack.missing))
+        named = [first for first, _count in ack.missing if first < self._next]  # a chunk never sent: not a gap
+        if named:
+            self._received_below = max(self._received_below, min(named))
         again = [self._frames[i] for i in wanted(ack.missing, self._received_below, self._next, self.window)]
         end = min(max(ack.window_end, self._next), len(self._frames), self._next + self.window)
         fresh = self._frames[self._next : end]
