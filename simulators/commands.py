@@ -86,24 +86,41 @@ def _register_simulate(simulate: Commands) -> None:
         "glasses", "look, ask, see the card on the lens, tap: simulated glasses over a virtual BLE link",
         run=_simulate_glasses,
     )  # fmt: skip
-    glasses.add_argument("--say", default="buy two of these", help="what the wearer asks for")
+    glasses.add_argument(
+        "--say", default=None, help="what the wearer asks for (default: two of these, in the locale: 帮我买两个这个)"
+    )
     glasses.add_argument("--tap", choices=["confirm", "cancel", "none"], default="confirm", help="the wearer's answer")
     glasses.add_argument("--png", type=Path, default=None, help="save the lens (640x400) as PNG here")
     glasses.add_argument("--sku", default="bat-aa-4", help="the product the wearer looks at (catalog SKU)")
-    glasses.add_argument("--voice", action="store_true", help="speak --say into the glasses' microphone (espeak-ng)")
+    glasses.add_argument(
+        "--voice", action="store_true",
+        help="speak --say into the glasses' microphone (en-US: espeak-ng, heard by pocketsphinx; zh-CN: the "
+        "natural Mandarin voice, heard by Whisper in Chinese)",
+    )  # fmt: skip
+    glasses.add_argument(
+        "--locale", choices=LOCALES, default="en-US", help="the glasses' and the wearer's language (lens card, words)"
+    )
     broker_options(glasses, "MQTT broker URL (default: an embedded one)")
     glasses.add_argument("--json", action="store_true")
     phone = simulate.add(
         "phone", "a phone assistant's signed intent to an order confirmed on the phone's system sheet",
         run=_simulate_phone,
     )  # fmt: skip
-    phone.add_argument("--say", default="buy two packs of AA batteries", help="what the user asks the assistant")
+    phone.add_argument(
+        "--say", default=None,
+        help="what the user asks the assistant (default: two packs of AA batteries, in the locale; with --photo, "
+        "two of these)",
+    )  # fmt: skip
     phone.add_argument(
         "--sheet", choices=["confirm", "cancel", "none", "unavailable"], default="confirm",
         help="the user's tap on the sheet; unavailable: no sheet can be shown (the cart goes to the app)",
     )  # fmt: skip
     phone.add_argument("--via", choices=["bus", "http"], default="bus", help="how the intent reaches the bridge")
     phone.add_argument("--photo", default=None, metavar="SKU", help="the intent carries a photo of this product")
+    phone.add_argument(
+        "--locale", choices=LOCALES, default="en-US",
+        help="the phone's language (declared in device.info), its intent's and its sheet's",
+    )  # fmt: skip
     broker_options(phone, "MQTT broker URL (default: an embedded one)")
     phone.add_argument("--json", action="store_true")
     devices = simulate.add(
@@ -252,7 +269,9 @@ async def _simulate_glasses(args: argparse.Namespace) -> int:
     from .glasses_demo import run_glasses
 
     broker = broker_url(args.broker, args.broker_password_file)
-    demo = await run_glasses(args.say, tap=args.tap, png=args.png, voice=args.voice, broker=broker, sku=args.sku)
+    demo = await run_glasses(
+        args.say, tap=args.tap, png=args.png, voice=args.voice, broker=broker, sku=args.sku, locale=args.locale
+    )
     if args.json:
         print(json.dumps(demo.as_dict()))
     else:
@@ -273,7 +292,7 @@ async def _simulate_phone(args: argparse.Namespace) -> int:
     from .phone_demo import run_phone
 
     broker = broker_url(args.broker, args.broker_password_file)
-    demo = await run_phone(args.say, tap=args.sheet, via=args.via, photo=args.photo, broker=broker)
+    demo = await run_phone(args.say, tap=args.sheet, via=args.via, photo=args.photo, broker=broker, locale=args.locale)
     result = demo.result
     if args.json:
         print(json.dumps(demo.as_dict()))
