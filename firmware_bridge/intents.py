@@ -33,6 +33,7 @@ from joserfc import jws
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from device_sdk.consent.keys import PublicKey, SigningKey, b64url_decode
+from device_sdk.media.images import strip_metadata
 from device_sdk.protocol import strict_json
 from device_sdk.protocol.errors import ErrorCode, IntentError, KeyStoreError, ProtocolError
 from device_sdk.protocol.fields import Id
@@ -43,7 +44,8 @@ ALG = "Ed25519"
 ACTION_BUY = "ai.shop.intent.action.BUY"
 """Ask the agent for what `extras.query` says (about `extras.image`, when there is one), confirm on the sheet."""
 ACTIONS = frozenset({ACTION_BUY})
-MAX_IMAGE_B64 = 4 * ((256 * 1024 + 2) // 3)
+MAX_IMAGE_BYTES = 256 * 1024
+MAX_IMAGE_B64 = 4 * ((MAX_IMAGE_BYTES + 2) // 3)
 """An intent's image is at most 256 KiB of JPEG (base64 in the intent)."""
 MAX_INTENT = 512 * 1024
 """Largest intent token accepted, in bytes."""
@@ -94,7 +96,14 @@ class OemIntent(BaseModel):
 
 
 def sign_intent(key: SigningKey, intent: OemIntent) -> str:
-    """The compact JWS of `intent`, signed with the OEM's key."""
+    """The compact JWS of `intent`, signed with the OEM's key. Its image is signed stripped of its
+    metadata (`strip_metadata`: no EXIF, GPS, XMP, later pictures; turned upright), so an intent
+    signed here never carries where the picture was taken; `ProtocolError(bad_image)` for an image
+    that is not a JPEG this SDK takes."""
+    jpeg = intent.extras.jpeg()
+    if jpeg is not None:
+        clean = base64.b64encode(strip_metadata(jpeg, max_size=MAX_IMAGE_BYTES)).decode()
+        intent = intent.model_copy(update={"extras": intent.extras.model_copy(update={"image": clean})})
     header = {"alg": ALG, "kid": key.public.kid, "typ": JWS_TYPE}
     return jws.serialize_compact(
         header, intent.model_dump_json(exclude_none=True).encode(), key.jwk(), algorithms=[ALG]

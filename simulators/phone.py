@@ -10,15 +10,25 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from aiohttp import web
+from joserfc import jws
 
 from device_sdk.consent.keys import SigningKey
 from device_sdk.consent.mandate import mandate_for
 from device_sdk.consent.readback import display_digest
-from device_sdk.device.client import Offer
+from device_sdk.device.offer import Offer
 from device_sdk.protocol.fields import Decision, Modality, new_id
 from device_sdk.protocol.messages import ConfirmationRequest
-from firmware_bridge.intents import ACTION_BUY, IntentExtras, OemIntent, sign_intent
+from firmware_bridge.intents import ACTION_BUY, ALG, JWS_TYPE, IntentExtras, OemIntent, sign_intent
 from firmware_bridge.phone import SheetAnswer, SheetReply
+
+
+def sign_as_taken(key: SigningKey, intent: OemIntent) -> str:
+    """What an OEM that does not use `sign_intent` signs: the intent as it is, its picture with
+    whatever EXIF, GPS and second pictures the camera wrote (the bridge strips it before publishing)."""
+    header = {"alg": ALG, "kid": key.public.kid, "typ": JWS_TYPE}
+    payload = intent.model_dump_json(exclude_none=True).encode()
+    return jws.serialize_compact(header, payload, key.jwk(), algorithms=[ALG])
+
 
 SheetTap = Literal["confirm", "cancel", "none", "unavailable"]
 """What the simulated user does with the sheet; `unavailable`: the sheet cannot be shown at all."""
@@ -44,8 +54,10 @@ class SimulatedPhone:
         action: str = ACTION_BUY,
         timestamp_ms: int | None = None,
         intent_id: str | None = None,
+        as_taken: bool = False,
     ) -> str:
-        """What the assistant sends for `query`: a signed intent (a compact JWS)."""
+        """What the assistant sends for `query`: a signed intent (a compact JWS). `sign_intent`
+        signs the image stripped; `as_taken` signs it as the camera wrote it (`sign_as_taken`)."""
         intent = OemIntent(
             intent_id=intent_id or new_id("int"),
             action=action,
@@ -57,7 +69,7 @@ class SimulatedPhone:
             device_id=self.device_id,
             timestamp=int(time.time() * 1000) if timestamp_ms is None else timestamp_ms,
         )
-        return sign_intent(self.oem_key, intent)
+        return sign_as_taken(self.oem_key, intent) if as_taken else sign_intent(self.oem_key, intent)
 
     async def present(self, offer: Offer, text: str) -> SheetAnswer | None:
         """The system sheet: show `text`; the user's tap; a mandate over exactly `text` on Confirm."""

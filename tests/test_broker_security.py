@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import secrets
 import shutil
@@ -16,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+from PIL import ExifTags, Image
 
 from device_sdk.bus.mosquitto import MosquittoServer, free_port
 from device_sdk.bus.mqtt import MqttBus
@@ -23,6 +25,7 @@ from device_sdk.bus.subscription import Received, Subscription
 from device_sdk.bus.url import BrokerUrl
 from device_sdk.cli import main
 from device_sdk.consent.keys import SigningKey
+from device_sdk.consent.mandate import unverified_claims
 from device_sdk.device.client import DeviceClient
 from device_sdk.platform.checkout.database import Database
 from device_sdk.platform.checkout.registry import DeviceRegistry, KeyStatus
@@ -47,8 +50,10 @@ from device_sdk.protocol.topics import Topics
 from device_sdk.state import default_database, default_key_file
 from firmware_bridge.intents import IntentVerifier, OemKeys
 from firmware_bridge.phone import IntentBridge
+from simulators.camera_files import SECRETS, phone_photo
 from simulators.phone import SimulatedPhone
 from simulators.phone_demo import send_intent
+from simulators.photos import read_tag
 from simulators.scenario import ShopBackend
 from tests.conftest import mosquitto_or_skip
 
@@ -93,9 +98,11 @@ async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
     broker, database, keys = BrokerDir(tmp_path / "broker"), tmp_path / "shop.db", tmp_path / "keys"
     creds = {}
     for name, role in USERS.items():
+        kind = "phone" if name == "dev-b" else None  # dev-b confirms on a phone's sheet
         done = provision(
-            name, role, directory=broker.path, database=database, key_out=keys / f"{name}.pem", settings=settings
-        )
+            name, role, directory=broker.path, database=database, key_out=keys / f"{name}.pem", settings=settings,
+            kind=kind,
+        )  # fmt: skip
         creds[name] = done.credentials
     async with MosquittoServer(config=broker.conf_file, port=settings.plain_port, tls_port=settings.tls_port) as server:
         yield Secured(broker, server, database, keys, creds)
@@ -550,3 +557,59 @@ async def test_a_phone_takes_its_own_intents_and_only_its_oem_reads_the_answer(s
         await phone.publish(T.oem_reply("oem-x", "dev-a"), b"result")
         answer = await replies.get(5.0)
         assert (answer.topic, answer.payload) == (T.oem_reply("oem-x", "dev-a"), b"result")
+
+
+# issue 18, finding 3: a monitor sees no intent, and no picture with a position -------------------
+
+
+def assert_no_position(jpeg: bytes) -> None:
+    for secret in SECRETS:
+        assert secret not in jpeg, secret
+    with Image.open(io.BytesIO(jpeg)) as picture:
+        assert picture.format == "JPEG" and getattr(picture, "n_frames", 1) == 1
+        assert not picture.getexif().get_ifd(ExifTags.IFD.GPSInfo) and "xmp" not in picture.info
+
+
+@pytest.mark.mosquitto
+async def test_finding_3_a_monitor_gets_no_intent_and_the_bridge_publishes_no_position(secured: Secured) -> None:
+    """An OEM sends a phone an intent with the phone camera's multi-picture file (GPS in three EXIF
+    blocks, XMP, a second picture): the monitor, subscribed to everything, never receives the intent,
+    only its answer; the picture the bridge publishes for the agent carries no position."""
+    s = secured
+    phone = SimulatedPhone("dev-b", SigningKey.load(s.keys / "dev-b.pem"), SigningKey.generate(), oem_id="oem-x")
+    verifier = IntentVerifier(OemKeys([("oem-x", phone.oem_key.public)]))
+    token = phone.intent("buy two of these", image=phone_photo(), as_taken=True)  # an OEM that does not strip
+    reply_topic = T.oem_reply("oem-x", "dev-b")
+    async with (
+        ShopBackend(
+            s.url("gw-1"), gateway_id="gw-1", agent_url=s.url("agent-1"), database=s.database, confirm_timeout=5.0
+        ),
+        s.bus("mon") as mon, s.bus("agent-1") as agent_tap,
+        DeviceClient(s.url("dev-b"), "dev-b", kind=DeviceKind.PHONE) as device_b,
+        IntentBridge(device_b, verifier, phone) as bridge,
+        MqttBus(s.url("oem-x"), "oem-x") as oem,
+    ):  # fmt: skip
+        tap = await mon.subscribe(T.everything(), f"{T.base}/oem/#", T.oem_intent("oem-x", "dev-b"))
+        images = await agent_tap.subscribe(T.all_devices("image"))
+        result = await send_intent("bus", token, bus=oem, bridge=bridge, oem_id="oem-x")
+        published = await images.get(5.0)
+        seen = [await tap.get(5.0)]
+        while seen[-1].topic != reply_topic:  # the answer comes after the intent it answers
+            seen.append(await tap.get(5.0))
+    topics = {m.topic for m in seen}
+    assert result.intent_id is not None and result.code is not ErrorCode.NOT_UNDERSTOOD
+    assert T.device_down("dev-b") in topics  # the offer the agent made of the stripped picture
+    assert T.device_up("dev-b") in topics  # the phone's request, with an image_ref only
+    assert [m.topic for m in seen if m.topic.endswith("/intent")] == []
+    assert all(token.encode() not in m.payload and b"Exif" not in m.payload for m in seen)
+    assert published.topic == T.device_image("dev-b")
+    assert_no_position(published.payload)
+
+
+def test_finding_3_an_intent_signed_by_the_sdk_carries_its_picture_stripped() -> None:
+    phone = SimulatedPhone("dev-b", SigningKey.generate(), SigningKey.generate(), oem_id="oem-x")
+    claims = unverified_claims(phone.intent("buy two of these", image=phone_photo(orientation=6)))
+    assert claims is not None
+    jpeg = base64.b64decode(claims["extras"]["image"])
+    assert_no_position(jpeg)
+    assert read_tag(jpeg) == "bat-aa-4"  # turned upright before its EXIF went

@@ -25,7 +25,8 @@ from device_sdk.bus.mqtt import MqttBus
 from device_sdk.consent.keys import SigningKey
 from device_sdk.consent.mandate import mandate_for, unverified_claims
 from device_sdk.consent.readback import compose_phone_sheet, display_digest
-from device_sdk.device.client import DeviceClient, Offer
+from device_sdk.device.client import DeviceClient
+from device_sdk.device.offer import Offer
 from device_sdk.protocol.errors import ErrorCode, IntentError
 from device_sdk.protocol.fields import Decision, DeviceKind, Modality, Outcome
 from device_sdk.protocol.messages import IntentResult, decode
@@ -111,7 +112,7 @@ class Rig:
 async def rig(embedded: Restartable) -> AsyncIterator[Rig]:
     async with contextlib.AsyncExitStack() as stack:
         shop = await stack.enter_async_context(ShopBackend(embedded.url))
-        phone = SimulatedPhone("phone-1", shop.provision("phone-1"), SigningKey.generate())
+        phone = SimulatedPhone("phone-1", shop.provision("phone-1", DeviceKind.PHONE), SigningKey.generate())
         device = await stack.enter_async_context(DeviceClient(embedded.url, "phone-1", kind=DeviceKind.PHONE))
         verifier = IntentVerifier(OemKeys([(phone.oem_id, phone.oem_key.public)]))
         bridge = await stack.enter_async_context(IntentBridge(device, verifier, phone, listen=("127.0.0.1", 0)))
@@ -147,7 +148,8 @@ async def test_bad_intents_are_refused_with_their_codes_and_ask_nothing(rig: Rig
         ("not a JWS", b"buy me milk", ErrorCode.BAD_MESSAGE, 400),
         ("another phone", SimulatedPhone("phone-2", phone.device_key, phone.oem_key).intent("buy milk").encode(),
          ErrorCode.BAD_MESSAGE, 400),
-        ("bad image", phone.intent("buy this", image=b"not a jpeg").encode(), ErrorCode.BAD_IMAGE, 400),
+        ("bad image", phone.intent("buy this", image=b"not a jpeg", as_taken=True).encode(), ErrorCode.BAD_IMAGE,
+         400),
     ]  # fmt: skip
     verified = {ErrorCode.STALE, ErrorCode.UNKNOWN_ACTION, ErrorCode.BAD_IMAGE}  # signed by a known key
     for name, body, code, status in cases:
@@ -272,7 +274,7 @@ def base64url_bytes(token: str) -> list[bytes | None]:
 
 
 def test_the_sheet_and_the_deep_link_say_exactly_the_proposal() -> None:
-    from device_sdk.device.client import Offer
+    from device_sdk.device.offer import Offer
     from device_sdk.protocol.messages import ConfirmationRequest
 
     request = decode((VECTORS / "confirmation.request.json").read_bytes())
@@ -308,7 +310,7 @@ async def test_firmware_bridge_phone_runs_as_a_process_with_the_sheet_on_the_pho
     from simulators.phone import SheetServer
 
     async with ShopBackend(mosquitto.url) as shop, contextlib.AsyncExitStack() as stack:
-        phone = SimulatedPhone("phone-7", shop.provision("phone-7"), SigningKey.generate())
+        phone = SimulatedPhone("phone-7", shop.provision("phone-7", DeviceKind.PHONE), SigningKey.generate())
         sheet = await stack.enter_async_context(SheetServer(phone))
         keys = tmp_path / "oem-keys.json"
         keys.write_text(OemKeys([(phone.oem_id, phone.oem_key.public)]).dump())
@@ -345,7 +347,7 @@ async def test_firmware_bridge_phone_runs_as_a_process_with_the_sheet_on_the_pho
 
 async def test_a_sheet_service_that_cannot_show_or_does_not_answer_means_no_sheet() -> None:
     from device_sdk.bus.mosquitto import free_port
-    from device_sdk.device.client import Offer
+    from device_sdk.device.offer import Offer
     from device_sdk.protocol.messages import ConfirmationRequest
     from firmware_bridge.phone import HttpSheet
     from simulators.phone import SheetServer
@@ -385,12 +387,12 @@ def test_simulate_phone_on_the_command_line() -> None:
 async def test_an_intent_with_a_large_photo_is_taken(rig: Rig) -> None:
     from simulators.photos import product_photo
 
-    photo = product_photo("bat-aa-4", "AA batteries, pack of 4")
-    comment = b"\xff\xfe" + (65533).to_bytes(2, "big") + b"x" * 65531  # metadata the bridge strips
-    jpeg = photo[:2] + comment * 3 + photo[2:]
+    photo = product_photo("bat-aa-4", "AA batteries, pack of 4", size=(1280, 960), quality=95)
+    comment = b"\xff\xfe" + (65533).to_bytes(2, "big") + b"x" * 65531  # metadata that is stripped
+    jpeg = photo[:2] + comment + photo[2:]
     assert 200_000 < len(jpeg) <= 256 * 1024
-    token = rig.phone.intent("buy two of these", image=jpeg)
-    assert len(token) > 128_000  # over joserfc's default payload limit
+    token = rig.phone.intent("buy two of these", image=jpeg)  # signed with its picture stripped
+    assert len(token) > 128_000  # over joserfc's default payload limit all the same
     status, result = await rig.post(token.encode())
     assert status == 200 and result.outcome is Outcome.ORDERED
 

@@ -96,7 +96,7 @@ ROLES: dict[Role, tuple[Rule, ...]] = {
         Rule(W, "oem/{id}/+/intent"),
         Rule(R, "oem/{id}/+/reply"),
     ),
-    Role.MONITOR: (  # the messages, not the microphones' audio or the cameras' images
+    Role.MONITOR: (  # the messages, not the microphones' audio, the cameras' images or the OEM intents
         Rule(R, "device/+/status"),
         Rule(R, "device/+/info"),
         Rule(R, "device/+/controller"),
@@ -104,7 +104,7 @@ ROLES: dict[Role, tuple[Rule, ...]] = {
         Rule(R, "device/+/down"),
         Rule(R, "gateway/+/status"),
         Rule(R, "agent/#"),
-        Rule(R, "oem/#"),
+        Rule(R, "oem/+/+/reply"),  # an intent carries the user's camera picture: only its answer
         Rule(R, "errors"),
     ),
 }
@@ -115,7 +115,8 @@ ROLE_PURPOSE: dict[Role, str] = {
     Role.GATEWAY: "a gateway; its name is its gateway id",
     Role.AGENT: "an agent worker (shared subscription `$share/<group>/.../agent/request`)",
     Role.OEM: "a phone OEM's assistant; its name is its OEM id",
-    Role.MONITOR: "the timeline tap: reads every message (no audio, no images), writes nothing",
+    Role.MONITOR: "the timeline tap: reads the messages (no audio, no images, no OEM intents: only their "
+    "answers), writes nothing",
 }
 
 KEYED_ROLES = frozenset({Role.DEVICE})
