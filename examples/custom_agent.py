@@ -17,10 +17,11 @@ from device_sdk.bus.embedded import EmbeddedBroker
 from device_sdk.platform.agent import AgentWorker
 from device_sdk.platform.checkout.audit import AuditLog, verify_log
 from device_sdk.platform.checkout.database import Database
+from device_sdk.platform.checkout.profiles import DeviceProfile
 from device_sdk.platform.checkout.verifier import ConsentVerifier
 from device_sdk.platform.gateway.gateway import Gateway
 from device_sdk.protocol.errors import AgentError, ErrorCode
-from device_sdk.protocol.fields import new_id, now
+from device_sdk.protocol.fields import DeviceKind, new_id, now
 from device_sdk.protocol.messages import AgentRequest, CheckoutProposal, Merchant, ProposalLine
 from simulators.checkout import CheckoutStandIn
 
@@ -50,6 +51,7 @@ async def main() -> None:
         verifier = ConsentVerifier(db, audit, audience="shop-checkout:cafe")
         device_key = SigningKey.generate()  # on a real device: SigningKey.load_or_create(path), at provisioning
         verifier.registry.register("kitchen-speaker", device_key.public)
+        verifier.registry.describe("kitchen-speaker", DeviceProfile.of(DeviceKind.SPEAKER))  # what it may confirm by
         async with (
             EmbeddedBroker() as broker,
             MqttBus(broker.url, "coffee-agent") as agent_bus,

@@ -94,7 +94,7 @@ async def run_glasses(
         product = backend.catalog.product(sku)
         if product is None:
             raise ValueError(f"no product {sku!r} in the catalog")
-        key = await asyncio.to_thread(backend.provision, device_id)
+        key = await asyncio.to_thread(backend.provision, device_id, DeviceKind.GLASSES)
         radio = VirtualRadio()
         photo = product_photo(product.sku, product.name)
         glasses = await stack.enter_async_context(SimulatedGlasses(radio, device_id=device_id, photo=lambda: photo))

@@ -94,7 +94,8 @@ async def run_phone(
         url, shared = await broker_or_embedded(stack, broker)
         timeline = await stack.enter_async_context(Timeline(url))
         backend = await stack.enter_async_context(ShopBackend(url, shared=shared))
-        phone = SimulatedPhone(device_id, await asyncio.to_thread(backend.provision, device_id), SigningKey.generate())
+        key = await asyncio.to_thread(backend.provision, device_id, DeviceKind.PHONE)
+        phone = SimulatedPhone(device_id, key, SigningKey.generate())
         phone.tap = tap
         verifier = IntentVerifier(OemKeys([(phone.oem_id, phone.oem_key.public)]))
         device = await stack.enter_async_context(

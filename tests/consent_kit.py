@@ -16,8 +16,9 @@ from device_sdk.platform.checkout.audit import AuditLog, trail
 from device_sdk.platform.checkout.backend import Completion, new_idempotency_key
 from device_sdk.platform.checkout.database import Database
 from device_sdk.platform.checkout.policy import PolicyBook
+from device_sdk.platform.checkout.profiles import DeviceProfile
 from device_sdk.platform.checkout.verifier import ConsentVerifier
-from device_sdk.protocol.fields import Decision, Modality, new_id
+from device_sdk.protocol.fields import Decision, DeviceKind, Modality, new_id
 from device_sdk.protocol.messages import (
     CheckoutProposal,
     ConfirmationRequest,
@@ -66,9 +67,13 @@ class Shop:
     verifier: ConsentVerifier
     keys: dict[str, SigningKey] = field(default_factory=dict)
 
-    def enroll(self, device_id: str) -> SigningKey:
+    def enroll(self, device_id: str, kind: DeviceKind = DeviceKind.SPEAKER, pin: str | None = None) -> SigningKey:
+        """A new key for `device_id`, provisioned as a `kind` (with its capabilities) and its `pin`."""
         key = SigningKey.generate()
         self.verifier.registry.rotate(device_id, key.public)
+        self.verifier.registry.describe(device_id, DeviceProfile.of(kind))
+        if pin is not None:
+            self.verifier.step_up.set_pin(device_id, pin)
         self.keys[device_id] = key
         return key
 

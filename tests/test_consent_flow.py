@@ -62,11 +62,14 @@ async def test_step_up_over_the_voice_cap_and_blocked_categories(embedded: Embed
         by_voice = await device.answer(offer, Decision.CONFIRM, modality=Modality.VOICE)
         assert by_voice.outcome is Outcome.STEP_UP_REQUIRED
         offer = await device.ask("buy two yoga mats and a pair of running shoes")
-        by_pin = await device.answer(offer, Decision.CONFIRM, modality=Modality.VOICE_PIN)
+        shop.verifier.step_up.set_pin("speaker-1", "2468")  # at provisioning; the platform checks it
+        proof = await device.step_up(offer, "2468")
+        by_pin = await device.answer(offer, Decision.CONFIRM, modality=Modality.VOICE_PIN,
+                                     mandate=device.sign(offer, Modality.VOICE_PIN, step_up=proof))  # fmt: skip
         assert by_pin.outcome is Outcome.ORDERED
         with pytest.raises(RemoteError) as caught:
             await device.ask("buy a bottle of red wine")
         assert caught.value.code == ErrorCode.CATEGORY_BLOCKED
         assert len(shop.verifier.orders()) == 1
         kinds = [r["kind"] for r in trail(shop.db.path, offer.session_id)]
-        assert kinds == ["proposal", "terms", "rendering", "confirmation", "verification", "order", "result"]
+        assert kinds == ["proposal", "terms", "rendering", "step_up", "confirmation", "verification", "order", "result"]

@@ -19,7 +19,7 @@ from device_sdk.consent.lens import LENS_SIZE, LensCard
 from device_sdk.consent.mandate import unverified_claims
 from device_sdk.consent.readback import compose_lens_card, presentation_digest
 from device_sdk.protocol.errors import BusError, ErrorCode, FrameError
-from device_sdk.protocol.fields import Decision, Modality, Outcome
+from device_sdk.protocol.fields import Decision, DeviceKind, Modality, Outcome
 from device_sdk.voice.listener import Listener
 from device_sdk.voice.tts import espeak_available, synthesize, trim_silence
 from firmware_bridge import gatt
@@ -217,7 +217,7 @@ async def test_firmware_bridge_process_carries_the_glasses_onto_mosquitto(mosqui
     key = SigningKey.generate()
     key.save(tmp_path / "glasses.key")
     async with ShopBackend(mosquitto.url, shared=None) as shop:
-        shop.enroll("glasses-1", key)
+        shop.enroll("glasses-1", key, DeviceKind.GLASSES)
         code, sessions, err = await _bridge(str(mosquitto.url), str(tmp_path / "glasses.key"))
         assert code == 0, err
         assert [s["outcome"] for s in sessions] == ["ordered"] and sessions[0]["gesture"] == "tap"
@@ -232,7 +232,7 @@ async def test_bridge_hears_the_wearer_through_the_glasses_microphone(mosquitto:
     key = SigningKey.generate()
     key.save(tmp_path / "glasses.key")
     async with ShopBackend(mosquitto.url, shared=None) as shop:
-        shop.enroll("glasses-1", key)
+        shop.enroll("glasses-1", key, DeviceKind.GLASSES)
         said = "buy two packs of double a batteries"
         code, sessions, err = await _bridge(str(mosquitto.url), str(tmp_path / "glasses.key"), "--say", said)
         assert code == 0, err

@@ -69,7 +69,10 @@ async def test_a_long_cart_gets_its_whole_read_back(broker: Restartable) -> None
         assert len(offer.request.proposal.lines) == 35
         assert len(offer.readback) > 2000
         assert Modality.VOICE not in offer.request.consent.modalities  # over the voice cap
-        result = await device.answer(offer, Decision.CONFIRM, modality=Modality.VOICE_PIN)
+        shop.verifier.step_up.set_pin(device.device_id, "2468")
+        proof = await device.step_up(offer, "2468")
+        pin_mandate = device.sign(offer, Modality.VOICE_PIN, step_up=proof)
+        result = await device.answer(offer, Decision.CONFIRM, modality=Modality.VOICE_PIN, mandate=pin_mandate)
     assert result.outcome is Outcome.ORDERED
 
 

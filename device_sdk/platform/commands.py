@@ -10,6 +10,7 @@ from pathlib import Path
 from device_sdk.commands import Commands
 from device_sdk.consent.keys import PublicKey, SigningKey
 from device_sdk.protocol.errors import KeyStoreError
+from device_sdk.protocol.fields import Capability, DeviceKind
 from device_sdk.protocol.topics import check_id
 from device_sdk.state import default_database, default_key_file
 from device_sdk.terminal import printable
@@ -17,6 +18,7 @@ from device_sdk.terminal import printable
 from .checkout.audit import describe, trail, verify_log
 from .checkout.bench import run_bench_consent
 from .checkout.database import Database
+from .checkout.profiles import DeviceProfile
 from .checkout.registry import DeviceRegistry
 from .provisioning.provision import run_provision
 
@@ -29,6 +31,8 @@ def register(commands: Commands) -> None:
     )  # fmt: skip
     create.add_argument("device_id")
     create.add_argument("--out", type=Path, default=None, help="key file to write (default: the state directory)")
+    create.add_argument("--kind", choices=[k.value for k in DeviceKind], default=None,
+                        help="what the device is (default: as recorded, else speaker); see provision")  # fmt: skip
     revoke = keys.add("revoke", "revoke every key of a device", run=_keys)
     revoke.add_argument("device_id")
     listing = keys.add("list", "registered keys", run=_keys)
@@ -52,6 +56,14 @@ def register(commands: Commands) -> None:
     provision.add_argument("--phone", default=None, metavar="PHONE_ID",
                            help="pair the device with this phone (provisioned first): its sheet confirms what the "
                            "device hands over when its voice cannot hear the answer")  # fmt: skip
+    provision.add_argument("--kind", choices=[k.value for k in DeviceKind], default=None,
+                           help="what the device is (default: as provisioned before, else speaker): "
+                           "the modalities it may confirm by follow from it")  # fmt: skip
+    provision.add_argument("--capabilities", default=None, metavar="CAP,...",
+                           help=f"what it has, of {','.join(Capability)} (default: the kind's)")  # fmt: skip
+    provision.add_argument("--pin-file", type=Path, default=None, metavar="FILE",
+                           help="the user's step-up PIN (4 to 12 digits) in FILE, or - for stdin; kept only "
+                           "as a salted scrypt hash (never give a PIN on the command line)")  # fmt: skip
     provision.add_argument("--host", default=None, help="name clients connect to (kept; default localhost)")
     provision.add_argument("--tls-port", type=int, default=None, help="TLS listener port (kept; default 8883)")
     provision.add_argument("--plain-port", type=int, default=None, help="also a loopback listener without TLS")
@@ -104,6 +116,8 @@ def _keys(args: argparse.Namespace) -> int:
             key.save(out)
             try:
                 kid = registry.rotate(device_id, key.public)
+                if args.kind is not None or registry.profile(device_id) is None:
+                    registry.describe(device_id, DeviceProfile.of(args.kind or DeviceKind.SPEAKER))
             except BaseException:
                 out.unlink()  # not registered: leave no key file behind
                 raise

@@ -42,6 +42,7 @@ from .fields import (
     WireModel,
     plain_text,
 )
+from .step_up import StepUp, StepUpResult
 
 LocaleTag = Annotated[str, Field(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$", max_length=35)]
 """A BCP 47 language tag (`en-US`, `zh-CN`)."""
@@ -315,36 +316,6 @@ class HandedOver(WireMessage):
     session_id: Id
     checkout_id: Id
     to_device: Id
-
-
-Pin = Annotated[str, Field(pattern=r"^[0-9]{4,12}$", repr=False)]
-"""A step-up PIN: 4 to 12 digits, as the user said or typed them."""
-StepUpProof = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{43}$")]
-"""256 random bits (base64url) that the platform issues once a PIN checked out."""
-
-
-class StepUp(WireMessage):
-    """The PIN the user said or typed for a `voice_pin` confirmation of one offer, for the platform
-    to check against the salted hash kept since provisioning (never on the device). Answered with
-    `step_up.result`, or an `error`: `step_up_failed` (tries left in its text), `step_up_locked`."""
-
-    type: Literal["step_up"] = "step_up"
-    step_up_id: Id = Field(description="The try's own id: a resend of it is answered, not counted, again.")
-    session_id: Id
-    checkout_id: Id
-    checkout_hash: Sha256Hex
-    pin: Pin
-
-
-class StepUpResult(WireMessage):
-    """The PIN checked out: a single-use proof bound to this device and checkout, which the device
-    signs into its `voice_pin` mandate (claim `step_up`) before `expires_at`."""
-
-    type: Literal["step_up.result"] = "step_up.result"
-    session_id: Id
-    checkout_id: Id
-    proof: StepUpProof
-    expires_at: float
 
 
 class ConfirmationResult(WireMessage):

@@ -28,13 +28,14 @@ from typing import Any
 from device_sdk.consent.keys import SigningKey
 from device_sdk.consent.mandate import mandate_for
 from device_sdk.consent.readback import confirmation_request
-from device_sdk.protocol.fields import Decision, Modality, new_id
+from device_sdk.protocol.fields import Decision, DeviceKind, Modality, new_id
 from device_sdk.protocol.messages import CheckoutProposal, ConfirmationResult, IssuedProposal, Merchant, ProposalLine
 
 from .audit import AuditLog, verify_log
 from .backend import Completion
 from .database import Database
 from .policy import PolicyBook
+from .profiles import DeviceProfile
 from .verifier import ConsentVerifier
 
 SELLER = Merchant(id="m-bench", name="Bench Goods")
@@ -78,6 +79,7 @@ def measure_completions(n: int, threads: int, clients: int, devices: int, direct
         keys = [SigningKey.generate() for _ in range(devices)]
         for i, key in enumerate(keys):
             verifier.registry.register(f"bench-{i}", key.public)
+            verifier.registry.describe(f"bench-{i}", DeviceProfile.of(DeviceKind.SPEAKER))
         completions = _prepare(verifier, keys, n, threads)
 
         def check(completion: Completion) -> None:

@@ -1,6 +1,7 @@
 """The registry of device public keys that the verifier trusts: rotation, revocation, and the
 keys retired a short while ago that still verify mandates issued before; and the pairings made at
-provisioning (a speaker or glasses with the phone that may confirm for them, `pair`)."""
+provisioning (a speaker or glasses with the phone that may confirm for them, `pair`); and what each
+device was provisioned as (`describe`, see `profiles`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from device_sdk.consent.keys import PublicKey
 from device_sdk.protocol.errors import ErrorCode, KeyStoreError
 
 from .database import Database
+from .profiles import SCHEMA as PROFILES
+from .profiles import DeviceProfile, profile_of, set_profile
 
 
 class KeyStatus(StrEnum):
@@ -86,7 +89,7 @@ class DeviceRegistry:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        db.ensure_schema(SCHEMA)
+        db.ensure_schema(SCHEMA + PROFILES)
 
     def register(self, device_id: str, public: PublicKey) -> str:
         """Register a device's first key (again: no change); a device with another active key rotates."""
@@ -160,6 +163,14 @@ class DeviceRegistry:
             )
 
         self.db.call(job)
+
+    def describe(self, device_id: str, profile: DeviceProfile) -> None:
+        """Record what `device_id` was provisioned as: the verifier takes only the modalities it can give."""
+        self.db.call(lambda conn: set_profile(conn, device_id, profile))
+
+    def profile(self, device_id: str) -> DeviceProfile | None:
+        with self.db.reading() as conn:
+            return profile_of(conn, device_id)
 
     def unpair(self, device_id: str) -> None:
         """End the device's pairing: no offer of it can be handed over any more."""

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import secrets
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +23,11 @@ from urllib.parse import quote
 from device_sdk.bus.url import BrokerUrl
 from device_sdk.consent.keys import SigningKey
 from device_sdk.platform.checkout.database import Database
+from device_sdk.platform.checkout.profiles import DeviceProfile
 from device_sdk.platform.checkout.registry import DeviceRegistry
+from device_sdk.platform.checkout.step_up import StepUp, check_pin
 from device_sdk.protocol.errors import ConfigError, ErrorCode, KeyStoreError
+from device_sdk.protocol.fields import Capability, DeviceKind
 from device_sdk.protocol.topics import check_id
 from device_sdk.state import default_database, default_key_file, write_file
 
@@ -87,6 +91,10 @@ class Provisioned:
     database: Path | None = None
     phone: str | None = None
     """The phone the device was paired with (`phone=`), whose sheet confirms what it hands over."""
+    profile: DeviceProfile | None = None
+    """What the device was provisioned as: its kind and capabilities decide its modalities."""
+    pin_set: bool = False
+    """Whether a step-up PIN was set (its salted hash is in the verifier's database)."""
 
     def as_dict(self) -> dict[str, Any]:
         """Everything but the password (it is in the credentials file)."""
@@ -100,6 +108,8 @@ class Provisioned:
             "ca": c.ca,
             "test_ca": self.test_ca,
             "phone": self.phone,
+            **(self.profile.as_dict() if self.profile else {}),
+            "pin_set": self.pin_set,
             "key_file": c.key_file,
             "kid": c.kid,
             "database": str(self.database) if self.database else None,
@@ -119,6 +129,9 @@ def provision(
     rotate: bool = False,
     settings: BrokerSettings | None = None,
     phone: str | None = None,
+    kind: DeviceKind | str | None = None,
+    capabilities: list[Capability] | list[str] | None = None,
+    pin: str | None = None,
 ) -> Provisioned:
     """Make `name` a broker user of `role` and write the broker's files again.
 
@@ -129,10 +142,17 @@ def provision(
     old key verifies mandates issued before for 15 minutes). `settings` replace the stored ones.
     `phone` pairs a device with that phone (provisioned before it): when the device's own modality
     cannot get an answer, it hands the offer to the phone, whose sheet confirms and whose key signs.
+    A device's `kind` and `capabilities` (default: as recorded before, else a speaker's) bound the
+    modalities the verifier takes from it; `pin` (read from a file by the command, never an
+    argument) is its user's step-up PIN, kept as a salted scrypt hash.
     """
     check_id(name, "user name")
     if phone is not None and role not in KEYED_ROLES:
         raise KeyStoreError(f"only a device is paired with a phone, not a {role}", ErrorCode.NOT_PAIRED)
+    if (kind is not None or capabilities is not None or pin is not None) and role not in KEYED_ROLES:
+        raise ConfigError(f"a {role} has no kind, capabilities or PIN: only a device")
+    if pin is not None:
+        check_pin(pin)  # before anything changes
     broker = BrokerDir(directory)
     with broker.locked():
         registry = broker.load()
@@ -148,14 +168,17 @@ def provision(
         if settings is not None:
             registry.settings = settings
         tls, test_ca = _tls_files(broker, registry.settings)
-        key_file = kid = db_path = None
+        key_file = kid = db_path = profile = None
         if role in KEYED_ROLES:
             db_path = Path(database) if database is not None else default_database()
             key_file = (Path(key_out) if key_out is not None else default_key_file(name)).expanduser().absolute()
             kid = _signing_key(name, key_file, db_path, rotate=rotate)
-            if phone is not None:
-                with Database(db_path) as db:
+            with Database(db_path) as db:
+                profile = _describe(DeviceRegistry(db), name, kind, capabilities)
+                if phone is not None:
                     DeviceRegistry(db).pair(name, check_id(phone, "phone"))
+                if pin is not None:
+                    StepUp(db, None).set_pin(name, pin)
         password = new_password()
         now = time.time()
         registry.users[name] = BrokerUser(
@@ -178,7 +201,33 @@ def provision(
         path = write_file(
             broker.credentials_file(name), (json.dumps(credentials.as_dict(), indent=2) + "\n").encode(), 0o600
         )
-    return Provisioned(credentials, path, broker, tls, test_ca, existing is not None, db_path, phone)
+    return Provisioned(
+        credentials, path, broker, tls, test_ca, existing is not None, db_path, phone, profile, pin is not None
+    )
+
+
+def _describe(
+    registry: DeviceRegistry,
+    name: str,
+    kind: DeviceKind | str | None,
+    capabilities: list[Capability] | list[str] | None,
+) -> DeviceProfile:
+    """Record what the device is: as given, else as recorded before, else a speaker."""
+    before = registry.profile(name)
+    if kind is None and capabilities is None and before is not None:
+        return before
+    profile = DeviceProfile.of(kind or (before.kind if before else DeviceKind.SPEAKER), capabilities)
+    registry.describe(name, profile)
+    return profile
+
+
+def read_pin(path: Path) -> str:
+    """The PIN in the file at `path` (`-`: standard input), one line of 4 to 12 digits."""
+    try:
+        text = sys.stdin.readline() if str(path) == "-" else path.expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read the PIN file {path}: {exc}") from None
+    return text.strip()
 
 
 @dataclass(frozen=True)
@@ -279,6 +328,9 @@ def run_provision(args: argparse.Namespace) -> int:
         rotate=args.rotate,
         settings=settings,
         phone=args.phone,
+        kind=args.kind,
+        capabilities=args.capabilities.split(",") if args.capabilities else None,
+        pin=read_pin(args.pin_file) if args.pin_file else None,
     )
     if args.json:
         print(json.dumps(done.as_dict()))
@@ -288,6 +340,11 @@ def run_provision(args: argparse.Namespace) -> int:
           f"credentials in {done.credentials_file} (mode 600)")  # fmt: skip
     if c.kid:
         print(f"signing key {c.kid} in {c.key_file} (mode 600), registered in {done.database}")
+    if done.profile:
+        caps = ",".join(sorted(done.profile.capabilities)) or "none"
+        print(f"a {done.profile.kind} ({caps}): it confirms by {', '.join(done.profile.modalities())}")
+    if done.pin_set:
+        print("step-up PIN set (kept as a salted scrypt hash)")
     if done.phone:
         print(f"paired with the phone {done.phone}: its sheet confirms the offers {c.username} hands over")
     print(f"broker files: {broker.passwd_file}, {broker.acl_file}, {broker.conf_file}")
