@@ -155,9 +155,7 @@ def _register_bench(bench: Commands) -> None:
     flood.add_argument("--seconds", type=float, default=20.0, help="how long the flood lasts at most (default 20)")
     flood.add_argument("--messages", type=int, default=400_000, help="how many messages it sends at most")
     flood.add_argument("--every", type=float, default=2.5, help="seconds between the other device's orders")
-    flood.add_argument(
-        "--broker", default="mosquitto", help="mosquitto (started on a free port), embedded, or an mqtt:// URL"
-    )
+    broker_options(flood, "mosquitto (started on a free port; the default), embedded, or an mqtt:// URL")
     flood.add_argument("--json", action="store_true")
 
 
@@ -362,7 +360,11 @@ async def _bench_ble(args: argparse.Namespace) -> int:
 async def _bench_flood(args: argparse.Namespace) -> int:
     from .flood_bench import run_bench_flood
 
-    report = await run_bench_flood(args.seconds, args.messages, args.every, args.broker)
+    where = args.broker or "mosquitto"
+    local = where in ("mosquitto", "embedded") and args.broker_password_file is None
+    broker = where if local else broker_url(where, args.broker_password_file)
+    assert broker is not None
+    report = await run_bench_flood(args.seconds, args.messages, args.every, broker)
     return print_report(report, args.json)
 
 

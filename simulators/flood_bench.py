@@ -30,6 +30,7 @@ from typing import Any
 from device_sdk.bus.embedded import EmbeddedBroker
 from device_sdk.bus.mosquitto import MosquittoServer
 from device_sdk.bus.mqtt import MqttBus
+from device_sdk.bus.password import PASSWORD_ENV, broker_url
 from device_sdk.bus.url import BrokerUrl
 from device_sdk.consent.keys import SigningKey
 from device_sdk.device.client import DeviceClient
@@ -72,9 +73,11 @@ def _percentile(ordered: list[float], q: float) -> float:
     return round(ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))], 1)
 
 
-async def _child(*args: str, nice: bool = False) -> asyncio.subprocess.Process:
+async def _child(url: BrokerUrl, role: str, *args: str, nice: bool = False) -> asyncio.subprocess.Process:
+    """A child on the broker at `url`: its user on the command line, its password in the environment."""
+    env = {**os.environ, PASSWORD_ENV: url.password} if url.password else None
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "simulators.flood_bench", *args,
+        sys.executable, "-m", "simulators.flood_bench", role, url.argument(), *args, env=env,
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=(lambda: os.nice(19)) if nice else None,
     )  # fmt: skip
 
@@ -92,14 +95,14 @@ async def _measure(url: BrokerUrl, seconds: float, most: int, every: float) -> d
         async with ShopBackend(url, database=database, policy=PolicyBook(devices={OTHER: roomy})) as shop:
             key = await asyncio.to_thread(shop.provision, OTHER)
             key.save(Path(tmp) / "other.pem")
-            other = await _child("orderer", str(url), str(Path(tmp) / "other.pem"), str(every), str(seconds))
+            other = await _child(url, "orderer", str(Path(tmp) / "other.pem"), str(every), str(seconds))
             flooder: asyncio.subprocess.Process | None = None
             try:
                 if await _line(other, 60) != b"ready":
                     raise BusError("the ordering device did not start")
                 await asyncio.sleep(0.5)
                 before = _rss_mb()
-                flooder = await _child("flooder", str(url), str(seconds), str(most), nice=True)
+                flooder = await _child(url, "flooder", str(seconds), str(most), nice=True)
                 if await _line(flooder, 60) != b"ready":
                     raise BusError("the flooding device did not start")
                 assert flooder.stdin is not None
@@ -147,7 +150,7 @@ async def _measure(url: BrokerUrl, seconds: float, most: int, every: float) -> d
 
 
 async def run_bench_flood(
-    seconds: float = 20.0, most: int = 400_000, every: float = 2.5, broker: str = "mosquitto"
+    seconds: float = 20.0, most: int = 400_000, every: float = 2.5, broker: BrokerUrl | str = "mosquitto"
 ) -> dict[str, Any]:
     """One device floods for up to `seconds` (and `most` messages) while another orders every `every` seconds."""
     if broker == "embedded":
@@ -157,11 +160,18 @@ async def run_bench_flood(
         async with MosquittoServer() as server:
             report = await _measure(server.url, seconds, most, every)
     else:
-        report = await _measure(BrokerUrl.parse(broker), seconds, most, every)
+        report = await _measure(BrokerUrl.parse(broker) if isinstance(broker, str) else broker, seconds, most, every)
     return {"broker": broker if broker in ("embedded", "mosquitto") else "url", **report, "cpus": os.cpu_count()}
 
 
 # the children -------------------------------------------------------------------------------
+
+
+def _url(text: str) -> BrokerUrl:
+    """The parent's broker, with the password it handed over in the environment."""
+    url = broker_url(text)
+    assert url is not None
+    return url
 
 
 async def _orderer(url: str, key_path: str, every: float, seconds: float) -> None:
@@ -171,7 +181,7 @@ async def _orderer(url: str, key_path: str, every: float, seconds: float) -> Non
     quiet: list[float] = []
     during: list[float] = []
     failures: Counter[str] = Counter()
-    async with DeviceClient(url, OTHER, key=key) as device:
+    async with DeviceClient(_url(url), OTHER, key=key) as device:
 
         async def order(into: list[float]) -> bool:
             """One order; each exchange's time goes `into` (a failed one's too, up to its failure)."""
@@ -207,7 +217,7 @@ async def _flooder(url: str, seconds: float, most: int) -> None:
     up, audio = topics.device_up(FLOODER), topics.device_audio(FLOODER)
     errors: Counter[str] = Counter()
     sent: Counter[str] = Counter()
-    async with MqttBus(url, f"flooder-{os.getpid()}") as bus:
+    async with MqttBus(_url(url), f"flooder-{os.getpid()}") as bus:
         down = await bus.subscribe(topics.device_down(FLOODER), maxsize=1_000_000)
 
         async def count() -> None:
