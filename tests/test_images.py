@@ -187,3 +187,19 @@ def test_fuzz_strip_of_cut_or_altered_multi_picture_files_never_crashes(cut: int
         else:
             assert clean.startswith(b"\xff\xd8") and clean.endswith(b"\xff\xd9")
             assert strip_metadata(clean) == clean  # what comes out is a clean walk of itself
+
+
+def test_finding_4_thumbnails_in_jfif_and_jfxx_go_too() -> None:
+    with Image.open(io.BytesIO(PHOTO)) as photo:
+        plain = io.BytesIO()
+        photo.save(plain, "JPEG", quality=85, comment=b"")
+    jfif_end = 4 + int.from_bytes(plain.getvalue()[4:6], "big")
+    thumbnail = bytes([0x51, 0x52, 0x53]) * 4  # 2x2 RGB pixels of the unstripped picture
+    jfif = segment(0xE0, b"JFIF\0\x01\x01\0\0\x01\0\x01\x02\x02" + thumbnail)
+    jfxx = segment(0xE0, b"JFXX\0\x10" + b"\xff\xd8" + segment(0xE1, exif_body("PhoneCam", SERIAL, LOCATION)))
+    jpeg = b"\xff\xd8" + jfif + jfxx + plain.getvalue()[jfif_end:]
+    clean = strip_metadata(jpeg)
+    assert clean[2:20] == b"\xff\xe0\x00\x10JFIF\0\x01\x01\0\0\x01\0\x01\0\0"  # the header, no thumbnail
+    assert thumbnail not in clean and b"JFXX" not in clean and SERIAL.encode() not in clean
+    with Image.open(io.BytesIO(clean)) as after, Image.open(plain) as before:
+        assert after.tobytes() == before.tobytes()

@@ -4,10 +4,10 @@
 picture, through every scan (a progressive JPEG has many, with tables between them), and
 returns that picture with only the segments that decode it: frame and scan headers, Huffman and
 quantisation tables, restart interval, the scans' entropy-coded data, and the two APPn segments
-that tell a decoder how to read the colours (APP0 JFIF/JFXX, APP14 Adobe). Every other APPn
-(EXIF with its GPS position, XMP, IPTC, ICC profiles, maker notes, the MPF index of a
-multi-picture or Ultra HDR file) and every comment goes, wherever it stands (before the first scan
-or between scans), and so does everything after the primary image's end-of-image marker (the
+that tell a decoder how to read the colours (APP0 JFIF without a thumbnail, APP14 Adobe). Every
+other APPn (EXIF with its GPS position, XMP, IPTC, ICC profiles, maker notes, the MPF index of a
+multi-picture or Ultra HDR file) and every comment goes, wherever it stands (before the first
+scan or between scans), and so does everything after the primary image's end-of-image marker (the
 second pictures of MPF / Ultra HDR files, each with its own EXIF; trailers). The pixels are not
 touched: the entropy-coded data is copied byte for byte.
 
@@ -30,8 +30,9 @@ SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xC
 TABLES = frozenset({0xC4, 0xCC, 0xDB, 0xDC, 0xDD})
 """DHT, DAC, DQT, DNL, DRI: what the scans need to be decoded."""
 APPS = frozenset(range(0xE0, 0xF0))
-KEEP_APP = {APP0: (b"JFIF\0", b"JFXX\0"), APP14: (b"Adobe",)}
-"""APPn segments that say how to read the picture's colours, not where, when or by whom it was taken."""
+JFIF, ADOBE = b"JFIF\0", b"Adobe"
+"""The two APPn segments kept: they say how to read the picture's colours, not where, when or by
+whom it was taken (JFIF without its thumbnail; its JFXX extension, a thumbnail, goes)."""
 EXIF = b"Exif\0\0"
 ORIENTATION_TAG = 0x0112
 
@@ -86,7 +87,9 @@ def primary(data: bytes) -> Primary:
         if marker in APPS:
             if marker == APP1 and body.startswith(EXIF) and scans == 0 and not orientation:
                 orientation = exif_orientation(body[len(EXIF) :])
-            if body.startswith(KEEP_APP.get(marker, ())):
+            if marker == APP0 and body.startswith(JFIF) and len(body) >= 14:
+                out += b"\xff\xe0\x00\x10" + body[:12] + b"\0\0"  # the JFIF header without its thumbnail
+            elif marker == APP14 and body.startswith(ADOBE):
                 out += data[start:end]
         elif marker == COM:
             pass
