@@ -11,7 +11,8 @@ decisions and outcomes, and the error root. Everything else lives in the room na
 from device_sdk.bus.mqtt import MqttBus
 from device_sdk.bus.url import BrokerUrl
 from device_sdk.consent.keys import PublicKey, SigningKey
-from device_sdk.device.client import DeviceClient, HealthEvent, Offer
+from device_sdk.device.client import DeviceClient, HealthEvent
+from device_sdk.device.offer import Offer
 from device_sdk.protocol.errors import DeviceSdkError, ErrorCode, RemoteError
 from device_sdk.protocol.fields import Capability, Decision, DeviceKind, Modality, Outcome
 from device_sdk.protocol.messages import OrderResult

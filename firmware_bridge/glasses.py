@@ -20,7 +20,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from device_sdk.consent.lens import LensCard
-from device_sdk.device.client import DeviceClient, Offer
+from device_sdk.device.client import DeviceClient
+from device_sdk.device.offer import Offer
 from device_sdk.locale import DEFAULT_LOCALE, locale_for
 from device_sdk.protocol.errors import ErrorCode, ProtocolError, RemoteError
 from device_sdk.protocol.fields import Capability, Decision, Modality

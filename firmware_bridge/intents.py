@@ -37,7 +37,7 @@ from device_sdk.media.images import strip_metadata
 from device_sdk.protocol import strict_json
 from device_sdk.protocol.errors import ErrorCode, IntentError, KeyStoreError, ProtocolError
 from device_sdk.protocol.fields import Id
-from device_sdk.protocol.messages import first_error
+from device_sdk.protocol.wire_errors import first_error
 
 JWS_TYPE = "shop-intent+jws"
 ALG = "Ed25519"

@@ -29,12 +29,12 @@ from typing import Annotated, Any, Protocol
 from urllib.parse import urlencode
 
 import aiohttp
-from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from device_sdk.bus.subscription import Received
 from device_sdk.consent.readback import compose_phone_sheet, display_digest
-from device_sdk.device.client import DeviceClient, Offer
+from device_sdk.device.client import DeviceClient
+from device_sdk.device.offer import Offer
 from device_sdk.protocol import strict_json
 from device_sdk.protocol.errors import (
     OUTCOME_OF,
@@ -48,31 +48,13 @@ from device_sdk.protocol.fields import Decision, Modality, Outcome
 from device_sdk.protocol.messages import ConfirmationRequest, IntentResult, OrderResult
 from device_sdk.service import Service
 
+from .intent_http import HttpLimits, IntentEndpoint
 from .intent_locale import check_intent_locale
-from .intents import MAX_INTENT, IntentVerifier, OemIntent
+from .intents import IntentVerifier, OemIntent
 
 log = logging.getLogger(__name__)
 
 DEEP_LINK_BASE = "shopagent://cart"
-HTTP_STATUS = {
-    ErrorCode.TOO_LARGE: 413,
-    ErrorCode.UNSIGNED: 401,
-    ErrorCode.BAD_SIGNATURE: 401,
-    ErrorCode.UNKNOWN_KEY: 401,
-    ErrorCode.REPLAYED: 409,
-    ErrorCode.UNKNOWN_ACTION: 422,
-    ErrorCode.UNSUPPORTED_LOCALE: 422,
-    ErrorCode.BAD_MESSAGE: 400,
-    ErrorCode.STALE: 400,
-    ErrorCode.BAD_IMAGE: 400,
-    ErrorCode.BUSY: 503,
-    ErrorCode.NOT_CONNECTED: 503,
-    ErrorCode.TIMEOUT: 504,
-    ErrorCode.AGENT_TIMEOUT: 504,
-    ErrorCode.INTERNAL: 500,
-}
-"""The local endpoint's status for an intent that was refused or failed; an intent that ran to an
-outcome, or that the agent could not make a cart of (`not_understood`...), is 200."""
 
 
 @dataclass(frozen=True)
@@ -155,7 +137,8 @@ class IntentBridge(Service):
     the phone's own connection, with `bus=True`) and/or at a local HTTP endpoint (`listen=(host,
     port)`; port 0 picks one), and runs each to its outcome as that phone. At most `concurrency`
     intents run at once; more are refused with `busy`. A sheet that gives no answer within
-    `sheet_timeout` seconds counts as no sheet (the deep link)."""
+    `sheet_timeout` seconds counts as no sheet (the deep link). The endpoint's header and body
+    timeouts, body cap and connection cap are `http_limits` (`intent_http.HttpLimits`)."""
 
     def __init__(
         self,
@@ -168,6 +151,7 @@ class IntentBridge(Service):
         deep_link_base: str = DEEP_LINK_BASE,
         concurrency: int = 4,
         sheet_timeout: float = 90.0,
+        http_limits: HttpLimits | None = None,
     ) -> None:
         self.device = device
         self.verifier = verifier
@@ -180,29 +164,25 @@ class IntentBridge(Service):
         """The local endpoint's port once started."""
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._runner: web.AppRunner | None = None
+        self.http_limits = http_limits or HttpLimits()
+        self.endpoint: IntentEndpoint | None = None
+        """The local endpoint once started: its connections and what its limits refused."""
 
     async def start(self) -> None:
         if self.bus:
             inbox = await self.device.bus.subscribe(self.device.topics.oem_intents_for(self.device.device_id))
             self._spawn(self._take_from_bus(inbox))
         if self.listen is not None:
-            app = web.Application(client_max_size=MAX_INTENT + 1)
-            app.router.add_post("/v1/intents", self._post_intent)
-            app.router.add_get("/v1/device", self._get_device)
-            self._runner = web.AppRunner(app, access_log=None)
-            await self._runner.setup()
-            site = web.TCPSite(self._runner, self.listen[0], self.listen[1])
-            await site.start()
-            self.port = int(self._runner.addresses[0][1])
+            self.endpoint = IntentEndpoint(self.handle, lambda: self.device.info.encode(), self.http_limits)
+            self.port = await self.endpoint.start(*self.listen)
             log.info("intent endpoint on http://%s:%s/v1/intents", self.listen[0], self.port)
 
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self.endpoint is not None:
+            await self.endpoint.stop()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -226,17 +206,6 @@ class IntentBridge(Service):
         result = await self.handle(received.payload, oem_id=oem_id)
         with contextlib.suppress(DeviceSdkError):
             await self.device.bus.publish(reply_to, result.encode())
-
-    async def _post_intent(self, request: web.Request) -> web.Response:
-        body = bytearray()  # at most one byte over the limit: enough to refuse it as too large
-        while len(body) <= MAX_INTENT and (chunk := await request.content.read(MAX_INTENT + 1 - len(body))):
-            body += chunk
-        result = await self.handle(bytes(body))
-        status = 200 if result.code is None or result.outcome is not None else HTTP_STATUS.get(result.code, 200)
-        return web.Response(status=status, body=result.encode(), content_type="application/json")
-
-    async def _get_device(self, _request: web.Request) -> web.Response:
-        return web.Response(body=self.device.info.encode(), content_type="application/json")
 
     # one intent --------------------------------------------------------------------------
 

@@ -5,31 +5,46 @@ risk policy and issues the consent terms) and completes it only with a valid, de
 single-use mandate: everything in `device_sdk.platform.checkout.verifier`. Given the merchant's catalog, it also
 refuses a proposal whose names, units, prices, sellers, categories, currency or payee differ from
 the catalog, as a merchant re-prices an agent's cart: the read-back is composed from these fields,
-so they must be the merchant's, not the agent's.
+so they must be the merchant's, not the agent's. Orders are placed at the merchant stand-in
+(`merchant.py`), whose book of orders lives beside the verifier's store: one order per completion key.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from dataclasses import dataclass, field
 
 from device_sdk.platform.checkout.backend import Completion
 from device_sdk.platform.checkout.verifier import ConsentVerifier
 from device_sdk.protocol.errors import CheckoutError, ErrorCode
 from device_sdk.protocol.fields import Outcome
-from device_sdk.protocol.messages import CheckoutProposal, ConsentTerms, IssuedProposal, OrderResult, decode
+from device_sdk.protocol.messages import (
+    CheckoutProposal,
+    ConsentTerms,
+    IssuedProposal,
+    OrderResult,
+    OrderStatusResult,
+    decode,
+)
 
 from .catalog import Catalog
+from .merchant import MerchantStandIn
 
 
 @dataclass
 class CheckoutStandIn:
-    """A merchant checkout on a durable verifier; `orders` lists the orders this process placed."""
+    """A merchant checkout on a durable verifier; `orders` lists the orders this process placed;
+    `merchant` keeps every order placed (default: in a file beside the verifier's store)."""
 
     verifier: ConsentVerifier
     catalog: Catalog | None = None
     orders: list[OrderResult] = field(default_factory=list)
+    merchant: MerchantStandIn | None = None
+
+    def __post_init__(self) -> None:
+        if self.merchant is None:
+            path = self.verifier.db.path
+            self.merchant = MerchantStandIn(path.with_name(f"{path.name}.merchant"))
 
     async def open(self, issued: IssuedProposal) -> ConsentTerms:
         try:
@@ -48,17 +63,26 @@ class CheckoutStandIn:
             self.orders.append(result)
         return result
 
-    @staticmethod
-    def _charge(proposal: CheckoutProposal, key: str) -> str:
-        """The stand-in payment channel ("shop-wallet"): always approves, once per key (the checkout),
-        so the same key gives the same order id."""
-        return f"ord_{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+    def _charge(self, proposal: CheckoutProposal, key: str) -> str:
+        """The stand-in payment channel ("shop-wallet"): always approves, once per completion key."""
+        assert self.merchant is not None
+        return self.merchant.place(proposal, key)
+
+    async def status(self, device_id: str, session_id: str, checkout_id: str) -> OrderStatusResult:
+        return await asyncio.to_thread(self.verifier.status, device_id, session_id, checkout_id)
+
+    async def settle_pending(self, older_than: float) -> int:
+        return await asyncio.to_thread(self.verifier.settle_pending, self._charge, older_than)
 
     async def cancel(self, checkout_id: str, outcome: Outcome, reason: str) -> None:
         await asyncio.to_thread(self.verifier.cancel, checkout_id, outcome, reason)
 
     async def hand_over(self, checkout_id: str, device_id: str) -> tuple[str, ConsentTerms]:
         return await asyncio.to_thread(self.verifier.hand_over, checkout_id, device_id)
+
+    async def step_up(self, device_id: str, checkout_id: str, checkout_hash: str, pin: str) -> tuple[str, float]:
+        grant = await asyncio.to_thread(self.verifier.step_up.prove, device_id, checkout_id, checkout_hash, pin)
+        return grant.proof, grant.expires_at
 
 
 def _check_against(catalog: Catalog, proposal: CheckoutProposal) -> None:

@@ -21,12 +21,15 @@ from device_sdk.media.images import ImageStore
 from device_sdk.platform.agent import AgentCore, AgentWorker
 from device_sdk.platform.checkout.audit import AuditLog
 from device_sdk.platform.checkout.database import Database
+from device_sdk.platform.checkout.outcomes import Verification
 from device_sdk.platform.checkout.policy import PolicyBook
-from device_sdk.platform.checkout.verifier import ConsentVerifier, Verification
+from device_sdk.platform.checkout.profiles import DeviceProfile
+from device_sdk.platform.checkout.verifier import ConsentVerifier
 from device_sdk.platform.gateway.gateway import Gateway
+from device_sdk.platform.gateway.limits import Limits
 from device_sdk.platform.timeline import Step, Timeline
 from device_sdk.protocol.errors import OUTCOME_OF
-from device_sdk.protocol.fields import Outcome
+from device_sdk.protocol.fields import DeviceKind, Outcome
 from device_sdk.protocol.topics import Topics
 from device_sdk.voice.engines import Hearing, hearing_named
 
@@ -124,6 +127,7 @@ class ShopBackend:
         database: str | Path | None = None,
         policy: PolicyBook | None = None,
         agent_url: BrokerUrl | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.url = url
         self.agent_url = agent_url or url
@@ -137,6 +141,7 @@ class ShopBackend:
             "gateway_id": gateway_id,
             "confirm_timeout": confirm_timeout,
             "agent_timeout": agent_timeout,
+            "limits": limits,
         }
         self._make_checkout = make_checkout or (lambda verifier: CheckoutStandIn(verifier, self.catalog))
         self._database = Path(database) if database is not None else None
@@ -172,14 +177,21 @@ class ShopBackend:
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
 
-    def enroll(self, device_id: str, key: SigningKey) -> str:
-        """Trust `key` for `device_id` from now on (rotating out any earlier key); returns its kid."""
-        return self.verifier.registry.rotate(device_id, key.public)
+    def enroll(
+        self, device_id: str, key: SigningKey, kind: DeviceKind = DeviceKind.SPEAKER, *, pin: str | None = None
+    ) -> str:
+        """Trust `key` for `device_id` from now on (rotating out any earlier key), as a device of
+        `kind` with that kind's capabilities and, with `pin`, its user's step-up PIN; returns its kid."""
+        kid = self.verifier.registry.rotate(device_id, key.public)
+        self.verifier.registry.describe(device_id, DeviceProfile.of(kind))
+        if pin is not None:
+            self.verifier.step_up.set_pin(device_id, pin)
+        return kid
 
-    def provision(self, device_id: str) -> SigningKey:
-        """A new signing key for a simulated device, enrolled with the verifier."""
+    def provision(self, device_id: str, kind: DeviceKind = DeviceKind.SPEAKER, *, pin: str | None = None) -> SigningKey:
+        """A new signing key for a simulated device of `kind`, enrolled with the verifier."""
         key = SigningKey.generate()
-        self.enroll(device_id, key)
+        self.enroll(device_id, key, kind, pin=pin)
         return key
 
 
@@ -208,13 +220,15 @@ async def run_demo(
     voice: bool = False,
     hearing: Hearing | None = None,
     locale: str = "en-US",
+    pin: str | None = None,
 ) -> DemoResult:
     """Run one spoken request to its outcome; with no broker URL, on an embedded broker; with no
     audit path, the audit log and the verifier's store live in a temporary file.
 
     With `voice` the request and the replies are synthesised with espeak-ng and heard through
     the speaker's voice pipeline (`hearing`, default the hybrid: pocketsphinx, with Whisper as the
-    second opinion on replies); without it they are typed."""
+    second opinion on replies); without it they are typed. With `pin` the speaker is provisioned with
+    that step-up PIN, and its user says it when an order is over the voice cap."""
     topics = topics or Topics()
     async with contextlib.AsyncExitStack() as stack:
         url, shared = await broker_or_embedded(stack, broker)
@@ -222,9 +236,9 @@ async def run_demo(
         backend = await stack.enter_async_context(
             ShopBackend(url, topics=topics, shared=shared, database=audit, policy=policy)
         )
-        key = await asyncio.to_thread(backend.provision, device_id)
+        key = await asyncio.to_thread(backend.provision, device_id, pin=pin)
         device = await stack.enter_async_context(DeviceClient(url, device_id, topics=topics, key=key, locale=locale))
-        speaker = SimulatedSpeaker(device, present)
+        speaker = SimulatedSpeaker(device, present, pin=pin)
         if voice:
             heard = hearing if hearing is not None else await asyncio.to_thread(hearing_named)
             vocabulary = CommandParser(backend.catalog).vocabulary()

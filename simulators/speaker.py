@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from device_sdk.consent.mandate import mandate_id
-from device_sdk.device.client import DeviceClient, Offer
+from device_sdk.device.client import DeviceClient
+from device_sdk.device.offer import Offer
 from device_sdk.locale import locale_for
 from device_sdk.protocol.errors import RemoteError
 from device_sdk.protocol.fields import Decision, Modality
@@ -47,12 +48,23 @@ class SpeakerRun:
         return mandate_id(self.mandate) if self.mandate else None
 
 
-class SimulatedSpeaker:
-    """Runs one request-to-outcome exchange on a `DeviceClient`; `present` is its loudspeaker."""
+PIN_PROMPT = {
+    "en-US": "That is over the voice limit. Say your PIN to confirm.",
+    "zh-CN": "金额超过语音确认的上限，请说出您的PIN码确认。",
+}
+"""What the speaker says when an offer takes no spoken "yes" alone and its user has a PIN."""
 
-    def __init__(self, device: DeviceClient, present: Callable[[str], None] | None = None) -> None:
+
+class SimulatedSpeaker:
+    """Runs one request-to-outcome exchange on a `DeviceClient`; `present` is its loudspeaker. Over the
+    voice cap its user, asked for it, says `pin` (the one provisioned), which the platform checks."""
+
+    def __init__(
+        self, device: DeviceClient, present: Callable[[str], None] | None = None, *, pin: str | None = None
+    ) -> None:
         self.device = device
         self.present = present or (lambda text: None)
+        self.pin = pin
 
     async def run(self, say: str, replies: Iterable[str], *, timeout: float = 30.0) -> SpeakerRun:
         run = SpeakerRun(said=say)
@@ -66,12 +78,21 @@ class SimulatedSpeaker:
         while (decision := dialog.feed(next(pending, None))) is None:
             self._say(run, locale_for(self.device.locale).readback.reprompt)
         run.heard, run.decision = dialog.heard, decision
+        modality, proof = Modality.TEXT, None
+        if decision is Decision.CONFIRM and Modality.TEXT not in run.offer.request.consent.modalities and self.pin:
+            self._say(run, PIN_PROMPT.get(self.device.locale, PIN_PROMPT["en-US"]))
+            run.heard.append("(PIN)")  # what the user said, never the PIN itself
+            try:
+                proof = await self.device.step_up(run.offer, self.pin, timeout=timeout)
+                modality = Modality.VOICE_PIN
+            except RemoteError as exc:  # a wrong PIN or a lockout: the text confirmation is refused
+                run.error = exc
         if decision is Decision.CONFIRM:
-            run.mandate = self.device.sign(run.offer, Modality.TEXT)
+            run.mandate = self.device.sign(run.offer, modality, step_up=proof)
         run.result = await self.device.answer(
             run.offer,
             decision,
-            modality=Modality.TEXT,
+            modality=modality,
             heard=" / ".join(dialog.heard) or None,
             mandate=run.mandate,
             timeout=timeout,

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from device_sdk.consent.keys import SigningKey
 from device_sdk.consent.mandate import sign_mandate
 from device_sdk.platform.checkout.audit import trail
+from device_sdk.platform.checkout.outcomes import completion_key
 from device_sdk.platform.checkout.policy import PolicyBook
 from device_sdk.protocol.errors import ConsentError, ErrorCode, StoreError
 from device_sdk.protocol.fields import Modality, Outcome
@@ -193,16 +194,17 @@ def test_a_commit_that_fails_after_the_charge_is_retried_into_the_same_order(sho
     failing = [True]
 
     def disk_full(conn: Any) -> None:
-        if failing and failing.pop():
+        if shop.charges and failing and failing.pop():  # the result's transaction, after the charge
             raise OSError("disk full")
 
     shop.db.after_batch(disk_full)
     with pytest.raises(StoreError):
-        shop.complete(completion)  # charged, then the transaction could not commit
+        shop.complete(completion)  # charged, then the result could not commit: the completion is pending
     assert shop.verifier.orders() == []
     order = shop.complete(completion)  # the gateway's retry: same idempotency key
-    assert order.order_id == f"ord_{offer.checkout_id}"
-    assert shop.charges == [offer.checkout_id, offer.checkout_id]  # the same payment key both times
+    key = completion_key(offer.checkout_id, completion.idempotency_key)
+    assert order.order_id == f"ord_{key}"
+    assert shop.charges == [key, key]  # the same payment key both times
     assert [row[0] for row in shop.verifier.orders()] == [order.order_id]
 
 
@@ -257,7 +259,9 @@ def test_over_the_voice_cap_needs_a_stronger_confirmation(shop: Shop) -> None:
     assert Modality.VOICE not in offer.consent.modalities and Modality.VOICE_PIN in offer.consent.modalities
     error = refused(shop, shop.confirm(offer), ErrorCode.STEP_UP_REQUIRED)
     assert error.outcome == Outcome.STEP_UP_REQUIRED
-    order = shop.complete(shop.confirm(offer, modality=Modality.VOICE_PIN))
+    shop.verifier.step_up.set_pin("speaker-1", "2468")  # a voice_pin needs the platform's proof of the PIN
+    proof = shop.verifier.step_up.prove("speaker-1", offer.checkout_id, offer.checkout_hash, "2468").proof
+    order = shop.complete(shop.confirm(offer, modality=Modality.VOICE_PIN, step_up=proof))
     assert order.outcome is Outcome.ORDERED
 
 
@@ -430,7 +434,8 @@ def test_a_declined_payment_is_a_refusal_with_its_code(shop: Shop) -> None:
 
 
 async def test_a_device_never_sends_a_mandate_with_a_decline(shop: Shop) -> None:
-    from device_sdk.device.client import DeviceClient, Offer
+    from device_sdk.device.client import DeviceClient
+    from device_sdk.device.offer import Offer
     from device_sdk.protocol.errors import ProtocolError
     from device_sdk.protocol.fields import Decision
 

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from device_sdk.bus.mqtt import MqttBus
-from device_sdk.device.client import DeviceClient, Offer
+from device_sdk.device.client import DeviceClient
+from device_sdk.device.offer import Offer
 from device_sdk.protocol.errors import DeviceSdkError, ErrorCode, RemoteError
 from device_sdk.protocol.fields import Decision, Modality, Outcome
 from device_sdk.protocol.messages import Error, OrderResult, decode

@@ -16,7 +16,8 @@ from device_sdk.bus.embedded import EmbeddedBroker
 from device_sdk.consent.keys import SigningKey
 from device_sdk.consent.mandate import mandate_for
 from device_sdk.consent.readback import compose_phone_sheet, display_digest
-from device_sdk.device.client import DeviceClient, Offer
+from device_sdk.device.client import DeviceClient
+from device_sdk.device.offer import Offer
 from device_sdk.platform.checkout.audit import trail
 from device_sdk.platform.checkout.backend import Completion
 from device_sdk.platform.checkout.database import Database
@@ -51,7 +52,7 @@ async def paired(tap: str = "confirm", *, pair: bool = True, app: bool = True) -
         broker = await stack.enter_async_context(EmbeddedBroker())
         backend = await stack.enter_async_context(ShopBackend(broker.url, shared=False))
         speaker_key = await asyncio.to_thread(backend.provision, "speaker-1")
-        phone_key = await asyncio.to_thread(backend.provision, "phone-1")
+        phone_key = await asyncio.to_thread(backend.provision, "phone-1", DeviceKind.PHONE)
         if pair:
             await asyncio.to_thread(backend.verifier.registry.pair, "speaker-1", "phone-1")
         speaker = await stack.enter_async_context(
@@ -188,7 +189,7 @@ def test_provisioning_pairs_a_device_with_a_provisioned_phone(tmp_path: Path) ->
     with pytest.raises(KeyStoreError) as caught:  # the phone must be provisioned first
         provision("speaker-1", key_out=tmp_path / "speaker.key", phone="phone-1", **where)  # type: ignore[arg-type]
     assert caught.value.code == ErrorCode.NOT_PAIRED
-    provision("phone-1", key_out=tmp_path / "phone.key", **where)  # type: ignore[arg-type]
+    provision("phone-1", key_out=tmp_path / "phone.key", kind="phone", **where)  # type: ignore[arg-type]
     done = provision("speaker-1", key_out=tmp_path / "speaker.key", phone="phone-1", rotate=True, **where)  # type: ignore[arg-type]
     assert done.phone == "phone-1" and done.as_dict()["phone"] == "phone-1"
     with Database(where["database"]) as db:

@@ -21,8 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from device_sdk.protocol import strict_json
 from device_sdk.protocol.errors import ConsentError, ErrorCode, ProtocolError
 from device_sdk.protocol.fields import Id, Modality, Nonce, Sha256Hex, new_id
-from device_sdk.protocol.messages import ConfirmationRequest, first_error
+from device_sdk.protocol.messages import ConfirmationRequest
 from device_sdk.protocol.step_up import StepUpProof
+from device_sdk.protocol.wire_errors import first_error
 
 from .keys import PublicKey, SigningKey, b64url_decode
 

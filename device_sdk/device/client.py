@@ -22,18 +22,10 @@ from device_sdk.bus.subscription import Received, Subscription
 from device_sdk.bus.url import BrokerUrl
 from device_sdk.consent.keys import SigningKey
 from device_sdk.consent.mandate import mandate_for
-from device_sdk.consent.readback import compose_readback, display_digest
 from device_sdk.locale import DEFAULT_LOCALE, locale_for
 from device_sdk.media.audio import MAX_CHUNK, AudioChunk
 from device_sdk.media.images import image_ref, strip_metadata
-from device_sdk.protocol.errors import (
-    BusError,
-    DeviceSdkError,
-    ErrorCode,
-    ProtocolError,
-    RemoteError,
-    RequestTimeout,
-)
+from device_sdk.protocol.errors import BusError, DeviceSdkError, ErrorCode, ProtocolError, RemoteError, RequestTimeout
 from device_sdk.protocol.fields import Capability, Decision, DeviceKind, Modality, new_id
 from device_sdk.protocol.messages import (
     AgentRequest,
@@ -49,6 +41,8 @@ from device_sdk.protocol.messages import (
     HandedOver,
     HandOver,
     OrderResult,
+    OrderStatus,
+    OrderStatusResult,
     Ping,
     Pong,
     Transcript,
@@ -56,37 +50,13 @@ from device_sdk.protocol.messages import (
     WakeResult,
     decode,
 )
+from device_sdk.protocol.step_up import StepUp, StepUpResult
 from device_sdk.protocol.topics import Topics, check_id
 from device_sdk.service import Service
 
+from .offer import Offer, outcome
+
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Offer:
-    """A proposal to present to the user, with the SDK's read-back of it."""
-
-    request: ConfirmationRequest
-
-    @classmethod
-    def checked(cls, request: ConfirmationRequest) -> Offer:
-        """The offer, once its read-back is the SDK's own for its proposal (else `ProtocolError`)."""
-        composed = compose_readback(request.proposal)
-        if composed != request.readback or display_digest(composed) != request.display_digest:
-            raise ProtocolError("the read-back does not match the proposal it came with", ErrorCode.DISPLAY_MISMATCH)
-        return cls(request)
-
-    @property
-    def readback(self) -> str:
-        return self.request.readback
-
-    @property
-    def session_id(self) -> str:
-        return self.request.session_id
-
-    def digest(self, presented: str | None = None) -> str:
-        """The display digest of what the device presented (by default, the SDK's read-back)."""
-        return display_digest(presented if presented is not None else self.request.readback)
 
 
 @dataclass
@@ -264,28 +234,33 @@ class DeviceClient(Service):
         is refused. A confirmation is signed with the device's key unless `mandate` is given.
         """
         request = offer.request
-        digest = offer.digest(presented)
         if decision is not Decision.CONFIRM and mandate is not None:
             raise ProtocolError("a consent mandate goes only with a confirmation", ErrorCode.BAD_MESSAGE)
-        if decision is Decision.CONFIRM and mandate is None:
-            mandate = self.sign(offer, modality, presented=presented)
-        result = ConfirmationResult(
-            session_id=request.session_id,
-            checkout_id=request.checkout_id,
-            checkout_hash=request.checkout_hash,
-            decision=decision,
-            modality=modality,
-            display_digest=digest,
-            heard=heard,
-            mandate=mandate,
-        )
-        reply: OrderResult = await self._exchange(
-            request.session_id,
-            result.encode(),
-            lambda m: isinstance(m, OrderResult) and m.checkout_id == request.checkout_id,
-            request.checkout_id,
-            timeout,
-        )
+
+        def make() -> ConfirmationResult:  # the first time only: a retry resends it, key and mandate alike
+            signed = self.sign(offer, modality, presented=presented) if decision is Decision.CONFIRM else None
+            return ConfirmationResult(session_id=request.session_id, checkout_id=request.checkout_id,
+                                      checkout_hash=request.checkout_hash, decision=decision, modality=modality,
+                                      display_digest=offer.digest(presented), heard=heard,
+                                      mandate=mandate or signed)  # fmt: skip
+
+        async def send(answer: ConfirmationResult, within: float) -> OrderResult:
+            answers = lambda m: isinstance(m, OrderResult) and m.checkout_id == request.checkout_id  # noqa: E731
+            reply: OrderResult = await self._exchange(request.session_id, answer.encode(), answers,
+                                                      request.checkout_id, within)  # fmt: skip
+            return reply
+
+        answer = offer.answer(self.device_id, (decision, modality, heard, presented, mandate), make)
+        return await outcome(send, lambda within: self.order_status(offer, timeout=within), answer, timeout,
+                             2 * self.resend_after)  # fmt: skip
+
+    async def order_status(self, offer: Offer, *, timeout: float = 10.0) -> OrderStatusResult:
+        """How the checkout of `offer` stands, as any gateway reads it from the store: `open`,
+        `pending` (its order being placed) or `ended` with the session's `result`."""
+        r = offer.request
+        ask = OrderStatus(session_id=r.session_id, checkout_id=r.checkout_id)
+        answers = lambda m: isinstance(m, OrderStatusResult) and m.checkout_id == r.checkout_id  # noqa: E731
+        reply: OrderStatusResult = await self._exchange(r.session_id, ask.encode(), answers, r.checkout_id, timeout)
         return reply
 
     async def hand_over(self, offer: Offer, *, timeout: float = 30.0) -> str:
@@ -339,13 +314,23 @@ class DeviceClient(Service):
         if not waiters:
             self._waiters.pop(session_id, None)
 
-    def sign(self, offer: Offer, modality: Modality, *, presented: str | None = None) -> str | None:
-        """The consent mandate for confirming `offer` by `modality` (None for a device with no key)."""
+    async def step_up(self, offer: Offer, pin: str, *, timeout: float = 30.0) -> str:
+        """The PIN said or typed for `offer`, checked by the platform (tries are limited): the proof to sign
+        into the `voice_pin` mandate (`sign(..., step_up=)`), or `RemoteError` (`step_up_failed`...)."""
+        r = offer.request
+        message = StepUp(step_up_id=new_id("su"), session_id=r.session_id, checkout_id=r.checkout_id,
+                         checkout_hash=r.checkout_hash, pin=pin)  # fmt: skip
+        answers = lambda m: isinstance(m, StepUpResult) and m.checkout_id == r.checkout_id  # noqa: E731
+        reply: StepUpResult = await self._exchange(r.session_id, message.encode(), answers, r.checkout_id, timeout)
+        return reply.proof
+
+    def sign(self, offer: Offer, modality: Modality, *, presented: str | None = None,
+             step_up: str | None = None) -> str | None:  # fmt: skip
+        """The consent mandate for `offer` by `modality`, with the `step_up` proof for `voice_pin` (None: no key)."""
         if self.key is None:
             return None
-        return mandate_for(
-            offer.request, self.key, device_id=self.device_id, modality=modality, display_digest=offer.digest(presented)
-        )
+        return mandate_for(offer.request, self.key, device_id=self.device_id, modality=modality,
+                           display_digest=offer.digest(presented), step_up=step_up)  # fmt: skip
 
     async def _exchange(
         self, session_id: str, payload: bytes, answers: Callable[[Any], bool], ref: str, timeout: float
@@ -387,13 +372,8 @@ class DeviceClient(Service):
             confidence=confidence,
             energy_db=max(-120.0, min(0.0, energy_db)),
         )
-        reply: WakeResult = await self._exchange(
-            wake.session_id,
-            wake.encode(),
-            lambda m: isinstance(m, WakeResult) and m.wake_id == wake.wake_id,
-            wake.wake_id,
-            timeout,
-        )
+        answers = lambda m: isinstance(m, WakeResult) and m.wake_id == wake.wake_id  # noqa: E731
+        reply: WakeResult = await self._exchange(wake.session_id, wake.encode(), answers, wake.wake_id, timeout)
         return reply
 
     async def send_image(self, jpeg: bytes, *, timeout: float = 10.0) -> str:

@@ -23,8 +23,9 @@ from pydantic import ValidationError
 from device_sdk.bus.url import BrokerUrl
 from device_sdk.protocol.errors import DeviceSdkError, ErrorCode, ProtocolError
 from device_sdk.protocol.fields import PROTOCOL_VERSION, Capability
-from device_sdk.protocol.messages import DeviceInfo, first_error
+from device_sdk.protocol.messages import DeviceInfo
 from device_sdk.protocol.topics import check_id
+from device_sdk.protocol.wire_errors import first_error
 
 DEVICE_TYPE = "_shop-device._tcp.local."
 GATEWAY_TYPE = "_shop-gateway._tcp.local."

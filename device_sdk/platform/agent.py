@@ -21,8 +21,9 @@ from device_sdk.bus.pending import Pending
 from device_sdk.bus.subscription import Received
 from device_sdk.media.images import ImageStore
 from device_sdk.protocol.errors import AgentError, DeviceSdkError, ErrorCode, ProtocolError, RequestTimeout
-from device_sdk.protocol.messages import AgentRequest, CheckoutProposal, Error, IssuedProposal, decode, first_error
+from device_sdk.protocol.messages import AgentRequest, CheckoutProposal, Error, IssuedProposal, decode
 from device_sdk.protocol.topics import DEFAULT_AGENT_GROUP, Topics
+from device_sdk.protocol.wire_errors import first_error
 from device_sdk.service import Service
 
 log = logging.getLogger(__name__)

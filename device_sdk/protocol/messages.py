@@ -43,6 +43,7 @@ from .fields import (
     plain_text,
 )
 from .step_up import StepUp, StepUpResult
+from .wire_errors import protocol_error
 
 LocaleTag = Annotated[str, Field(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$", max_length=35)]
 """A BCP 47 language tag (`en-US`, `zh-CN`)."""
@@ -334,9 +335,7 @@ class ConfirmationResult(WireMessage):
         default=None, description="Device-signed consent mandate (compact JWS), where the device signs."
     )
     idempotency_key: IdempotencyKey | None = Field(
-        default=None,
-        description="The device's key for this answer, kept across its retries: a resent confirmation with"
-        " it gets the stored result from any gateway, never a second order.",
+        default=None, description="The device's key for this answer, the same in every retry of it (any gateway)."
     )
 
 
@@ -380,10 +379,10 @@ class OrderStatusResult(WireMessage):
 
     @model_validator(mode="after")
     def _result_iff_ended(self) -> OrderStatusResult:
-        if (self.state == "ended") != (self.result is not None):
-            raise ValueError("result is set exactly when the state is 'ended'")
-        if self.result is not None and self.result.checkout_id != self.checkout_id:
-            raise ValueError("the result is for another checkout")
+        if (self.state == "ended") != (self.result is not None) or (
+            self.result and self.result.checkout_id != self.checkout_id
+        ):
+            raise ValueError("result is set (for this checkout) exactly when the state is 'ended'")
         return self
 
 
@@ -486,41 +485,10 @@ def decode(payload: bytes | bytearray, max_size: int = MAX_PAYLOAD) -> Message:
     try:
         return _ADAPTER.validate_json(payload, context=_WIRE)
     except ValidationError as exc:
-        raise _protocol_error(exc) from None
+        raise protocol_error(exc) from None
 
 
 _WIRE = {"wire": True}
-
-
-def first_error(exc: ValidationError, *prefix: str) -> str:
-    """The first of a validation's errors as `where: what` (`prefix` goes before the field path)."""
-    first = exc.errors(include_url=False)[0]
-    where = ".".join(str(part) for part in (*prefix, *first["loc"]))
-    return f"{where}: {first['msg']}" if where else str(first["msg"])
-
-
-def _protocol_error(exc: ValidationError) -> ProtocolError:
-    errors = exc.errors(include_url=False)
-    first = errors[0]
-    whole = first.get("input") if not first["loc"] else None
-    if isinstance(whole, dict) and "v" in whole and whole["v"] != PROTOCOL_VERSION:
-        return ProtocolError("unsupported protocol version (this side speaks v1)", ErrorCode.UNSUPPORTED_VERSION)
-    kind = first["type"]
-    where = ".".join(str(part) for part in first["loc"])
-    if kind in ("json_invalid", "json_type"):
-        return ProtocolError(f"not JSON: {first['msg']}", ErrorCode.BAD_JSON)
-    if kind == "extra_forbidden":
-        return ProtocolError(f"{where}: a field this side does not know, in a hashed message", ErrorCode.BAD_MESSAGE)
-    if kind == "model_attributes_type":
-        return ProtocolError("a message is a JSON object", ErrorCode.BAD_MESSAGE)
-    if kind == "union_tag_invalid":
-        return ProtocolError(f"unknown message type: {first.get('ctx', {}).get('tag')}", ErrorCode.UNKNOWN_TYPE)
-    if kind == "union_tag_not_found":
-        return ProtocolError("message has no 'type'", ErrorCode.BAD_MESSAGE)
-    if any(err["loc"][1:] == ("v",) for err in errors if len(err["loc"]) == 2):
-        return ProtocolError("unsupported protocol version (this side speaks v1)", ErrorCode.UNSUPPORTED_VERSION)
-    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-    return ProtocolError(f"{where + ': ' if where else ''}{first['msg']}{more}")
 
 
 def message_schemas() -> dict[str, dict[str, Any]]:

@@ -24,7 +24,8 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from device_sdk.device.client import DeviceClient, Offer
+from device_sdk.device.client import DeviceClient
+from device_sdk.device.offer import Offer
 from device_sdk.locale import DEFAULT_LOCALE, locale_for
 from device_sdk.protocol.errors import OUTCOME_OF, ErrorCode, RemoteError, RequestTimeout, VoiceError
 from device_sdk.protocol.fields import Decision, Modality, Outcome, new_id, now

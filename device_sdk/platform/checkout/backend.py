@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from device_sdk.protocol.fields import Outcome
-from device_sdk.protocol.messages import ConfirmationResult, ConsentTerms, IssuedProposal, OrderResult
+from device_sdk.protocol.messages import (
+    ConfirmationResult,
+    ConsentTerms,
+    IssuedProposal,
+    OrderResult,
+    OrderStatusResult,
+)
 
 
 @dataclass(frozen=True)
@@ -21,7 +27,8 @@ class Completion:
 
     `device_id` is the device whose own topic carried the confirmation (not a payload field);
     `confirmation.mandate` carries the device-signed consent mandate. The idempotency key is the
-    session's: every retry of one confirmation carries the same key.
+    device's (`confirmation.idempotency_key`), or else the session's: every retry of one
+    confirmation carries the same key, through any gateway.
     """
 
     checkout_id: str
@@ -45,8 +52,19 @@ class CheckoutBackend(Protocol):
     async def complete(self, completion: Completion) -> OrderResult:
         """Place the order once, or raise `CheckoutError` (with its outcome) and place nothing.
 
-        The same idempotency key with the same confirmation returns the same result.
+        The same idempotency key with the same confirmation returns the same result. Any other
+        exception leaves the outcome unknown: the order may be placed, later, exactly once.
         """
+
+    async def status(self, device_id: str, session_id: str, checkout_id: str) -> OrderStatusResult:
+        """How the checkout of `device_id`'s session (or one handed to it) stands in the store: open,
+        pending (admitted, its order being placed) or ended with its result; `ConsentError`
+        (`unknown_checkout`) for a checkout that is not theirs. Any gateway can answer it."""
+
+    async def settle_pending(self, older_than: float) -> int:
+        """Settle completions admitted over `older_than` seconds ago whose order is not known (a crash
+        between the single-use mark and the merchant's answer), asking the merchant again under the
+        same completion key, so an order is never placed twice; returns how many were settled."""
 
     async def cancel(self, checkout_id: str, outcome: Outcome, reason: str) -> None:
         """Close a checkout without an order; a later completion of it is refused."""
@@ -55,3 +73,8 @@ class CheckoutBackend(Protocol):
         """Hand the open offer of `device_id` to the phone paired with it at provisioning; return
         that phone and the terms its mandate must meet (`phone_sheet`), or raise `ConsentError`
         (`not_paired`). From then on only the phone's key signs for the offer."""
+
+    async def step_up(self, device_id: str, checkout_id: str, checkout_hash: str, pin: str) -> tuple[str, float]:
+        """Check the PIN `device_id` sent for its open checkout against the one set at provisioning;
+        return a single-use proof for its `voice_pin` mandate and when it expires, or raise
+        `ConsentError` (`step_up_failed`, `step_up_locked`, ...). Tries are limited; see `step_up`."""

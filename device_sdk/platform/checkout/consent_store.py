@@ -123,8 +123,9 @@ SELECT c.raw, c.hash, c.nonce, c.terms, c.closed_at,
     EXISTS (SELECT 1 FROM completions WHERE ordered_checkout = c.checkout_id),
     EXISTS (SELECT 1 FROM completions WHERE mandate_id = :jti),
     (SELECT coalesce(sum(total_minor), 0) FROM completions
-        WHERE order_id IS NOT NULL AND device_id = c.device_id AND currency = c.currency AND at > :day),
-    (SELECT count(*) FROM completions WHERE order_id IS NOT NULL AND device_id = c.device_id AND at > :minute),
+        WHERE ordered_checkout IS NOT NULL AND device_id = c.device_id AND currency = c.currency AND at > :day),
+    (SELECT count(*) FROM completions WHERE ordered_checkout IS NOT NULL AND device_id = c.device_id
+        AND at > :minute),
     h.to_device, h.terms,
     EXISTS (SELECT 1 FROM pairings p WHERE p.device_id = c.device_id AND p.phone_id = h.to_device
         AND p.ended_at IS NULL),
@@ -140,7 +141,7 @@ def spending(conn: sqlite3.Connection, proposal: CheckoutProposal, now: float) -
     """The device's orders in its currency over the last 24 hours (sum), and over the last minute (count)."""
     row = conn.execute(
         "SELECT coalesce(sum(CASE WHEN currency = ? THEN total_minor END), 0), count(CASE WHEN at > ? THEN 1 END)"
-        " FROM completions WHERE order_id IS NOT NULL AND device_id = ? AND at > ?",
+        " FROM completions WHERE ordered_checkout IS NOT NULL AND device_id = ? AND at > ?",
         (proposal.currency, now - 60.0, proposal.device_id, now - 86400.0),
     ).fetchone()
     return int(row[0]), int(row[1])

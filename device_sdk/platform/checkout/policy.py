@@ -27,7 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from device_sdk.protocol.errors import ConfigError, ConsentError, ErrorCode
 from device_sdk.protocol.fields import Modality
-from device_sdk.protocol.messages import CheckoutProposal, first_error
+from device_sdk.protocol.messages import CheckoutProposal
+from device_sdk.protocol.wire_errors import first_error
 
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
 Amount = Annotated[int, Field(ge=0)]

@@ -19,27 +19,37 @@ expected value, since every expected value comes from the verifier's own store:
 9. the signer's provisioned kind can give the modality, and a `voice_pin` carries a PIN's proof (`step_up`).
 
 The completion's idempotency key (128 bits or more) maps to its first result: the same key and
-body get the same result, the same key with another body is a conflict. All of it, and the order,
-commits in one SQLite transaction, so concurrent submissions (threads or processes) of one mandate
-give one order. Every refusal is recorded in the audit log with its reason code.
+body get the same result, the same key with another body is a conflict. The checks, the single-use
+marks and a pending outcome commit in one SQLite transaction, so concurrent submissions (threads or
+processes) of one mandate admit one; only then is the merchant asked, under a key derived from the
+idempotency key, and its order stored in the same record (`outcomes`): a crash between the steps
+is settled later under the same key, never into a second order. Every refusal is recorded in the
+audit log with its reason code.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import secrets
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from device_sdk.consent.keys import PublicKey
 from device_sdk.consent.mandate import MAX_LIFETIME, SignedMandate, mandate_id, read_mandate, verify_mandate
 from device_sdk.protocol.errors import CheckoutError, ConsentError, ErrorCode
 from device_sdk.protocol.fields import Decision, Modality, Outcome, sha256_hex
-from device_sdk.protocol.messages import CheckoutProposal, ConsentTerms, IssuedProposal, OrderResult, decode
+from device_sdk.protocol.messages import (
+    CheckoutProposal,
+    ConsentTerms,
+    IssuedProposal,
+    OrderResult,
+    OrderStatusResult,
+    decode,
+)
 
 from . import consent_store
 from .audit import AuditLog
@@ -47,6 +57,8 @@ from .backend import Completion
 from .consent_store import CHECKOUT_STATE, SCHEMA, StoredCheckout, spending, stored_result
 from .database import Database
 from .handover import hand_over
+from .outcomes import SCHEMA as OUTCOMES_SCHEMA
+from .outcomes import Pending, PlaceOrder, Verification, admit, pending_keys, pending_of, settle, status
 from .policy import PolicyBook, RiskPolicy
 from .registry import DeviceRegistry, KeyRecord
 from .step_up import StepUp, check_confirmation
@@ -55,64 +67,7 @@ IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_-]{27,128}$")
 """At least 27 characters: 128 bits or more in base64url or hex with a prefix."""
 PARSED_KEPT = 100_000
 
-PlaceOrder = Callable[[CheckoutProposal, str], str]
-"""The payment channel: `place(proposal, key)` charges for the proposal and returns the order id,
-or raises `CheckoutError` when the payment is declined (a refusal, `payment_declined`); any other
-exception leaves the outcome unknown, and the completion is retried.
-
-It runs inside the verifier's transaction, so it may run again for the same checkout when that
-transaction could not commit (a full disk, a crash): `key` (the checkout id) must make it
-idempotent, the same key giving the same order and one charge, as payment APIs' idempotency keys do.
-"""
-
-
-@dataclass(frozen=True)
-class Verification:
-    """An accepted mandate: what was checked, and the order it gave."""
-
-    mandate_id: str
-    key_id: str
-    device_id: str
-    session_id: str
-    checkout_id: str
-    modality: str
-    order: OrderResult
-    signer: str
-    """The device whose key signed: the session's, or the paired phone it handed the offer to."""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "accepted": True,
-            "mandate_id": self.mandate_id,
-            "key_id": self.key_id,
-            "device_id": self.device_id,
-            "signer": self.signer,
-            "session_id": self.session_id,
-            "checkout_id": self.checkout_id,
-            "modality": self.modality,
-            "order_id": self.order.order_id,
-            "checks": list(CHECKS),
-        }
-
-
-CHECKS = (
-    "form",
-    "key",
-    "signature",
-    "checkout",
-    "hash",
-    "device",
-    "session",
-    "amount",
-    "payee",
-    "audience",
-    "nonce",
-    "expiry",
-    "display",
-    "single_use",
-    "policy",
-    "step_up",
-)
+log = logging.getLogger(__name__)
 
 
 class ConsentVerifier:
@@ -141,7 +96,7 @@ class ConsentVerifier:
         self.last: Verification | None = None
         self._keys: dict[str, PublicKey] = {}
         self._parsed: dict[str, tuple[tuple[bytes, str], CheckoutProposal, ConsentTerms, dict[Modality, str]]] = {}
-        db.ensure_schema(SCHEMA)
+        db.ensure_schema((*SCHEMA, *OUTCOMES_SCHEMA))
 
     # opening -----------------------------------------------------------------------------
 
@@ -246,6 +201,8 @@ class ConsentVerifier:
         """Admit `completion` and place its order through `place`, or raise `ConsentError`.
 
         Safe to call from many threads and processes at once; blocks until the result is on disk.
+        An exception from `place` other than a refusal leaves the completion pending: calling again
+        with the same idempotency key (or `settle_pending`) asks `place` again under the same key.
         """
         body = _body_sha256(completion)
         opened: SignedMandate | ConsentError
@@ -253,13 +210,40 @@ class ConsentVerifier:
             opened = self.check_signature(completion)  # the signature check runs here, in parallel
         except ConsentError as exc:
             opened = exc
-        outcome = self.db.call(lambda conn: self._admit(conn, completion, body, opened, place))
+        outcome = self.db.call(lambda conn: self._admit(conn, completion, body, opened))
+        if isinstance(outcome, tuple):  # admitted now, or before and still pending: ask the merchant
+            pending, seen = outcome
+            outcome = settle(self.db, self.audit, pending, place)
+            if seen is not None and isinstance(outcome, OrderResult):
+                self.last = Verification(**seen, order=outcome)  # committed
         if isinstance(outcome, ConsentError):
             raise outcome
-        order, accepted = outcome
-        if accepted is not None:
-            self.last = accepted  # committed
-        return order
+        return outcome
+
+    def settle_pending(self, place: PlaceOrder, older_than: float = 0.0) -> int:
+        """Settle the completions admitted over `older_than` seconds ago whose order is not known (a
+        crash between the single-use mark and the merchant's answer): `place` is asked again under
+        the same completion key, so an order placed before the crash is found, never placed twice.
+        Returns how many were settled; one whose merchant gives no answer stays pending."""
+        with self.db.reading() as conn:
+            found = [pending_of(conn, key) for key in pending_keys(conn, self.clock() - older_than)]
+        settled = 0
+        for pending in found:
+            if pending is None:
+                continue
+            try:
+                settle(self.db, self.audit, pending, place)
+            except Exception as exc:
+                log.warning("checkout %s: still no answer from the merchant: %r", pending.proposal.checkout_id, exc)
+                continue
+            settled += 1
+        return settled
+
+    def status(self, device_id: str, session_id: str, checkout_id: str) -> OrderStatusResult:
+        """How a checkout of `device_id` (its own, or one handed to it) stands in the store
+        (`outcomes.status`); `ConsentError(unknown_checkout)` for anyone else's."""
+        with self.db.reading() as conn:
+            return status(conn, device_id, session_id, checkout_id)
 
     def check_signature(self, completion: Completion) -> SignedMandate:
         """Read the mandate and check its signature against the registered key (no store needed, so
@@ -280,9 +264,9 @@ class ConsentVerifier:
         completion: Completion,
         body: str,
         opened: SignedMandate | ConsentError,
-        place: PlaceOrder,
-    ) -> tuple[OrderResult, Verification | None] | ConsentError:
-        """The completion's result: a new order and its verification, an earlier result, or a refusal."""
+    ) -> tuple[Pending, dict[str, Any] | None] | OrderResult | ConsentError:
+        """The completion admitted (pending, with what was verified), pending since an earlier try,
+        an earlier result, or a refusal."""
         key = completion.idempotency_key
         ids = {
             "device_id": completion.device_id,
@@ -297,49 +281,23 @@ class ConsentVerifier:
             if row[0] != body:
                 text = "this idempotency key was used for another completion"
                 return self._refuse(conn, None, body, ids, ConsentError(text, ErrorCode.IDEMPOTENCY_CONFLICT))
-            earlier = stored_result(row[1])
-            return earlier if isinstance(earlier, ConsentError) else (earlier, None)
+            pending = pending_of(conn, key)
+            return (pending, None) if pending is not None else stored_result(row[1])
         try:
             if isinstance(opened, ConsentError):
                 raise opened
             checkout = self._check(conn, completion, opened)
         except ConsentError as exc:
             return self._refuse(conn, key, body, ids, exc, completion.confirmation.mandate)
-        claims, proposal, now = opened.claims, checkout.proposal, self.clock()
-        try:
-            order_id = place(proposal, proposal.checkout_id)
-        except CheckoutError as exc:  # the payment channel said no: a refusal like any other
-            declined = ConsentError(f"the payment was declined: {exc.text}", ErrorCode.PAYMENT_DECLINED)
-            return self._refuse(conn, key, body, ids, declined, completion.confirmation.mandate)
-        order = OrderResult(
-            session_id=proposal.session_id,
-            checkout_id=proposal.checkout_id,
-            outcome=Outcome.ORDERED,
-            order_id=order_id,
-            total_minor=proposal.total_minor,
-            currency=proposal.currency,
-        )
-        conn.execute(
-            "INSERT INTO completions (idempotency_key, body_sha256, checkout_id, device_id, result, at, mandate_id,"
-            " ordered_checkout, order_id, total_minor, currency) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (key, body, proposal.checkout_id, proposal.device_id, order.model_dump_json(), now, claims.jti,
-             proposal.checkout_id, order.order_id, proposal.total_minor, proposal.currency),
-        )  # fmt: skip
-        accepted = Verification(
-            claims.jti,
-            opened.kid,
-            proposal.device_id,
-            claims.session_id,
-            claims.checkout_id,
-            claims.modality.value,
-            order,
-            claims.device_id,
-        )
-        verified = {k: v for k, v in accepted.as_dict().items() if k not in ids and k != "checks"}
-        ordered = {"order_id": order.order_id, "total_minor": order.total_minor, "currency": order.currency,
-                   "payee": proposal.merchant.id, "payment_handler": claims.payment_handler}  # fmt: skip
-        self.audit.append_many(conn, [("verification", {**ids, **verified}), ("order", {**ids, **ordered})])
-        return order, accepted
+        claims, proposal = opened.claims, checkout.proposal
+        pending = Pending(key, proposal, claims.payment_handler)
+        admit(conn, pending, body, claims.jti, self.clock())
+        seen = {"mandate_id": claims.jti, "key_id": opened.kid, "device_id": proposal.device_id,
+                "session_id": claims.session_id, "checkout_id": claims.checkout_id,
+                "modality": claims.modality.value, "signer": claims.device_id}  # fmt: skip
+        self.audit.append(conn, "verification", **{**seen, **ids}, accepted=True,
+                          completion_key=pending.completion_key)  # fmt: skip
+        return pending, seen
 
     def _check(self, conn: sqlite3.Connection, completion: Completion, opened: SignedMandate) -> StoredCheckout:
         claims, answer, now = opened.claims, completion.confirmation, self.clock()

@@ -35,12 +35,14 @@ from device_sdk.protocol.messages import (
     Error,
     GatewayStatus,
     HandOver,
+    OrderStatus,
     Ping,
     Pong,
     Transcript,
     Wake,
     decode,
 )
+from device_sdk.protocol.step_up import StepUp
 from device_sdk.protocol.topics import Topics, check_id
 from device_sdk.service import Service
 
@@ -50,7 +52,9 @@ from .claims import ClaimBook, decode_as
 from .flow import SessionFlow, SessionKey
 from .limits import DeviceLimiter, Limits
 from .quota import CheckoutQuota
+from .recovery import Recovery
 from .session import Session
+from .step_up import StepUpDesk
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +108,13 @@ class Gateway(Service):
             checkout_timeout=checkout_timeout,
             keep_ended=keep_ended,
         )
+        self.step_ups = StepUpDesk(
+            checkout, self.flow.sessions, send=self._send, refuse=self._refuse, timeout=checkout_timeout
+        )
+        self.recovery = Recovery(
+            checkout, send=self._send, refuse=self._refuse, record=self.flow.record, checkout_timeout=checkout_timeout
+        )
+        """Answers from the checkout's store what no session in memory holds; settles pending completions."""
         self.claim_book = ClaimBook(
             self.gateway_id,
             self.topics,
@@ -175,6 +186,7 @@ class Gateway(Service):
             raise
         self._spawn(self._dispatch(inbox))
         self._spawn(self._sweep())
+        self._spawn(self.recovery.run())
         log.info("gateway %s serving on %s", self.gateway_id, self._bus.url)
 
     async def stop(self) -> None:
@@ -314,9 +326,14 @@ class Gateway(Service):
                 self._in_session((device_id, message.session_id), handled)
         elif isinstance(message, ConfirmationResult):
             key = self.flow.session_key(device_id, message.session_id)
-            self._in_session(key, self.flow.on_confirmation(device_id, message))
+            self._in_session(key, self._confirmation(device_id, key, message))
+        elif isinstance(message, OrderStatus):
+            key = self.flow.session_key(device_id, message.session_id)
+            self._in_session(key, self.recovery.on_status(device_id, message))
         elif isinstance(message, HandOver):
             self._in_session((device_id, message.session_id), self.flow.on_hand_over(device_id, message))
+        elif isinstance(message, StepUp):
+            self._in_session((device_id, message.session_id), self.step_ups.on_step_up(device_id, message))
         elif isinstance(message, Wake):
             self._on_wake(device_id, message)
         elif isinstance(message, AudioStart | AudioStop):
@@ -329,6 +346,13 @@ class Gateway(Service):
         else:
             exc = ProtocolError(f"{message.type} is not sent by devices", ErrorCode.UNEXPECTED_MESSAGE)
             self._refuse(device_id, exc, ref=message.type)
+
+    async def _confirmation(self, device_id: str, key: SessionKey, answer: ConfirmationResult) -> None:
+        """The session's answer; for a session not held here (a restart, a take-over), the store's."""
+        if key in self.flow.sessions:
+            await self.flow.on_confirmation(device_id, answer)
+        else:
+            await self.recovery.on_confirmation(device_id, answer)
 
     def _refuse(
         self, device_id: str | None, exc: DeviceSdkError, *, ref: str | None = None, session_id: str | None = None

@@ -131,6 +131,7 @@ class Session:
         if now > self.offer.expires_at or result.decision is not Decision.CONFIRM:
             return Step.CANCEL
         self.confirmed = result
+        self.idempotency_key = result.idempotency_key or self.idempotency_key  # the device's, through any gateway
         return Step.COMPLETE
 
     def on_complete_failed(self) -> None:
