@@ -36,6 +36,8 @@ from device_sdk.protocol.messages import (
     IntentResult,
     Merchant,
     OrderResult,
+    OrderStatus,
+    OrderStatusResult,
     Ping,
     Pong,
     ProposalLine,
@@ -135,6 +137,7 @@ def main() -> None:
             display_digest=digest,
             heard="yes confirm",
             mandate=mandate,
+            idempotency_key="idem_000102030405060708090a0b0c0d0e0f",
         ),
         "order.result": OrderResult(
             session_id="ses_0001",
@@ -143,6 +146,20 @@ def main() -> None:
             order_id="ord_0001",
             total_minor=3830,
             currency="CNY",
+        ),
+        "order.status": OrderStatus(session_id="ses_0001", checkout_id="co_0001"),
+        "order.status.result": OrderStatusResult(
+            session_id="ses_0001",
+            checkout_id="co_0001",
+            state="ended",
+            result=OrderResult(
+                session_id="ses_0001",
+                checkout_id="co_0001",
+                outcome=Outcome.ORDERED,
+                order_id="ord_0001",
+                total_minor=3830,
+                currency="CNY",
+            ),
         ),
         "error": Error(
             code=ErrorCode.STALE_CHECKOUT,
@@ -213,6 +230,8 @@ def main() -> None:
         ("bidi-override-in-name", bidi, "bad_message"),
         ("order-id-without-order",
          b'{"v":1,"type":"order.result","session_id":"s","outcome":"declined","order_id":"ord_1"}', "bad_message"),
+        ("ended-status-without-result",
+         b'{"v":1,"type":"order.status.result","session_id":"s","checkout_id":"c","state":"ended"}', "bad_message"),
     ]  # fmt: skip
     for old in OUT.glob("invalid-*.bin"):
         old.unlink()
