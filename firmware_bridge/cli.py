@@ -52,6 +52,7 @@ from device_sdk.voice.sphinx import SphinxEngine
 from device_sdk.voice.whisper import WhisperEngine
 
 from .glasses import CAPABILITIES, GlassesDriver, GlassesRun
+from .intent_http import HttpLimits
 from .link import GlassesLink, find_glasses
 
 SIMULATED = "firmware_bridge.simulated"
@@ -121,6 +122,31 @@ def parser() -> argparse.ArgumentParser:
         "--locale", choices=LOCALES, default=DEFAULT_LOCALE,
         help="the phone's language (declared in device.info); an intent in another is refused (unsupported_locale)",
     )  # fmt: skip
+    http = HttpLimits()
+    phone.add_argument(
+        "--header-timeout",
+        type=float,
+        default=http.header_timeout,
+        help="seconds a client has to send the request's headers (default: %(default)s)",
+    )
+    phone.add_argument(
+        "--body-timeout",
+        type=float,
+        default=http.body_timeout,
+        help="seconds a client has to send the body after them (default: %(default)s)",
+    )
+    phone.add_argument(
+        "--max-body",
+        type=int,
+        default=http.max_body,
+        help="largest body taken, bytes; more is 413 (default: %(default)s)",
+    )
+    phone.add_argument(
+        "--max-connections",
+        type=int,
+        default=http.max_connections,
+        help="connections open at once; the oldest still sending headers makes room, else 503 (default: %(default)s)",
+    )
     return parser
 
 
@@ -149,6 +175,7 @@ async def _phone(args: argparse.Namespace) -> int:
             raise ConfigError(f"--listen {args.listen!r}: expected HOST:PORT")
         listen = (host, int(port))
     sheet = HttpSheet(args.sheet_url) if args.sheet_url else None
+    limits = HttpLimits(args.header_timeout, args.body_timeout, args.max_body, args.max_connections)
     capabilities = [Capability.DISPLAY, Capability.TOUCH, Capability.TEXT]
     async with contextlib.AsyncExitStack() as stack:
         device = await stack.enter_async_context(
@@ -156,7 +183,7 @@ async def _phone(args: argparse.Namespace) -> int:
         )
         bridge = await stack.enter_async_context(
             IntentBridge(device, IntentVerifier(keys), sheet, bus=not args.no_bus, listen=listen,
-                         deep_link_base=args.deep_link_base)
+                         deep_link_base=args.deep_link_base, http_limits=limits)
         )  # fmt: skip
         where = [] if args.no_bus else [f"bus {device.topics.oem_intents_for(device_id)}"]
         if bridge.port is not None and listen is not None:
