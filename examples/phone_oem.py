@@ -1,7 +1,7 @@
 """A phone maker's side of the intent bridge: the system assistant that signs intents, and the system
 sheet service that shows the order and signs the consent mandate with the phone's key.
 
-    .venv/bin/device-sdk keys create phone-1                               # the phone's key, registered
+    .venv/bin/device-sdk keys create phone-1 --kind phone                  # the phone's key, registered
     .venv/bin/python examples/phone_oem.py keys --out oem.pem --trust oem-keys.json
     .venv/bin/device-sdk serve                                             # the backend, on 127.0.0.1:1883
     .venv/bin/firmware-bridge phone --broker mqtt://127.0.0.1:1883 --oem-keys oem-keys.json \\

@@ -66,7 +66,8 @@ async def test_documented_glasses_bridge_against_device_sdk_serve(
 ) -> None:
     """docs/ble.md, "The bridge as a process": keys create, serve, firmware-bridge run --simulated."""
     monkeypatch.setenv("DEVICE_SDK_STATE", str(tmp_path))
-    made = await asyncio.create_subprocess_exec(sys.executable, "-m", "device_sdk.cli", "keys", "create", "glasses-1")
+    made = await asyncio.create_subprocess_exec(sys.executable, "-m", "device_sdk.cli", "keys", "create", "glasses-1",
+                                                "--kind", "glasses")  # fmt: skip
     assert await made.wait() == 0
     port = free_port()
     async with serving("--port", str(port)):
@@ -85,7 +86,8 @@ async def test_documented_phone_oem_sequence_against_device_sdk_serve(
     """examples/phone_oem.py's docstring: keys create, the OEM key, serve, firmware-bridge phone, ask."""
     monkeypatch.setenv("DEVICE_SDK_STATE", str(tmp_path))
     monkeypatch.chdir(tmp_path)
-    made = await asyncio.create_subprocess_exec(sys.executable, "-m", "device_sdk.cli", "keys", "create", "phone-1")
+    made = await asyncio.create_subprocess_exec(sys.executable, "-m", "device_sdk.cli", "keys", "create", "phone-1",
+                                                "--kind", "phone")  # fmt: skip
     assert await made.wait() == 0
     oem = await asyncio.create_subprocess_exec(sys.executable, str(EXAMPLES / "phone_oem.py"), "keys")
     assert await oem.wait() == 0 and (tmp_path / "oem-keys.json").exists()
