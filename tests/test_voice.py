@@ -20,7 +20,7 @@ from device_sdk.bus.embedded import EmbeddedBroker
 from device_sdk.consent.mandate import unverified_claims
 from device_sdk.device.client import DeviceClient
 from device_sdk.protocol.errors import ConfigError, ErrorCode, VoiceError
-from device_sdk.protocol.fields import Decision, Modality
+from device_sdk.protocol.fields import Decision, DeviceKind, Modality
 from device_sdk.voice.asr import transcribe
 from device_sdk.voice.assistant import Voice, VoiceAssistant, VoiceRun
 from device_sdk.voice.endpointing import EndpointConfig, Endpointer
@@ -386,7 +386,7 @@ async def test_when_the_voice_hears_no_answer_the_paired_phone_confirms(
     from simulators.phone import SimulatedPhone
 
     speaker_key = await asyncio.to_thread(backend.provision, "speaker-p")
-    phone_key = await asyncio.to_thread(backend.provision, "phone-p")
+    phone_key = await asyncio.to_thread(backend.provision, "phone-p", DeviceKind.PHONE)
     await asyncio.to_thread(backend.verifier.registry.pair, "speaker-p", "phone-p")
     vocabulary = CommandParser(backend.catalog).vocabulary()
     unheard = [trim_silence(speech(r)) for r in ("what is the delivery time", "tell me a joke")]
