@@ -2,10 +2,11 @@
 
 Every device served gets token buckets of its own, checked before anything is decoded, spawned,
 asked or recorded for what it sent: every message on its up and status topics, audio bytes,
-pings, wakes, and the messages that move a session (agent requests, confirmations, hand-overs).
-What goes over a bucket is dropped and answered with `rate_limited` to that device only, at most
-once a second per kind (an agent request, confirmation or hand-over is answered every time, so
-a device waiting for its answer hears why). The quota of open checkouts is `quota.py`'s.
+pings, wakes, and the messages that move or look up a session (agent requests, confirmations,
+hand-overs, step-ups, order-status queries). What goes over a bucket is dropped and answered with
+`rate_limited` to that device only, at most once a second per kind (a session's message is
+answered every time, so a device waiting for its answer hears why). The quota of open checkouts
+is `quota.py`'s.
 """
 
 from __future__ import annotations
@@ -31,16 +32,17 @@ class Limits:
     open_checkouts: int = 4
     """Checkouts a device may have open at once (offered, not yet answered or expired)."""
     requests_per_minute: float = 60.0
-    """Agent requests, confirmations, hand-overs and step-ups, together: each can open a checkout
-    or write to the audit log."""
+    """Agent requests, confirmations, hand-overs, step-ups and order-status queries, together: each
+    can open a checkout, write to the audit log or read the store."""
     request_burst: int = 20
     messages_per_second: float = 50.0
     """Every message on the device's up and status topics, before it is decoded."""
     message_burst: int = 100
     pings_per_second: float = 2.0
     ping_burst: int = 5
-    wakes_per_second: float = 1.0
-    wake_burst: int = 3
+    wakes_per_second: float = 4.0
+    """Each wake can open an arbitration round (and its audit record); rounds last the wake window."""
+    wake_burst: int = 8
     audio_bytes_per_second: int = 96_000
     """Three times 16 kHz s16le mono, headers included."""
     audio_burst_bytes: int = 320_000
@@ -59,8 +61,8 @@ class Limits:
             raise ConfigError(f"audio_burst_bytes must hold one whole audio chunk ({MAX_CHUNK} bytes)")
 
 
-SESSION_MOVES = frozenset({"confirmation.result", "handover", "step_up"})
-"""Besides agent requests, the messages that move a session: they share the request bucket."""
+SESSION_MOVES = frozenset({"confirmation.result", "handover", "step_up", "order.status"})
+"""Besides agent requests, the messages that move or look up a session: they share the request bucket."""
 
 
 class Kind(StrEnum):
@@ -171,7 +173,7 @@ class DeviceLimiter:
         if kind is Kind.AUDIO:
             return f"{rate:.0f} audio bytes a second (bursts of {burst:.0f})"
         if kind is Kind.REQUEST:
-            return f"{rate * 60:.0f} requests, confirmations, hand-overs and step-ups a minute (bursts of {burst:.0f})"
+            return f"{rate * 60:g} session messages a minute (bursts of {burst:.0f})"
         return f"{rate:g} {kind.value}s a second (bursts of {burst:.0f})"
 
     def _prune(self, now: float) -> None:
