@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import secrets
 from typing import Any, Protocol
@@ -20,6 +19,7 @@ from device_sdk.bus.mqtt import MqttBus
 from device_sdk.bus.pending import Pending
 from device_sdk.bus.subscription import Received
 from device_sdk.media.images import ImageStore
+from device_sdk.protocol import strict_json
 from device_sdk.protocol.errors import AgentError, DeviceSdkError, ErrorCode, ProtocolError, RequestTimeout
 from device_sdk.protocol.messages import AgentRequest, CheckoutProposal, Error, IssuedProposal, decode
 from device_sdk.protocol.topics import DEFAULT_AGENT_GROUP, Topics
@@ -223,8 +223,8 @@ class RemoteAgent:
 def _request_id_of(payload: bytes) -> str | None:
     """The `request_id` a refused reply names, if it can be read at all (only to fail that request)."""
     try:
-        data = json.loads(payload)
-    except (ValueError, RecursionError):
+        data = strict_json.loads(payload)  # a key twice names no request: one reading or none
+    except ProtocolError:
         return None
     request_id = data.get("request_id") if isinstance(data, dict) else None
     return request_id if isinstance(request_id, str) else None
