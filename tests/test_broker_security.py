@@ -27,6 +27,7 @@ from device_sdk.cli import main
 from device_sdk.consent.keys import SigningKey
 from device_sdk.consent.mandate import unverified_claims
 from device_sdk.device.client import DeviceClient
+from device_sdk.platform.checkout.audit import trail
 from device_sdk.platform.checkout.database import Database
 from device_sdk.platform.checkout.registry import DeviceRegistry, KeyStatus
 from device_sdk.platform.provisioning.broker_config import (
@@ -44,8 +45,9 @@ from device_sdk.platform.provisioning.broker_config import (
 from device_sdk.platform.provisioning.provision import Credentials, provision, revoke
 from device_sdk.platform.provisioning.tls import ensure_test_ca
 from device_sdk.platform.timeline import Step, Timeline
-from device_sdk.protocol.errors import BusError, ErrorCode, KeyStoreError, RequestTimeout
+from device_sdk.protocol.errors import BusError, ErrorCode, KeyStoreError, RemoteError, RequestTimeout
 from device_sdk.protocol.fields import Decision, DeviceKind, Modality, Outcome
+from device_sdk.protocol.step_up import StepUp
 from device_sdk.protocol.topics import Topics
 from device_sdk.state import default_database, default_key_file
 from firmware_bridge.intents import IntentVerifier, OemKeys
@@ -150,7 +152,7 @@ def test_acl_is_explicit_user_blocks_and_a_device_gets_exactly_its_topics(tmp_pa
     assert not any(line.startswith("pattern") or "%" in line for line in lines)
     block = acl.split("user dev-a\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert sorted(block) == sorted(
-        [f"topic write {T.base}/device/dev-a/{leaf}" for leaf in ("status", "info", "up", "audio", "image")]
+        [f"topic write {T.base}/device/dev-a/{leaf}" for leaf in ("status", "info", "up", "step_up", "audio", "image")]
         + [f"topic read {T.base}/device/dev-a/{leaf}" for leaf in ("down", "controller")]
         + [f"topic read {T.base}/oem/+/dev-a/intent", f"topic write {T.base}/oem/+/dev-a/reply"]
     )
@@ -234,20 +236,22 @@ def test_the_cli_as_a_process_reports_a_refusal(tmp_path: Path) -> None:
 @pytest.mark.mosquitto
 async def test_a_device_reads_and_writes_its_own_topics(secured: Secured) -> None:
     own = [T.device_status("dev-a"), T.device_info("dev-a"), T.device_audio("dev-a"), T.device_image("dev-a"),
-           T.device_up("dev-a")]  # fmt: skip
+           T.device_step_up("dev-a"), T.device_up("dev-a")]  # fmt: skip
     async with (
         secured.bus("mon") as mon, secured.bus("dev-a") as a, secured.bus("gw-1") as gw,
         secured.bus("agent-1") as agent,
     ):  # fmt: skip
         tap = await mon.subscribe(T.everything())
         audio = await gw.subscribe(T.all_devices("audio"))
+        pins = await gw.subscribe(T.all_devices("step_up"))
         images = await agent.subscribe(T.all_devices("image"))
         inbox = await a.subscribe(T.device_down("dev-a"), T.device_controller("dev-a"))
         for topic in own:
             await a.publish(topic, b"mine")
         seen = await until_marker(tap, own[-1], b"mine")
-        assert [m.topic for m in seen] == [own[0], own[1], own[4]]  # the monitor reads no audio, no images
+        assert [m.topic for m in seen] == [own[0], own[1], own[5]]  # the monitor reads no audio, images, PINs
         assert (await audio.get(5.0)).topic == own[2] and (await images.get(5.0)).topic == own[3]
+        assert (await pins.get(5.0)).topic == own[4]
         await gw.publish(T.device_controller("dev-a"), b"claim")
         await gw.publish(T.device_down("dev-a"), b"hello")
         got = [await inbox.get(5.0), await inbox.get(5.0)]
@@ -292,7 +296,7 @@ async def test_no_role_reads_beyond_its_rights(secured: Secured, reader: str) ->
     ):  # fmt: skip
         buses = {"dev-a": a, "gw-1": gw, "agent-1": agent}
         b_own = [T.device_up("dev-b"), T.device_status("dev-b"), T.device_info("dev-b"), T.device_audio("dev-b"),
-                 T.device_image("dev-b")]  # fmt: skip
+                 T.device_image("dev-b"), T.device_step_up("dev-b")]  # fmt: skip
         if reader == "dev-a":
             await gw.publish(T.device_controller("dev-b"), b"retained-claim", retain=True)
             await gw.publish(T.gateway_status("gw-1"), b"retained-status", retain=True)
@@ -317,9 +321,9 @@ async def test_no_role_reads_beyond_its_rights(secured: Secured, reader: str) ->
             marker = (a, T.device_up("dev-a"))
         else:
             filters = [T.all_devices("up"), T.all_devices("audio"), T.all_devices("status"),
-                       T.agent_reply("gw-1"), T.errors(), T.everything()]  # fmt: skip
+                       T.all_devices("step_up"), T.agent_reply("gw-1"), T.errors(), T.everything()]  # fmt: skip
             writes = [(b, T.device_up("dev-b")), (b, T.device_audio("dev-b")), (b, T.device_status("dev-b")),
-                      (agent, T.agent_reply("gw-1")), (agent, T.errors())]  # fmt: skip
+                      (b, T.device_step_up("dev-b")), (agent, T.agent_reply("gw-1")), (agent, T.errors())]  # fmt: skip
             marker = (gw, T.agent_request())
         received = await reads_only_the_marker(buses[reader], filters, writes, marker)
     assert received == {topic: [(marker[1], b"marker")] for topic in received}
@@ -613,3 +617,61 @@ def test_finding_3_an_intent_signed_by_the_sdk_carries_its_picture_stripped() ->
     jpeg = base64.b64decode(claims["extras"]["image"])
     assert_no_position(jpeg)
     assert read_tag(jpeg) == "bat-aa-4"  # turned upright before its EXIF went
+
+
+PIN = "90817263"
+
+
+@pytest.mark.mosquitto
+async def test_finding_2_the_pin_is_not_on_a_topic_a_monitor_reads(secured: Secured) -> None:
+    """A speaker provisioned with a PIN steps up and orders above the voice cap over the secured broker:
+    its PIN travels on its own `step_up` topic, which the gateway reads and a monitor subscribed to
+    everything never receives, and no answer repeats it; a `step_up` sent on `up` by mistake is
+    refused (`wrong_topic`) and checks nothing. On main the PIN was in a message on `up`."""
+    s = secured
+    where = {"directory": s.broker.path, "database": s.database}
+    s.creds["dev-p"] = provision("dev-p", key_out=s.keys / "dev-p.pem", pin=PIN, **where).credentials  # type: ignore[arg-type]
+    await s.server.reload()
+    wrong = "12345678"
+    ask = "buy two yoga mats and a pair of running shoes"  # 657 CNY: over the voice cap
+    async with (
+        ShopBackend(
+            s.url("gw-1"), gateway_id="gw-1", agent_url=s.url("agent-1"), database=s.database, confirm_timeout=5.0
+        ) as shop,
+        s.bus("mon") as mon,
+        DeviceClient(s.url("dev-p"), "dev-p", key=SigningKey.load(s.keys / "dev-p.pem"), resend_after=0.5) as device,
+    ):  # fmt: skip
+        tap = await mon.subscribe("#", T.all_devices("step_up"), T.device_step_up("dev-p"))
+        offer = await device.ask(ask)
+        assert Modality.VOICE not in offer.request.consent.modalities
+        with pytest.raises(RemoteError) as caught:
+            await device.step_up(offer, wrong)
+        assert caught.value.code == ErrorCode.STEP_UP_FAILED
+        proof = await device.step_up(offer, PIN)
+        mandate = device.sign(offer, Modality.VOICE_PIN, step_up=proof)
+        result = await device.answer(offer, Decision.CONFIRM, modality=Modality.VOICE_PIN, mandate=mandate)
+        await device.bus.publish(T.device_up("dev-p"), b"marker")  # after all of it, from the same client
+        seen = await until_marker(tap, T.device_up("dev-p"), b"marker")
+        # a device that puts its step-up on `up` gets no proof, and the platform counts no try
+        again = await device.ask(ask)
+        req = again.request
+        on_up = StepUp(step_up_id="su-on-up", session_id=req.session_id, checkout_id=req.checkout_id,
+                       checkout_hash=req.checkout_hash, pin=PIN)  # fmt: skip
+        await device.bus.publish(T.device_up("dev-p"), on_up.encode())
+        answers = [await tap.get(5.0)]
+        while not (answers[-1].topic == T.device_down("dev-p") and b'"wrong_topic"' in answers[-1].payload):
+            answers.append(await tap.get(5.0))
+    assert result.outcome is Outcome.ORDERED and len(shop.checkout.orders) == 1
+    assert [r["outcome"] for r in trail(s.database, offer.session_id) if r["kind"] == "step_up"] == [
+        "wrong_pin",
+        "proved",
+    ]  # the gateway read both tries
+    assert not any(m.topic.endswith("/step_up") for m in seen + answers)
+    assert all(PIN.encode() not in m.payload and wrong.encode() not in m.payload for m in seen)
+    down = [json.loads(m.payload) for m in seen if m.topic == T.device_down("dev-p")]
+    assert {"step_up.result", "order.result"} <= {m["type"] for m in down}  # the monitor reads the answers...
+    assert [m["code"] for m in down if m["type"] == "error"][:1] == ["step_up_failed"]  # ...with no PIN in them
+    refusal = json.loads(answers[-1].payload)
+    assert refusal["ref"] == req.checkout_id and PIN not in answers[-1].payload.decode()
+    assert not any(b"step_up.result" in m.payload for m in answers)
+    assert [x for x in trail(s.database, req.session_id) if x["kind"] == "step_up"] == []

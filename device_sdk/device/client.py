@@ -315,13 +315,15 @@ class DeviceClient(Service):
             self._waiters.pop(session_id, None)
 
     async def step_up(self, offer: Offer, pin: str, *, timeout: float = 30.0) -> str:
-        """The PIN said or typed for `offer`, checked by the platform (tries are limited): the proof to sign
-        into the `voice_pin` mandate (`sign(..., step_up=)`), or `RemoteError` (`step_up_failed`...)."""
+        """The PIN said or typed for `offer`, sent on this device's `step_up` topic (only gateways read it)
+        and checked by the platform (tries are limited): the proof to sign into the `voice_pin` mandate
+        (`sign(..., step_up=)`), or `RemoteError` (`step_up_failed`...)."""
         r = offer.request
         message = StepUp(step_up_id=new_id("su"), session_id=r.session_id, checkout_id=r.checkout_id,
                          checkout_hash=r.checkout_hash, pin=pin)  # fmt: skip
         answers = lambda m: isinstance(m, StepUpResult) and m.checkout_id == r.checkout_id  # noqa: E731
-        reply: StepUpResult = await self._exchange(r.session_id, message.encode(), answers, r.checkout_id, timeout)
+        reply: StepUpResult = await self._exchange(r.session_id, message.encode(), answers, r.checkout_id, timeout,
+                                                   topic=self.topics.device_step_up(self.device_id))  # fmt: skip
         return reply.proof
 
     def sign(self, offer: Offer, modality: Modality, *, presented: str | None = None,
@@ -333,10 +335,12 @@ class DeviceClient(Service):
                            display_digest=offer.digest(presented), step_up=step_up)  # fmt: skip
 
     async def _exchange(
-        self, session_id: str, payload: bytes, answers: Callable[[Any], bool], ref: str, timeout: float
-    ) -> Any:
-        """Publish `payload` on the up topic, resending it until the message that `answers` it, or an
-        error about `ref`. Several calls may wait in one session; each gets only its own answer."""
+        self, session_id: str, payload: bytes, answers: Callable[[Any], bool], ref: str, timeout: float,
+        *, topic: str | None = None,
+    ) -> Any:  # fmt: skip
+        """Publish `payload` on `topic` (default: the up topic), resending it until the message that `answers`
+        it, or an error about `ref`. Several calls may wait in one session; each gets only its own answer."""
+        topic = topic or self.topics.device_up(self.device_id)
         waiter = _Waiter(answers, ref)
         self._waiters.setdefault(session_id, []).append(waiter)
         loop = asyncio.get_running_loop()
@@ -347,7 +351,7 @@ class DeviceClient(Service):
                 if remaining <= 0:
                     raise RequestTimeout(f"no reply in session {session_id} within {timeout} s")
                 with contextlib.suppress(BusError, RequestTimeout):
-                    await self.bus.publish(self.topics.device_up(self.device_id), payload, timeout=remaining)
+                    await self.bus.publish(topic, payload, timeout=remaining)
                 try:
                     async with asyncio.timeout(min(self.resend_after, max(deadline - loop.time(), 0.01))):
                         reply = await asyncio.shield(waiter.reply)

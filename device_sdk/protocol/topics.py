@@ -43,6 +43,10 @@ class Topics:
     def device_up(self, device_id: str) -> str:
         return f"{self.base}/device/{check_id(device_id, 'device id')}/up"
 
+    def device_step_up(self, device_id: str) -> str:
+        """The PIN a device's user said or typed (`step_up`): the device writes it, only gateways read it."""
+        return f"{self.base}/device/{check_id(device_id, 'device id')}/step_up"
+
     def device_down(self, device_id: str) -> str:
         return f"{self.base}/device/{check_id(device_id, 'device id')}/down"
 

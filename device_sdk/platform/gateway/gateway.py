@@ -178,6 +178,7 @@ class Gateway(Service):
                 t.all_devices("status"),
                 t.all_devices("info"),
                 t.all_devices("up"),
+                t.all_devices("step_up"),
                 t.all_devices("audio"),
             )
             await self._announce()
@@ -289,6 +290,12 @@ class Gateway(Service):
             message = decode(received.payload)
         except ProtocolError as exc:
             self._refuse(device_id, exc, ref=leaf)
+            return
+        if (leaf == "step_up") != isinstance(message, StepUp):  # a PIN on `up` is one a monitor read
+            where = "only on the device's step_up topic" if leaf == "up" else "on up, not on step_up"
+            wrong = ProtocolError(f"a {message.type} is sent {where}", ErrorCode.WRONG_TOPIC)
+            self._refuse(device_id, wrong, ref=getattr(message, "checkout_id", message.type),
+                         session_id=getattr(message, "session_id", None))  # fmt: skip
             return
         self.claim_book.heard(device_id)
         self._on_up(device_id, message)

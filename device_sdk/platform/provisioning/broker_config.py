@@ -65,6 +65,7 @@ ROLES: dict[Role, tuple[Rule, ...]] = {
         Rule(W, "device/{id}/status"),
         Rule(W, "device/{id}/info"),
         Rule(W, "device/{id}/up"),
+        Rule(W, "device/{id}/step_up"),  # the PIN: for gateways only, never a monitor
         Rule(W, "device/{id}/audio"),
         Rule(W, "device/{id}/image"),
         Rule(R, "device/{id}/down"),
@@ -79,6 +80,7 @@ ROLES: dict[Role, tuple[Rule, ...]] = {
         Rule(R, "device/+/status"),
         Rule(R, "device/+/info"),
         Rule(R, "device/+/up"),
+        Rule(R, "device/+/step_up"),
         Rule(R, "device/+/audio"),
         Rule(W, "device/+/down"),
         Rule(W, "agent/request"),
@@ -96,7 +98,7 @@ ROLES: dict[Role, tuple[Rule, ...]] = {
         Rule(W, "oem/{id}/+/intent"),
         Rule(R, "oem/{id}/+/reply"),
     ),
-    Role.MONITOR: (  # the messages, not the microphones' audio, the cameras' images or the OEM intents
+    Role.MONITOR: (  # the messages, not the microphones' audio, the cameras' images, the OEM intents or PINs
         Rule(R, "device/+/status"),
         Rule(R, "device/+/info"),
         Rule(R, "device/+/controller"),
@@ -115,8 +117,8 @@ ROLE_PURPOSE: dict[Role, str] = {
     Role.GATEWAY: "a gateway; its name is its gateway id",
     Role.AGENT: "an agent worker (shared subscription `$share/<group>/.../agent/request`)",
     Role.OEM: "a phone OEM's assistant; its name is its OEM id",
-    Role.MONITOR: "the timeline tap: reads the messages (no audio, no images, no OEM intents: only their "
-    "answers), writes nothing",
+    Role.MONITOR: "the timeline tap: reads the messages (no audio, no images, no step-up PINs, no OEM intents: "
+    "only their answers), writes nothing",
 }
 
 KEYED_ROLES = frozenset({Role.DEVICE})
