@@ -106,6 +106,7 @@ class Sender:
         self._frames: list[bytes] = []
         self._next = 0
         self._received_below = 0  # every chunk below it has arrived: an earlier ack named none of them missing
+        self._acked = False  # an ack for this message came: the receiver has its header (chunk 0)
 
     def send(self, type: MessageType, payload: bytes) -> list[bytes]:
         """The first frames of a new message (at most one window)."""
@@ -113,6 +114,7 @@ class Sender:
         self._frames = encode(type, self.seq, payload, self.att_payload)
         self._next = min(self.window, len(self._frames))
         self._received_below = 0
+        self._acked = False
         self.done = False
         self.sent += self._next
         return self._frames[: self._next]
@@ -126,6 +128,7 @@ class Sender:
         if ack.status is AckStatus.COMPLETE:
             self.done = True
             return []
+        self._acked = True
         named = [first for first, _count in ack.missing if first < self._next]  # a chunk never sent: not a gap
         if named:
             self._received_below = max(self._received_below, min(named))
@@ -138,12 +141,16 @@ class Sender:
         return again + fresh
 
     def stalled(self) -> list[bytes]:
-        """No ack for a while: the last frame sent again, which makes the receiver ack."""
+        """No ack for a while: the last frame sent again, which makes the receiver ack; and chunk 0
+        before it while no ack has come, since a receiver that lost the header cannot ack at all."""
         if self.done or not self._next:
             return []
-        self.sent += 1
-        self.retransmitted += 1
-        return [self._frames[self._next - 1]]
+        probe = [self._frames[self._next - 1]]
+        if not self._acked and self._next > 1:
+            probe.insert(0, self._frames[0])
+        self.sent += len(probe)
+        self.retransmitted += len(probe)
+        return probe
 
 
 class Receiver:

@@ -58,11 +58,33 @@ def test_the_sender_never_runs_more_than_a_window_past_the_first_missing_chunk()
     for frame in first[1:]:  # chunk 0 lost
         _, ack = receiver.feed(frame, 0.0)
         assert ack is None  # the header is unknown: nothing to ack yet
-    assert sender.stalled() == [first[-1]]
-    _, ack = receiver.feed(first[0], 0.0)
+    probe = sender.stalled()  # no ack has come: chunk 0 again, then the last frame
+    assert probe == [first[0], first[-1]]
+    _, ack = receiver.feed(probe[0], 0.0)  # the header: now the receiver can say where it stands
     assert ack is not None and ack.window_end == 8 + 8 and ack.missing == ()
     more = sender.on_ack(ack)
     assert [frame[0] for frame in more] == list(range(8, 16))  # chunks 8 to 15 (their index byte), nothing again
+
+
+def test_a_message_whose_first_chunk_is_lost_every_time_but_the_probe_still_arrives() -> None:
+    """Chunk 0 carries the header: a receiver without it cannot ack, so the probe carries it."""
+    sender, receiver = Sender(244, window=8), Receiver(244, window=8)
+    queue, lost, received = sender.send(MessageType.IMAGE, PHOTO[:5000]), 0, None
+    for _ in range(1000):
+        if not queue:
+            if sender.done:
+                break
+            queue = sender.stalled()
+        frame, queue = queue[0], queue[1:]
+        if frame[0] == 0 and frame[1] & 0x1F == 0 and lost == 0:  # chunk 0, the first time
+            lost += 1
+            continue
+        message, ack = receiver.feed(frame, 0.0)
+        received = message or received
+        if ack is not None:
+            queue += sender.on_ack(ack)
+    assert lost == 1 and sender.done and received is not None and received.payload == PHOTO[:5000]
+    assert sender.stalled() == []  # done: nothing more to probe
 
 
 def test_a_corrupted_message_is_refused_back_to_the_sender() -> None:
