@@ -221,7 +221,7 @@ def main() -> None:
         ("future-version-unknown-type", b'{"v":2,"type":"hello.v2"}', "unsupported_version"),
         ("version-true", b'{"v":true,"type":"ping","seq":1}', "unsupported_version"),
         ("nan", b'{"v":1,"type":"transcript","session_id":"s","text":"x","final":true,"confidence":NaN}',
-         "bad_message"),
+         "bad_json"),
         ("device-id-escapes-topic",
          b'{"v":1,"type":"agent.request","request_id":"r","device_id":"speaker-1/#","session_id":"s","text":"x"}',
          "bad_message"),
