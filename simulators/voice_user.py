@@ -101,6 +101,12 @@ class SimulatedButton:
         return self.press
 
 
+def questions(locale: str) -> tuple[str, ...]:
+    """What the device asks in `locale` that its user answers: the read-back, and the PIN after it."""
+    data = locale_for(locale)
+    return data.readback.answer, data.voice.say_pin, data.voice.pin_unheard, data.voice.pin_wrong
+
+
 @dataclass
 class VoiceUser:
     """Says `command` at once, then one reply from `replies` each time the device stops talking."""
@@ -109,8 +115,8 @@ class VoiceUser:
     command: bytes
     replies: Sequence[bytes]
     realtime: bool = False
-    prompt: str = field(default_factory=lambda: locale_for(DEFAULT_LOCALE).readback.answer)
-    """How the device's question ends: what the user answers."""
+    prompts: tuple[str, ...] = field(default_factory=lambda: questions(DEFAULT_LOCALE))
+    """How the device's questions end (the read-back's, the PIN's): what the user answers."""
     heard: list[str] = field(default_factory=list)
     _next: int = 0
 
@@ -122,7 +128,7 @@ class VoiceUser:
         self.heard.append(text)
         if self.realtime and pcm is not None:
             await asyncio.sleep(len(pcm) / 2 / RATE)
-        if text.endswith(self.prompt) and self._next < len(self.replies):
+        if text.endswith(self.prompts) and self._next < len(self.replies):
             self.room.speak(self.replies[self._next])
             self._next += 1
 
@@ -143,7 +149,7 @@ async def converse(
     asks; the device's `VoiceAssistant` hears them with `hearing`. `present` sees each prompt as
     it is said."""
     room = RoomSource(realtime=realtime)
-    user = VoiceUser(room, command, replies, realtime=realtime, prompt=locale_for(device.locale).readback.answer)
+    user = VoiceUser(room, command, replies, realtime=realtime, prompts=questions(device.locale))
 
     async def output(text: str, pcm: bytes | None) -> None:
         if present is not None:

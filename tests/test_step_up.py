@@ -27,6 +27,7 @@ from device_sdk.platform.provisioning.provision import provision, read_pin
 from device_sdk.protocol.errors import CheckoutError, ConfigError, ConsentError, ErrorCode, RemoteError
 from device_sdk.protocol.fields import Decision, DeviceKind, Modality, Outcome
 from device_sdk.protocol.messages import CheckoutProposal, ConfirmationRequest, ConfirmationResult
+from device_sdk.voice.digits import parse_pin
 from simulators.scenario import ShopBackend, run_demo
 from tests.conftest import EmbeddedRestartable
 from tests.consent_kit import AUDIENCE, Shop, make_proposal
@@ -255,3 +256,63 @@ def test_finding_2_provisioning_takes_the_kind_and_a_pin_from_a_file(tmp_path: P
         assert DeviceRegistry(db).profile("speaker-8") is None  # a bad PIN changed nothing
         stored = db.call(lambda conn: conn.execute("SELECT pin_hash FROM device_pins").fetchall())
     assert len(stored) == 1 and pin_matches(PIN, stored[0][0])
+
+
+@pytest.mark.parametrize(
+    ("heard", "digits"),
+    [
+        ("one two three four", "1234"),
+        ("five one four oh three two six nine", "51403269"),  # "oh" is 0
+        ("zero zero seven nine", "0079"),
+        ("my pin is four double six nine", "4669"),
+        ("triple five eight", "5558"),
+        ("1 2 3 4", "1234"),  # as a free recogniser writes digits
+        ("4, 1, 3, 5.", "4135"),
+        ("12-34-56", "123456"),
+        ("one to three for", "1234"),  # homophones, where every word is a digit or a filler
+        ("Nine. Oh. Eight. One.", "9081"),
+        ("\uff11\uff12\uff13\uff14", "1234"),  # full-width
+    ],
+)
+def test_finding_2_spoken_digits_in_english(heard: str, digits: str) -> None:
+    assert parse_pin(heard, "en") == digits
+
+
+@pytest.mark.parametrize(
+    ("heard", "digits"),
+    [
+        ("一二三四", "1234"),
+        ("幺两三四", "1234"),  # 幺 for 1, 两 for 2, as digits are read out
+        ("九〇八一七二六三", "90817263"),
+        ("零零七九", "0079"),
+        ("五 一 四 零 三 二 六 九", "51403269"),
+        ("我的密码是一二三四。", "1234"),
+        ("1234", "1234"),
+        ("\uff11\uff12\uff13\uff14", "1234"),  # full-width
+        ("七拐八勾", "7789"),
+    ],
+)
+def test_finding_2_spoken_digits_in_chinese(heard: str, digits: str) -> None:
+    assert parse_pin(heard, "zh") == digits
+
+
+@pytest.mark.parametrize(
+    ("heard", "language"),
+    [
+        ("i want to buy four", "en"),  # words that are no digit: not a PIN, nothing is sent
+        ("cancel", "en"),
+        ("one two three", "en"),  # too short
+        ("one two three four five six seven eight nine one two three four", "en"),  # 13: too long
+        ("[unk]", "en"),
+        ("", "en"),
+        ("double", "en"),
+        ("one thousand two hundred", "en"),
+        ("买一二三四", "zh"),
+        ("一千二百三十四", "zh"),  # a number, not digits
+        ("取消", "zh"),
+        ("一二三", "zh"),
+    ],
+)
+def test_finding_2_what_is_no_pin_is_not_sent(heard: str, language: str) -> None:
+    assert parse_pin(heard, language) is None
+    assert parse_pin(None, language) is None  # type: ignore[arg-type]

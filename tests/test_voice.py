@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -17,8 +18,10 @@ import numpy as np
 import pytest
 
 from device_sdk.bus.embedded import EmbeddedBroker
+from device_sdk.bus.mqtt import MqttBus
 from device_sdk.consent.mandate import unverified_claims
 from device_sdk.device.client import DeviceClient
+from device_sdk.platform.checkout.audit import trail
 from device_sdk.protocol.errors import ConfigError, ErrorCode, VoiceError
 from device_sdk.protocol.fields import Decision, DeviceKind, Modality
 from device_sdk.voice.asr import transcribe
@@ -403,6 +406,70 @@ async def test_when_the_voice_hears_no_answer_the_paired_phone_confirms(
     last = backend.verifier.last
     assert last is not None and (last.device_id, last.signer, last.modality) == ("speaker-p", "phone-p", "phone_sheet")
     assert len(sheet.shown) == 1 and len(backend.checkout.orders) == 1
+
+
+SPOKEN = {"0": "oh", "1": "one", "2": "two", "3": "three", "4": "four", "5": "five", "6": "six", "7": "seven",
+          "8": "eight", "9": "nine"}  # fmt: skip
+
+
+def say_digits(pin: str) -> str:
+    return " ".join(SPOKEN[digit] for digit in pin)
+
+
+async def test_finding_2_a_speaker_asks_for_the_pin_hears_its_digits_and_orders(
+    backend: ShopBackend, sphinx: SphinxEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Over the voice cap the assistant asks for the PIN after the "yes"; the user says a wrong one,
+    is told so and asked again, then says the right one ("oh" for 0), digit by digit, through
+    espeak-ng, the room and pocketsphinx on the digit grammar; the platform checks each, and the
+    order is placed with a `voice_pin` mandate. The PIN is never said back, never on `up` or `down`,
+    never logged. On main the assistant asked for no PIN and the order was step_up_required."""
+    pin, wrong = "51403269", "12345678"
+    caplog.set_level(logging.DEBUG, logger="device_sdk")
+    key = await asyncio.to_thread(backend.provision, "speaker-pin", pin=pin)
+    vocabulary = CommandParser(backend.catalog).vocabulary()
+    replies = [trim_silence(speech(text)) for text in ("yes please buy it", say_digits(wrong), say_digits(pin))]
+    command = trim_silence(speech("buy two yoga mats and a pair of running shoes"))  # 657 CNY
+    async with (
+        MqttBus(backend.url, "tap") as tap_bus,
+        DeviceClient(backend.url, "speaker-pin", topics=backend.topics, key=key) as device,
+    ):
+        tap = await tap_bus.subscribe(backend.topics.all_devices("up"), backend.topics.all_devices("down"))
+        run, user = await asyncio.wait_for(converse(device, Hearing.of(sphinx), vocabulary, command, replies), 90)
+        seen = [await tap.get(10.0)]
+        while b'"order.result"' not in seen[-1].payload:  # the session's last message
+            seen.append(await tap.get(10.0))
+    assert run.outcome == "ordered" and run.modality is Modality.VOICE_PIN and len(backend.checkout.orders) == 1
+    assert unverified_claims(run.mandate)["modality"] == "voice_pin"  # type: ignore[arg-type]
+    assert run.pin is not None and (run.pin.asked, run.pin.sent, run.pin.proved) == (2, 2, True)
+    assert [text.split(".")[0] for text in user.heard[1:3]] == [
+        "This order is over the voice limit",
+        "That PIN is not right",
+    ]
+    tries = [r["outcome"] for r in trail(backend.db.path, run.session_id) if r["kind"] == "step_up"]
+    assert tries == ["wrong_pin", "proved"]
+    transcripts = [m.payload for m in seen if b'"transcript"' in m.payload]
+    assert transcripts  # what the device heard is on the bus...
+    for secret in (pin, wrong, say_digits(pin), say_digits(wrong)):  # ...but never a PIN
+        assert all(secret.encode() not in m.payload for m in seen)
+        assert all(secret not in said for said in user.heard) and secret not in caplog.text
+
+
+async def test_finding_2_a_speaker_asks_again_for_what_is_no_pin_and_cancel_declines(
+    backend: ShopBackend, sphinx: SphinxEngine
+) -> None:
+    """Words that are no PIN cost no try (nothing is sent, the PIN is asked for again); "cancel" at
+    the PIN prompt declines the offer."""
+    key = await asyncio.to_thread(backend.provision, "speaker-pc", pin="51403269")
+    vocabulary = CommandParser(backend.catalog).vocabulary()
+    replies = [trim_silence(speech(text)) for text in ("yes please buy it", "what is the delivery time", "cancel")]
+    command = trim_silence(speech("buy two yoga mats and a pair of running shoes"))
+    async with DeviceClient(backend.url, "speaker-pc", topics=backend.topics, key=key) as device:
+        run, user = await asyncio.wait_for(converse(device, Hearing.of(sphinx), vocabulary, command, replies), 90)
+    assert run.outcome == "declined" and run.mandate is None and backend.checkout.orders == []
+    assert run.pin is not None and (run.pin.sent, run.pin.unheard, run.pin.cancelled) == (0, 1, True)
+    assert "did not catch a PIN" in user.heard[2] and user.heard[-1] == "Cancelled."
+    assert [r for r in trail(backend.db.path, run.session_id) if r["kind"] == "step_up"] == []
 
 
 async def test_silence_after_the_read_back_is_no_confirmation(backend: ShopBackend, sphinx: SphinxEngine) -> None:

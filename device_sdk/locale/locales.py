@@ -70,6 +70,13 @@ class VoiceText(_Data):
     step_up: str
     not_allowed: str
     not_placed: str
+    say_pin: str
+    """Asks for the step-up PIN (an offer over the voice cap); the user's answer follows it."""
+    pin_unheard: str
+    """Asks again after an answer that was not 4 to 12 digits (nothing was sent)."""
+    pin_wrong: str
+    """Asks again after the platform said the PIN was wrong."""
+    pin_locked: str
 
 
 class ReplyPhrases(_Data):

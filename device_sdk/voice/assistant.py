@@ -36,6 +36,7 @@ from .endpointing import EndpointConfig, Utterance
 from .engines import Hearing
 from .grammar import UNKNOWN, Grammar, Vocabulary, reply_grammar
 from .listener import Listener, LiveDecode, WakeWord, loudness_db
+from .pin import PinConfig, PinDialog, PinRun
 from .replies import ReplyDialog, interpret_reply
 from .reply_audio import reply_text
 from .reply_judge import Judgement, ReplyJudge
@@ -115,6 +116,8 @@ class VoiceConfig:
     hand_over: bool = True
     """When the voice heard no answer and no button confirmed, hand the offer to the phone paired
     with the device at provisioning (if there is one): its sheet confirms, its key signs."""
+    pin: PinConfig | None = field(default_factory=PinConfig)
+    """Above the voice cap, ask for the PIN after the "yes" (`pin.py`); None: never ask."""
 
 
 @dataclass
@@ -150,6 +153,8 @@ class VoiceRun:
     """The paired phone the offer was handed to, when it was."""
     modality: Modality | None = None
     """How the user confirmed (the mandate names it): voice, or the button or phone sheet of the other path."""
+    pin: PinRun | None = None
+    """How the step-up went, when a PIN was asked for (counts only, never the PIN)."""
 
 
 class VoiceAssistant:
@@ -186,6 +191,7 @@ class VoiceAssistant:
         self.listener = Listener(source, self.config.endpoint)
         self.command_grammar: Grammar = vocabulary.command_grammar()
         self.reply_grammar: Grammar = reply_grammar()
+        self.pin = PinDialog(self, self.config.pin) if self.config.pin is not None else None
 
     @classmethod
     def with_hearing(
@@ -300,10 +306,13 @@ class VoiceAssistant:
                 run.finished_at = time.monotonic()
                 run.outcome = run.result.outcome.value
                 return run
-        modality = run.modality or self.config.modality
+        modality, proof = run.modality or self.config.modality, None
+        if run.decision is Decision.CONFIRM and modality is Modality.VOICE and self.pin and self.pin.needed(run.offer):
+            proof, run.decision = await self.pin.ask(run, run.offer)
+            modality = Modality.VOICE_PIN if proof is not None else modality
         if run.decision is Decision.CONFIRM:
             run.modality = modality
-            run.mandate = self.device.sign(run.offer, modality)
+            run.mandate = self.device.sign(run.offer, modality, step_up=proof)
         heard = " / ".join(run.answers) or None
         run.result = await self.device.answer(
             run.offer,
