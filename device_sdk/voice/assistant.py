@@ -3,7 +3,8 @@ and a confirmation that only an accept phrase can give.
 
     source ─► endpointing ─► ASR (command grammar) ─► DeviceClient.ask ─► read-back (TTS)
            ─► ASR (reply grammar, garbage path) + Whisper + forced choice ─► ReplyJudge
-           ─► ReplyDialog ─► signed mandate ─► order
+           ─► ReplyDialog ─► (over the voice cap) PinDialog: the PIN, checked by the platform
+           ─► signed mandate ─► order
 
 Each reply is decided by a `ReplyJudge` from its hearings (`reply_judge.py`: only a clear accept
 that the hearings agree on confirms); the dialog (`ReplyDialog`) re-prompts once after an unclear
