@@ -16,6 +16,7 @@ from pathlib import Path
 from device_sdk.commands import GROUP, Commands
 from device_sdk.discovery.listing import run_discover
 from device_sdk.platform import commands as platform_commands
+from device_sdk.protocol import asyncapi
 from device_sdk.protocol.errors import DeviceSdkError
 from device_sdk.protocol.messages import message_schemas
 from device_sdk.terminal import log_to_stderr, printable
@@ -40,6 +41,7 @@ def _register(commands: Commands) -> None:
     discover.add_argument("--interface", action="append", metavar="IP", help="browse on this address only (repeat)")
     schema = commands.add("schema", "write the JSON Schema of every bus message", run=_schema)
     schema.add_argument("--out", type=Path, required=True, help="directory for <type>.schema.json files")
+    commands.add("asyncapi", "print the protocol as an AsyncAPI 3.0 document (YAML): docs/asyncapi.yaml", run=_asyncapi)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -70,6 +72,11 @@ def run() -> None:
 async def _discover(args: argparse.Namespace) -> int:
     live = sys.stdout.isatty() and not args.json
     return await run_discover(args.timeout, args.interface, as_json=args.json, live=live)
+
+
+def _asyncapi(args: argparse.Namespace) -> int:
+    sys.stdout.write(asyncapi.render())
+    return 0
 
 
 def _schema(args: argparse.Namespace) -> int:
