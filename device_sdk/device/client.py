@@ -20,7 +20,7 @@ from device_sdk.bounded import DropOldest
 from device_sdk.bus.mqtt import MqttBus
 from device_sdk.bus.subscription import Received, Subscription
 from device_sdk.bus.url import BrokerUrl
-from device_sdk.consent.keys import SigningKey
+from device_sdk.consent.keys import SigningKey, b64url
 from device_sdk.consent.mandate import mandate_for
 from device_sdk.locale import DEFAULT_LOCALE, locale_for
 from device_sdk.media.audio import MAX_CHUNK, AudioChunk
@@ -127,6 +127,7 @@ class DeviceClient(Service):
             firmware=firmware,
             room=room,
             locale=None if locale == DEFAULT_LOCALE else locale,
+            public_key=b64url(key.public.raw) if key is not None else None,
         )
         """What the device is: retained on its info topic, and its zeroconf TXT record when advertised."""
         self._waiters: dict[str, list[_Waiter]] = {}

@@ -62,6 +62,8 @@ def device_txt(info: DeviceInfo) -> dict[str, str]:
         txt["fw"] = info.firmware
     if info.room is not None:
         txt["room"] = info.room
+    if info.public_key is not None:
+        txt["pk"] = info.public_key
     return txt
 
 
@@ -76,7 +78,7 @@ def device_info_from_txt(properties: Mapping[bytes, bytes | None]) -> DeviceInfo
     fields = _txt_fields(properties)
     _check_version(fields)
     data: dict[str, Any] = {"device_id": _text(fields, "id", required=True)}
-    for key, name in (("kind", "kind"), ("fw", "firmware"), ("room", "room")):
+    for key, name in (("kind", "kind"), ("fw", "firmware"), ("room", "room"), ("pk", "public_key")):
         value = _text(fields, key)
         if value is not None:
             data[name] = value

@@ -65,7 +65,7 @@ CHANNELS = (
             "gateways read it.", 1, False, ("step_up",)),
     Channel("deviceDown", lambda t: t.device_down(_DEVICE), "gateway", "What the controller says to the "
             "device (pong at QoS 0).", 1, False, ("confirmation.request", "handed_over", "order.result",
-            "order.status.result", "step_up.result", "wake.result", "error", "pong")),
+            "order.status.result", "step_up.result", "wake.result", "error", "pong", "conformance.control")),
     Channel("deviceAudio", lambda t: t.device_audio(_DEVICE), "device", "Audio chunks of the device's open "
             "streams.", 0, False, ("audio.chunk",)),
     Channel("deviceImage", lambda t: t.device_image(_DEVICE), "device", "A photo for the agent, named by an "

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from . import strict_json
+from .conformance import ConformanceControl
 from .errors import ErrorCode, ProtocolError
 from .fields import (
     MAX_PAYLOAD,
@@ -49,6 +50,7 @@ LocaleTag = Annotated[str, Field(pattern=r"^[a-z]{2,3}(-[A-Za-z0-9]{2,8})*$", ma
 """A BCP 47 language tag (`en-US`, `zh-CN`)."""
 IdempotencyKey = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{27,128}$")]
 """128 bits or more: 27 to 128 characters of base64url or hex with a prefix."""
+PublicKeyText = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{43}$")]
 
 
 class DeviceStatus(WireMessage):
@@ -75,6 +77,7 @@ class DeviceInfo(WireMessage):
     firmware: Annotated[str, Field(min_length=1, max_length=64), AfterValidator(plain_text)] | None = None
     room: Id | None = Field(default=None, description="Where the device is; wake words are arbitrated per room.")
     locale: LocaleTag | None = Field(default=None, description="The language its user speaks and reads (none: en-US).")
+    public_key: PublicKeyText | None = Field(default=None, description="Its Ed25519 signing key, raw, base64url.")
 
 
 class GatewayStatus(WireMessage):
@@ -118,8 +121,7 @@ class Transcript(WireMessage):
 
 
 class Wake(WireMessage):
-    """A device heard its wake word and asks to open `session_id`. When several devices of one room
-    hear it within the arbitration window, the gateway grants one (`wake.result`)."""
+    """The wake word was heard: may the device open `session_id`? Of a room's devices, one is granted."""
 
     type: Literal["wake"] = "wake"
     wake_id: Id
@@ -129,8 +131,7 @@ class Wake(WireMessage):
 
 
 class WakeResult(WireMessage):
-    """The arbitration's answer to a `wake`: granted, open the session; not granted, `winner` took
-    it and the device goes back to listening."""
+    """The answer to a `wake`: granted, open the session; else `winner` took it, go back to listening."""
 
     type: Literal["wake.result"] = "wake.result"
     wake_id: Id
@@ -310,8 +311,7 @@ class HandOver(WireMessage):
 
 
 class HandedOver(WireMessage):
-    """The gateway's answer to `handover`: the offer is on the sheet of `to_device`; the session's
-    `order.result` follows, to both devices."""
+    """The answer to `handover`: the offer is on the sheet of `to_device`; `order.result` follows, to both."""
 
     type: Literal["handed_over"] = "handed_over"
     session_id: Id
@@ -320,8 +320,7 @@ class HandedOver(WireMessage):
 
 
 class ConfirmationResult(WireMessage):
-    """The user's answer, given on the device that owns the session (or on the phone it handed the
-    offer to)."""
+    """The user's answer, given on the device that owns the session (or the phone it handed the offer to)."""
 
     type: Literal["confirmation.result"] = "confirmation.result"
     session_id: Id
@@ -359,8 +358,7 @@ class OrderResult(WireMessage):
 
 
 class OrderStatus(WireMessage):
-    """A device asks how its checkout stands (an answer that never came, a gateway that restarted):
-    any gateway answers from the checkout's store with `order.status.result`."""
+    """How does my checkout stand (no answer came, a gateway restarted)? Any gateway answers from the store."""
 
     type: Literal["order.status"] = "order.status"
     session_id: Id
@@ -441,6 +439,7 @@ Message = Annotated[
         | OrderStatusResult
         | IntentResult
         | Error
+        | ConformanceControl
     ),
     Field(discriminator="type"),
 ]
@@ -471,6 +470,7 @@ MESSAGE_TYPES: tuple[type[WireMessage], ...] = (
     OrderStatusResult,
     IntentResult,
     Error,
+    ConformanceControl,
 )
 
 
