@@ -12,6 +12,7 @@ so they must be the merchant's, not the agent's. Orders are placed at the mercha
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from device_sdk.platform.checkout.backend import Completion
@@ -33,13 +34,17 @@ from .merchant import MerchantStandIn
 
 @dataclass
 class CheckoutStandIn:
-    """A merchant checkout on a durable verifier; `orders` lists the orders this process placed;
-    `merchant` keeps every order placed (default: in a file beside the verifier's store)."""
+    """A merchant checkout on a durable verifier; `orders` lists the newest orders this process placed
+    (at most `keep_orders`, indexed by order id, which is one per completion key), `placed` counts
+    them all; `merchant` keeps every order placed (default: in a file beside the verifier's store).
+    A completion costs the same after a million orders as after one: no list of past orders is scanned."""
 
     verifier: ConsentVerifier
     catalog: Catalog | None = None
-    orders: list[OrderResult] = field(default_factory=list)
     merchant: MerchantStandIn | None = None
+    keep_orders: int = 1000
+    placed: int = 0
+    _recent: OrderedDict[str, OrderResult] = field(default_factory=OrderedDict, repr=False)
 
     def __post_init__(self) -> None:
         if self.merchant is None:
@@ -59,9 +64,17 @@ class CheckoutStandIn:
 
     async def complete(self, completion: Completion) -> OrderResult:
         result = await asyncio.to_thread(self.verifier.complete, completion, self._charge)
-        if all(order.order_id != result.order_id for order in self.orders):
-            self.orders.append(result)
+        if result.order_id is not None and result.order_id not in self._recent:
+            self.placed += 1
+            self._recent[result.order_id] = result
+            while len(self._recent) > self.keep_orders:
+                self._recent.popitem(last=False)
         return result
+
+    @property
+    def orders(self) -> list[OrderResult]:
+        """The newest orders this process placed, oldest first (at most `keep_orders`)."""
+        return list(self._recent.values())
 
     def _charge(self, proposal: CheckoutProposal, key: str) -> str:
         """The stand-in payment channel ("shop-wallet"): always approves, once per completion key."""

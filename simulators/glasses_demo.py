@@ -126,7 +126,7 @@ async def run_glasses(
             await asyncio.gather(wearer, return_exceptions=True)
         await timeline_settle(timeline)
         return GlassesDemo(
-            run, list(timeline.steps), len(backend.checkout.orders), len(photo), str(png) if png else None, locale
+            run, list(timeline.steps), backend.checkout.placed, len(photo), str(png) if png else None, locale
         )
 
 

@@ -117,7 +117,7 @@ async def run_phone(
         return PhoneDemo(
             result,
             phone.shown[-1] if phone.shown else None,
-            len(backend.checkout.orders),
+            backend.checkout.placed,
             list(timeline.steps),
             verification.modality if verification is not None else None,
         )

@@ -277,7 +277,7 @@ async def run_case(
 ) -> CaseResult:
     """One case through the voice pipeline heard with `hearing`, or typed when it is None."""
     key = await asyncio.to_thread(backend.provision, device_id)
-    orders_before = len(backend.checkout.orders)
+    orders_before = backend.checkout.placed
     latency = reply_latency = None
     async with DeviceClient(backend.url, device_id, topics=backend.topics, key=key, locale=case.locale) as device:
         if hearing is None:
@@ -307,7 +307,7 @@ async def run_case(
     elif run.command and run.error is not None and run.error.code not in (ErrorCode.NOT_UNDERSTOOD,):
         with contextlib.suppress(AgentError):
             cart = [{"sku": line.product.sku, "qty": line.qty} for line in reader.parse(run.command, case.locale)]
-    orders = len(backend.checkout.orders) - orders_before
+    orders = backend.checkout.placed - orders_before
     return CaseResult(case, run, cart, latency, orders, reply_latency)
 
 

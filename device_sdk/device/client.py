@@ -101,8 +101,8 @@ class DeviceClient(Service):
         room: str | None = None,
         locale: str = DEFAULT_LOCALE,
         topics: Topics | None = None,
-        heartbeat: float = 2.0,
-        pong_timeout: float = 5.0,
+        heartbeat: float = 30.0,
+        pong_timeout: float = 75.0,
         resend_after: float = 3.0,
         key: SigningKey | None = None,
     ) -> None:

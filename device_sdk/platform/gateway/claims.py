@@ -18,6 +18,8 @@ from device_sdk.protocol.fields import now
 from device_sdk.protocol.messages import ControllerClaim, DeviceInfo, DeviceStatus, GatewayStatus, decode
 from device_sdk.protocol.topics import Topics
 
+from .deadlines import Deadlines
+
 log = logging.getLogger(__name__)
 
 M = TypeVar("M", DeviceStatus, DeviceInfo, GatewayStatus, ControllerClaim)
@@ -55,6 +57,7 @@ class ClaimBook:
         self.claims: dict[str, str] = {}
         self.gateways_online: dict[str, bool] = {}
         self.offline_since: dict[str, float] = {}
+        self._went_offline: Deadlines[str] = Deadlines()
         self._publish = publish
         """Publishes a retained message (a claim)."""
         self._spawn = spawn
@@ -69,9 +72,11 @@ class ClaimBook:
         """True when the claims say this gateway serves the device."""
         return self.claims.get(device_id) == self.gateway_id
 
-    def gone(self, mono: float, grace: float) -> set[str]:
-        """The devices that said, while served here, that they went offline more than `grace` seconds ago."""
-        return {d for d, since in self.offline_since.items() if mono - since > grace}
+    def gone(self, mono: float, grace: float) -> list[str]:
+        """The devices that said, while served here, that they went offline more than `grace` seconds
+        ago, each once, in the call after its grace ran out (a heap: no walk over every offline device)."""
+        due = self._went_offline.due(mono - grace)
+        return [d for d in due if d in self.offline_since and mono - self.offline_since[d] >= grace]
 
     def heard(self, device_id: str) -> None:
         """The device spoke, so it is online."""
@@ -123,8 +128,9 @@ class ClaimBook:
         except ProtocolError:
             return True
         if isinstance(status, DeviceStatus) and not status.online:
-            if self.serving(device_id):
-                self.offline_since.setdefault(device_id, time.monotonic())
+            if self.serving(device_id) and device_id not in self.offline_since:
+                self.offline_since[device_id] = since = time.monotonic()
+                self._went_offline.at(since, device_id)
             return False
         return True
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
 from device_sdk.consent.readback import confirmation_request
@@ -30,6 +30,7 @@ from device_sdk.protocol.messages import (
     OrderResult,
 )
 
+from .deadlines import Deadlines
 from .session import Session, State, Step
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,8 @@ Send = Callable[[str, WireMessage], Awaitable[None]]
 """Sends a message down to a device."""
 InSession = Callable[[SessionKey, Coroutine[Any, Any, None]], None]
 """Runs a coroutine after every earlier handler of the same session."""
+Observe = Callable[[str, SessionKey, dict[str, Any]], None]
+"""Hears of a step of a session: `request`, and each audit record's kind with its fields."""
 
 
 class Refuse(Protocol):
@@ -64,6 +67,7 @@ class SessionFlow:
         confirm_timeout: float,
         checkout_timeout: float,
         keep_ended: float,
+        retry_after: float = 2.0,
     ) -> None:
         self.checkout = checkout
         self.audit = audit
@@ -72,13 +76,20 @@ class SessionFlow:
         self.confirm_timeout = confirm_timeout
         self.checkout_timeout = checkout_timeout
         self.keep_ended = keep_ended
+        self.retry_after = retry_after
         self.sessions: dict[SessionKey, Session] = {}
+        self.ended = 0
+        """How many of `sessions` have ended (kept a while to answer a resend again)."""
+        self.deadlines: Deadlines[SessionKey] = Deadlines()
+        """When each session next needs looking at (`sweep`)."""
+        self._of_device: dict[str, set[SessionKey]] = {}
+        self.observe: Observe | None = None
+        """Hears of each step of a session (the service's metrics)."""
         self._send = send
         self._refuse = refuse
         self._in_session = in_session
         self._handed: dict[SessionKey, SessionKey] = {}
         """(phone, session id) of each offer handed over: the session's own key."""
-        self._ended_at: dict[SessionKey, float] = {}
         self._sweeping: set[SessionKey] = set()
 
     # a device's messages -----------------------------------------------------------------
@@ -89,6 +100,7 @@ class SessionFlow:
         session = self.sessions.get(key)
         if session is None:
             session = self.sessions[key] = Session(request.session_id, device_id)
+            self._of_device.setdefault(device_id, set()).add(key)
         superseded = session.offer if session.state is State.AWAITING_CONFIRMATION else None
         try:
             step = session.on_request(device_id, request.request_id)
@@ -106,6 +118,7 @@ class SessionFlow:
         if superseded is not None:
             await self._close_checkout(superseded.checkout_id, Outcome.NOT_CONFIRMED, "superseded by a new request")
         log.info("session %s: %s asks %r", request.session_id, device_id, request.text)
+        self._observed("request", key)
         issued: IssuedProposal | None = None
         try:
             issued = await self._ask_agent(device_id, request)
@@ -127,6 +140,7 @@ class SessionFlow:
             )
         except Exception as exc:
             session.on_agent_failed(request.request_id)
+            self.deadlines.at(session.touched + self.keep_ended, key)
             if issued is not None:
                 await self._close_checkout(issued.proposal.checkout_id, Outcome.NOT_CONFIRMED, "not offered")
             if isinstance(exc, DeviceSdkError):
@@ -137,6 +151,7 @@ class SessionFlow:
             self._refuse(device_id, refusal, ref=request.request_id, session_id=request.session_id)
             return
         if session.on_offer(request.request_id, issued, offer):
+            self.deadlines.at(time.monotonic() + max(offer.expires_at - now(), 0.0), key)
             await self.record(
                 "rendering",
                 session=session,
@@ -284,6 +299,7 @@ class SessionFlow:
                 if attempt + 1 < attempts:
                     await asyncio.sleep(0.2 * 2**attempt)
         session.on_complete_failed()
+        self.deadlines.at(session.retry_at(self.retry_after), (session.device_id, session.session_id))
         error = DeviceSdkError("the checkout gave no answer yet; the order is being retried", ErrorCode.INTERNAL)
         self._refuse(session.device_id, error, ref=completion.checkout_id, session_id=session.session_id)
         return None
@@ -315,8 +331,10 @@ class SessionFlow:
 
     async def _end(self, session: Session, result: OrderResult) -> None:
         """End the session with `result`, recorded in the audit log before the device is told."""
+        if session.state is not State.ENDED:
+            self.ended += 1
         session.end(result)
-        self._ended_at[(session.device_id, session.session_id)] = time.monotonic()
+        self.deadlines.at(session.touched + self.keep_ended, (session.device_id, session.session_id))
         await self.record(
             "result",
             session=session,
@@ -334,14 +352,27 @@ class SessionFlow:
 
     async def record(self, kind: str, *, session: Session | None = None, **fields: Any) -> None:
         """Record a step of a session in the audit log, when the gateway keeps one."""
-        if self.audit is None:
-            return
         if session is not None:
             fields.update(device_id=session.device_id, session_id=session.session_id)
+        self._observed(kind, (fields.get("device_id", ""), fields.get("session_id", "")), fields)
+        if self.audit is None:
+            return
         try:
             await self.audit.record(kind, **fields)
         except Exception as exc:
             log.error("could not write the audit record %s: %r", kind, exc)
+
+    def _observed(self, kind: str, key: SessionKey, fields: dict[str, Any] | None = None) -> None:
+        if self.observe is not None:
+            try:
+                self.observe(kind, key, fields or {})
+            except Exception:
+                log.exception("the observer of %s failed", kind)
+
+    @property
+    def open_sessions(self) -> int:
+        """Sessions held here that have not ended."""
+        return len(self.sessions) - self.ended
 
     # housekeeping ------------------------------------------------------------------------
 
@@ -355,8 +386,9 @@ class SessionFlow:
 
     def hand_over(self, device_id: str) -> None:
         """Another gateway took over the device: end its sessions that await an answer, unconfirmed."""
-        for key, session in self.sessions.items():
-            if session.device_id == device_id and session.state is State.AWAITING_CONFIRMATION:
+        for key in list(self._of_device.get(device_id, ())):
+            session = self.sessions[key]
+            if session.state is State.AWAITING_CONFIRMATION:
                 self._sweep_task(key, self._expire(session, "another gateway took over the device"))
 
     def _sweep_task(self, key: SessionKey, coro: Coroutine[Any, Any, None]) -> None:
@@ -374,25 +406,38 @@ class SessionFlow:
 
         self._in_session(key, run())
 
-    def sweep(self, t: float, mono: float, gone: set[str], retry_after: float) -> None:
-        """Expire offers past their time or whose device is `gone` (offline past its grace), retry
+    def sweep(self, t: float, mono: float, gone: Iterable[str] = ()) -> None:
+        """Look at the sessions due by `mono` (popped from `deadlines`) and at those of the devices
+        `gone` offline past their grace: expire offers past their time or whose device is gone, retry
         unanswered completions, and forget sessions idle or ended for `keep_ended` seconds."""
-        for key, session in list(self.sessions.items()):
+        for device_id in gone:
+            for key in list(self._of_device.get(device_id, ())):
+                held = self.sessions[key]
+                if held.state is State.AWAITING_CONFIRMATION and held.confirmed is None:
+                    self._sweep_task(key, self._expire(held, "the device went offline"))
+        for key in self.deadlines.due(mono):
+            session = self.sessions.get(key)
+            if session is None:
+                continue
             if session.expired(t):
                 self._sweep_task(key, self._expire(session, "the confirmation expired"))
-            elif session.needs_retry(mono, retry_after):
+            elif session.needs_retry(mono, self.retry_after):
                 self._sweep_task(key, self._retry(session))
-            elif session.device_id in gone and session.state is State.AWAITING_CONFIRMATION:
-                if session.confirmed is None:
-                    self._sweep_task(key, self._expire(session, "the device went offline"))
-            elif (session.idle_since(mono) or 0.0) > self.keep_ended:
-                self._forget(key)
-        for key, ended in list(self._ended_at.items()):
-            if mono - ended > self.keep_ended:
-                del self._ended_at[key]
+            elif session.state is State.AWAITING_CONFIRMATION and session.confirmed is None and session.offer:
+                self.deadlines.at(mono + max(session.offer.expires_at - t, 0.05), key)  # the wall clock lags
+            elif session.state in (State.IDLE, State.ENDED) and mono - session.touched >= self.keep_ended:
                 self._forget(key)
 
     def _forget(self, key: SessionKey) -> None:
         session = self.sessions.pop(key, None)
-        if session is not None and session.handed_to is not None:
+        if session is None:
+            return
+        if session.state is State.ENDED:
+            self.ended -= 1
+        keys = self._of_device.get(session.device_id)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._of_device[session.device_id]
+        if session.handed_to is not None:
             self._handed.pop((session.handed_to, session.session_id), None)

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 from device_sdk.bus.mqtt import MqttBus
@@ -51,7 +51,7 @@ from .audio_intake import AudioIntake
 from .claims import ClaimBook, decode_as
 from .flow import SessionFlow, SessionKey
 from .limits import DeviceLimiter, Limits
-from .quota import CheckoutQuota
+from .quota import OPEN, CheckoutQuota
 from .recovery import Recovery
 from .session import Session
 from .step_up import StepUpDesk
@@ -71,7 +71,7 @@ class Gateway(Service):
         topics: Topics | None = None,
         agent_timeout: float = 15.0,
         confirm_timeout: float = 120.0,
-        keep_ended: float = 600.0,
+        keep_ended: float = 60.0,
         offline_grace: float = 15.0,
         claim_settle: float = 0.1,
         checkout_timeout: float = 10.0,
@@ -98,6 +98,10 @@ class Gateway(Service):
         self.locales: dict[str, str] = {}
         """Each device's declared locale (its retained `device.info`): a request in another language is refused."""
         self.refused = 0
+        self.on_refusal: Callable[[ErrorCode], None] | None = None
+        """Hears the code of every refusal (the service's metrics)."""
+        self.draining = False
+        """Set by `drain`: new sessions are refused (`busy`), open ones finish."""
         self.flow = SessionFlow(
             checkout,
             audit=audit,
@@ -130,6 +134,8 @@ class Gateway(Service):
         self.quota = CheckoutQuota(self.limits.open_checkouts, self.flow.sessions, self._refuse)
         self.audio_intake = AudioIntake(self.limits.audio_streams, self.limits.audio_queue_chunks)
         self._locks: dict[SessionKey, asyncio.Lock] = {}
+        self._waiting: dict[SessionKey, int] = {}
+        """Handlers queued or running per session: a session's lock lives only while it has some."""
         self._tasks: set[asyncio.Task[Any]] = set()
         self._bus: MqttBus | None = None
         self._agent: RemoteAgent | None = None
@@ -202,6 +208,22 @@ class Gateway(Service):
                 await self._bus.publish(self.topics.gateway_status(self.gateway_id), status.encode(), retain=True)
             await self._bus.close()
 
+    async def drain(self, deadline: float) -> int:
+        """Take no new session and wait up to `deadline` seconds for the open ones to end and their
+        handlers (and so their commits) to finish; the sessions still open then."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        until = loop.time() + deadline
+        while (left := self._open()) or self._waiting:
+            if loop.time() >= until:
+                return left
+            await asyncio.sleep(0.05)
+        return 0
+
+    def _open(self) -> int:
+        """Sessions with a request on its way or a checkout open (a walk: for the drain only)."""
+        return sum(session.state in OPEN for session in self.flow.sessions.values())
+
     async def _announce(self) -> None:
         """Publish this gateway's retained status, and again its claims (a restarted broker forgot them)."""
         status = GatewayStatus(gateway_id=self.gateway_id, online=True)
@@ -216,27 +238,34 @@ class Gateway(Service):
     def _in_session(self, key: SessionKey, coro: Coroutine[Any, Any, None]) -> None:
         """Run `coro` after every earlier handler of the same session (asyncio locks are FIFO)."""
         lock = self._locks.setdefault(key, asyncio.Lock())
+        self._waiting[key] = self._waiting.get(key, 0) + 1
 
         async def run() -> None:
-            async with lock:
-                try:
-                    await coro
-                except DeviceSdkError as exc:
-                    log.warning("session %s: %s", key, exc)
-                except Exception:
-                    log.exception("session %s failed", key)
+            try:
+                async with lock:
+                    try:
+                        await coro
+                    except DeviceSdkError as exc:
+                        log.warning("session %s: %s", key, exc)
+                    except Exception:
+                        log.exception("session %s failed", key)
+            finally:
+                self._waiting[key] -= 1
+                if not self._waiting[key]:  # no handler of the session left: the lock goes with the last
+                    del self._waiting[key], self._locks[key]
 
         self._spawn(run())
 
-    async def _sweep(self, every: float = 0.5, retry_after: float = 2.0) -> None:
+    async def _sweep(self, every: float = 0.5, audio_every: float = 30.0) -> None:
+        """Look at the sessions whose timers are due (`flow.sweep`: a heap, not a walk over all)."""
+        audio_at = time.monotonic() + audio_every
         while True:
             await asyncio.sleep(every)
             t, mono = now(), time.monotonic()
-            self.flow.sweep(t, mono, self.claim_book.gone(mono, self.offline_grace), retry_after)
-            for key, lock in list(self._locks.items()):
-                if key not in self.flow.sessions and not lock.locked():
-                    del self._locks[key]
-            self.audio_intake.forget(self.claim_book.serving)
+            self.flow.sweep(t, mono, self.claim_book.gone(mono, self.offline_grace))
+            if mono >= audio_at:
+                audio_at = mono + audio_every
+                self.audio_intake.forget(self.claim_book.serving)
 
     # inbound -----------------------------------------------------------------------------
 
@@ -328,6 +357,10 @@ class Gateway(Service):
                 lost = SessionError(f"{winner} took this wake word's session", ErrorCode.NOT_CHOSEN)
                 self._refuse(device_id, lost, ref=message.request_id, session_id=message.session_id)
                 return
+            if self.draining and (device_id, message.session_id) not in self.flow.sessions:
+                busy = SessionError("this gateway is shutting down: ask again shortly", ErrorCode.BUSY)
+                self._refuse(device_id, busy, ref=message.request_id, session_id=message.session_id)
+                return
             if self.quota.take(device_id, message.session_id, ref=message.request_id):
                 handled = self.quota.holding(device_id, message.session_id, self.flow.on_request(device_id, message))
                 self._in_session((device_id, message.session_id), handled)
@@ -365,6 +398,8 @@ class Gateway(Service):
         self, device_id: str | None, exc: DeviceSdkError, *, ref: str | None = None, session_id: str | None = None
     ) -> None:
         self.refused += 1
+        if self.on_refusal is not None:
+            self.on_refusal(exc.code)
         log.info("refused %s from %s: %s", ref, device_id or "?", exc)
         error = Error(code=exc.code, text=exc.text[:2000], ref=ref and ref[:128], session_id=session_id)
         topic = self.topics.device_down(device_id) if device_id else self.topics.errors()

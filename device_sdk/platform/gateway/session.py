@@ -147,10 +147,16 @@ class Session:
         """A completion got no answer and nothing has retried it since: `after` seconds ago for the
         first retry, doubling with every unanswered one up to `most` (a checkout that stays down is
         asked once a minute, not hammered)."""
-        wait = min(after * 2 ** max(self.unanswered - 1, 0), most)
         return (
-            self.state is State.AWAITING_CONFIRMATION and self.confirmed is not None and now_mono - self.touched >= wait
+            self.state is State.AWAITING_CONFIRMATION
+            and self.confirmed is not None
+            and now_mono >= self.retry_at(after, most)
         )
+
+    def retry_at(self, after: float, most: float = 60.0) -> float:
+        """When (monotonic) an unanswered completion is due its next retry (see `needs_retry`)."""
+        wait: float = min(after * 2.0 ** max(self.unanswered - 1, 0), most)
+        return self.touched + wait
 
     def idle_since(self, now: float) -> float | None:
         """Seconds this session has been idle (no request in progress, none on offer), else None."""
@@ -166,4 +172,8 @@ class Session:
         )
 
     def end(self, result: OrderResult) -> None:
-        self.result, self.state = result, State.ENDED
+        """End with `result`, keeping only what a resend needs: the result (a resent request or
+        confirmation gets it again); the proposal, the offer and the confirmation are let go (the
+        checkout's store keeps the outcome for any gateway that is asked later)."""
+        self.result, self.state, self.touched = result, State.ENDED, time.monotonic()
+        self.issued = self.offer = self.confirmed = None
