@@ -28,7 +28,6 @@ from device_sdk.platform.checkout.verifier import ConsentVerifier
 from device_sdk.platform.gateway.gateway import Gateway
 from device_sdk.platform.gateway.limits import Limits
 from device_sdk.platform.timeline import Step, Timeline
-from device_sdk.platform.ucp.backend import UcpCheckout
 from device_sdk.protocol.errors import OUTCOME_OF
 from device_sdk.protocol.fields import DeviceKind, Outcome
 from device_sdk.protocol.topics import Topics
@@ -44,8 +43,6 @@ DEFAULT_SAY = "buy two packs of AA batteries and a bottle of milk"
 DEFAULT_REPLY = "confirm"
 DEFAULTS = {"en-US": (DEFAULT_SAY, DEFAULT_REPLY), "zh-CN": ("帮我买两包五号电池和一瓶牛奶", "确认")}
 """What the demo's user says and answers, per locale."""
-DEMO_PARTNER = ("demo-partner", "demo-speaker")
-"""The hardware partner and device model the demo's speaker is provisioned as: its orders are theirs."""
 log = logging.getLogger(__name__)
 
 
@@ -125,7 +122,7 @@ class ShopBackend:
         gateway_id: str | None = None,
         confirm_timeout: float = 120.0,
         agent_timeout: float = 15.0,
-        make_checkout: Callable[[ConsentVerifier], CheckoutStandIn | UcpCheckout] | None = None,
+        make_checkout: Callable[[ConsentVerifier], CheckoutStandIn] | None = None,
         agent: AgentCore | None = None,
         database: str | Path | None = None,
         policy: PolicyBook | None = None,
@@ -146,9 +143,7 @@ class ShopBackend:
             "agent_timeout": agent_timeout,
             "limits": limits,
         }
-        self._make_checkout: Callable[[ConsentVerifier], CheckoutStandIn | UcpCheckout] = make_checkout or (
-            lambda verifier: CheckoutStandIn(verifier, self.catalog)
-        )
+        self._make_checkout = make_checkout or (lambda verifier: CheckoutStandIn(verifier, self.catalog))
         self._database = Path(database) if database is not None else None
         self._policy = policy
         self._shared = shared
@@ -226,7 +221,6 @@ async def run_demo(
     hearing: Hearing | None = None,
     locale: str = "en-US",
     pin: str | None = None,
-    make_checkout: Callable[[ConsentVerifier], CheckoutStandIn | UcpCheckout] | None = None,
 ) -> DemoResult:
     """Run one spoken request to its outcome; with no broker URL, on an embedded broker; with no
     audit path, the audit log and the verifier's store live in a temporary file.
@@ -240,10 +234,9 @@ async def run_demo(
         url, shared = await broker_or_embedded(stack, broker)
         timeline = await stack.enter_async_context(Timeline(url, topics=topics, echo=on_step))
         backend = await stack.enter_async_context(
-            ShopBackend(url, topics=topics, shared=shared, database=audit, policy=policy, make_checkout=make_checkout)
+            ShopBackend(url, topics=topics, shared=shared, database=audit, policy=policy)
         )
         key = await asyncio.to_thread(backend.provision, device_id, pin=pin)
-        await asyncio.to_thread(backend.verifier.registry.attribute, device_id, *DEMO_PARTNER)
         device = await stack.enter_async_context(DeviceClient(url, device_id, topics=topics, key=key, locale=locale))
         speaker = SimulatedSpeaker(device, present, pin=pin)
         if voice:

@@ -71,6 +71,15 @@ def register(commands: Commands) -> None:
                            help="your own CA and server certificate instead of the test CA")  # fmt: skip
     provision.add_argument("--json", action="store_true", help="one JSON object (no password in it)")
 
+    gateway = commands.add(
+        "gateway", "the gateway as a long-running service: config from a TOML file and the environment, JSON "
+        "logs, /healthz /readyz /metrics, a drained shutdown on SIGTERM (docs/scale.md)", run=_gateway,
+    )  # fmt: skip
+    gateway.add_argument(
+        "--config", type=Path, default=None, metavar="FILE",
+        help="TOML configuration (examples/gateway.toml); $DEVICE_SDK_* variables override it",
+    )  # fmt: skip
+
     audit = commands.group("audit", "check or read the audit log")
     verify = audit.add("verify", "exit 0 if the log is intact, else name the first bad record", run=_audit_verify)
     verify.add_argument("path", nargs="?", type=Path, default=None, help=f"(default: {default_database()})")
@@ -135,6 +144,17 @@ def _keys(args: argparse.Namespace) -> int:
             for row in [] if args.json else rows:
                 print(printable(f"{row['device_id']:<24} {row['kid']}  {row['status']}"))
     return 0
+
+
+async def _gateway(args: argparse.Namespace) -> int:
+    from .daemon.config import GatewayConfig
+    from .daemon.logs import log_json
+    from .daemon.run import run_gateway
+
+    config = GatewayConfig.load(args.config)
+    if config.log_json:
+        log_json(config.log_level)
+    return await run_gateway(config)
 
 
 def _audit_show(args: argparse.Namespace) -> int:

@@ -271,6 +271,24 @@ def _verify(conn: sqlite3.Connection, path: str, pinned: PublicKey | None, ancho
     return report(None, None)
 
 
+def verified_records(path: str | Path, kind: str) -> tuple[AuditReport, list[dict[str, Any]]]:
+    """Check the whole log at `path` (as `verify_log`, with the key file beside it) and, in the same
+    read transaction, read every record of `kind` that the check covered, oldest first; none when
+    the log is broken."""
+    path = Path(path)
+    sidecar = path.with_name(path.name + KEY_SUFFIX)
+    key = SigningKey.load(sidecar).public if sidecar.exists() else None
+    with _reading(path) as conn:
+        conn.text_factory = bytes
+        conn.execute("BEGIN")  # one snapshot: what is read is what was verified
+        report = _verify(conn, str(path), key, None)
+        rows = conn.execute(
+            "SELECT seq, body FROM audit WHERE kind = ? AND seq <= ? ORDER BY seq", (kind, report.records)
+        ).fetchall()
+        conn.execute("COMMIT")
+    return report, [{"seq": seq, **json.loads(body)} for seq, body in rows] if report.ok else []
+
+
 def trail(path: str | Path, session_id: str) -> list[dict[str, Any]]:
     """Every record of a session, oldest first, each with its `seq`."""
     with _reading(Path(path)) as conn:

@@ -28,6 +28,7 @@ from device_sdk.protocol.messages import CheckoutProposal, ConsentTerms, OrderRe
 from .audit import AuditLog
 from .consent_store import stored_result
 from .database import Database
+from .partners import attribution
 
 PlaceOrder = Callable[[CheckoutProposal, str], str]
 """The merchant's payment channel: `place(proposal, completion_key)` charges for the proposal and
@@ -188,7 +189,8 @@ def _store(
                  (order.model_dump_json(), placed, key))  # fmt: skip
     audit.append(conn, "order", order_id=placed, total_minor=p.total_minor, currency=p.currency,
                  payee=p.merchant.id, payment_handler=pending.payment_handler,
-                 completion_key=pending.completion_key, **pending.ids)  # fmt: skip
+                 completion_key=pending.completion_key, **pending.ids,
+                 **attribution(conn, p.device_id))  # fmt: skip
     return order
 
 

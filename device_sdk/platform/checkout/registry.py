@@ -15,6 +15,8 @@ from device_sdk.consent.keys import PublicKey
 from device_sdk.protocol.errors import ErrorCode, KeyStoreError
 
 from .database import Database
+from .partners import SCHEMA as PARTNERS
+from .partners import partner_of, set_partner
 from .profiles import SCHEMA as PROFILES
 from .profiles import DeviceProfile, profile_of, set_profile
 
@@ -89,7 +91,7 @@ class DeviceRegistry:
 
     def __init__(self, db: Database) -> None:
         self.db = db
-        db.ensure_schema(SCHEMA + PROFILES)
+        db.ensure_schema(SCHEMA + PROFILES + PARTNERS)
 
     def register(self, device_id: str, public: PublicKey) -> str:
         """Register a device's first key (again: no change); a device with another active key rotates."""
@@ -171,6 +173,15 @@ class DeviceRegistry:
     def profile(self, device_id: str) -> DeviceProfile | None:
         with self.db.reading() as conn:
             return profile_of(conn, device_id)
+
+    def attribute(self, device_id: str, partner: str, model: str) -> None:
+        """Record the hardware partner and device model `device_id` came from: its orders are theirs."""
+        self.db.call(lambda conn: set_partner(conn, device_id, partner, model))
+
+    def partner(self, device_id: str) -> tuple[str, str] | None:
+        """`(partner, model)` as provisioned, or None."""
+        with self.db.reading() as conn:
+            return partner_of(conn, device_id)
 
     def unpair(self, device_id: str) -> None:
         """End the device's pairing: no offer of it can be handed over any more."""

@@ -23,6 +23,7 @@ from urllib.parse import quote
 from device_sdk.bus.url import BrokerUrl
 from device_sdk.consent.keys import SigningKey
 from device_sdk.platform.checkout.database import Database
+from device_sdk.platform.checkout.partners import given_partner
 from device_sdk.platform.checkout.profiles import DeviceProfile
 from device_sdk.platform.checkout.registry import DeviceRegistry
 from device_sdk.platform.checkout.step_up import StepUp, check_pin
@@ -132,6 +133,7 @@ def provision(
     kind: DeviceKind | str | None = None,
     capabilities: list[Capability] | list[str] | None = None,
     pin: str | None = None,
+    partner: tuple[str, str] | None = None,
 ) -> Provisioned:
     """Make `name` a broker user of `role` and write the broker's files again.
 
@@ -144,13 +146,14 @@ def provision(
     cannot get an answer, it hands the offer to the phone, whose sheet confirms and whose key signs.
     A device's `kind` and `capabilities` (default: as recorded before, else a speaker's) bound the
     modalities the verifier takes from it; `pin` (read from a file by the command, never an
-    argument) is its user's step-up PIN, kept as a salted scrypt hash.
+    argument) is its user's step-up PIN, kept as a salted scrypt hash. `partner` is the hardware
+    partner and device model the device's orders are credited to (`partners`).
     """
     check_id(name, "user name")
     if phone is not None and role not in KEYED_ROLES:
         raise KeyStoreError(f"only a device is paired with a phone, not a {role}", ErrorCode.NOT_PAIRED)
-    if (kind is not None or capabilities is not None or pin is not None) and role not in KEYED_ROLES:
-        raise ConfigError(f"a {role} has no kind, capabilities or PIN: only a device")
+    if (kind is not None or capabilities is not None or pin is not None or partner) and role not in KEYED_ROLES:
+        raise ConfigError(f"a {role} has no kind, capabilities, PIN or partner: only a device")
     if pin is not None:
         check_pin(pin)  # before anything changes
     broker = BrokerDir(directory)
@@ -179,6 +182,8 @@ def provision(
                     DeviceRegistry(db).pair(name, check_id(phone, "phone"))
                 if pin is not None:
                     StepUp(db, None).set_pin(name, pin)
+                if partner is not None:
+                    DeviceRegistry(db).attribute(name, *partner)
         password = new_password()
         now = time.time()
         registry.users[name] = BrokerUser(
@@ -331,6 +336,7 @@ def run_provision(args: argparse.Namespace) -> int:
         kind=args.kind,
         capabilities=args.capabilities.split(",") if args.capabilities else None,
         pin=read_pin(args.pin_file) if args.pin_file else None,
+        partner=given_partner(args.partner, args.model),
     )
     if args.json:
         print(json.dumps(done.as_dict()))
