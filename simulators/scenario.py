@@ -28,6 +28,7 @@ from device_sdk.platform.checkout.verifier import ConsentVerifier
 from device_sdk.platform.gateway.gateway import Gateway
 from device_sdk.platform.gateway.limits import Limits
 from device_sdk.platform.timeline import Step, Timeline
+from device_sdk.platform.ucp.backend import UcpCheckout
 from device_sdk.protocol.errors import OUTCOME_OF
 from device_sdk.protocol.fields import DeviceKind, Outcome
 from device_sdk.protocol.topics import Topics
@@ -122,7 +123,7 @@ class ShopBackend:
         gateway_id: str | None = None,
         confirm_timeout: float = 120.0,
         agent_timeout: float = 15.0,
-        make_checkout: Callable[[ConsentVerifier], CheckoutStandIn] | None = None,
+        make_checkout: Callable[[ConsentVerifier], CheckoutStandIn | UcpCheckout] | None = None,
         agent: AgentCore | None = None,
         database: str | Path | None = None,
         policy: PolicyBook | None = None,
@@ -143,7 +144,9 @@ class ShopBackend:
             "agent_timeout": agent_timeout,
             "limits": limits,
         }
-        self._make_checkout = make_checkout or (lambda verifier: CheckoutStandIn(verifier, self.catalog))
+        self._make_checkout: Callable[[ConsentVerifier], CheckoutStandIn | UcpCheckout] = make_checkout or (
+            lambda verifier: CheckoutStandIn(verifier, self.catalog)
+        )
         self._database = Path(database) if database is not None else None
         self._policy = policy
         self._shared = shared
@@ -221,6 +224,7 @@ async def run_demo(
     hearing: Hearing | None = None,
     locale: str = "en-US",
     pin: str | None = None,
+    make_checkout: Callable[[ConsentVerifier], CheckoutStandIn | UcpCheckout] | None = None,
 ) -> DemoResult:
     """Run one spoken request to its outcome; with no broker URL, on an embedded broker; with no
     audit path, the audit log and the verifier's store live in a temporary file.
@@ -234,7 +238,7 @@ async def run_demo(
         url, shared = await broker_or_embedded(stack, broker)
         timeline = await stack.enter_async_context(Timeline(url, topics=topics, echo=on_step))
         backend = await stack.enter_async_context(
-            ShopBackend(url, topics=topics, shared=shared, database=audit, policy=policy)
+            ShopBackend(url, topics=topics, shared=shared, database=audit, policy=policy, make_checkout=make_checkout)
         )
         key = await asyncio.to_thread(backend.provision, device_id, pin=pin)
         device = await stack.enter_async_context(DeviceClient(url, device_id, topics=topics, key=key, locale=locale))

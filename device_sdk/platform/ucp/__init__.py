@@ -1,0 +1,1 @@
+"""The platform's UCP adapter: a UCP merchant behind our checkout, AP2 mandates from a device's confirmation."""

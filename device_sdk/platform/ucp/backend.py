@@ -1,0 +1,219 @@
+"""Our checkout on a UCP merchant: devices keep speaking our protocol, the merchant sees UCP and AP2.
+
+`open` creates the merchant's checkout session for the proposal and selects the payment handler
+(create, update), and lets the proposal be read back only when every state the merchant returned
+verifies (`checks.check_state`: its signature against the profile's keys, a known currency, totals
+that add up, not expired) and is the proposal (`check_matches`); then the consent verifier opens it.
+`complete` lets the verifier check the device's confirmation; only once it is accepted, the order is
+placed (`_place`): the merchant's checkout is read again and must be the one confirmed, the platform
+issues the AP2 checkout and payment mandates, and the merchant completes under the completion key.
+A refusal before the merchant completes charges nothing and is audited; the device gets its code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from device_sdk.platform.checkout.backend import Completion
+from device_sdk.platform.checkout.verifier import ConsentVerifier
+from device_sdk.protocol.errors import CheckoutError, ConsentError, ErrorCode
+from device_sdk.protocol.fields import Outcome
+from device_sdk.protocol.messages import (
+    CheckoutProposal,
+    ConfirmationResult,
+    ConsentTerms,
+    IssuedProposal,
+    OrderResult,
+    OrderStatusResult,
+    decode,
+)
+
+from .checks import check_matches, check_state, check_unchanged
+from .client import UcpClient
+from .mandates import MandateIssuer
+from .signing import checkout_sha256, verify_detached
+
+PLACE_TIMEOUT = 30.0
+
+
+@dataclass
+class Opened:
+    """A proposal opened at the merchant: its checkout as last verified, and our checkout hash."""
+
+    proposal: CheckoutProposal
+    checkout: dict[str, Any]
+    checkout_hash: str
+
+
+@dataclass
+class UcpCheckout:
+    """A `CheckoutBackend` whose orders are placed at the UCP merchant `client` talks to.
+
+    `states` keeps every checkout state as the merchant returned it, `mandates` the mandates issued
+    (checkout id -> {"checkout_mandate", "payment_mandate"}), `ucp_orders` the merchant's orders."""
+
+    verifier: ConsentVerifier
+    client: UcpClient
+    issuer: MandateIssuer = field(default_factory=MandateIssuer)
+    orders: list[OrderResult] = field(default_factory=list)
+    states: list[dict[str, Any]] = field(default_factory=list)
+    mandates: dict[str, dict[str, str]] = field(default_factory=dict)
+    ucp_orders: list[dict[str, Any]] = field(default_factory=list)
+    _opened: dict[str, Opened] = field(default_factory=dict)
+    _answers: dict[str, ConfirmationResult] = field(default_factory=dict)
+
+    @property
+    def placed(self) -> int:
+        """How many orders this process placed."""
+        return len(self.orders)
+
+    async def open(self, issued: IssuedProposal) -> ConsentTerms:
+        try:
+            proposal = decode(issued.raw)  # the bytes as issued, not the parsed copy
+        except ValueError as exc:
+            raise CheckoutError(f"malformed proposal: {exc}", ErrorCode.BAD_PROPOSAL) from None
+        if not isinstance(proposal, CheckoutProposal) or proposal != issued.proposal:
+            raise CheckoutError("the proposal does not match its bytes", ErrorCode.BAD_PROPOSAL)
+        try:
+            checkout = await self._open_at_merchant(proposal)
+        except CheckoutError as exc:
+            await self._audit(proposal, exc, "ucp_open")
+            raise
+        terms = await asyncio.to_thread(self.verifier.open, issued)
+        self._opened[proposal.checkout_id] = Opened(proposal, checkout, issued.checkout_hash)
+        return terms
+
+    async def _open_at_merchant(self, proposal: CheckoutProposal) -> dict[str, Any]:
+        profile = self.client.profile or await self.client.discover()
+        lines = [{"item": {"id": line.sku}, "quantity": line.qty} for line in proposal.lines]
+        created = self._verified(
+            await self.client.create({"line_items": lines, "currency": proposal.currency}), proposal
+        )
+        instrument = {
+            "id": f"pi_{proposal.checkout_id}",
+            "handler_id": profile.handlers[0],
+            "type": "wallet",
+            "selected": True,
+        }
+        kept = [
+            {"id": line["id"], "item": {"id": line["item"]["id"]}, "quantity": line["quantity"]}
+            for line in created["line_items"]
+        ]
+        update = {"line_items": kept, "payment": {"instruments": [instrument]}}
+        return self._verified(await self.client.update(created["id"], update), proposal)
+
+    def _verified(
+        self, checkout: dict[str, Any], proposal: CheckoutProposal, confirmed: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """`checkout` checked (`check_state`, unchanged since `confirmed`, `check_matches`) and kept;
+        a malformed one is refused."""
+        assert self.client.profile is not None
+        self.states.append(checkout)
+        try:
+            check_state(checkout, self.client.profile.keys, time.time())
+            if confirmed is not None:
+                check_unchanged(confirmed, checkout)
+            check_matches(checkout, proposal)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise CheckoutError(f"the merchant's checkout is malformed: {exc!r}", ErrorCode.BAD_PROPOSAL) from None
+        return checkout
+
+    async def complete(self, completion: Completion) -> OrderResult:
+        self._answers[completion.checkout_id] = completion.confirmation
+        loop = asyncio.get_running_loop()
+
+        def place(proposal: CheckoutProposal, key: str) -> str:
+            future = asyncio.run_coroutine_threadsafe(self._place(proposal, key), loop)
+            try:
+                return future.result(PLACE_TIMEOUT)
+            except ConsentError:
+                raise
+            except CheckoutError as exc:  # a refusal with its own code: the device is told which
+                raise ConsentError(exc.text, exc.code) from None
+
+        result = await asyncio.to_thread(self.verifier.complete, completion, place)
+        if all(order.order_id != result.order_id for order in self.orders):
+            self.orders.append(result)
+        return result
+
+    async def _place(self, proposal: CheckoutProposal, key: str) -> str:
+        """Runs only after the verifier accepted the confirmation: re-read, mandates, complete."""
+        opened = self._opened.get(proposal.checkout_id)
+        if opened is None:
+            raise CheckoutError("this gateway did not open the merchant's checkout", ErrorCode.UNKNOWN_CHECKOUT)
+        ucp_id = opened.checkout["id"]
+        now = self._verified(await self.client.get(ucp_id), proposal, opened.checkout)
+        mandates = self._mandates(opened, now, key)
+        self.mandates[ucp_id] = mandates
+        payment = {
+            **now["payment"]["instruments"][0],
+            "credential": {"type": "ap2.payment_mandate", "token": mandates["payment_mandate"]},
+        }
+        body = {"payment": {"instruments": [payment]}, "ap2": {"checkout_mandate": mandates["checkout_mandate"]}}
+        done = await self.client.complete(ucp_id, body, idempotency_key=key)
+        self.states.append(done)
+        assert self.client.profile is not None
+        verify_detached(done, self.client.profile.keys)
+        check_unchanged(opened.checkout, done)
+        order_ref = done.get("order") or {}
+        if done.get("status") != "completed" or not order_ref.get("id") or not order_ref.get("permalink_url"):
+            raise CheckoutError(
+                f"the merchant did not complete the checkout ({done.get('status')})", ErrorCode.PAYMENT_DECLINED
+            )
+        order = await self.client.order(order_ref["id"])
+        if order.get("checkout_id") != ucp_id or order.get("totals") != now["totals"]:
+            raise CheckoutError("the merchant's order is not the checkout confirmed", ErrorCode.TOTALS_MISMATCH)
+        self.ucp_orders.append(order)
+        return str(order_ref["id"])
+
+    def _mandates(self, opened: Opened, checkout: dict[str, Any], key: str) -> dict[str, str]:
+        """The AP2 checkout and payment mandates for the confirmed `checkout` (its signed state)."""
+        answer = self._answers.get(opened.proposal.checkout_id)
+        ours = {"checkout_hash": opened.checkout_hash}
+        if answer is not None:
+            ours |= {"display_digest": answer.display_digest, "confirmation_modality": answer.modality.value}
+        bound = {"checkout_id": checkout["id"], "checkout_sha256": checkout_sha256(checkout)}
+        audience = self.client.base_url
+        total = next(entry["amount"] for entry in checkout["totals"] if entry["type"] == "total")
+        return {
+            "checkout_mandate": self.issuer.issue(
+                {**bound, "checkout": checkout}, ours, vct="ap2.checkout_mandate", audience=audience, nonce=key
+            ),
+            "payment_mandate": self.issuer.issue(
+                {**bound, "payment_handler": checkout["payment"]["instruments"][0]["handler_id"],
+                 "amount": {"value": total, "currency": checkout["currency"]}},
+                {"payer_device": opened.proposal.device_id, "checkout_hash": opened.checkout_hash},
+                vct="ap2.payment_mandate", audience=audience, nonce=key,
+            ),
+        }  # fmt: skip
+
+    async def _audit(self, proposal: CheckoutProposal, exc: CheckoutError, stage: str) -> None:
+        ids = {"device_id": proposal.device_id, "session_id": proposal.session_id, "checkout_id": proposal.checkout_id}
+        audit = self.verifier.audit
+        await self.verifier.db.run(
+            lambda conn: audit.append(conn, "refusal", stage=stage, code=exc.code.value, reason=exc.text, **ids)
+        )
+
+    async def status(self, device_id: str, session_id: str, checkout_id: str) -> OrderStatusResult:
+        return await asyncio.to_thread(self.verifier.status, device_id, session_id, checkout_id)
+
+    async def settle_pending(self, older_than: float) -> int:
+        loop = asyncio.get_running_loop()
+
+        def place(proposal: CheckoutProposal, key: str) -> str:
+            return asyncio.run_coroutine_threadsafe(self._place(proposal, key), loop).result(PLACE_TIMEOUT)
+
+        return await asyncio.to_thread(self.verifier.settle_pending, place, older_than)
+
+    async def cancel(self, checkout_id: str, outcome: Outcome, reason: str) -> None:
+        await asyncio.to_thread(self.verifier.cancel, checkout_id, outcome, reason)
+
+    async def hand_over(self, checkout_id: str, device_id: str) -> tuple[str, ConsentTerms]:
+        return await asyncio.to_thread(self.verifier.hand_over, checkout_id, device_id)
+
+    async def step_up(self, device_id: str, checkout_id: str, checkout_hash: str, pin: str) -> tuple[str, float]:
+        grant = await asyncio.to_thread(self.verifier.step_up.prove, device_id, checkout_id, checkout_hash, pin)
+        return grant.proof, grant.expires_at
