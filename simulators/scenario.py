@@ -44,6 +44,8 @@ DEFAULT_SAY = "buy two packs of AA batteries and a bottle of milk"
 DEFAULT_REPLY = "confirm"
 DEFAULTS = {"en-US": (DEFAULT_SAY, DEFAULT_REPLY), "zh-CN": ("帮我买两包五号电池和一瓶牛奶", "确认")}
 """What the demo's user says and answers, per locale."""
+DEMO_PARTNER = ("demo-partner", "demo-speaker")
+"""The hardware partner and device model the demo's speaker is provisioned as: its orders are theirs."""
 log = logging.getLogger(__name__)
 
 
@@ -241,6 +243,7 @@ async def run_demo(
             ShopBackend(url, topics=topics, shared=shared, database=audit, policy=policy, make_checkout=make_checkout)
         )
         key = await asyncio.to_thread(backend.provision, device_id, pin=pin)
+        await asyncio.to_thread(backend.verifier.registry.attribute, device_id, *DEMO_PARTNER)
         device = await stack.enter_async_context(DeviceClient(url, device_id, topics=topics, key=key, locale=locale))
         speaker = SimulatedSpeaker(device, present, pin=pin)
         if voice:

@@ -18,6 +18,8 @@ from device_sdk.terminal import printable
 from .checkout.audit import describe, trail, verify_log
 from .checkout.bench import run_bench_consent
 from .checkout.database import Database
+from .checkout.partner_report import PartnerTermsBook, as_csv, as_json, parse_since, partner_report, unpriced
+from .checkout.partners import given_partner
 from .checkout.profiles import DeviceProfile
 from .checkout.registry import DeviceRegistry
 from .provisioning.provision import run_provision
@@ -37,6 +39,7 @@ def register(commands: Commands) -> None:
     revoke.add_argument("device_id")
     listing = keys.add("list", "registered keys", run=_keys)
     listing.add_argument("--json", action="store_true")
+    partner_options(create)
     for sub in (create, revoke, listing):
         store_options(sub, policy=False)
 
@@ -69,6 +72,7 @@ def register(commands: Commands) -> None:
     provision.add_argument("--plain-port", type=int, default=None, help="also a loopback listener without TLS")
     provision.add_argument("--tls-files", nargs=3, metavar=("CA", "CERT", "KEY"), default=None,
                            help="your own CA and server certificate instead of the test CA")  # fmt: skip
+    partner_options(provision)
     provision.add_argument("--json", action="store_true", help="one JSON object (no password in it)")
 
     gateway = commands.add(
@@ -90,6 +94,27 @@ def register(commands: Commands) -> None:
     show.add_argument("path", nargs="?", type=Path, default=None, help=f"(default: {default_database()})")
     show.add_argument("--session", required=True, help="session id")
     show.add_argument("--json", action="store_true")
+
+    report = commands.group("report", "reports from the audit log")
+    partners = report.add(
+        "partners",
+        "orders, value and commission per hardware partner, model and currency, "
+        "from the audit log (verified first: a broken log gives no report)",
+        run=_report_partners,
+    )
+    partners.add_argument("--since", default=None, metavar="DATE", help="orders from this UTC date (or ISO time) on")
+    partners.add_argument(
+        "--terms",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the partners' terms (TOML: commission_bps, waived_until; docs/partners.md)",
+    )
+    shape = partners.add_mutually_exclusive_group()
+    shape.add_argument("--json", action="store_true", help='{"rows": [...]} (integer minor units)')
+    shape.add_argument("--csv", action="store_true", help="CSV with a header row")
+    partners.add_argument("--audit", "--db", dest="database", type=Path, default=None,
+                          help=f"the audit log's SQLite file (default: {default_database()})")  # fmt: skip
 
     bench = commands.group("bench", "benchmarks (figures as JSON with --json)")
     consent = bench.add("consent", "mandates verified and completed; audit log verification", run=run_bench_consent)
@@ -115,18 +140,45 @@ def store_options(command: argparse.ArgumentParser, *, policy: bool = True, defa
         )
 
 
+def partner_options(command: argparse.ArgumentParser) -> None:
+    """`--partner P --model M`: the hardware partner and device model a device's orders are credited to."""
+    command.add_argument("--partner", default=None, help="the hardware partner the device came from (with --model)")
+    command.add_argument("--model", default=None, help="its device model: orders are reported per partner and model")
+
+
+def _report_partners(args: argparse.Namespace) -> int:
+    terms = PartnerTermsBook.load(args.terms)
+    since = parse_since(args.since) if args.since else None
+    rows = partner_report(args.database or default_database(), terms, since=since)
+    if args.json:
+        print(json.dumps(as_json(rows)))
+    elif args.csv:
+        sys.stdout.write(as_csv(rows))
+    else:
+        print(f"{'partner':<20} {'model':<20} {'cur':<4} {'orders':>7} {'gross':>14} {'commission':>12} {'waived':>12}")
+        for r in rows:
+            print(printable(f"{r.partner:<20} {r.model:<20} {r.currency:<4} {r.orders:>7} {r.gross_minor:>14} "
+                            f"{r.commission_minor:>12} {r.waived_minor:>12}"))  # fmt: skip
+    for partner in unpriced(rows, terms):
+        print(printable(f"warning: no terms for {partner}: no commission counted"), file=sys.stderr)
+    return 0
+
+
 def _keys(args: argparse.Namespace) -> int:
     with Database(args.database or default_database()) as db:
         registry = DeviceRegistry(db)
         if args.command_keys == "create":
             device_id = check_id(args.device_id, "device id")
             out = args.out or default_key_file(device_id)
+            partner = given_partner(args.partner, args.model)
             key = SigningKey.generate()
             key.save(out)
             try:
                 kid = registry.rotate(device_id, key.public)
                 if args.kind is not None or registry.profile(device_id) is None:
                     registry.describe(device_id, DeviceProfile.of(args.kind or DeviceKind.SPEAKER))
+                if partner is not None:
+                    registry.attribute(device_id, *partner)
             except BaseException:
                 out.unlink()  # not registered: leave no key file behind
                 raise
