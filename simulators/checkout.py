@@ -44,7 +44,8 @@ class CheckoutStandIn:
     merchant: MerchantStandIn | None = None
     keep_orders: int = 1000
     placed: int = 0
-    _recent: OrderedDict[str, OrderResult] = field(default_factory=OrderedDict, repr=False)
+    recent: OrderedDict[str, OrderResult] = field(default_factory=OrderedDict, repr=False)
+    """The newest orders placed here, by order id."""
 
     def __post_init__(self) -> None:
         if self.merchant is None:
@@ -64,17 +65,17 @@ class CheckoutStandIn:
 
     async def complete(self, completion: Completion) -> OrderResult:
         result = await asyncio.to_thread(self.verifier.complete, completion, self._charge)
-        if result.order_id is not None and result.order_id not in self._recent:
+        if result.order_id is not None and result.order_id not in self.recent:
             self.placed += 1
-            self._recent[result.order_id] = result
-            while len(self._recent) > self.keep_orders:
-                self._recent.popitem(last=False)
+            self.recent[result.order_id] = result
+            while len(self.recent) > self.keep_orders:
+                self.recent.popitem(last=False)
         return result
 
     @property
     def orders(self) -> list[OrderResult]:
         """The newest orders this process placed, oldest first (at most `keep_orders`)."""
-        return list(self._recent.values())
+        return list(self.recent.values())
 
     def _charge(self, proposal: CheckoutProposal, key: str) -> str:
         """The stand-in payment channel ("shop-wallet"): always approves, once per completion key."""

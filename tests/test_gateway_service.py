@@ -178,3 +178,13 @@ def test_issue_19_a_gateway_config_with_an_unknown_setting_is_refused_by_name(tm
     loaded = GatewayConfig.load(config, env=env)
     assert loaded.broker.password == "s3cret" and loaded.database == str(tmp_path / "y.db")
     assert "s3cret" not in json.dumps(loaded.described())
+
+
+def test_issue_19_the_sample_gateway_config_loads(tmp_path: Path) -> None:
+    secret = tmp_path / "password"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)
+    sample = Path(__file__).parent.parent / "examples" / "gateway.toml"
+    loaded = GatewayConfig.load(sample, env={"DEVICE_SDK_BROKER_PASSWORD_FILE": str(secret)})
+    assert loaded.gateway_id == "gw-1" and loaded.broker.tls and loaded.http_host == "127.0.0.1"
+    assert loaded.limits.open_checkouts == 4 and loaded.drain_seconds == 30.0

@@ -99,8 +99,7 @@ class SessionFlow:
         key = (device_id, request.session_id)
         session = self.sessions.get(key)
         if session is None:
-            session = self.sessions[key] = Session(request.session_id, device_id)
-            self._of_device.setdefault(device_id, set()).add(key)
+            session = self.hold(Session(request.session_id, device_id))
         superseded = session.offer if session.state is State.AWAITING_CONFIRMATION else None
         try:
             step = session.on_request(device_id, request.request_id)
@@ -361,6 +360,13 @@ class SessionFlow:
             await self.audit.record(kind, **fields)
         except Exception as exc:
             log.error("could not write the audit record %s: %r", kind, exc)
+
+    def hold(self, session: Session) -> Session:
+        """Hold a new session here, indexed by its key and by its device."""
+        key = (session.device_id, session.session_id)
+        self.sessions[key] = session
+        self._of_device.setdefault(session.device_id, set()).add(key)
+        return session
 
     def _observed(self, kind: str, key: SessionKey, fields: dict[str, Any] | None = None) -> None:
         if self.observe is not None:
