@@ -13,7 +13,7 @@ from pathlib import Path
 from device_sdk.bus.password import broker_options, broker_url
 from device_sdk.commands import Commands, print_report
 from device_sdk.locale import LOCALES
-from device_sdk.platform.commands import store_options
+from device_sdk.platform.commands import store_options, store_target
 from device_sdk.protocol.errors import DeviceSdkError
 from device_sdk.state import default_database, demo_database
 from device_sdk.terminal import printable
@@ -55,7 +55,7 @@ def register(commands: Commands) -> None:
     serve.add_argument("--host", default="127.0.0.1", help="address of the embedded broker (default 127.0.0.1)")
     serve.add_argument("--advertise", action="store_true", help="advertise the gateway with zeroconf")
     serve.add_argument("--interface", action="append", metavar="IP", help="zeroconf on this address only (repeat)")
-    store_options(serve)
+    store_options(serve, url=True)
 
     evaluate = commands.group("eval", "evaluations")
     voice = evaluate.add("voice", "spoken cases through the whole voice pipeline, scored", run=_eval_voice)
@@ -323,7 +323,7 @@ async def _serve(args: argparse.Namespace) -> int:
         else:
             broker = EmbeddedBroker(args.host, args.port)
             url, shared = (await stack.enter_async_context(broker)).url, False
-        database, policy = args.database or default_database(), PolicyBook.load(args.policy)
+        database, policy = store_target(args) or default_database(), PolicyBook.load(args.policy)
         backend = await stack.enter_async_context(ShopBackend(url, shared=shared, database=database, policy=policy))
         print(f"serving devices on {url} as gateway {backend.gateway.gateway_id}; Ctrl-C stops", flush=True)
         print(f"audit log and verifier store: {database}", flush=True)

@@ -24,6 +24,7 @@ from device_sdk.platform.checkout.database import Database
 from device_sdk.platform.checkout.outcomes import Verification
 from device_sdk.platform.checkout.policy import PolicyBook
 from device_sdk.platform.checkout.profiles import DeviceProfile
+from device_sdk.platform.checkout.store_url import StoreUrl, parse_store
 from device_sdk.platform.checkout.verifier import ConsentVerifier
 from device_sdk.platform.gateway.gateway import Gateway
 from device_sdk.platform.gateway.limits import Limits
@@ -113,7 +114,8 @@ class ShopBackend:
     stand-in on a consent verifier, and a gateway. Use as `async with ShopBackend(url) as backend:`.
 
     `database` is the SQLite file of the audit log and the verifier's store (default: a temporary
-    one); devices must be enrolled (`provision` or `enroll`) before their confirmations can order.
+    one), or a PostgreSQL URL (`store_url`); devices must be enrolled (`provision` or `enroll`) before their
+    confirmations can order.
     """
 
     def __init__(
@@ -127,7 +129,7 @@ class ShopBackend:
         agent_timeout: float = 15.0,
         make_checkout: Callable[[ConsentVerifier], CheckoutStandIn | UcpCheckout] | None = None,
         agent: AgentCore | None = None,
-        database: str | Path | None = None,
+        database: str | Path | StoreUrl | None = None,
         policy: PolicyBook | None = None,
         agent_url: BrokerUrl | None = None,
         limits: Limits | None = None,
@@ -149,7 +151,7 @@ class ShopBackend:
         self._make_checkout: Callable[[ConsentVerifier], CheckoutStandIn | UcpCheckout] = make_checkout or (
             lambda verifier: CheckoutStandIn(verifier, self.catalog)
         )
-        self._database = Path(database) if database is not None else None
+        self._database = parse_store(database) if database is not None else None
         self._policy = policy
         self._shared = shared
         self._stack = contextlib.AsyncExitStack()
@@ -158,7 +160,7 @@ class ShopBackend:
     async def __aenter__(self) -> ShopBackend:
         stack = await self._stack.__aenter__()
         try:
-            path = self._database
+            path: StoreUrl | Path | None = self._database
             if path is None:
                 path = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="device-sdk-"))) / "shop.db"
             self.db = await stack.enter_async_context(Database(path))

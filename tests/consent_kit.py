@@ -1,4 +1,4 @@
-"""Shared pieces for the consent tests: a verifier on a real SQLite file, proposals from the demo
+"""Shared pieces for the consent tests: a verifier on a real SQLite file or PostgreSQL database, proposals from the demo
 catalog, offers as the gateway makes them, and mandates signed (or forged) as devices would."""
 
 from __future__ import annotations
@@ -133,10 +133,10 @@ class Shop:
         return self.verifier.complete(completion, self.place)
 
     def refusals(self, session_id: str) -> list[str]:
-        return [r["code"] for r in trail(self.db.path, session_id) if r["kind"] == "refusal"]
+        return [r["code"] for r in trail(self.db.url, session_id) if r["kind"] == "refusal"]
 
 
-def open_shop(path: Path, policy: PolicyBook | None = None) -> Iterator[Shop]:
+def open_shop(path: str | Path, policy: PolicyBook | None = None) -> Iterator[Shop]:
     with Database(path) as db:
         verifier = ConsentVerifier(db, AuditLog.open(db), audience=AUDIENCE, policy=policy)
         shop = Shop(db, verifier)

@@ -28,8 +28,8 @@ from tests.consent_kit import Shop, make_proposal, open_shop
 
 
 @pytest.fixture
-def shop(tmp_path: Path) -> Iterator[Shop]:
-    yield from open_shop(tmp_path / "shop.db")
+def shop(store: str | Path) -> Iterator[Shop]:
+    yield from open_shop(store)
 
 
 def refused(shop: Shop, completion: Any, code: ErrorCode) -> ConsentError:
@@ -274,12 +274,12 @@ def test_a_blocked_category_is_refused_at_open_and_audited(shop: Shop) -> None:
     assert shop.verifier.orders() == []
 
 
-def test_daily_cap_and_velocity_are_per_device_at_open_and_at_completion(tmp_path: Path) -> None:
+def test_daily_cap_and_velocity_are_per_device_at_open_and_at_completion(store: str | Path) -> None:
     policy = PolicyBook.parse(
         "daily_cap_minor = {CNY = 2000}\n[devices.speaker-2]\norders_per_minute = 1\ndaily_cap_minor = {CNY = 9000}"
     )
     milk = (("milk-1l", 1),)  # 12.50 CNY
-    for shop in open_shop(tmp_path / "shop.db", policy):
+    for shop in open_shop(store, policy):
         first, second = shop.offer(make_proposal(items=milk)), shop.offer(make_proposal(items=milk))
         assert shop.complete(shop.confirm(first)).order_id
         refused(shop, shop.confirm(second), ErrorCode.DAILY_CAP)  # 25.00 CNY in a day: over the cap
@@ -299,7 +299,7 @@ def test_a_cancelled_checkout_cannot_be_completed(shop: Shop) -> None:
     offer = shop.offer()
     shop.verifier.cancel(offer.checkout_id, Outcome.DECLINED, "the user declined")
     refused(shop, shop.confirm(offer), ErrorCode.CHECKOUT_CLOSED)
-    assert "cancel" in [r["kind"] for r in trail(shop.db.path, offer.session_id)]
+    assert "cancel" in [r["kind"] for r in trail(shop.db.url, offer.session_id)]
 
 
 def test_the_unsigned_confirmation_must_say_what_the_mandate_says(shop: Shop) -> None:
@@ -342,15 +342,14 @@ def test_a_refusal_is_the_answer_to_its_key_too(shop: Shop) -> None:
     assert caught.value.code == ErrorCode.WRONG_AUDIENCE
 
 
-def test_single_use_survives_a_restart(tmp_path: Path) -> None:
-    path = tmp_path / "shop.db"
-    shops = open_shop(path)
+def test_single_use_survives_a_restart(store: str | Path) -> None:
+    shops = open_shop(store)
     shop = next(shops)
     offer = shop.offer()
     completion = shop.confirm(offer)
     order = shop.complete(completion)
     shops.close()
-    for reopened in open_shop(path):
+    for reopened in open_shop(store):
         reopened.keys.update(shop.keys)
         assert reopened.complete(completion) == order  # idempotent across the restart
         again = reopened.completion(offer, completion.confirmation.mandate)
@@ -402,7 +401,7 @@ def test_concurrent_submissions_from_processes_order_once(shop: Shop) -> None:
     context = multiprocessing.get_context("spawn")
     start, results = context.Event(), context.Queue()
     processes = [
-        context.Process(target=_submit_in_process, args=(str(shop.db.path), shop.completion(offer, token), start,
+        context.Process(target=_submit_in_process, args=(str(shop.db.url), shop.completion(offer, token), start,
                                                           results))
         for _ in range(4)
     ]  # fmt: skip

@@ -22,6 +22,7 @@ from .checkout.partner_report import PartnerTermsBook, as_csv, as_json, parse_si
 from .checkout.partners import given_partner
 from .checkout.profiles import DeviceProfile
 from .checkout.registry import DeviceRegistry
+from .checkout.store_url import PASSWORD_ENV, PASSWORD_FILE_OPTION, StoreUrl, parse_store, store_argument
 from .provisioning.provision import run_provision
 
 
@@ -41,7 +42,7 @@ def register(commands: Commands) -> None:
     listing.add_argument("--json", action="store_true")
     partner_options(create)
     for sub in (create, revoke, listing):
-        store_options(sub, policy=False)
+        store_options(sub, policy=False, url=True)
 
     provision = commands.add(
         "provision", "broker credentials (and, for a device, its signing key) for one client; "
@@ -127,17 +128,38 @@ def register(commands: Commands) -> None:
     consent.add_argument("--json", action="store_true")
 
 
-def store_options(command: argparse.ArgumentParser, *, policy: bool = True, default: Path | None = None) -> None:
+def store_options(
+    command: argparse.ArgumentParser, *, policy: bool = True, default: Path | None = None, url: bool = False
+) -> None:
     """Where the checkout keeps its state (`demo`, `serve`, `keys`; `default` names the command's own
-    default in the help, else `default_database()`), and its risk policy."""
+    default in the help, else `default_database()`), and its risk policy; with `url`, also
+    `--database URL` (PostgreSQL) and its password file (`store_target` reads them back)."""
     command.add_argument(
         "--audit", "--db", dest="database", type=Path, default=None,
         help=f"SQLite file of the audit log, device keys and verifier store (default: {default or default_database()})",
     )  # fmt: skip
+    if url:
+        command.add_argument(
+            "--database", dest="database_url", type=store_argument, default=None, metavar="URL",
+            help="the stores in a database instead: postgresql://USER@HOST:PORT/DBNAME or sqlite:///PATH "
+            "(docs/scale.md); never a password in the URL",
+        )  # fmt: skip
+        command.add_argument(
+            PASSWORD_FILE_OPTION, dest="database_password_file", type=Path, default=None, metavar="FILE",
+            help=f"the PostgreSQL user's password: the first line of FILE (default: ${PASSWORD_ENV})",
+        )  # fmt: skip
     if policy:
         command.add_argument(
             "--policy", type=Path, default=None, help="risk policy TOML file (default: built-in defaults)"
         )
+
+
+def store_target(args: argparse.Namespace) -> StoreUrl | Path | None:
+    """The store `--database URL` names (with its password file), else `--db PATH`, else None."""
+    if getattr(args, "database_url", None):
+        return parse_store(args.database_url, args.database_password_file)
+    database: Path | None = args.database
+    return database
 
 
 def partner_options(command: argparse.ArgumentParser) -> None:
@@ -165,7 +187,7 @@ def _report_partners(args: argparse.Namespace) -> int:
 
 
 def _keys(args: argparse.Namespace) -> int:
-    with Database(args.database or default_database()) as db:
+    with Database(store_target(args) or default_database()) as db:
         registry = DeviceRegistry(db)
         if args.command_keys == "create":
             device_id = check_id(args.device_id, "device id")
@@ -182,7 +204,7 @@ def _keys(args: argparse.Namespace) -> int:
             except BaseException:
                 out.unlink()  # not registered: leave no key file behind
                 raise
-            print(f"{args.device_id}: key {kid} written to {out} (mode 600) and registered in {db.path}")
+            print(f"{args.device_id}: key {kid} written to {out} (mode 600) and registered in {db.url}")
         elif args.command_keys == "revoke":
             count = registry.revoke(args.device_id)
             print(f"{args.device_id}: {count} key(s) revoked")

@@ -15,18 +15,23 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from device_sdk.consent.keys import PublicKey, SigningKey
 from device_sdk.protocol.errors import ErrorCode, KeyStoreError, StoreError
+from device_sdk.state import state_dir
 from device_sdk.terminal import printable
 
 from .database import Database, connect
+from .sql import Connection
+from .store_url import StoreUrl, parse_store
 
 GENESIS = bytes(32)
 KEY_SUFFIX = ".audit-key.pem"
@@ -46,6 +51,17 @@ SCHEMA = (
         seq INTEGER PRIMARY KEY, hash BLOB NOT NULL, kid TEXT NOT NULL, signature BLOB NOT NULL, at REAL NOT NULL
     )""",
     "CREATE TABLE IF NOT EXISTS audit_keys (kid TEXT PRIMARY KEY, public_key BLOB NOT NULL, added_at REAL NOT NULL)",
+)
+PG_SCHEMA = (
+    # the body stays text, byte for byte as hashed; what queries look up is read from it as jsonb
+    """CREATE TABLE IF NOT EXISTS audit (
+        seq BIGINT PRIMARY KEY,
+        body TEXT NOT NULL,
+        hash BYTEA NOT NULL,
+        kind TEXT GENERATED ALWAYS AS (body::jsonb ->> 'kind') STORED,
+        session_id TEXT GENERATED ALWAYS AS (body::jsonb ->> 'session_id') STORED
+    )""",
+    *SCHEMA[1:],
 )
 
 
@@ -70,7 +86,7 @@ class AuditLog:
     def __init__(self, db: Database, key: SigningKey) -> None:
         self.db = db
         self.key = key
-        db.ensure_schema(SCHEMA)
+        db.ensure_schema(PG_SCHEMA if db.dialect == "postgresql" else SCHEMA)
         self._head: tuple[int, bytes] | None = None
         db.call(self._register_key)
         db.before_batch(self._read_head)
@@ -80,10 +96,10 @@ class AuditLog:
     @classmethod
     def open(cls, db: Database, key_path: str | Path | None = None) -> AuditLog:
         """The log in `db`, signing with the key at `key_path` (default: beside the database), made if new."""
-        path = Path(key_path) if key_path is not None else db.path.with_name(db.path.name + KEY_SUFFIX)
+        path = Path(key_path) if key_path is not None else key_file(db.url)
         return cls(db, SigningKey.load_or_create(path))
 
-    def _register_key(self, conn: sqlite3.Connection) -> None:
+    def _register_key(self, conn: Connection) -> None:
         """Record this log's key; a log already signed by another key keeps it (no silent new key)."""
         known = [row[0] for row in conn.execute("SELECT kid FROM audit_keys")]
         if known and self.key.public.kid not in known:
@@ -92,13 +108,13 @@ class AuditLog:
                 "restore its key file instead of making a new one"
             )
         conn.execute(
-            "INSERT OR IGNORE INTO audit_keys (kid, public_key, added_at) VALUES (?, ?, ?)",
+            "INSERT INTO audit_keys (kid, public_key, added_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
             (self.key.public.kid, self.key.public.raw, time.time()),
         )
 
     def append(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         kind: str,
         *,
         device_id: str | None = None,
@@ -110,7 +126,7 @@ class AuditLog:
         fields = {"device_id": device_id, "session_id": session_id, "checkout_id": checkout_id, **data}
         return self.append_many(conn, [(kind, fields)])
 
-    def append_many(self, conn: sqlite3.Connection, records: list[tuple[str, dict[str, Any]]]) -> int:
+    def append_many(self, conn: Connection, records: list[tuple[str, dict[str, Any]]]) -> int:
         """Append records (kind, fields) in one statement inside the caller's write transaction;
         returns the last `seq`."""
         if self._head is None:
@@ -132,19 +148,19 @@ class AuditLog:
         """Append one record in a transaction of its own."""
         return await self.db.run(lambda conn: self.append(conn, kind, **fields))
 
-    def _read_head(self, conn: sqlite3.Connection) -> None:
+    def _read_head(self, conn: Connection) -> None:
         """At the start of each write transaction (which holds SQLite's write lock): the chain's head,
         which another process may have moved since."""
         row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        self._head = (row[0], row[1]) if row else (0, GENESIS)
+        self._head = (row[0], bytes(row[1])) if row else (0, GENESIS)
 
-    def _forget_head(self, conn: sqlite3.Connection | None) -> None:
+    def _forget_head(self, conn: Connection | None) -> None:
         if conn is None:
             self._head = None
         else:
             self._read_head(conn)
 
-    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+    def _checkpoint(self, conn: Connection) -> None:
         head = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
         if head is None:
             return
@@ -176,7 +192,17 @@ class AuditReport:
         return asdict(self)
 
 
-def verify_log(path: str | Path, *, key: PublicKey | None = None, head: str | None = None) -> AuditReport:
+def key_file(url: StoreUrl) -> Path:
+    """The checkpoint key's default file: beside a SQLite log; for PostgreSQL, in the state directory
+    under the database's host, port and name (every gateway of one database must have the same one)."""
+    if url.path is not None:
+        return url.path.with_name(url.path.name + KEY_SUFFIX)
+    parts = urlsplit(str(url))
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{parts.hostname}-{parts.port or 5432}-{parts.path.strip('/')}")
+    return state_dir() / "audit" / (name + KEY_SUFFIX)
+
+
+def verify_log(path: str | Path | StoreUrl, *, key: PublicKey | None = None, head: str | None = None) -> AuditReport:
     """Check the whole log at `path`.
 
     `key` pins the checkpoint key; by default it is the key file beside the log
@@ -184,17 +210,36 @@ def verify_log(path: str | Path, *, key: PublicKey | None = None, head: str | No
     report says `key_pinned: false`: anyone who can write the file can then re-sign it). `head`
     (hex) is a checkpoint hash kept elsewhere, which the log must still contain.
     """
-    path = Path(path)
+    url = parse_store(path)
     try:
         anchor = bytes.fromhex(head) if head else None
     except ValueError:
         raise StoreError(f"--head must be a hex checkpoint hash, not {head!r}", ErrorCode.AUDIT_BROKEN) from None
-    sidecar = path.with_name(path.name + KEY_SUFFIX)
+    sidecar = key_file(url)
     if key is None and sidecar.exists():
         key = SigningKey.load(sidecar).public
+    if url.postgres:
+        with _reading_postgres(url) as pg:
+            return _verify(pg, str(url), key, anchor)
+    path = url.path or Path()
     with _reading(path) as conn:
         conn.text_factory = bytes
         return _verify(conn, str(path), key, anchor)
+
+
+@contextlib.contextmanager
+def _reading_postgres(url: StoreUrl) -> Iterator[Connection]:
+    """A read-only connection to the log in PostgreSQL, in one REPEATABLE READ snapshot."""
+    from .postgres import connect_readonly
+
+    conn = connect_readonly(url)
+    try:
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        yield conn
+    except StoreError as exc:
+        raise StoreError(f"{url} is not a readable audit log: {exc}", ErrorCode.AUDIT_BROKEN) from None
+    finally:
+        conn.raw.close()
 
 
 @contextlib.contextmanager
@@ -214,12 +259,13 @@ def _reading(path: Path) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
-def _verify(conn: sqlite3.Connection, path: str, pinned: PublicKey | None, anchor: bytes | None) -> AuditReport:
+def _verify(conn: Connection, path: str, pinned: PublicKey | None, anchor: bytes | None) -> AuditReport:
+    """(SQLite gives text as bytes here, `text_factory`; PostgreSQL as str.)"""
     checkpoints = {
-        seq: (digest, kid.decode(), signature)
+        seq: (bytes(digest), _text(kid), bytes(signature))
         for seq, digest, kid, signature in conn.execute("SELECT seq, hash, kid, signature FROM audit_checkpoints")
     }
-    keys = {kid.decode(): PublicKey(raw) for kid, raw in conn.execute("SELECT kid, public_key FROM audit_keys")}
+    keys = {_text(kid): PublicKey(bytes(raw)) for kid, raw in conn.execute("SELECT kid, public_key FROM audit_keys")}
     last_checkpoint = max(checkpoints, default=0)
     count, prev, anchored = 0, GENESIS, anchor is None
     matched: list[int] = []  # checkpoints that match the chain so far, oldest first
@@ -243,8 +289,8 @@ def _verify(conn: sqlite3.Connection, path: str, pinned: PublicKey | None, ancho
         expected = count + 1
         if seq != expected:
             return report(expected, f"record {expected} is missing (the next one is {seq})")
-        digest = chain_hash(prev, seq, body)
-        if digest != stored:
+        digest = chain_hash(prev, seq, body.encode() if isinstance(body, str) else body)
+        if digest != bytes(stored):
             return report(seq, f"record {seq} was changed or moved: its hash does not match its content and place")
         count, prev = seq, digest
         checkpoint = checkpoints.get(seq)
@@ -289,10 +335,20 @@ def verified_records(path: str | Path, kind: str) -> tuple[AuditReport, list[dic
     return report, [{"seq": seq, **json.loads(body)} for seq, body in rows] if report.ok else []
 
 
-def trail(path: str | Path, session_id: str) -> list[dict[str, Any]]:
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def trail(path: str | Path | StoreUrl, session_id: str) -> list[dict[str, Any]]:
     """Every record of a session, oldest first, each with its `seq`."""
-    with _reading(Path(path)) as conn:
-        rows = conn.execute("SELECT seq, body FROM audit WHERE session_id = ? ORDER BY seq", (session_id,)).fetchall()
+    url = parse_store(path)
+    query = "SELECT seq, body FROM audit WHERE session_id = ? ORDER BY seq"
+    if url.postgres:
+        with _reading_postgres(url) as pg:
+            rows = pg.execute(query, (session_id,)).fetchall()
+    else:
+        with _reading(url.path or Path()) as conn:
+            rows = conn.execute(query, (session_id,)).fetchall()
     return [{"seq": seq, **json.loads(body)} for seq, body in rows]
 
 

@@ -8,7 +8,6 @@ itself makes a mandate single use and a checkout ordered once.
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 
 from device_sdk.consent.readback import presentation_digest
@@ -17,6 +16,7 @@ from device_sdk.protocol.fields import Modality
 from device_sdk.protocol.messages import CheckoutProposal, ConsentTerms, OrderResult
 
 from .registry import KeyRecord
+from .sql import Connection
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS checkouts (
@@ -66,9 +66,7 @@ checkout ordered once, by the row of the accepted completion, which is never pru
 _REFUSED = "order_id IS NULL AND ordered_checkout IS NULL"
 
 
-def record_refusal(
-    conn: sqlite3.Connection, key: str, body: str, ids: dict[str, str], exc: ConsentError, now: float
-) -> None:
+def record_refusal(conn: Connection, key: str, body: str, ids: dict[str, str], exc: ConsentError, now: float) -> None:
     """Keep a refusal's answer under its idempotency key, and prune the refusals past their keeping."""
     result = json.dumps({"refused": exc.code.value, "text": exc.text})
     conn.execute(
@@ -79,14 +77,14 @@ def record_refusal(
     prune_refusals(conn, now, ids["device_id"])
 
 
-def prune_refusals(conn: sqlite3.Connection, now: float, device_id: str | None = None) -> None:
+def prune_refusals(conn: Connection, now: float, device_id: str | None = None) -> None:
     """Forget refusals older than `KEEP_REFUSALS`, and `device_id`'s beyond its newest `KEEP_REFUSALS_PER_DEVICE`."""
     conn.execute(f"DELETE FROM completions WHERE {_REFUSED} AND at < ?", (now - KEEP_REFUSALS,))
     if device_id is not None:
         conn.execute(
-            f"DELETE FROM completions WHERE rowid IN (SELECT rowid FROM completions WHERE {_REFUSED} AND device_id = ?"
-            " ORDER BY at DESC LIMIT -1 OFFSET ?)",
-            (device_id, KEEP_REFUSALS_PER_DEVICE),
+            "DELETE FROM completions WHERE idempotency_key IN (SELECT idempotency_key FROM completions WHERE"
+            f" {_REFUSED} AND device_id = ? ORDER BY at DESC LIMIT ? OFFSET ?)",
+            (device_id, 2**62, KEEP_REFUSALS_PER_DEVICE),
         )
 
 
@@ -122,7 +120,7 @@ CHECKOUT_STATE = """
 SELECT c.raw, c.hash, c.nonce, c.terms, c.closed_at,
     EXISTS (SELECT 1 FROM completions WHERE ordered_checkout = c.checkout_id),
     EXISTS (SELECT 1 FROM completions WHERE mandate_id = :jti),
-    (SELECT coalesce(sum(total_minor), 0) FROM completions
+    (SELECT CAST(coalesce(sum(total_minor), 0) AS BIGINT) FROM completions
         WHERE ordered_checkout IS NOT NULL AND device_id = c.device_id AND currency = c.currency AND at > :day),
     (SELECT count(*) FROM completions WHERE ordered_checkout IS NOT NULL AND device_id = c.device_id
         AND at > :minute),
@@ -137,7 +135,7 @@ WHERE c.checkout_id = :checkout
 the device's orders over the last day and minute, and the hand-over to a paired phone, if any."""
 
 
-def spending(conn: sqlite3.Connection, proposal: CheckoutProposal, now: float) -> tuple[int, int]:
+def spending(conn: Connection, proposal: CheckoutProposal, now: float) -> tuple[int, int]:
     """The device's orders in its currency over the last 24 hours (sum), and over the last minute (count)."""
     row = conn.execute(
         "SELECT coalesce(sum(CASE WHEN currency = ? THEN total_minor END), 0), count(CASE WHEN at > ? THEN 1 END)"

@@ -1,10 +1,13 @@
-"""One SQLite file, written by one thread with group commit.
+"""The platform stores' database (a SQLite file, or PostgreSQL: `postgres`), written by one thread
+with group commit.
 
 Every write is a job: a function of the connection, run inside a transaction. The writer thread
 takes every job that is waiting, runs each under its own savepoint (a job that raises rolls back
 alone), runs the batch hooks (the audit log signs a checkpoint there), and commits once with
 `synchronous=FULL`: each job's effects are on disk when its future resolves, and one fsync serves
-the whole batch. Several processes may open the same file; SQLite serialises their transactions.
+the whole batch. Several processes may open the same file; SQLite serialises their transactions
+(on PostgreSQL an advisory lock does: `postgres`). `Database(target)` takes a path, `sqlite:///PATH`
+or `postgresql://USER@HOST:PORT/DBNAME` (`store_url`).
 """
 
 from __future__ import annotations
@@ -19,13 +22,19 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from device_sdk.protocol.errors import DeviceSdkError, StoreError
 
+from .sql import Connection
+from .store_url import StoreUrl, parse_store
+
+if TYPE_CHECKING:
+    from .postgres import PostgresEngine
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-Job = Callable[[sqlite3.Connection], T]
+Job = Callable[[Connection], T]
 _STOP = object()
 
 
@@ -47,33 +56,89 @@ def connect(path: str | Path, *, readonly: bool = False, busy_timeout: float = 3
     return conn
 
 
-class Database:
-    """A SQLite file with a writer thread. Use as `with Database(path) as db:` (or `async with`)."""
+class SqliteEngine:
+    """One SQLite file: the writer's connection, held; a read connection of its own per read."""
 
-    def __init__(self, path: str | Path, *, max_batch: int = 256) -> None:
-        self.path = Path(path)
+    name = "sqlite"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = connect(path)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open {path}: {exc}") from None
+
+    @contextmanager
+    def writer(self) -> Iterator[Connection]:
+        yield self.conn
+
+    def begin(self, conn: Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+
+    def ddl(self, statement: str) -> str:
+        return statement
+
+    def rollback(self, conn: Connection) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        try:
+            conn = connect(self.path, readonly=True)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read {self.path}: {exc}") from None
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class Database:
+    """The stores' database with a writer thread. Use as `with Database(target) as db:` (or `async with`)."""
+
+    def __init__(self, target: str | Path | StoreUrl, *, max_batch: int = 256) -> None:
+        self.url = parse_store(target)
         self.max_batch = max_batch
         self.batches = 0
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._hooks: list[Callable[[sqlite3.Connection], None]] = []
-        self._before: list[Callable[[sqlite3.Connection], None]] = []
-        self._rollback: list[Callable[[sqlite3.Connection | None], None]] = []
+        self._hooks: list[Callable[[Connection], None]] = []
+        self._before: list[Callable[[Connection], None]] = []
+        self._rollback: list[Callable[[Connection | None], None]] = []
         self._thread: threading.Thread | None = None
-        self._conn: sqlite3.Connection | None = None
+        self._engine: SqliteEngine | PostgresEngine | None = None
         self._closed = False
         self._lock = threading.Lock()
+
+    @property
+    def path(self) -> Path:
+        """The SQLite file (`StoreError` for a PostgreSQL database, which has none)."""
+        if self.url.path is None:
+            raise StoreError(f"{self.url} is a PostgreSQL database, not a file")
+        return self.url.path
+
+    @property
+    def dialect(self) -> str:
+        """`sqlite` or `postgresql`: the few statements that differ (`audit`'s table) go by it."""
+        return "postgresql" if self.url.postgres else "sqlite"
 
     # lifecycle ---------------------------------------------------------------------------
 
     def open(self) -> Database:
         if self._thread is not None:
             return self
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = connect(self.path)
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open {self.path}: {exc}") from None
-        self._thread = threading.Thread(target=self._write_loop, name=f"db-writer:{self.path.name}", daemon=True)
+        if self.url.postgres:
+            from .postgres import PostgresEngine  # psycopg is loaded only for a PostgreSQL database
+
+            self._engine = PostgresEngine(self.url)
+        else:
+            self._engine = SqliteEngine(self.path)
+        self._thread = threading.Thread(target=self._write_loop, name=f"db-writer:{self.url}", daemon=True)
         self._thread.start()
         return self
 
@@ -85,8 +150,8 @@ class Database:
             self._closed = True
             self._jobs.put(_STOP)
         self._thread.join()
-        if self._conn is not None:
-            self._conn.close()
+        if self._engine is not None:
+            self._engine.close()
 
     def __enter__(self) -> Database:
         return self.open()
@@ -105,22 +170,22 @@ class Database:
     def ensure_schema(self, statements: Sequence[str]) -> None:
         """Create tables and indexes (idempotent statements), in one transaction."""
 
-        def create(conn: sqlite3.Connection) -> None:
+        def create(conn: Connection) -> None:
             for statement in statements:
-                conn.execute(statement)
+                conn.execute(self._engine.ddl(statement) if self._engine is not None else statement)
 
         self.call(create)
 
-    def before_batch(self, hook: Callable[[sqlite3.Connection], None]) -> None:
+    def before_batch(self, hook: Callable[[Connection], None]) -> None:
         """Run `hook` at the start of every batch's transaction, before its jobs."""
         self._before.append(hook)
 
-    def on_rollback(self, hook: Callable[[sqlite3.Connection | None], None]) -> None:
+    def on_rollback(self, hook: Callable[[Connection | None], None]) -> None:
         """Run `hook` after a job's writes were rolled back (with the connection, still in the batch's
         transaction), or after a whole batch was (with None)."""
         self._rollback.append(hook)
 
-    def after_batch(self, hook: Callable[[sqlite3.Connection], None]) -> None:
+    def after_batch(self, hook: Callable[[Connection], None]) -> None:
         """Run `hook` in every batch's transaction after its jobs; if it raises, the batch fails."""
         self._hooks.append(hook)
 
@@ -129,7 +194,7 @@ class Database:
         future: Future[T] = Future()
         with self._lock:  # a job is queued before the writer's stop, or refused
             if self._thread is None or self._closed:
-                raise StoreError(f"the database {self.path} is not open")
+                raise StoreError(f"the database {self.url} is not open")
             self._jobs.put((job, future))
         return future
 
@@ -142,8 +207,8 @@ class Database:
         return await asyncio.wrap_future(self.submit(job))
 
     def _write_loop(self) -> None:
-        conn = self._conn
-        assert conn is not None
+        engine = self._engine
+        assert engine is not None
         while True:
             first = self._jobs.get()
             if first is _STOP:
@@ -158,13 +223,19 @@ class Database:
                     self._jobs.put(_STOP)
                     break
                 batch.append(item)
-            self._run_batch(conn, batch)
+            try:
+                with engine.writer() as conn:
+                    self._run_batch(conn, batch)
+            except StoreError as exc:  # no connection: nothing of the batch was written
+                for _, future in batch:
+                    _settle(future, None, exc)
 
-    def _run_batch(self, conn: sqlite3.Connection, batch: list[tuple[Job[Any], Future[Any]]]) -> None:
+    def _run_batch(self, conn: Connection, batch: list[tuple[Job[Any], Future[Any]]]) -> None:
         """Run the batch in one transaction; every future is settled, whatever fails."""
+        assert self._engine is not None
         done: list[tuple[Future[Any], Any, BaseException | None]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            self._engine.begin(conn)
             for hook in self._before:
                 hook(conn)
             for job, future in batch:
@@ -187,13 +258,12 @@ class Database:
             conn.execute("COMMIT")
             self.batches += 1
         except BaseException as exc:
-            log.exception("a batch of %d writes to %s failed", len(batch), self.path)
-            with contextlib.suppress(sqlite3.Error):
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+            log.exception("a batch of %d writes to %s failed", len(batch), self.url)
+            with contextlib.suppress(Exception):
+                self._engine.rollback(conn)
             for undo in self._rollback:
                 undo(None)
-            failure = StoreError(f"could not commit to {self.path}: {exc}")
+            failure = StoreError(f"could not commit to {self.url}: {exc}")
             for _, future in batch:  # nothing of the batch was written
                 _settle(future, None, failure)
             return
@@ -203,18 +273,12 @@ class Database:
     # reading -----------------------------------------------------------------------------
 
     @contextmanager
-    def reading(self) -> Iterator[sqlite3.Connection]:
+    def reading(self) -> Iterator[Connection]:
         """A read connection of its own (it sees every committed write), closed afterwards."""
-        if self._closed:
-            raise StoreError(f"the database {self.path} is closed")
-        try:
-            conn = connect(self.path, readonly=True)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read {self.path}: {exc}") from None
-        try:
+        if self._closed or self._engine is None:
+            raise StoreError(f"the database {self.url} is not open")
+        with self._engine.reading() as conn:
             yield conn
-        finally:
-            conn.close()
 
 
 def _store_error(exc: BaseException) -> BaseException:

@@ -3,18 +3,17 @@ from then on only that phone's key signs for it, by its sheet (`phone_sheet`), u
 
 from __future__ import annotations
 
-import sqlite3
-
 from device_sdk.protocol.errors import ConsentError, ErrorCode
 from device_sdk.protocol.fields import Modality
 from device_sdk.protocol.messages import ConsentTerms
 
 from .audit import AuditLog
 from .registry import paired_phone
+from .sql import Connection
 
 
 def hand_over(
-    conn: sqlite3.Connection, audit: AuditLog, checkout_id: str, device_id: str, now: float
+    conn: Connection, audit: AuditLog, checkout_id: str, device_id: str, now: float
 ) -> tuple[str, ConsentTerms] | ConsentError:
     """In the verifier's transaction: the phone the open offer of `device_id` goes to, and the terms
     its mandate must meet; or the refusal (`not_paired` for a device with no live pairing), recorded

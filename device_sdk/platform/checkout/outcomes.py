@@ -16,7 +16,6 @@ restarted gateway never saw.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +28,7 @@ from .audit import AuditLog
 from .consent_store import stored_result
 from .database import Database
 from .partners import attribution
+from .sql import Connection
 
 PlaceOrder = Callable[[CheckoutProposal, str], str]
 """The merchant's payment channel: `place(proposal, completion_key)` charges for the proposal and
@@ -120,7 +120,7 @@ CHECKS = (
 )
 
 
-def admit(conn: sqlite3.Connection, pending: Pending, body: str, mandate_id: str, now: float) -> None:
+def admit(conn: Connection, pending: Pending, body: str, mandate_id: str, now: float) -> None:
     """In the verifier's transaction: the pending row, which marks the mandate and the checkout used."""
     p = pending.proposal
     conn.execute(
@@ -131,7 +131,7 @@ def admit(conn: sqlite3.Connection, pending: Pending, body: str, mandate_id: str
     )  # fmt: skip
 
 
-def pending_of(conn: sqlite3.Connection, key: str) -> Pending | None:
+def pending_of(conn: Connection, key: str) -> Pending | None:
     """The pending completion under idempotency key `key`, or None when it is not pending."""
     row = conn.execute(
         "SELECT c.raw, c.terms FROM completions o JOIN checkouts c ON c.checkout_id = o.ordered_checkout"
@@ -145,7 +145,7 @@ def pending_of(conn: sqlite3.Connection, key: str) -> Pending | None:
     return Pending(key, proposal, ConsentTerms.model_validate_json(row[1]).payment_handler)
 
 
-def pending_keys(conn: sqlite3.Connection, before: float) -> list[str]:
+def pending_keys(conn: Connection, before: float) -> list[str]:
     """The idempotency keys of completions admitted before `before` and still pending, oldest first."""
     rows = conn.execute(
         "SELECT idempotency_key FROM completions WHERE ordered_checkout IS NOT NULL AND order_id IS NULL"
@@ -169,7 +169,7 @@ def settle(db: Database, audit: AuditLog, pending: Pending, place: PlaceOrder) -
 
 
 def _store(
-    conn: sqlite3.Connection, audit: AuditLog, pending: Pending, placed: str | ConsentError
+    conn: Connection, audit: AuditLog, pending: Pending, placed: str | ConsentError
 ) -> OrderResult | ConsentError:
     p, key = pending.proposal, pending.idempotency_key
     row = conn.execute("SELECT result FROM completions WHERE idempotency_key = ?", (key,)).fetchone()
@@ -194,7 +194,7 @@ def _store(
     return order
 
 
-def status(conn: sqlite3.Connection, device_id: str, session_id: str, checkout_id: str) -> OrderStatusResult:
+def status(conn: Connection, device_id: str, session_id: str, checkout_id: str) -> OrderStatusResult:
     """How the checkout of a session stands for its device (or the phone it was handed to): its
     admitted completion (pending or its result), else its last refused one, else its cancellation,
     else open. `ConsentError(unknown_checkout)` for a checkout that is not theirs."""
@@ -224,12 +224,13 @@ def status(conn: sqlite3.Connection, device_id: str, session_id: str, checkout_i
         return OrderStatusResult(state="ended", result=result, **ids)
     if closed_at is None:
         return OrderStatusResult(state="open", **ids)
-    cancel = conn.execute(
-        "SELECT json_extract(body, '$.outcome'), json_extract(body, '$.reason') FROM audit WHERE session_id = ?"
-        " AND kind = 'cancel' AND json_extract(body, '$.checkout_id') = ? ORDER BY seq DESC LIMIT 1",
-        (session_id, checkout_id),
-    ).fetchone()
-    outcome, reason = cancel if cancel is not None else (Outcome.NOT_CONFIRMED.value, "closed without an order")
+    cancels = conn.execute(
+        "SELECT body FROM audit WHERE session_id = ? AND kind = 'cancel' ORDER BY seq DESC", (session_id,)
+    ).fetchall()  # a session's few records: read by the index on session_id, its checkout's found here
+    records = (json.loads(row[0]) for row in cancels)
+    cancel = next((body for body in records if body.get("checkout_id") == checkout_id),
+                  {"outcome": Outcome.NOT_CONFIRMED.value, "reason": "closed without an order"})  # fmt: skip
+    outcome, reason = cancel["outcome"], cancel["reason"]
     return OrderStatusResult(state="ended", result=OrderResult(outcome=Outcome(outcome), reason=reason, **ids), **ids)
 
 

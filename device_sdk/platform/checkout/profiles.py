@@ -9,13 +9,14 @@ a display, a phone sheet a phone; a device with no provisioned kind confirms not
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from device_sdk.protocol.errors import ConfigError, ConsentError, ErrorCode
 from device_sdk.protocol.fields import Capability, DeviceKind, Modality
+
+from .sql import Connection
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS device_profiles (
@@ -89,7 +90,7 @@ class DeviceProfile:
         return {"kind": self.kind.value, "capabilities": sorted(c.value for c in self.capabilities)}
 
 
-def set_profile(conn: sqlite3.Connection, device_id: str, profile: DeviceProfile) -> None:
+def set_profile(conn: Connection, device_id: str, profile: DeviceProfile) -> None:
     """Record (or replace) what `device_id` was provisioned as."""
     conn.execute(
         "INSERT INTO device_profiles (device_id, kind, capabilities, set_at) VALUES (?, ?, ?, ?)"
@@ -99,14 +100,14 @@ def set_profile(conn: sqlite3.Connection, device_id: str, profile: DeviceProfile
     )
 
 
-def profile_of(conn: sqlite3.Connection, device_id: str) -> DeviceProfile | None:
+def profile_of(conn: Connection, device_id: str) -> DeviceProfile | None:
     row = conn.execute("SELECT kind, capabilities FROM device_profiles WHERE device_id = ?", (device_id,)).fetchone()
     if row is None:
         return None
     return DeviceProfile(DeviceKind(row[0]), frozenset(Capability(c) for c in row[1].split(",") if c))
 
 
-def check_fits(conn: sqlite3.Connection, device_id: str, modality: Modality) -> None:
+def check_fits(conn: Connection, device_id: str, modality: Modality) -> None:
     """Refuse a confirmation by `modality` signed by a device that cannot give one."""
     profile = profile_of(conn, device_id)
     if profile is None:

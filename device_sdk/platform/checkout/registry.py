@@ -5,7 +5,6 @@ device was provisioned as (`describe`, see `profiles`)."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -19,6 +18,7 @@ from .partners import SCHEMA as PARTNERS
 from .partners import partner_of, set_partner
 from .profiles import SCHEMA as PROFILES
 from .profiles import DeviceProfile, profile_of, set_profile
+from .sql import Connection
 
 
 class KeyStatus(StrEnum):
@@ -96,7 +96,7 @@ class DeviceRegistry:
     def register(self, device_id: str, public: PublicKey) -> str:
         """Register a device's first key (again: no change); a device with another active key rotates."""
 
-        def job(conn: sqlite3.Connection) -> str:
+        def job(conn: Connection) -> str:
             existing = lookup(conn, public.kid)
             if existing is not None:
                 if existing.device_id != device_id or existing.status is not KeyStatus.ACTIVE:
@@ -114,7 +114,7 @@ class DeviceRegistry:
     def rotate(self, device_id: str, public: PublicKey) -> str:
         """Make `public` the device's key; the old one verifies only mandates issued before now."""
 
-        def job(conn: sqlite3.Connection) -> str:
+        def job(conn: Connection) -> str:
             existing = lookup(conn, public.kid)
             if existing is not None:
                 if existing.device_id == device_id and existing.status is KeyStatus.ACTIVE:
@@ -133,7 +133,7 @@ class DeviceRegistry:
         """Revoke every key of the device, and end its pairings either way: none of its mandates
         verifies any more. Returns how many keys."""
 
-        def job(conn: sqlite3.Connection) -> int:
+        def job(conn: Connection) -> int:
             cur = conn.execute(
                 "UPDATE device_keys SET status = 'revoked', retired_at = coalesce(retired_at, ?) "
                 "WHERE device_id = ? AND status != 'revoked'",
@@ -148,7 +148,7 @@ class DeviceRegistry:
         """Let `phone_id`'s sheet confirm the offers `device_id` hands over (one phone per device: a
         new pairing ends the old one). Both must hold an active key."""
 
-        def job(conn: sqlite3.Connection) -> None:
+        def job(conn: Connection) -> None:
             if device_id == phone_id:
                 raise KeyStoreError("a device cannot be paired with itself", ErrorCode.NOT_PAIRED)
             for which in (device_id, phone_id):
@@ -194,10 +194,12 @@ class DeviceRegistry:
 
     def records(self, device_id: str | None = None) -> list[KeyRecord]:
         with self.db.reading() as conn:
-            rows = conn.execute(
-                f"SELECT {_COLUMNS} FROM device_keys WHERE ?1 IS NULL OR device_id = ?1 ORDER BY added_at",
-                (device_id,),
-            ).fetchall()
+            if device_id is None:
+                rows = conn.execute(f"SELECT {_COLUMNS} FROM device_keys ORDER BY added_at").fetchall()
+            else:
+                rows = conn.execute(
+                    f"SELECT {_COLUMNS} FROM device_keys WHERE device_id = ? ORDER BY added_at", (device_id,)
+                ).fetchall()
         return [KeyRecord.from_row(row) for row in rows]
 
     def public_key(self, kid: str) -> PublicKey | None:
@@ -210,19 +212,19 @@ class DeviceRegistry:
 _COLUMNS = "kid, device_id, public_key, status, added_at, retired_at"
 
 
-def lookup(conn: sqlite3.Connection, kid: str) -> KeyRecord | None:
+def lookup(conn: Connection, kid: str) -> KeyRecord | None:
     row = conn.execute(f"SELECT {_COLUMNS} FROM device_keys WHERE kid = ?", (kid,)).fetchone()
     return KeyRecord.from_row(row) if row else None
 
 
-def paired_phone(conn: sqlite3.Connection, device_id: str) -> str | None:
+def paired_phone(conn: Connection, device_id: str) -> str | None:
     row = conn.execute(
         "SELECT phone_id FROM pairings WHERE device_id = ? AND ended_at IS NULL", (device_id,)
     ).fetchone()
     return row[0] if row else None
 
 
-def _end_pairings(conn: sqlite3.Connection, device_id: str) -> None:
+def _end_pairings(conn: Connection, device_id: str) -> None:
     """End every live pairing the device is in, on either side."""
     conn.execute(
         "UPDATE pairings SET ended_at = :at WHERE (device_id = :device OR phone_id = :device) AND ended_at IS NULL",
@@ -230,12 +232,12 @@ def _end_pairings(conn: sqlite3.Connection, device_id: str) -> None:
     )
 
 
-def _active(conn: sqlite3.Connection, device_id: str) -> str | None:
+def _active(conn: Connection, device_id: str) -> str | None:
     row = conn.execute("SELECT kid FROM device_keys WHERE device_id = ? AND status = 'active'", (device_id,)).fetchone()
     return row[0] if row else None
 
 
-def _insert(conn: sqlite3.Connection, device_id: str, public: PublicKey) -> None:
+def _insert(conn: Connection, device_id: str, public: PublicKey) -> None:
     conn.execute(
         "INSERT INTO device_keys (kid, device_id, public_key, status, added_at) VALUES (?, ?, ?, 'active', ?)",
         (public.kid, device_id, public.raw, time.time()),

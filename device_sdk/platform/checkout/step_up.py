@@ -20,7 +20,6 @@ import hashlib
 import hmac
 import re
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from device_sdk.protocol.fields import Modality, sha256_hex
 from .audit import AuditLog
 from .database import Database
 from .profiles import check_fits
+from .sql import Connection
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS device_pins (
@@ -140,7 +140,7 @@ class StepUp:
         return settled
 
     def _reserve(
-        self, conn: sqlite3.Connection, device_id: str, checkout_id: str, checkout_hash: str
+        self, conn: Connection, device_id: str, checkout_id: str, checkout_hash: str
     ) -> tuple[str, str] | ConsentError:
         now = self.clock()
         checkout = conn.execute(
@@ -174,9 +174,7 @@ class StepUp:
         )
         return stored, checkout[0]
 
-    def _settle(
-        self, conn: sqlite3.Connection, ids: dict[str, str], checkout_hash: str, right: bool
-    ) -> Grant | ConsentError:
+    def _settle(self, conn: Connection, ids: dict[str, str], checkout_hash: str, right: bool) -> Grant | ConsentError:
         now, device_id = self.clock(), ids["device_id"]
         if not right:
             (tries,) = conn.execute("SELECT tries FROM device_pins WHERE device_id = ?", (device_id,)).fetchone()
@@ -199,17 +197,17 @@ class StepUp:
         self._record(conn, ids, outcome="proved", proof_sha256=sha256_hex(grant.proof), expires_at=grant.expires_at)
         return grant
 
-    def _refuse(self, conn: sqlite3.Connection, ids: dict[str, str | None], text: str, code: ErrorCode) -> ConsentError:
+    def _refuse(self, conn: Connection, ids: dict[str, str | None], text: str, code: ErrorCode) -> ConsentError:
         if self.audit is not None:
             self.audit.append(conn, "refusal", stage="step_up", code=code.value, reason=text, **ids)
         return ConsentError(text, code)
 
-    def _record(self, conn: sqlite3.Connection, ids: dict[str, str], **fields: Any) -> None:
+    def _record(self, conn: Connection, ids: dict[str, str], **fields: Any) -> None:
         if self.audit is not None:
             self.audit.append(conn, "step_up", **ids, **fields)
 
 
-def check_confirmation(conn: sqlite3.Connection, signer: str, claims: MandateClaims, now: float) -> None:
+def check_confirmation(conn: Connection, signer: str, claims: MandateClaims, now: float) -> None:
     """In the verifier's transaction, once every other check passed: the signer can confirm by the
     mandate's modality, and a `voice_pin` mandate carries an unspent proof of a PIN checked for this
     device and checkout (spent here: it proves one confirmation)."""

@@ -33,7 +33,6 @@ import json
 import logging
 import re
 import secrets
-import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
@@ -61,6 +60,7 @@ from .outcomes import SCHEMA as OUTCOMES_SCHEMA
 from .outcomes import Pending, PlaceOrder, Verification, admit, pending_keys, pending_of, settle, status
 from .policy import PolicyBook, RiskPolicy
 from .registry import DeviceRegistry, KeyRecord
+from .sql import CONFLICTS, Connection
 from .step_up import StepUp, check_confirmation
 
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_-]{27,128}$")
@@ -114,7 +114,7 @@ class ConsentVerifier:
 
         terms_text = terms.model_dump_json()
 
-        def job(conn: sqlite3.Connection) -> ConsentTerms | ConsentError:
+        def job(conn: Connection) -> ConsentTerms | ConsentError:
             ids = {
                 "device_id": proposal.device_id,
                 "session_id": proposal.session_id,
@@ -142,7 +142,7 @@ class ConsentVerifier:
                         self.clock(),
                     ),
                 )
-            except sqlite3.IntegrityError:
+            except CONFLICTS:
                 raise CheckoutError(f"checkout {proposal.checkout_id} exists already", ErrorCode.BAD_PROPOSAL) from None
             self.audit.append(
                 conn,
@@ -174,7 +174,7 @@ class ConsentVerifier:
     def cancel(self, checkout_id: str, outcome: Outcome, reason: str) -> None:
         """Close an open checkout without an order; its nonce can no longer be used."""
 
-        def job(conn: sqlite3.Connection) -> None:
+        def job(conn: Connection) -> None:
             row = conn.execute(
                 "SELECT device_id, session_id FROM checkouts WHERE checkout_id = ? AND closed_at IS NULL"
                 " AND NOT EXISTS (SELECT 1 FROM completions WHERE ordered_checkout = ?)",
@@ -260,7 +260,7 @@ class ConsentVerifier:
 
     def _admit(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         completion: Completion,
         body: str,
         opened: SignedMandate | ConsentError,
@@ -299,7 +299,7 @@ class ConsentVerifier:
                           completion_key=pending.completion_key)  # fmt: skip
         return pending, seen
 
-    def _check(self, conn: sqlite3.Connection, completion: Completion, opened: SignedMandate) -> StoredCheckout:
+    def _check(self, conn: Connection, completion: Completion, opened: SignedMandate) -> StoredCheckout:
         claims, answer, now = opened.claims, completion.confirmation, self.clock()
         checkout = self._load(conn, completion.checkout_id, opened, now)
         if checkout is None:
@@ -377,7 +377,7 @@ class ConsentVerifier:
         policy.check_velocity(recent)
 
     def _load(
-        self, conn: sqlite3.Connection, checkout_id: str, opened: SignedMandate | None = None, now: float = 0.0
+        self, conn: Connection, checkout_id: str, opened: SignedMandate | None = None, now: float = 0.0
     ) -> StoredCheckout | None:
         """The checkout and, in the same read, everything its completion is checked against: the
         mandate's key, whether the mandate or the checkout was used, the device's recent orders."""
@@ -408,7 +408,7 @@ class ConsentVerifier:
 
     def _refuse(
         self,
-        conn: sqlite3.Connection,
+        conn: Connection,
         key: str | None,
         body: str,
         ids: dict[str, str],

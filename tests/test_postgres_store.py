@@ -1,0 +1,116 @@
+"""The platform stores on PostgreSQL: what differs from SQLite and must still hold.
+
+The store tests themselves (`test_consent`, `test_audit`, `test_step_up`, `test_crash_outcome`) run
+on both engines through the `store` fixture; here, what only PostgreSQL's concurrency and roles
+bring: two verifiers (two gateways' pools and writer threads) racing a 1-per-minute velocity check,
+`audit verify` through a role that may only read, and the database URL's password rules.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from device_sdk.platform.checkout.audit import AuditLog, verify_log
+from device_sdk.platform.checkout.database import Database
+from device_sdk.platform.checkout.policy import PolicyBook
+from device_sdk.platform.checkout.postgres import connect_readonly, translate
+from device_sdk.platform.checkout.store_url import parse_store
+from device_sdk.platform.checkout.verifier import ConsentVerifier
+from device_sdk.protocol.errors import ConfigError, DeviceSdkError, ErrorCode, StoreError
+from device_sdk.protocol.fields import Outcome
+from tests.conftest import PostgresServer
+from tests.consent_kit import AUDIENCE, Shop, make_proposal, open_shop
+
+MILK = (("milk-1l", 1),)
+
+
+def test_two_verifiers_racing_a_one_per_minute_velocity_check_order_once(
+    postgres_server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two gateways (each its own Database: pool, writer thread, verifier) complete two checkouts
+    of one device at the same moment under `orders_per_minute = 1`: one orders, the other is
+    refused for velocity. Under READ COMMITTED without the write lock both read no order in the
+    last minute and both passed."""
+    monkeypatch.setenv("DEVICE_SDK_STATE", str(tmp_path))
+    url = postgres_server.new_database()
+    policy = PolicyBook.parse("orders_per_minute = 1")
+    for shop in open_shop(url, policy):
+        with Database(url) as other_db:
+            other = ConsentVerifier(other_db, AuditLog.open(other_db), audience=AUDIENCE, policy=policy)
+            for round_ in range(3):
+                device = f"racer-{round_}"
+                shop.enroll(device)
+                offers = [shop.offer(make_proposal(device, MILK)) for _ in range(2)]
+                completions = [shop.confirm(offer) for offer in offers]
+                outcomes = _race(shop, [shop.verifier, other], completions)
+                assert sorted(outcomes) == sorted([Outcome.ORDERED.value, ErrorCode.VELOCITY_LIMIT.value]), outcomes
+        assert len(shop.verifier.orders()) == 3
+        assert verify_log(url, key=shop.verifier.audit.key.public).ok  # one chain, however the writes raced
+
+
+def _race(shop: Shop, verifiers: list[ConsentVerifier], completions: list[object]) -> list[str]:
+    barrier, outcomes = threading.Barrier(len(verifiers)), list[str]()
+
+    def submit(verifier: ConsentVerifier, completion: object) -> None:
+        barrier.wait()
+        try:
+            outcomes.append(verifier.complete(completion, shop.place).outcome.value)  # type: ignore[arg-type]
+        except DeviceSdkError as exc:  # a refusal, or a store failure (which the assertion names)
+            outcomes.append(exc.code.value)
+
+    threads = [threading.Thread(target=submit, args=pair) for pair in zip(verifiers, completions, strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    return outcomes
+
+
+def test_audit_verify_runs_with_a_read_only_role_and_finds_tampering(
+    postgres_server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DEVICE_SDK_STATE", str(tmp_path))
+    url = postgres_server.new_database()
+    dbname = url.rsplit("/", 1)[1]
+    for shop in open_shop(url):
+        shop.complete(shop.confirm(shop.offer()))
+        key = shop.verifier.audit.key.public
+    postgres_server.admin("DO $$ BEGIN CREATE ROLE auditor LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    postgres_server.admin("GRANT SELECT ON audit, audit_checkpoints, audit_keys TO auditor", dbname)
+    auditor = postgres_server.url(dbname, user="auditor")
+    report = verify_log(auditor, key=key)
+    assert report.ok and report.records >= 3, report
+    reader = connect_readonly(parse_store(auditor))
+    try:
+        with pytest.raises(StoreError):  # the role may not write, and the session is read only anyway
+            reader.execute("DELETE FROM audit WHERE seq = ?", (1,))
+    finally:
+        reader.raw.close()
+    postgres_server.admin("UPDATE audit SET body = replace(body, 'terms', 'TERMS') WHERE seq = 1", dbname)
+    broken = verify_log(auditor, key=key)
+    assert not broken.ok and broken.first_bad == 1
+
+
+def test_a_password_never_comes_in_the_database_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigError, match="password in the database URL"):
+        parse_store("postgresql://app:secret@127.0.0.1:5432/shop")
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret\n")
+    secret.chmod(0o600)
+    assert parse_store("postgresql://app@127.0.0.1:5432/shop", secret).password == "s3cret"
+    monkeypatch.setenv("DEVICE_SDK_DATABASE_PASSWORD", "from-env")
+    assert parse_store("postgresql://app@127.0.0.1/shop").password == "from-env"
+    assert parse_store("sqlite:///var/lib/shop.db").path == Path("/var/lib/shop.db")
+    assert parse_store("shop.db").path == Path("shop.db")
+    with pytest.raises(ConfigError):
+        parse_store("mysql://app@host/shop")
+    with pytest.raises(ConfigError):
+        parse_store("shop.db", secret)  # a password file is for PostgreSQL only
+
+
+def test_placeholders_are_rewritten_outside_literals_only() -> None:
+    sql = "SELECT a FROM t WHERE b = ? AND c = :name AND d = 'x?:y%' AND e::text LIKE '%z'"
+    assert translate(sql) == "SELECT a FROM t WHERE b = %s AND c = %(name)s AND d = 'x?:y%%' AND e::text LIKE '%%z'"
