@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import sys
 from pathlib import Path
@@ -43,6 +44,13 @@ def register(commands: Commands) -> None:
         help="--voice: what hears (default: the locale's own: hybrid for en-US, whisper for zh-CN)",
     )  # fmt: skip
     demo.add_argument("--whisper-model", default=None, help="--voice: a CTranslate2 Whisper directory (default: base)")
+    demo.add_argument(
+        "--merchant", choices=("shop", "ucp"), default="shop",
+        help="who takes the order: the shop stand-in, or a UCP merchant on loopback with AP2 mandates (docs/ucp.md)",
+    )  # fmt: skip
+    demo.add_argument(
+        "--ucp-out", type=Path, default=None, metavar="DIR", help="--merchant ucp: write the UCP/AP2 objects here"
+    )
     store_options(demo, default=demo_database())
 
     serve = commands.add(
@@ -165,6 +173,7 @@ async def _demo(args: argparse.Namespace) -> int:
     from device_sdk.voice.tts import espeak_available
 
     from .scenario import DEFAULTS, run_demo
+    from .ucp_demo import run_ucp_demo
     from .user_voices import user_voice
 
     default_say, default_reply = DEFAULTS[args.locale]
@@ -185,7 +194,8 @@ async def _demo(args: argparse.Namespace) -> int:
             hearing = await asyncio.to_thread(
                 hearing_named, args.engine, whisper_model=args.whisper_model, locale=args.locale
             )
-        result = await run_demo(
+        ucp = {"out": args.ucp_out, "report": None if quiet else print} if args.merchant == "ucp" else None
+        result = await (run_demo if ucp is None else functools.partial(run_ucp_demo, **ucp))(
             say,
             replies,
             broker=broker_url(args.broker, args.broker_password_file),

@@ -11,6 +11,8 @@ from __future__ import annotations
 import base64
 import json
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -133,7 +135,7 @@ async def test_the_mandates_verify_with_the_sd_jwt_reference_verifier(tmp_path: 
         header = json.loads(base64.urlsafe_b64decode(kb.split(".")[0] + "=="))
         assert header["typ"] == "kb+jwt"
         verifier = SDJWTVerifier(
-            token, lambda iss, hdr: jwk, expected_aud=run.merchant.url, expected_nonce=_nonce(token)
+            token, lambda iss, hdr: jwk, expected_aud=f"{run.merchant.url}/ucp", expected_nonce=_nonce(token)
         )
         claims = verifier.get_verified_payload()
         assert claims["checkout_id"] == ucp_id
@@ -151,7 +153,9 @@ async def test_the_mandates_verify_with_the_sd_jwt_reference_verifier(tmp_path: 
     # a mandate whose KB-JWT is cut off is refused by the same verifier
     token = run.checkout.mandates[ucp_id]["checkout_mandate"]
     with pytest.raises(Exception):  # noqa: B017,PT011 - jwcrypto raises its own error types
-        SDJWTVerifier(token[:-8], lambda iss, hdr: jwk, expected_aud=run.merchant.url, expected_nonce=_nonce(token))
+        SDJWTVerifier(
+            token[:-8], lambda iss, hdr: jwk, expected_aud=f"{run.merchant.url}/ucp", expected_nonce=_nonce(token)
+        )
 
 
 def _issuer_payload(token: str) -> dict[str, Any]:
@@ -220,3 +224,41 @@ def test_the_merchant_authorisation_is_detached_and_covers_every_field() -> None
             assert caught.value.code is ErrorCode.MERCHANT_UNVERIFIED
     with pytest.raises(CheckoutError):  # a key published with its private part is not a published key
         verify_detached({**state, "ap2": {"merchant_authorization": token}}, [{**keys[0], "d": "x"}])
+
+
+def test_demo_merchant_ucp_writes_objects_ucp_models_accept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEVICE_SDK_STATE", str(tmp_path))
+    out = tmp_path / "run" / "ucp"  # made by the command
+    done = subprocess.run(
+        [sys.executable, "-m", "device_sdk.cli", "demo", "--merchant", "ucp", "--ucp-out", str(out)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    (line,) = [line for line in done.stdout.splitlines() if line.startswith("UCP order ")]
+    order = json.loads((out / "order.json").read_text())
+    assert f"{order['id']}: {order['permalink_url']} " in line
+    profile = json.loads((out / "ucp-profile.json").read_text())
+    ucp_profile.BusinessSchema.model_validate(profile)
+    validate_jwks(profile["keys"])
+    states = [json.loads(path.read_text()) for path in sorted(out.glob("checkout-*.json"))]
+    assert [s["status"] for s in states][-1] == "completed"
+    for state in states:
+        validate_checkout(state)
+        verify_detached(state, profile["keys"])
+    ucp_order.Order.model_validate(order)
+    assert order["checkout_id"] in {s["id"] for s in states}
+    mandates = json.loads((out / "mandates.json").read_text())[order["checkout_id"]]
+    for token in mandates.values():
+        Ap2SdJwtKb.model_validate({"checkout_mandate": token})
+    jwks = json.loads((out / "platform-jwks.json").read_text())
+    validate_jwks(jwks["keys"])
+    jwk = JWK.from_json(json.dumps(jwks["keys"][0]))
+    endpoint = profile["ucp"]["services"]["dev.ucp.shopping"][0]["endpoint"]
+    claims = SDJWTVerifier(
+        mandates["checkout_mandate"],
+        lambda iss, hdr: jwk,
+        expected_aud=endpoint,
+        expected_nonce=_nonce(mandates["checkout_mandate"]),
+    ).get_verified_payload()
+    assert claims["checkout_sha256"] == checkout_sha256(states[-2])
+    assert not list(out.glob("*request*")), "our request bodies are not written"

@@ -176,7 +176,8 @@ class UcpCheckout:
         if answer is not None:
             ours |= {"display_digest": answer.display_digest, "confirmation_modality": answer.modality.value}
         bound = {"checkout_id": checkout["id"], "checkout_sha256": checkout_sha256(checkout)}
-        audience = self.client.base_url
+        assert self.client.profile is not None
+        audience = self.client.profile.endpoint  # the merchant's UCP endpoint, as its profile names it
         total = next(entry["amount"] for entry in checkout["totals"] if entry["type"] == "total")
         return {
             "checkout_mandate": self.issuer.issue(
