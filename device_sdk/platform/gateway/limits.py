@@ -27,7 +27,7 @@ from .flow import Refuse
 @dataclass(frozen=True)
 class Limits:
     """What one device may send a gateway; every device has its own buckets. Defaults leave an
-    honest device (a heartbeat every 2 s, a few orders a minute, 16 kHz audio) far below them."""
+    honest device (a heartbeat every 30 s, or 2 s, a few orders a minute, 16 kHz audio) far below them."""
 
     open_checkouts: int = 4
     """Checkouts a device may have open at once (offered, not yet answered or expired)."""
