@@ -9,7 +9,8 @@ key it was given, naming this checkout and its hash, and charges once per idempo
 
 `faults` makes it misbehave for tests: `bad_signature` (signs with a key it does not publish),
 `totals` (a total that is not the sum of its entries), `currency` (an unknown currency), `expired`
-(a checkout already expired) and `change_after_confirm` (re-prices the cart when it is read again).
+(a checkout already expired), `change_after_confirm` (re-prices the cart when it is read again) and
+`escalate` (needs the buyer on its own page: `requires_escalation` with its `continue_url`).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .catalog import Catalog
 
 HANDLER = "shop-wallet"
 SPEC = "https://ucp.dev/specification"
-FAULTS = frozenset({"bad_signature", "totals", "currency", "expired", "change_after_confirm"})
+FAULTS = frozenset({"bad_signature", "totals", "currency", "expired", "change_after_confirm", "escalate"})
 
 
 class UcpMerchant:
@@ -184,7 +185,7 @@ class UcpMerchant:
             return _error(400, f"this merchant takes {HANDLER} only")
         if instruments:
             checkout["payment"] = {"instruments": instruments}
-            checkout["status"] = "ready_for_complete"
+            checkout["status"] = "requires_escalation" if "escalate" in self.faults else "ready_for_complete"
         return self._signed(checkout)
 
     async def _complete(self, request: web.Request) -> web.Response:

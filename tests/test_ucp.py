@@ -176,6 +176,7 @@ def _nonce(token: str) -> str:
         ("currency", ErrorCode.UNKNOWN_CURRENCY, "ucp_open"),
         ("expired", ErrorCode.CHECKOUT_EXPIRED, "ucp_open"),
         ("change_after_confirm", ErrorCode.CART_CHANGED, "payment"),
+        ("escalate", ErrorCode.STEP_UP_REQUIRED, "ucp_open"),
     ],
 )
 async def test_a_bad_merchant_gets_no_readback_or_no_order(
@@ -189,6 +190,9 @@ async def test_a_bad_merchant_gets_no_readback_or_no_order(
         assert run.result.run.offer is None and run.result.run.presented == []
         assert run.result.run.error is not None and run.result.run.error.code is code
         assert run.checkout.mandates == {}
+        if fault == "escalate":  # UCP's requires_escalation is our step_up_required, with where to continue
+            assert run.result.outcome.value == "step_up_required"
+            assert run.checkout.states[-1]["continue_url"] in run.result.run.error.text
     else:  # read back and confirmed, then the cart changed: the device's order.result says why
         assert run.result.run.offer is not None
         order = run.result.run.result

@@ -103,7 +103,7 @@ class UcpCheckout:
             for line in created["line_items"]
         ]
         update = {"line_items": kept, "payment": {"instruments": [instrument]}}
-        return self._verified(await self.client.update(created["id"], update), proposal)
+        return _ready(self._verified(await self.client.update(created["id"], update), proposal))
 
     def _verified(
         self, checkout: dict[str, Any], proposal: CheckoutProposal, confirmed: dict[str, Any] | None = None
@@ -145,7 +145,7 @@ class UcpCheckout:
         if opened is None:
             raise CheckoutError("this gateway did not open the merchant's checkout", ErrorCode.UNKNOWN_CHECKOUT)
         ucp_id = opened.checkout["id"]
-        now = self._verified(await self.client.get(ucp_id), proposal, opened.checkout)
+        now = _ready(self._verified(await self.client.get(ucp_id), proposal, opened.checkout))
         mandates = self._mandates(opened, now, key)
         self.mandates[ucp_id] = mandates
         payment = {
@@ -218,3 +218,17 @@ class UcpCheckout:
     async def step_up(self, device_id: str, checkout_id: str, checkout_hash: str, pin: str) -> tuple[str, float]:
         grant = await asyncio.to_thread(self.verifier.step_up.prove, device_id, checkout_id, checkout_hash, pin)
         return grant.proof, grant.expires_at
+
+
+def _ready(checkout: dict[str, Any]) -> dict[str, Any]:
+    """A checkout the merchant will complete; its `requires_escalation` is our `step_up_required`:
+    the buyer must continue at the merchant's `continue_url`, which the device is told."""
+    if checkout["status"] == "requires_escalation":
+        raise CheckoutError(
+            f"the merchant needs the buyer to continue at {checkout['continue_url']}",
+            ErrorCode.STEP_UP_REQUIRED,
+            "step_up_required",
+        )
+    if checkout["status"] != "ready_for_complete":
+        raise CheckoutError(f"the merchant's checkout is {checkout['status']}, not ready", ErrorCode.PAYMENT_DECLINED)
+    return checkout
