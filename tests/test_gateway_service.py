@@ -148,6 +148,9 @@ async def test_issue_19_the_gateway_service_orders_reports_and_drains_on_sigterm
         with pytest.raises(RemoteError) as refused:  # no new session while draining
             await device.ask("buy a bottle of milk", timeout=10.0)
         assert refused.value.code is ErrorCode.BUSY
+        text = (await get(http, base, "/metrics"))[1]  # still served while draining
+        assert metric(text, 'device_sdk_gateway_refusals_total{code="busy"}') == 1
+        assert metric(text, "device_sdk_gateway_sessions_open") == 1
         ended = await device.answer(second, Decision.DECLINE, heard="no")
         assert ended.outcome is Outcome.DECLINED
         async with asyncio.timeout(30.0):
