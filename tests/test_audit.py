@@ -1,8 +1,10 @@
 """The audit log is tamper-evident: edits, deletions, insertions and reorderings made directly in
-the SQLite file are caught by `verify_log` and `device-sdk audit verify`, which name the first bad record."""
+the SQLite file (or the PostgreSQL tables: the `log` tests run on both) are caught by `verify_log` and
+`device-sdk audit verify`, which name the first bad record."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sqlite3
@@ -10,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -21,10 +24,12 @@ from device_sdk.platform.checkout.audit import (
     AuditLog,
     chain_hash,
     checkpoint_message,
+    key_file,
     trail,
     verify_log,
 )
 from device_sdk.platform.checkout.database import Database
+from device_sdk.platform.checkout.store_url import parse_store
 from device_sdk.protocol.errors import StoreError
 from device_sdk.protocol.fields import Outcome
 from tests.consent_kit import open_shop
@@ -32,7 +37,7 @@ from tests.consent_kit import open_shop
 RECORDS = 12
 
 
-def write_log(path: Path, records: int = RECORDS) -> None:
+def write_log(path: str | Path, records: int = RECORDS) -> None:
     """A log of `records` records in several transactions (so several checkpoints)."""
     with Database(path) as db:
         audit = AuditLog.open(db)
@@ -42,32 +47,55 @@ def write_log(path: Path, records: int = RECORDS) -> None:
 
 
 @pytest.fixture
-def log(tmp_path: Path) -> Path:
+def log(store: str | Path) -> str | Path:
+    """A log of `RECORDS` records, in a SQLite file and in a PostgreSQL database."""
+    write_log(store)
+    return store
+
+
+@pytest.fixture
+def sqlite_log(tmp_path: Path) -> Path:
     path = tmp_path / "audit.db"
     write_log(path)
     return path
 
 
-def edit(path: Path, *statements: tuple[str, tuple[object, ...]]) -> None:
-    conn = sqlite3.connect(path)
-    with conn:
+@contextlib.contextmanager
+def tamper(target: str | Path) -> Iterator[Any]:
+    """A plain connection to the log's database, as someone with write access to it has; committed."""
+    url = parse_store(target)
+    if url.postgres:
+        import psycopg
+
+        from device_sdk.platform.checkout.postgres import PgConnection
+
+        with psycopg.connect(str(url.dsn)) as raw:  # commits at the end
+            yield PgConnection(raw)
+        return
+    conn = sqlite3.connect(target)
+    try:
+        with conn:
+            yield conn
+    finally:
+        conn.close()
+
+
+def edit(path: str | Path, *statements: tuple[str, tuple[object, ...]]) -> None:
+    with tamper(path) as conn:
         for sql, args in statements:
             conn.execute(sql, args)
-    conn.close()
 
 
-def row(path: Path, seq: int) -> tuple[str, bytes]:
-    conn = sqlite3.connect(path)
-    body, digest = conn.execute("SELECT body, hash FROM audit WHERE seq = ?", (seq,)).fetchone()
-    conn.close()
-    return body, digest
+def row(path: str | Path, seq: int) -> tuple[str, bytes]:
+    with tamper(path) as conn:
+        body, digest = conn.execute("SELECT body, hash FROM audit WHERE seq = ?", (seq,)).fetchone()
+    return body, bytes(digest)
 
 
-def rechain(path: Path, checkpoints: str = "keep", signer: SigningKey | None = None) -> None:
+def rechain(path: str | Path, checkpoints: str = "keep", signer: SigningKey | None = None) -> None:
     """Recompute every record's hash, as an attacker who edited a record would; and the checkpoints'
     hashes too ("copy"), or re-signed with `signer` ("sign")."""
-    conn = sqlite3.connect(path)
-    with conn:
+    with tamper(path) as conn:
         prev = GENESIS
         for seq, text in conn.execute("SELECT seq, body FROM audit ORDER BY seq").fetchall():
             prev = chain_hash(prev, seq, text.encode())
@@ -79,7 +107,6 @@ def rechain(path: Path, checkpoints: str = "keep", signer: SigningKey | None = N
                              (prev, signer.sign(checkpoint_message(seq, prev)), signer.public.kid, seq))  # fmt: skip
         if signer is not None:
             conn.execute("INSERT INTO audit_keys VALUES (?, ?, 0)", (signer.public.kid, signer.public.raw))
-    conn.close()
 
 
 def test_an_intact_log_verifies(log: Path) -> None:
@@ -129,9 +156,9 @@ def test_a_rewritten_log_re_signed_with_another_key_fails_against_the_pinned_key
     rechain(log, "sign", SigningKey.generate())
     report = verify_log(log)  # pinned by default to the key file beside the log
     assert not report.ok and report.key_pinned and report.first_bad == 1 and "not signed" in (report.problem or "")
-    sidecar = log.with_name(log.name + ".audit-key.pem")
+    sidecar = key_file(parse_store(log))
     pinned_key = SigningKey.load(sidecar).public
-    sidecar.rename(log.with_name("elsewhere.pem"))
+    sidecar.rename(sidecar.with_name("elsewhere.pem"))
     unpinned = verify_log(log)  # the log alone, away from its key: consistent with the key it names...
     assert unpinned.ok and not unpinned.key_pinned
     assert not verify_log(log, key=pinned_key).ok  # ...but not with the key given
@@ -168,12 +195,10 @@ def test_an_inserted_record_is_named(log: Path) -> None:
 
 
 def test_a_record_inserted_in_the_middle_is_named(log: Path) -> None:
-    conn = sqlite3.connect(log)
-    with conn:
+    with tamper(log) as conn:
         for seq in range(RECORDS, 5, -1):  # make room at 6
             conn.execute("UPDATE audit SET seq = seq + 1 WHERE seq = ?", (seq,))
         conn.execute("INSERT INTO audit (seq, body, hash) VALUES (6, '{}', ?)", (b"\x00" * 32,))
-    conn.close()
     report = verify_log(log)
     assert not report.ok and report.first_bad == 6
 
@@ -270,12 +295,13 @@ def test_audit_show_of_an_unknown_session_exits_non_zero(flow_log: tuple[Path, s
 def test_a_log_is_never_given_a_new_key_silently(log: Path) -> None:
     from device_sdk.protocol.errors import KeyStoreError
 
-    log.with_name(log.name + ".audit-key.pem").unlink()  # the key file was lost
+    key_file(parse_store(log)).unlink()  # the key file was lost
     with Database(log) as db, pytest.raises(KeyStoreError, match="restore its key file"):
         AuditLog.open(db)
 
 
-def test_bad_arguments_to_the_audit_commands_are_coded_errors(log: Path) -> None:
+def test_bad_arguments_to_the_audit_commands_are_coded_errors(sqlite_log: Path) -> None:
+    log = sqlite_log
     with pytest.raises(StoreError):
         verify_log(log, head="zz")
     with pytest.raises(StoreError):

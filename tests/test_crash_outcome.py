@@ -28,6 +28,7 @@ from device_sdk.device.client import DeviceClient
 from device_sdk.platform.checkout.backend import Completion
 from device_sdk.platform.checkout.database import Database
 from device_sdk.platform.checkout.outcomes import completion_key, status
+from device_sdk.platform.checkout.store_url import StoreUrl
 from device_sdk.protocol.errors import ConsentError, ErrorCode, RemoteError
 from device_sdk.protocol.fields import Decision, Outcome
 from device_sdk.protocol.messages import CheckoutProposal, OrderResult
@@ -193,12 +194,13 @@ async def test_finding_1_order_status_is_answered_only_to_the_checkouts_device(t
 
 
 @pytest.fixture
-def shop(tmp_path: Path) -> Iterator[Shop]:
-    yield from open_shop(tmp_path / "shop.db")
+def shop(store: str | Path) -> Iterator[Shop]:
+    """The verifier's store on SQLite and on PostgreSQL."""
+    yield from open_shop(store)
 
 
-def test_finding_1_a_pending_completion_is_settled_under_the_same_key_never_twice(shop: Shop) -> None:
-    merchant = MerchantStandIn(shop.db.path.with_name("merchant.db"))
+def test_finding_1_a_pending_completion_is_settled_under_the_same_key_never_twice(shop: Shop, tmp_path: Path) -> None:
+    merchant = MerchantStandIn(tmp_path / "merchant.db")
     asked: list[str] = []
 
     def hangs_up(proposal: CheckoutProposal, key: str) -> str:
@@ -225,11 +227,11 @@ def test_finding_1_a_pending_completion_is_settled_under_the_same_key_never_twic
     assert merchant.orders() == [ended.result.order_id if ended.result else None]
     assert shop.verifier.complete(completion, merchant.place) == ended.result  # the device's retry: the same
     assert [row[0] for row in shop.verifier.orders()] == merchant.orders()
-    trail = [kind for (kind,) in _kinds(shop.db.path, offer.session_id)]
+    trail = [kind for (kind,) in _kinds(shop.db.url, offer.session_id)]
     assert trail.count("verification") == 1 and trail.count("order") == 1
 
 
-def _kinds(path: Path, session_id: str) -> list[tuple[str]]:
+def _kinds(path: StoreUrl, session_id: str) -> list[tuple[str]]:
     with Database(path) as db, db.reading() as conn:
         return conn.execute("SELECT kind FROM audit WHERE session_id = ? ORDER BY seq", (session_id,)).fetchall()
 

@@ -8,6 +8,10 @@ bring: two verifiers (two gateways' pools and writer threads) racing a 1-per-min
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -114,3 +118,44 @@ def test_a_password_never_comes_in_the_database_url(tmp_path: Path, monkeypatch:
 def test_placeholders_are_rewritten_outside_literals_only() -> None:
     sql = "SELECT a FROM t WHERE b = ? AND c = :name AND d = 'x?:y%' AND e::text LIKE '%z'"
     assert translate(sql) == "SELECT a FROM t WHERE b = %s AND c = %(name)s AND d = 'x?:y%%' AND e::text LIKE '%%z'"
+
+
+def test_a_cancelled_checkout_reads_as_ended_with_its_reason(store: str | Path) -> None:
+    """`order.status` of a declined checkout reads its cancel record (the audit body, read as JSON
+    by the store on either engine), not another checkout's of the same session."""
+    for shop in open_shop(store):
+        offer = shop.offer()
+        shop.verifier.cancel(offer.checkout_id, Outcome.DECLINED, "the user said no")
+        other = shop.offer()
+        ended = shop.verifier.status(offer.proposal.device_id, offer.session_id, offer.checkout_id)
+        assert ended.state == "ended" and ended.result is not None
+        assert (ended.result.outcome, ended.result.reason) == (Outcome.DECLINED, "the user said no")
+        still = shop.verifier.status(other.proposal.device_id, other.session_id, other.checkout_id)
+        assert still.state == "open"
+
+
+def test_keys_and_audit_verify_from_the_command_line_on_postgresql(
+    postgres_server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`keys create --database URL` registers in PostgreSQL; `audit verify URL` reads it back (with the
+    key file kept in the state directory, so pinned); a URL with a password is refused (exit 2)."""
+    url = postgres_server.new_database()
+    monkeypatch.setenv("DEVICE_SDK_STATE", str(tmp_path))
+    env = dict(os.environ)
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "device_sdk.cli", *args], capture_output=True, text=True,
+                              env=env, timeout=120)  # fmt: skip
+
+    made = cli("keys", "create", "speaker-9", "--database", url, "--out", str(tmp_path / "s9.pem"))
+    assert made.returncode == 0, made.stderr
+    with Database(url) as db:
+        assert [r.device_id for r in ConsentVerifier(db, AuditLog.open(db), audience=AUDIENCE).registry.records()] == [
+            "speaker-9"
+        ]
+    verified = cli("audit", "verify", url, "--json")
+    assert verified.returncode == 0, verified.stderr
+    report = json.loads(verified.stdout)
+    assert report["ok"] and report["key_pinned"] and report["records"] == 0  # keys are not audited; the log is there
+    refused = cli("keys", "list", "--database", url.replace("app@", "app:hunter2@"))
+    assert refused.returncode == 2 and "hunter2" not in refused.stderr + refused.stdout

@@ -87,12 +87,17 @@ def register(commands: Commands) -> None:
 
     audit = commands.group("audit", "check or read the audit log")
     verify = audit.add("verify", "exit 0 if the log is intact, else name the first bad record", run=_audit_verify)
-    verify.add_argument("path", nargs="?", type=Path, default=None, help=f"(default: {default_database()})")
+    verify.add_argument("path", nargs="?", type=store_argument, default=None,
+                        help=f"a SQLite file or postgresql://USER@HOST/DB (default: {default_database()})")  # fmt: skip
     verify.add_argument("--key", default=None, help="pin the checkpoint key: base64url, JWK or PEM, or @FILE")
     verify.add_argument("--head", default=None, help="a checkpoint hash (hex) kept elsewhere that must still be there")
     verify.add_argument("--json", action="store_true")
     show = audit.add("show", "the trail of one session", run=_audit_show)
-    show.add_argument("path", nargs="?", type=Path, default=None, help=f"(default: {default_database()})")
+    show.add_argument("path", nargs="?", type=store_argument, default=None,
+                      help=f"a SQLite file or postgresql://USER@HOST/DB (default: {default_database()})")  # fmt: skip
+    for sub in (verify, show):
+        sub.add_argument(PASSWORD_FILE_OPTION, dest="database_password_file", type=Path, default=None,
+                         metavar="FILE", help="a PostgreSQL password: first line of FILE")  # fmt: skip
     show.add_argument("--session", required=True, help="session id")
     show.add_argument("--json", action="store_true")
 
@@ -232,7 +237,7 @@ async def _gateway(args: argparse.Namespace) -> int:
 
 
 def _audit_show(args: argparse.Namespace) -> int:
-    path = args.path or default_database()
+    path = parse_store(args.path or default_database(), args.database_password_file)
     records = trail(path, args.session)
     if args.json:
         print(json.dumps(records, ensure_ascii=False))
@@ -244,7 +249,7 @@ def _audit_show(args: argparse.Namespace) -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    path = args.path or default_database()
+    path = parse_store(args.path or default_database(), args.database_password_file)
     key = None
     if args.key:
         try:
