@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from device_sdk.platform.checkout.backend import Completion
+from device_sdk.platform.checkout.outcomes import PlaceOrder
 from device_sdk.platform.checkout.verifier import ConsentVerifier
 from device_sdk.protocol.errors import CheckoutError, ConsentError, ErrorCode
 from device_sdk.protocol.fields import Outcome
@@ -123,7 +124,14 @@ class UcpCheckout:
 
     async def complete(self, completion: Completion) -> OrderResult:
         self._answers[completion.checkout_id] = completion.confirmation
-        loop = asyncio.get_running_loop()
+        place = self._placing(asyncio.get_running_loop())
+        result = await asyncio.to_thread(self.verifier.complete, completion, place)
+        if all(order.order_id != result.order_id for order in self.orders):
+            self.orders.append(result)
+        return result
+
+    def _placing(self, loop: asyncio.AbstractEventLoop) -> PlaceOrder:
+        """The verifier's `PlaceOrder` (called on its thread): `_place` on `loop`; a refusal keeps its code."""
 
         def place(proposal: CheckoutProposal, key: str) -> str:
             future = asyncio.run_coroutine_threadsafe(self._place(proposal, key), loop)
@@ -134,10 +142,7 @@ class UcpCheckout:
             except CheckoutError as exc:  # a refusal with its own code: the device is told which
                 raise ConsentError(exc.text, exc.code) from None
 
-        result = await asyncio.to_thread(self.verifier.complete, completion, place)
-        if all(order.order_id != result.order_id for order in self.orders):
-            self.orders.append(result)
-        return result
+        return place
 
     async def _place(self, proposal: CheckoutProposal, key: str) -> str:
         """Runs only after the verifier accepted the confirmation: re-read, mandates, complete."""
@@ -202,11 +207,7 @@ class UcpCheckout:
         return await asyncio.to_thread(self.verifier.status, device_id, session_id, checkout_id)
 
     async def settle_pending(self, older_than: float) -> int:
-        loop = asyncio.get_running_loop()
-
-        def place(proposal: CheckoutProposal, key: str) -> str:
-            return asyncio.run_coroutine_threadsafe(self._place(proposal, key), loop).result(PLACE_TIMEOUT)
-
+        place = self._placing(asyncio.get_running_loop())
         return await asyncio.to_thread(self.verifier.settle_pending, place, older_than)
 
     async def cancel(self, checkout_id: str, outcome: Outcome, reason: str) -> None:
