@@ -1,5 +1,5 @@
 """The simulators' commands, registered with `device-sdk` (entry-point group `device_sdk.commands`):
-`demo`, `serve`, `simulate glasses|phone|devices`, `eval voice` and `bench bus|asr|ble|flood`."""
+`demo`, `serve`, `simulate glasses|phone|devices`, `eval voice` and `bench bus|asr|ble|flood|fleet`."""
 
 from __future__ import annotations
 
@@ -165,6 +165,26 @@ def _register_bench(bench: Commands) -> None:
     flood.add_argument("--every", type=float, default=2.5, help="seconds between the other device's orders")
     broker_options(flood, "mosquitto (started on a free port; the default), embedded, or an mqtt:// URL")
     flood.add_argument("--json", action="store_true")
+    _register_fleet(bench)
+
+
+def _register_fleet(bench: Commands) -> None:
+    fleet = bench.add(
+        "fleet", "N devices in several processes against G gateway processes, with faults: latency, orders",
+        run=_bench_fleet,
+    )  # fmt: skip
+    fleet.add_argument("--devices", type=int, default=100, help="simulated devices (default 100)")
+    fleet.add_argument("--gateways", type=int, default=2, help="gateway processes, device-sdk serve (default 2)")
+    fleet.add_argument("--rate", default="10", help="requests/s offered across the fleet (Poisson), or max")
+    fleet.add_argument("--seconds", type=float, default=20.0, help="the measured window, once all are connected")
+    fleet.add_argument("--broker", default=None, help="mqtt:// URL on loopback (default: start Mosquitto)")
+    fleet.add_argument("--database", default=None, help="the gateways' store (default: a new SQLite file)")
+    fleet.add_argument("--kill-gateway-at", type=float, default=None, metavar="S", help="SIGKILL a gateway at S")
+    fleet.add_argument("--restart-broker-at", type=float, default=None, metavar="S", help="restart the broker at S")
+    fleet.add_argument("--db-pause-at", type=float, default=None, metavar="S", help="pause the store's writes at S")
+    fleet.add_argument("--processes", type=int, default=None, help="device processes (default: 2500 devices each)")
+    fleet.add_argument("--heartbeat", type=float, default=2.0, help="seconds between a device's pings (default 2)")
+    fleet.add_argument("--json", action="store_true")
 
 
 async def _demo(args: argparse.Namespace) -> int:
@@ -376,6 +396,20 @@ async def _bench_flood(args: argparse.Namespace) -> int:
     assert broker is not None
     report = await run_bench_flood(args.seconds, args.messages, args.every, broker)
     return print_report(report, args.json)
+
+
+async def _bench_fleet(args: argparse.Namespace) -> int:
+    from device_sdk.bus.url import BrokerUrl
+
+    from .fleet.generator import FleetOptions, run_bench_fleet
+
+    options = FleetOptions(
+        devices=args.devices, gateways=args.gateways, rate=None if args.rate == "max" else float(args.rate),
+        seconds=args.seconds, broker=BrokerUrl.parse(args.broker) if args.broker else None, database=args.database,
+        kill_gateway_at=args.kill_gateway_at, restart_broker_at=args.restart_broker_at, db_pause_at=args.db_pause_at,
+        processes=args.processes, heartbeat=args.heartbeat,
+    )  # fmt: skip
+    return print_report(await run_bench_fleet(options), args.json)
 
 
 async def _bench_bus(args: argparse.Namespace) -> int:

@@ -75,7 +75,7 @@ def test_every_command_is_registered_by_the_package_that_owns_it() -> None:
         sub.choices
     )
     bench = next(a for a in sub.choices["bench"]._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(bench.choices) == {"bus", "consent", "frames", "asr", "ble", "flood"}
+    assert set(bench.choices) == {"bus", "consent", "frames", "asr", "ble", "flood", "fleet"}
     args = root.parse_args(["bench", "frames", "--bytes", "1000"])
     assert args.run.__module__ == "firmware_bridge.commands"
     assert root.parse_args(["demo"]).run.__module__ == "simulators.commands"

@@ -1,0 +1,79 @@
+"""A small fleet in CI: 100 devices in two processes, two `device-sdk serve` gateways on a Mosquitto and
+a SQLite store the bench starts on loopback, one gateway SIGKILLed mid-run. Every confirmation ends
+as exactly one order the device saw or a refusal it saw; every decline closes its checkout with a
+cancel record; the killed gateway's devices are claimed by the other. Speed is the bench's business
+(`device-sdk bench fleet --json`): nothing here is timed."""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+
+import pytest
+
+from device_sdk.bus.url import BrokerUrl
+from device_sdk.protocol.errors import ConfigError
+from simulators.fleet.generator import FleetOptions, run_bench_fleet
+from simulators.fleet.report import Ledger, reconcile
+
+pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto is not installed")
+
+
+async def test_a_fleet_loses_and_duplicates_no_order_when_a_gateway_is_killed() -> None:
+    options = FleetOptions(devices=100, gateways=2, rate=10.0, seconds=16.0, kill_gateway_at=6.0, drain=60.0)
+    report = await run_bench_fleet(options)
+    assert report["devices_connected"] == 100
+    assert report["devices_with_controller"] == 100
+    assert report["gateways_killed"] == 1
+    assert report["devices_of_killed_gateway"] > 0  # the killed gateway served some of the fleet...
+    assert report["devices_not_taken_over"] == 0  # ...and another gateway claimed every one of them
+    assert report["devices_down_at_end"] == 0
+    assert report["orders_confirmed"] > 0
+    assert report["declines"] > 0
+    assert report["orders_lost"] == 0
+    assert report["orders_duplicated"] == 0
+    assert report["orders_unseen"] == 0
+    assert report["declines_left_open"] == 0
+    assert report["orders_placed"] + report["orders_refused_seen"] == report["orders_confirmed"]
+    assert report["requests_per_s"] > 0
+    for figure in ("proposal_ms", "order_ms"):
+        assert set(report[figure]) == {"p50", "p95", "p99"}
+
+
+def test_reconcile_counts_a_lost_a_duplicated_and_an_unseen_order_and_an_open_decline() -> None:
+    confirmed = [
+        {"checkout_id": "c1", "seen": "ordered", "order_id": "o1"},  # fine
+        {"checkout_id": "c2", "seen": "ordered", "order_id": "o2"},  # the merchant has none: lost
+        {"checkout_id": "c3", "seen": "timeout"},  # neither an order nor a refusal: lost
+        {"checkout_id": "c4", "seen": "ordered", "order_id": "o4"},  # two orders: duplicated
+        {"checkout_id": "c5", "seen": "refused", "code": "checkout_closed"},  # charged all the same: unseen
+        {"checkout_id": "c6", "seen": "refused", "code": "velocity_limit"},  # fine
+    ]
+    declined = [{"checkout_id": "d1", "seen": "refused"}, {"checkout_id": "d2", "seen": "refused"}]
+    ledger = Ledger(
+        merchant_orders={"c1": ["o1"], "c4": ["o4", "o4b"], "c5": ["o5"]},
+        store_orders=Counter({"c1": 1, "c4": 1, "c5": 1}),
+        closed={"d1", "d2"},
+        cancelled={"d1"},
+    )
+    fates = reconcile(confirmed, declined, ledger)
+    assert fates["orders_lost"] == 2
+    assert fates["orders_duplicated"] == 1
+    assert fates["orders_unseen"] == 1
+    assert fates["orders_refused_seen"] == 1
+    assert fates["refusals"] == {"velocity_limit": 1}
+    assert fates["declines_left_open"] == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        (FleetOptions(broker=BrokerUrl("10.0.0.1")), "loopback"),
+        (FleetOptions(gateways=1, kill_gateway_at=3.0), "two gateways"),
+        (FleetOptions(broker=BrokerUrl("127.0.0.1"), restart_broker_at=3.0), "starts itself"),
+        (FleetOptions(devices=0), "--devices"),
+    ],
+)
+async def test_the_fleet_refuses_what_it_cannot_do_before_it_starts_anything(options: FleetOptions, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        await run_bench_fleet(options)
