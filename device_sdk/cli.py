@@ -14,6 +14,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from device_sdk.commands import GROUP, Commands
+from device_sdk.conformance import command as conformance_command
 from device_sdk.discovery.listing import run_discover
 from device_sdk.platform import commands as platform_commands
 from device_sdk.protocol import asyncapi
@@ -29,6 +30,7 @@ def parser() -> argparse.ArgumentParser:
     commands = Commands(root.add_subparsers(dest="command", required=True), path="command")
     _register(commands)
     platform_commands.register(commands)
+    conformance_command.register(commands)
     for plugin in sorted(entry_points(group=GROUP), key=lambda ep: ep.name):
         plugin.load()(commands)
     return root

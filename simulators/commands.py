@@ -132,9 +132,17 @@ def _register_simulate(simulate: Commands) -> None:
     broker_options(phone, "MQTT broker URL (default: an embedded one)")
     phone.add_argument("--json", action="store_true")
     devices = simulate.add(
-        "devices", "speakers and glasses on the bus, advertised with zeroconf", run=_simulate_devices
+        "devices",
+        "speakers, glasses and phones on the bus, with keys and the conformance test mode, advertised with zeroconf",
+        run=_simulate_devices,
     )
-    devices.add_argument("--count", type=int, default=2, help="how many (default 2: a speaker and a pair of glasses)")
+    devices.add_argument("--count", type=int, default=3, help="how many (default 3: a speaker, glasses and a phone)")
+    devices.add_argument(
+        "--no-test-mode",
+        dest="test_mode",
+        action="store_false",
+        help="ignore conformance runs' directions (default: allowed, docs/conformance.md)",
+    )
     broker_options(devices, "MQTT broker URL (default: an embedded one)")
     devices.add_argument("--interface", action="append", metavar="IP", help="advertise on this address only (repeat)")
     devices.add_argument("--seconds", type=float, default=None, help="stop after this long (default: Ctrl-C)")
@@ -378,6 +386,7 @@ async def _simulate_devices(args: argparse.Namespace) -> int:
         interfaces=args.interface,
         seconds=args.seconds,
         prefix=args.prefix,
+        test_mode=args.test_mode,
     )
 
 

@@ -174,6 +174,14 @@ class MqttBus(Service):
             if not fut.done():
                 fut.set_exception(BusError("connection closed"))
 
+    def drop(self) -> None:
+        """End the connection at once without a DISCONNECT, as a crash or a lost link would: the broker
+        publishes the last will, and the bus reconnects as after any loss (a conformance run's `drop`)."""
+        sock = self._client.socket()
+        if isinstance(sock, socket.socket) and self._connected.is_set():
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
     def add_connect_hook(self, hook: ConnectHook) -> None:
         """Run `hook` after every reconnect (not the first connect)."""
         self._hooks.append(hook)

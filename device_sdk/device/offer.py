@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 
@@ -36,10 +37,13 @@ class Offer:
 
     @classmethod
     def checked(cls, request: ConfirmationRequest) -> Offer:
-        """The offer, once its read-back is the SDK's own for its proposal (else `ProtocolError`)."""
+        """The offer, once its read-back is the SDK's own for its proposal and it has not expired (else
+        `ProtocolError`): a device never shows, let alone signs, anything else."""
         composed = compose_readback(request.proposal)
         if composed != request.readback or display_digest(composed) != request.display_digest:
             raise ProtocolError("the read-back does not match the proposal it came with", ErrorCode.DISPLAY_MISMATCH)
+        if request.expires_at <= time.time():
+            raise ProtocolError(f"the offer of checkout {request.checkout_id} has expired", ErrorCode.CHECKOUT_CLOSED)
         return cls(request)
 
     @property
