@@ -13,6 +13,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,6 +29,7 @@ from ucp_sdk.models.schemas.shopping import checkout_complete_request, checkout_
 from ucp_sdk.models.schemas.shopping import order as ucp_order
 
 from device_sdk.platform.ucp.backend import UcpCheckout
+from device_sdk.platform.ucp.checks import check_state
 from device_sdk.platform.ucp.client import UcpClient
 from device_sdk.platform.ucp.mandates import MandateIssuer
 from device_sdk.platform.ucp.money import exponent, format_minor
@@ -266,3 +268,51 @@ def test_demo_merchant_ucp_writes_objects_ucp_models_accept(tmp_path: Path, monk
     ).get_verified_payload()
     assert claims["checkout_sha256"] == checkout_sha256(states[-2])
     assert not list(out.glob("*request*")), "our request bodies are not written"
+
+
+def test_check_state_refuses_what_ucps_models_let_through() -> None:
+    key = ECKey.generate_key("P-256")
+    keys = [public_jwk(key, "m1")]
+
+    def signed(**changes: Any) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "id": "chk_1",
+            "status": "ready_for_complete",
+            "currency": "KWD",
+            "line_items": [
+                {
+                    "id": "li_1",
+                    "item": {"id": "sku-1", "title": "Dates", "price": 1250},
+                    "quantity": 2,
+                    "totals": [{"type": "subtotal", "amount": 2500}, {"type": "total", "amount": 2500}],
+                }
+            ],
+            "totals": [
+                {"type": "subtotal", "amount": 2500},
+                {"type": "discount", "amount": -500},
+                {"type": "total", "amount": 2000},
+            ],
+            "links": [{"type": "terms_of_service", "url": "https://merchant.test/terms"}],
+            "expires_at": "2999-01-01T00:00:00Z",
+        } | changes
+        return state | {"ap2": {"merchant_authorization": sign_detached(state, key, "m1")}}
+
+    def t(*entries: tuple[str, Any]) -> list[dict[str, Any]]:
+        return [{"type": kind, "amount": amount} for kind, amount in entries]
+
+    assert check_state(signed(), keys, time.time()) == "m1"  # a discount is a negative entry of the total
+    mismatch = ErrorCode.TOTALS_MISMATCH
+    bad = {
+        "a float amount": (signed(totals=t(("subtotal", 2500.0), ("total", 2500))), mismatch),
+        "a string amount": (signed(totals=t(("subtotal", "2500"), ("total", 2500))), mismatch),
+        "two subtotals": (signed(totals=t(("subtotal", 2500), ("subtotal", 0), ("total", 2500))), mismatch),
+        "a wrong total": (signed(totals=t(("subtotal", 2500), ("total", 2400))), mismatch),
+        "no links": (signed(links=[]), ErrorCode.BAD_PROPOSAL),
+        "an escalation without continue_url": (signed(status="requires_escalation"), ErrorCode.BAD_PROPOSAL),
+        "expired": (signed(expires_at="2020-01-01T00:00:00Z"), ErrorCode.CHECKOUT_EXPIRED),
+        "an unknown currency": (signed(currency="XTS"), ErrorCode.UNKNOWN_CURRENCY),
+    }  # fmt: skip
+    for what, (state, code) in bad.items():
+        with pytest.raises(CheckoutError) as caught:
+            check_state(state, keys, time.time())
+        assert caught.value.code is code, what

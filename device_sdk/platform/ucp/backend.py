@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
+
 from device_sdk.platform.checkout.backend import Completion
 from device_sdk.platform.checkout.outcomes import PlaceOrder
 from device_sdk.platform.checkout.verifier import ConsentVerifier
@@ -79,7 +81,10 @@ class UcpCheckout:
         if not isinstance(proposal, CheckoutProposal) or proposal != issued.proposal:
             raise CheckoutError("the proposal does not match its bytes", ErrorCode.BAD_PROPOSAL)
         try:
-            checkout = await self._open_at_merchant(proposal)
+            try:
+                checkout = await self._open_at_merchant(proposal)
+            except (aiohttp.ClientError, TimeoutError) as exc:  # nothing was ordered: a refusal
+                raise CheckoutError(f"the merchant could not be reached: {exc!r}", ErrorCode.INTERNAL) from None
         except CheckoutError as exc:
             await self._audit(proposal, exc, "ucp_open")
             raise
@@ -224,12 +229,13 @@ class UcpCheckout:
 def _ready(checkout: dict[str, Any]) -> dict[str, Any]:
     """A checkout the merchant will complete; its `requires_escalation` is our `step_up_required`:
     the buyer must continue at the merchant's `continue_url`, which the device is told."""
-    if checkout["status"] == "requires_escalation":
+    status = checkout.get("status")
+    if status == "requires_escalation":
         raise CheckoutError(
             f"the merchant needs the buyer to continue at {checkout['continue_url']}",
             ErrorCode.STEP_UP_REQUIRED,
             "step_up_required",
         )
-    if checkout["status"] != "ready_for_complete":
-        raise CheckoutError(f"the merchant's checkout is {checkout['status']}, not ready", ErrorCode.PAYMENT_DECLINED)
+    if status != "ready_for_complete":
+        raise CheckoutError(f"the merchant's checkout is {status!r}, not ready", ErrorCode.PAYMENT_DECLINED)
     return checkout
