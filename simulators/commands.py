@@ -131,6 +131,12 @@ def _register_simulate(simulate: Commands) -> None:
     )  # fmt: skip
     broker_options(phone, "MQTT broker URL (default: an embedded one)")
     phone.add_argument("--json", action="store_true")
+    scenario = simulate.add(
+        "scenario", "a household from a YAML file (devices, what each user says and answers, faults), each step's "
+        "outcome checked (examples/scenarios/)", run=_simulate_scenario,
+    )  # fmt: skip
+    scenario.add_argument("file", type=Path, help="the scenario (docs/partners.md)")
+    scenario.add_argument("--json", action="store_true", help="one JSON object: each step, what it gave and missed")
     devices = simulate.add(
         "devices",
         "speakers, glasses and phones on the bus, with keys and the conformance test mode, advertised with zeroconf",
@@ -375,6 +381,23 @@ async def _serve(args: argparse.Namespace) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.Event().wait()
     return 0
+
+
+async def _simulate_scenario(args: argparse.Namespace) -> int:
+    from .household import run_scenario
+    from .scenario_file import load_scenario
+
+    scenario = load_scenario(args.file)
+    if not args.json:
+        print(printable(f"scenario: {scenario.name}"))
+    report = await run_scenario(
+        scenario, on_step=None if args.json else lambda step: print(*map(printable, step.lines()), sep="\n")
+    )
+    if args.json:
+        print(json.dumps(report.as_dict(), ensure_ascii=False))
+    else:
+        print("every step as expected" if report.ok else "some steps did not give what was expected")
+    return 0 if report.ok else 1
 
 
 async def _simulate_devices(args: argparse.Namespace) -> int:

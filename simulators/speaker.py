@@ -66,10 +66,14 @@ class SimulatedSpeaker:
         self.present = present or (lambda text: None)
         self.pin = pin
 
-    async def run(self, say: str, replies: Iterable[str], *, timeout: float = 30.0) -> SpeakerRun:
+    async def run(
+        self, say: str, replies: Iterable[str], *, timeout: float = 30.0, session_id: str | None = None
+    ) -> SpeakerRun:
+        """Ask `say` (in `session_id`, the one a wake word opened, if given), read the offer back, and
+        answer with `replies` (one re-prompt after an unclear one)."""
         run = SpeakerRun(said=say)
         try:
-            run.offer = await self.device.ask(say, timeout=timeout)
+            run.offer = await self.device.ask(say, session_id=session_id, timeout=timeout)
         except RemoteError as exc:
             run.error = exc
             return run
