@@ -10,7 +10,8 @@ key it was given, naming this checkout and its hash, and charges once per idempo
 `faults` makes it misbehave for tests: `bad_signature` (signs with a key it does not publish),
 `totals` (a total that is not the sum of its entries), `currency` (an unknown currency), `expired`
 (a checkout already expired), `change_after_confirm` (re-prices the cart when it is read again) and
-`escalate` (needs the buyer on its own page: `requires_escalation` with its `continue_url`).
+`escalate` (needs the buyer on its own page: `requires_escalation` with its `continue_url`) and
+`lose_complete_answer` (charges on the first complete, then answers 500 as if the answer was lost).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ from .catalog import Catalog
 
 HANDLER = "shop-wallet"
 SPEC = "https://ucp.dev/specification"
-FAULTS = frozenset({"bad_signature", "totals", "currency", "expired", "change_after_confirm", "escalate"})
+FAULTS = frozenset(
+    {"bad_signature", "totals", "currency", "expired", "change_after_confirm", "escalate", "lose_complete_answer"}
+)
 
 
 class UcpMerchant:
@@ -225,6 +228,8 @@ class UcpMerchant:
             "totals": checkout["totals"],
         }
         self._by_key[key] = checkout
+        if "lose_complete_answer" in self.faults and len(self.charges) == 1:
+            return _error(500, "the answer was lost")
         return self._signed(checkout)
 
     async def _order(self, request: web.Request) -> web.Response:

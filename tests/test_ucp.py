@@ -316,3 +316,14 @@ def test_check_state_refuses_what_ucps_models_let_through() -> None:
         with pytest.raises(CheckoutError) as caught:
             check_state(state, keys, time.time())
         assert caught.value.code is code, what
+
+
+async def test_a_lost_complete_answer_is_asked_again_and_charged_once(tmp_path: Path) -> None:
+    run = await order_through_ucp(tmp_path, frozenset({"lose_complete_answer"}))
+    assert run.result.ordered, run.result.as_dict()
+    assert len(run.merchant.charges) == 1, "one charge for one confirmation"
+    assert run.result.run.result is not None and run.result.run.result.order_id == run.merchant.charges[0]
+    completes = [body for kind, body in run.merchant.received if kind == "complete"]
+    assert len(completes) == 1, "the retry found the checkout completed and read its order"
+    assert [order["id"] for order in run.checkout.ucp_orders] == run.merchant.charges
+    assert run.refusals() == []

@@ -83,7 +83,7 @@ class UcpCheckout:
         try:
             try:
                 checkout = await self._open_at_merchant(proposal)
-            except (aiohttp.ClientError, TimeoutError) as exc:  # nothing was ordered: a refusal
+            except (aiohttp.ClientError, ConnectionError, TimeoutError) as exc:  # nothing was ordered: a refusal
                 raise CheckoutError(f"the merchant could not be reached: {exc!r}", ErrorCode.INTERNAL) from None
         except CheckoutError as exc:
             await self._audit(proposal, exc, "ucp_open")
@@ -155,29 +155,38 @@ class UcpCheckout:
         if opened is None:
             raise CheckoutError("this gateway did not open the merchant's checkout", ErrorCode.UNKNOWN_CHECKOUT)
         ucp_id = opened.checkout["id"]
-        now = _ready(self._verified(await self.client.get(ucp_id), proposal, opened.checkout))
-        mandates = self._mandates(opened, now, key)
-        self.mandates[ucp_id] = mandates
-        payment = {
-            **now["payment"]["instruments"][0],
-            "credential": {"type": "ap2.payment_mandate", "token": mandates["payment_mandate"]},
-        }
-        body = {"payment": {"instruments": [payment]}, "ap2": {"checkout_mandate": mandates["checkout_mandate"]}}
-        done = await self.client.complete(ucp_id, body, idempotency_key=key)
-        self.states.append(done)
-        assert self.client.profile is not None
-        verify_detached(done, self.client.profile.keys)
-        check_unchanged(opened.checkout, done)
+        now = self._verified(await self.client.get(ucp_id), proposal, opened.checkout)
+        if now.get("status") == "completed":  # an earlier try completed it and its answer was lost
+            done = now  # the same order: nothing is charged again
+        else:
+            done = await self._complete_at_merchant(opened, _ready(now), key)
         order_ref = done.get("order") or {}
         if done.get("status") != "completed" or not order_ref.get("id") or not order_ref.get("permalink_url"):
             raise CheckoutError(
                 f"the merchant did not complete the checkout ({done.get('status')})", ErrorCode.PAYMENT_DECLINED
             )
         order = await self.client.order(order_ref["id"])
-        if order.get("checkout_id") != ucp_id or order.get("totals") != now["totals"]:
+        if order.get("checkout_id") != ucp_id or order.get("totals") != opened.checkout["totals"]:
             raise CheckoutError("the merchant's order is not the checkout confirmed", ErrorCode.TOTALS_MISMATCH)
         self.ucp_orders.append(order)
         return str(order_ref["id"])
+
+    async def _complete_at_merchant(self, opened: Opened, now: dict[str, Any], key: str) -> dict[str, Any]:
+        """Issue the mandates for the confirmed state `now` and complete it under `key`; the
+        completed state, its signature checked and its terms the confirmed ones."""
+        mandates = self._mandates(opened, now, key)
+        self.mandates[now["id"]] = mandates
+        payment = {
+            **now["payment"]["instruments"][0],
+            "credential": {"type": "ap2.payment_mandate", "token": mandates["payment_mandate"]},
+        }
+        body = {"payment": {"instruments": [payment]}, "ap2": {"checkout_mandate": mandates["checkout_mandate"]}}
+        done = await self.client.complete(now["id"], body, idempotency_key=key)
+        self.states.append(done)
+        assert self.client.profile is not None
+        verify_detached(done, self.client.profile.keys)
+        check_unchanged(opened.checkout, done)
+        return done
 
     def _mandates(self, opened: Opened, checkout: dict[str, Any], key: str) -> dict[str, str]:
         """The AP2 checkout and payment mandates for the confirmed `checkout` (its signed state)."""

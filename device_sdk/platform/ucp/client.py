@@ -3,7 +3,9 @@
 `discover` reads the merchant's profile (its shopping service endpoint, capabilities, payment
 handlers and the public keys it signs with, under `keys`); `create`, `get`, `update` and `complete`
 are the REST checkout-session calls; `order` reads an order. Each returns the JSON object as the
-merchant sent it: checking it is `checks.py`'s work.
+merchant sent it: checking it is `checks.py`'s work. A 4xx answer is the merchant's refusal
+(`CheckoutError`); a 5xx, a timeout or a lost connection leaves the outcome unknown (`ConnectionError`,
+`aiohttp.ClientError`, `TimeoutError`): a completion asked again under the same key.
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ class UcpClient:
                 answer = await response.json(content_type=None)
             except ValueError:
                 answer = None
+            if response.status >= 500:  # the merchant may or may not have acted: not a refusal
+                raise ConnectionError(f"the merchant answered {method} with {response.status}")
             if response.status >= 400 or not isinstance(answer, dict):
                 text = answer.get("messages") if isinstance(answer, dict) else None
                 raise CheckoutError(
