@@ -1,9 +1,10 @@
 """The gateway service's configuration: a TOML file, then the environment over it.
 
 Secrets never sit in the file or on the command line: the broker's password comes from a file
-(`[broker] password_file`, as `--broker-password-file`) or `$DEVICE_SDK_BROKER_PASSWORD`, a
-PostgreSQL password from libpq's own `PGPASSFILE`/`~/.pgpass`. A key the service does not know is
-refused by name, so a typo does not silently fall back to a default. See examples/gateway.toml.
+(`[broker] password_file`, as `--broker-password-file`) or `$DEVICE_SDK_BROKER_PASSWORD`, the
+PostgreSQL password from `[database] password_file` or `$DEVICE_SDK_DATABASE_PASSWORD`. A key the
+service does not know is refused by name, so a typo does not silently fall back to a default. See
+examples/gateway.toml.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ ENVIRONMENT = {
     "DEVICE_SDK_BROKER_URL": ("broker", "url"),
     "DEVICE_SDK_BROKER_PASSWORD_FILE": ("broker", "password_file"),
     "DEVICE_SDK_DATABASE_URL": ("database", "url"),
+    "DEVICE_SDK_DATABASE_PASSWORD_FILE": ("database", "password_file"),
     "DEVICE_SDK_HTTP_PORT": ("http", "port"),
     "DEVICE_SDK_LOG_LEVEL": ("log", "level"),
 }
@@ -34,7 +36,7 @@ KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "gateway": {"id": str, "drain_seconds": (int, float), "keep_ended": (int, float),
                 "confirm_timeout": (int, float), "agent_timeout": (int, float)},
     "broker": {"url": str, "password_file": str},
-    "database": {"url": str, "audience": str, "policy": str},
+    "database": {"url": str, "password_file": str, "audience": str, "policy": str},
     "checkout": {"backend": str},
     "agent": {"core": str},
     "http": {"host": str, "port": (int, str)},
@@ -49,7 +51,9 @@ class GatewayConfig:
 
     broker: BrokerUrl
     database: str
-    """A SQLite file (or `sqlite:///path`) or a `postgresql://` URL."""
+    """A SQLite file (or `sqlite:///path`) or a `postgresql://USER@HOST:PORT/DBNAME` URL."""
+    database_password_file: Path | None = None
+    """The PostgreSQL user's password: the file's first line (else `$DEVICE_SDK_DATABASE_PASSWORD`)."""
     gateway_id: str | None = None
     audience: str = "shop-checkout:demo"
     """The audience devices' mandates name: the checkout this gateway completes for."""
@@ -125,9 +129,10 @@ class GatewayConfig:
         timings = {key: float(gateway.get(key, default)) for key, default in defaults.items()}
         if any(value <= 0 for value in timings.values()):
             raise ConfigError(f"{where}: the [gateway] timings must be above 0")
-        policy = get("database", "policy")
+        policy, db_password = get("database", "policy"), get("database", "password_file")
         return cls(
             broker=broker, database=database, gateway_id=get("gateway", "id"), limits=limits,
+            database_password_file=Path(db_password) if db_password else None,
             audience=get("database", "audience") or cls.audience, policy=Path(policy) if policy else None,
             checkout=get("checkout", "backend") or cls.checkout, agent=get("agent", "core"),
             http_host=get("http", "host") or cls.http_host, http_port=port,

@@ -24,6 +24,7 @@ from device_sdk.platform.checkout.audit import AuditLog
 from device_sdk.platform.checkout.backend import CheckoutBackend
 from device_sdk.platform.checkout.database import Database
 from device_sdk.platform.checkout.policy import PolicyBook
+from device_sdk.platform.checkout.store_url import parse_store
 from device_sdk.platform.checkout.verifier import ConsentVerifier
 from device_sdk.platform.gateway.gateway import Gateway
 from device_sdk.protocol.errors import ConfigError
@@ -56,7 +57,8 @@ async def run_gateway(config: GatewayConfig, stop: asyncio.Event | None = None) 
     make_checkout = load_callable(config.checkout, "checkout backend")
     make_agent = load_callable(config.agent, "agent core") if config.agent else None
     async with contextlib.AsyncExitStack() as stack:
-        db = await stack.enter_async_context(Database(config.database))
+        store = parse_store(config.database, config.database_password_file)
+        db = await stack.enter_async_context(Database(store))
         audit = await asyncio.to_thread(AuditLog.open, db)
         policy = PolicyBook.load(config.policy)
         verifier = await asyncio.to_thread(ConsentVerifier, db, audit, audience=config.audience, policy=policy)
