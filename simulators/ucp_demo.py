@@ -29,8 +29,13 @@ async def run_ucp_demo(
     *args: Any, out: Path | None = None, report: Callable[[str], None] | None = None, **kwargs: Any
 ) -> DemoResult:
     """`run_demo(*args, **kwargs)` with the order placed at a UCP merchant; `report` gets the
-    permalink of the merchant's order and where the objects were written."""
-    issuer = MandateIssuer()
+    permalink of the merchant's order and where the objects were written. The platform's mandate
+    key is kept beside the demo's store file (`<store>.ucp-platform.pem`), so its JWKS stays the same."""
+    store = kwargs.get("audit")
+    if isinstance(store, str | Path) and "://" not in str(store):
+        issuer = MandateIssuer.load_or_create(Path(store).with_name(f"{Path(store).name}.ucp-platform.pem"))
+    else:
+        issuer = MandateIssuer()
     made: list[UcpCheckout] = []
     async with UcpMerchant(demo_catalog(), platform_jwks=issuer.jwks()) as merchant:
 

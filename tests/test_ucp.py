@@ -34,7 +34,7 @@ from device_sdk.platform.ucp.client import UcpClient
 from device_sdk.platform.ucp.mandates import MandateIssuer
 from device_sdk.platform.ucp.money import exponent, format_minor
 from device_sdk.platform.ucp.signing import checkout_sha256, public_jwk, sign_detached, verify_detached
-from device_sdk.protocol.errors import CheckoutError, ErrorCode
+from device_sdk.protocol.errors import CheckoutError, ErrorCode, KeyStoreError
 from simulators.catalog import demo_catalog
 from simulators.scenario import DemoResult, run_demo
 from simulators.ucp_merchant import UcpMerchant
@@ -327,3 +327,14 @@ async def test_a_lost_complete_answer_is_asked_again_and_charged_once(tmp_path: 
     assert len(completes) == 1, "the retry found the checkout completed and read its order"
     assert [order["id"] for order in run.checkout.ucp_orders] == run.merchant.charges
     assert run.refusals() == []
+
+
+def test_the_platforms_mandate_key_is_kept_owner_only(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "platform.pem"
+    first, again = MandateIssuer.load_or_create(path), MandateIssuer.load_or_create(path)
+    assert first.jwks() == again.jwks() and first.kid == ECKey.import_key(path.read_bytes()).thumbprint()
+    assert path.stat().st_mode & 0o077 == 0
+    validate_jwks(first.jwks()["keys"])
+    path.chmod(0o644)
+    with pytest.raises(KeyStoreError):
+        MandateIssuer.load_or_create(path)

@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import secrets
+import stat
 import time
+from pathlib import Path
 from typing import Any
 
 from joserfc import jws
 from joserfc.jwk import ECKey
+
+from device_sdk.protocol.errors import KeyStoreError
 
 from .signing import b64url, public_jwk
 
@@ -36,6 +41,40 @@ class MandateIssuer:
         self.key = key if key is not None else ECKey.generate_key("P-256")
         self.kid = kid
         self.issuer = issuer
+
+    @classmethod
+    def load_or_create(cls, path: str | Path, **options: Any) -> MandateIssuer:
+        """The issuer whose P-256 key is at `path` (PKCS#8 PEM, owner-only), made there first if there
+        is none; its kid is the key's RFC 7638 thumbprint, so its JWKS stays the same across runs."""
+        path = Path(path)
+        if not path.exists():
+            key = ECKey.generate_key("P-256")
+            temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as out:
+                    out.write(key.as_pem(private=True))
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.link(temporary, path)  # whole or not at all; never over another process's key
+            except FileExistsError:
+                pass
+            except OSError as exc:
+                raise KeyStoreError(f"cannot write {path}: {exc.strerror}") from None
+            finally:
+                temporary.unlink(missing_ok=True)
+        try:
+            if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise KeyStoreError(f"{path} is accessible by others; chmod 600 it")
+            key = ECKey.import_key(path.read_bytes())
+        except OSError as exc:
+            raise KeyStoreError(f"cannot read {path}: {exc.strerror}") from None
+        except ValueError as exc:
+            raise KeyStoreError(f"{path} holds no readable key: {exc}") from None
+        if key.as_dict(private=False).get("crv") != "P-256" or not key.is_private:
+            raise KeyStoreError(f"{path} does not hold a P-256 private key")
+        return cls(key, kid=key.thumbprint(), **options)
 
     def jwks(self) -> dict[str, Any]:
         """The platform's public JWKS (no private member)."""
