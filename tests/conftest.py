@@ -10,7 +10,7 @@ import socket
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -102,6 +102,13 @@ class PostgresServer:
 
     port: int
     user: str = "app"
+    pg_ctl: list[str] = field(default_factory=list)
+    """`pg_ctl -D DATA` (as the `postgres` user when the tests run as root)."""
+
+    def restart(self) -> None:
+        """Stop the server at once (every connection cut) and start it again."""
+        subprocess.run([*self.pg_ctl, "-m", "immediate", "-w", "restart"], check=True, capture_output=True,
+                       timeout=120)  # fmt: skip
 
     def url(self, dbname: str, user: str | None = None) -> str:
         return f"postgresql://{user or self.user}@127.0.0.1:{self.port}/{dbname}"
@@ -142,7 +149,7 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = PostgresServer(port)
+    server = PostgresServer(port, pg_ctl=[*run_as, str(binaries / "pg_ctl"), "-D", str(data), "-l", str(home / "log")])
     quiet = {"check": True, "capture_output": True, "timeout": 120}
     subprocess.run([*run_as, str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", server.user,
                     "-E", "UTF8", "--no-sync"], **quiet)  # fmt: skip

@@ -159,3 +159,22 @@ def test_keys_and_audit_verify_from_the_command_line_on_postgresql(
     assert report["ok"] and report["key_pinned"] and report["records"] == 0  # keys are not audited; the log is there
     refused = cli("keys", "list", "--database", url.replace("app@", "app:hunter2@"))
     assert refused.returncode == 2 and "hunter2" not in refused.stderr + refused.stdout
+
+
+def test_a_restarted_postgresql_is_reconnected_to_and_loses_nothing(
+    postgres_server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL restarted under an open store (every connection cut): the pool checks a connection
+    before lending it, so the first read and write after the restart reconnect and commit (without
+    the check the first batch failed), and what was committed before is all there."""
+    monkeypatch.setenv("DEVICE_SDK_STATE", str(tmp_path))
+    url = postgres_server.new_database()
+    for shop in open_shop(url):
+        before = shop.complete(shop.confirm(shop.offer()))
+        offer = shop.offer()  # opened before the restart
+        postgres_server.restart()
+        assert shop.verifier.status(offer.proposal.device_id, offer.session_id, offer.checkout_id).state == "open"
+        after = shop.complete(shop.confirm(offer))
+        assert after.outcome is Outcome.ORDERED
+        assert [row[0] for row in shop.verifier.orders()] == [before.order_id, after.order_id]
+        assert verify_log(url, key=shop.verifier.audit.key.public).ok

@@ -118,8 +118,7 @@ class PostgresEngine:
         return ddl(statement)
 
     def begin(self, conn: Connection) -> None:
-        conn.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
-        conn.execute(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+        conn.execute(f"BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITE_LOCK})")
 
     def rollback(self, conn: Connection) -> None:
         assert isinstance(conn, PgConnection)
