@@ -1,0 +1,106 @@
+"""The broker tier (docs/scale.md#the-broker-tier): Mosquitto with TCP_NODELAY on one node; beyond
+one node a NATS JetStream cluster speaking MQTT, reached through the same bus (`MqttBus`) with no
+code of its own. A device on one node orders through a gateway on another; its retained status
+and its last will are seen on a third."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from device_sdk.bus.mqtt import MqttBus
+from device_sdk.bus.nats import NatsCluster
+from device_sdk.bus.url import BrokerUrl
+from device_sdk.device.client import DeviceClient
+from device_sdk.platform.provisioning.broker_config import BrokerDir, BrokerSettings, render_conf
+from device_sdk.platform.provisioning.tls import TlsFiles
+from device_sdk.protocol.errors import BusError
+from device_sdk.protocol.fields import Decision, Outcome
+from device_sdk.protocol.messages import DeviceStatus, decode
+from device_sdk.protocol.topics import Topics
+from simulators.scenario import ShopBackend
+
+needs_nats = pytest.mark.skipif(shutil.which("nats-server") is None, reason="nats-server is not installed")
+
+DEVICE = """\
+import asyncio, sys
+from device_sdk.consent.keys import SigningKey
+from device_sdk.device.client import DeviceClient
+async def main():
+    async with DeviceClient(sys.argv[1], "speaker-2", key=SigningKey.generate()):
+        print("online", flush=True)
+        await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+def test_the_provisioned_mosquitto_sends_small_messages_at_once(tmp_path: Path) -> None:
+    broker = BrokerDir(tmp_path)
+    tls = TlsFiles(tmp_path / "ca.crt", tmp_path / "server.crt", tmp_path / "server.key")
+    conf = render_conf(broker, BrokerSettings(), tls)
+    assert "\nset_tcp_nodelay true\n" in conf
+
+
+async def _status(url: BrokerUrl, device_id: str) -> tuple[DeviceStatus, bool]:
+    """The first status of `device_id` that a client subscribing afresh on `url` gets, and whether it came
+    retained (a status published while it subscribes comes live)."""
+    async with MqttBus(url, f"monitor-{os.getpid()}-{asyncio.get_running_loop().time()}") as bus:
+        inbox = await bus.subscribe(Topics().device_status(device_id))
+        received = await inbox.get(10.0)
+    status = decode(received.payload)
+    assert isinstance(status, DeviceStatus)
+    return status, received.retain
+
+
+@needs_nats
+async def test_a_device_orders_through_a_gateway_on_another_nats_node_with_retained_status_and_will() -> None:
+    async with NatsCluster(3) as cluster:
+        gateway_node, device_node, monitor_node = cluster.urls
+        async with ShopBackend(gateway_node) as shop:
+            assert shop.worker is not None
+            assert shop.worker.shared is False  # no $share on NATS: found out, not assumed
+            key = await asyncio.to_thread(shop.provision, "speaker-1")
+            async with DeviceClient(device_node, "speaker-1", key=key) as device:
+                offer = await device.ask("buy a bottle of milk", timeout=30)
+                result = await device.answer(offer, Decision.CONFIRM, timeout=30)
+                assert result.outcome is Outcome.ORDERED
+                merchant = shop.checkout.merchant
+                assert merchant is not None
+                assert merchant.orders() == [result.order_id]
+                assert device.controller_id == shop.gateway.gateway_id  # claimed across the cluster
+                status, retained = await _status(monitor_node, "speaker-1")
+                assert status.online is True
+                assert retained
+
+            # a device that dies without a goodbye: its last will, retained, on the third node
+            child = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", DEVICE, device_node.argument(), stdout=subprocess.PIPE
+            )
+            try:
+                assert child.stdout is not None
+                assert await child.stdout.readline() == b"online\n"
+                status, retained = await _status(monitor_node, "speaker-2")
+                assert status.online is True
+                assert retained
+            finally:
+                child.send_signal(signal.SIGKILL)
+                await child.communicate()
+            for _ in range(50):  # the will lands within a moment; no time is asserted
+                if (await _status(monitor_node, "speaker-2"))[0].online is False:
+                    break
+                await asyncio.sleep(0.2)
+            status, retained = await _status(monitor_node, "speaker-2")
+            assert status.online is False  # the will...
+            assert retained  # ...kept for whoever subscribes later, on any node
+
+
+def test_a_nats_cluster_has_two_nodes_at_least() -> None:
+    with pytest.raises(BusError, match="2 to 5 nodes"):
+        NatsCluster(1)
