@@ -40,6 +40,8 @@ from .mandates import MandateIssuer
 from .signing import checkout_sha256, verify_detached
 
 PLACE_TIMEOUT = 30.0
+KEPT = 1000
+"""How many checkout states, mandates and orders `UcpCheckout` keeps for showing (the newest)."""
 
 
 @dataclass
@@ -55,8 +57,9 @@ class Opened:
 class UcpCheckout:
     """A `CheckoutBackend` whose orders are placed at the UCP merchant `client` talks to.
 
-    `states` keeps every checkout state as the merchant returned it, `mandates` the mandates issued
-    (checkout id -> {"checkout_mandate", "payment_mandate"}), `ucp_orders` the merchant's orders."""
+    `states` keeps the checkout states as the merchant returned them, `mandates` the mandates issued
+    (checkout id -> {"checkout_mandate", "payment_mandate"}), `ucp_orders` the merchant's orders: the
+    newest `KEPT` of each. An open checkout is forgotten once ordered or cancelled."""
 
     verifier: ConsentVerifier
     client: UcpClient
@@ -133,7 +136,16 @@ class UcpCheckout:
         result = await asyncio.to_thread(self.verifier.complete, completion, place)
         if all(order.order_id != result.order_id for order in self.orders):
             self.orders.append(result)
+            del self.orders[:-KEPT]
+        self._forget(completion.checkout_id)
         return result
+
+    def _forget(self, checkout_id: str) -> None:
+        self._opened.pop(checkout_id, None)
+        self._answers.pop(checkout_id, None)
+        del self.states[:-KEPT], self.ucp_orders[:-KEPT]
+        while len(self.mandates) > KEPT:
+            del self.mandates[next(iter(self.mandates))]
 
     def _placing(self, loop: asyncio.AbstractEventLoop) -> PlaceOrder:
         """The verifier's `PlaceOrder` (called on its thread): `_place` on `loop`; a refusal keeps its code."""
@@ -226,6 +238,7 @@ class UcpCheckout:
 
     async def cancel(self, checkout_id: str, outcome: Outcome, reason: str) -> None:
         await asyncio.to_thread(self.verifier.cancel, checkout_id, outcome, reason)
+        self._forget(checkout_id)
 
     async def hand_over(self, checkout_id: str, device_id: str) -> tuple[str, ConsentTerms]:
         return await asyncio.to_thread(self.verifier.hand_over, checkout_id, device_id)
