@@ -48,9 +48,10 @@ class CheckoutStandIn:
     """The newest orders placed here, by order id."""
 
     def __post_init__(self) -> None:
-        if self.merchant is None:
-            path = self.verifier.db.path
-            self.merchant = MerchantStandIn(path.with_name(f"{path.name}.merchant"))
+        if self.merchant is None:  # beside a SQLite store; for PostgreSQL in the state directory
+            path = self.verifier.db.url.beside(".merchant")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.merchant = MerchantStandIn(path)
 
     async def open(self, issued: IssuedProposal) -> ConsentTerms:
         try:

@@ -175,10 +175,11 @@ async def test_finding_1_a_second_gateway_answers_a_resent_confirmation_and_orde
     assert merchant.orders() == [result.order_id]
 
 
-async def test_finding_1_order_status_is_answered_only_to_the_checkouts_device(tmp_path: Path) -> None:
+async def test_finding_1_order_status_is_answered_only_to_the_checkouts_device(store: str | Path) -> None:
+    """Through the gateway, on a SQLite file and on PostgreSQL."""
     async with (
         EmbeddedBroker() as broker,
-        ShopBackend(broker.url, database=tmp_path / "shop.db") as shop,
+        ShopBackend(broker.url, database=store) as shop,
         keyed(shop, broker) as owner,
         keyed(shop, broker, "speaker-2") as intruder,
     ):

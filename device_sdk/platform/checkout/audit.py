@@ -15,18 +15,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import re
 import sqlite3
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from device_sdk.consent.keys import PublicKey, SigningKey
 from device_sdk.protocol.errors import ErrorCode, KeyStoreError, StoreError
-from device_sdk.state import state_dir
 from device_sdk.terminal import printable
 
 from .database import Database, connect
@@ -194,12 +191,9 @@ class AuditReport:
 
 def key_file(url: StoreUrl) -> Path:
     """The checkpoint key's default file: beside a SQLite log; for PostgreSQL, in the state directory
-    under the database's host, port and name (every gateway of one database must have the same one)."""
-    if url.path is not None:
-        return url.path.with_name(url.path.name + KEY_SUFFIX)
-    parts = urlsplit(str(url))
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{parts.hostname}-{parts.port or 5432}-{parts.path.strip('/')}")
-    return state_dir() / "audit" / (name + KEY_SUFFIX)
+    under the database's host, port and name (`StoreUrl.beside`; every gateway of one database must
+    have the same one)."""
+    return url.beside(KEY_SUFFIX)
 
 
 def verify_log(path: str | Path | StoreUrl, *, key: PublicKey | None = None, head: str | None = None) -> AuditReport:

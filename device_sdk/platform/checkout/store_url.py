@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from device_sdk.protocol.errors import ConfigError
+from device_sdk.state import state_dir
 
 PASSWORD_ENV = "DEVICE_SDK_DATABASE_PASSWORD"
 PASSWORD_FILE_OPTION = "--database-password-file"
@@ -39,6 +41,16 @@ class StoreUrl:
     @property
     def postgres(self) -> bool:
         return self.dsn is not None
+
+    def beside(self, suffix: str) -> Path:
+        """A file that goes with the store (the audit log's key, a stand-in merchant's book): beside a
+        SQLite file, `<file><suffix>`; for PostgreSQL in the state directory, under the database's host,
+        port and name: `<state>/stores/HOST-PORT-DB<suffix>`."""
+        if self.path is not None:
+            return self.path.with_name(self.path.name + suffix)
+        parts = urlsplit(str(self.dsn))
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{parts.hostname}-{parts.port or 5432}-{parts.path.strip('/')}")
+        return state_dir() / "stores" / (name + suffix)
 
     def __str__(self) -> str:
         """The location as it may be shown (never the password)."""
