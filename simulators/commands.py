@@ -197,7 +197,7 @@ def _register_fleet(bench: Commands) -> None:
     fleet.add_argument("--restart-broker-at", type=float, default=None, metavar="S", help="restart the broker at S")
     fleet.add_argument("--db-pause-at", type=float, default=None, metavar="S", help="pause the store's writes at S")
     fleet.add_argument("--processes", type=int, default=None, help="device processes (default: 2500 devices each)")
-    fleet.add_argument("--heartbeat", type=float, default=2.0, help="seconds between a device's pings (default 2)")
+    fleet.add_argument("--heartbeat", type=float, default=None, help="seconds between pings (default: the device's)")
     fleet.add_argument("--json", action="store_true")
 
 

@@ -110,10 +110,10 @@ class Swarm:
     async def _connect_one(self, device: dict[str, Any]) -> None:
         kind = DeviceKind(device["kind"])
         key = SigningKey(Ed25519PrivateKey.from_private_bytes(bytes.fromhex(device["key"])))
+        beat = {} if self.config["heartbeat"] is None else {"heartbeat": float(self.config["heartbeat"])}
         client = DeviceClient(
-            self.url, device["id"], kind=kind, capabilities=sorted(DEFAULT_CAPABILITIES[kind]), key=key,
-            heartbeat=self.config["heartbeat"],
-        )  # fmt: skip
+            self.url, device["id"], kind=kind, capabilities=sorted(DEFAULT_CAPABILITIES[kind]), key=key, **beat
+        )
         try:
             await client.start()
         except DeviceSdkError as exc:

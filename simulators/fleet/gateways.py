@@ -63,8 +63,9 @@ class GatewayProcess:
 
     async def start(self, timeout: float = 60.0) -> None:
         env = {**os.environ, PASSWORD_ENV: self.url.password} if self.url.password else None
-        command = [sys.executable, "-m", "device_sdk", "serve", "--broker", self.url.argument(),
-                   "--db", self.database, "--policy", str(self.policy)]  # fmt: skip
+        store = ["--database" if "://" in self.database else "--db", self.database]
+        command = [sys.executable, "-m", "device_sdk", "serve", "--broker", self.url.argument(), *store,
+                   "--policy", str(self.policy)]  # fmt: skip
         with self.log.open("ab") as log:
             self.proc = await asyncio.create_subprocess_exec(
                 *command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log, env=env

@@ -76,7 +76,8 @@ class FleetOptions:
     db_pause_at: float | None = None
     pause: float = 3.0
     processes: int | None = None
-    heartbeat: float = 2.0
+    heartbeat: float | None = None
+    """Seconds between a device's pings (None: the DeviceClient's default)."""
     confirm_share: float = 0.7
     ramp: float = 500.0
     """New connections a second across the fleet."""

@@ -4,11 +4,13 @@ of every confirmation and decline checked against the store and the merchant's b
 from __future__ import annotations
 
 import contextlib
+import json
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from device_sdk.platform.checkout.database import Database
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
@@ -52,23 +54,21 @@ class Ledger:
 
 
 def read_ledger(database: str) -> Ledger:
-    """The SQLite store at `database` and the merchant's book beside it (`<database>.merchant`)."""
-    path = Path(database)
+    """The store at `database` (SQLite or PostgreSQL, through the stores' own interface) and the
+    merchant's book beside it (`StoreUrl.beside`)."""
     merchant: dict[str, list[str]] = {}
-    book = path.with_name(f"{path.name}.merchant")
-    if book.exists():
-        with contextlib.closing(sqlite3.connect(f"file:{book}?mode=ro", uri=True)) as conn:
-            for checkout_id, order_id in conn.execute("SELECT checkout_id, order_id FROM merchant_orders"):
-                merchant.setdefault(checkout_id, []).append(order_id)
-    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
+    with Database(database) as db, db.reading() as conn:
         stored = Counter(
             row[0] for row in conn.execute("SELECT ordered_checkout FROM completions WHERE order_id IS NOT NULL")
         )
         closed = {row[0] for row in conn.execute("SELECT checkout_id FROM checkouts WHERE closed_at IS NOT NULL")}
-        cancelled = {
-            row[0]
-            for row in conn.execute("SELECT json_extract(body, '$.checkout_id') FROM audit WHERE kind = 'cancel'")
-        }
+        bodies = [row[0] for row in conn.execute("SELECT body FROM audit WHERE kind = 'cancel'")]
+        book = db.url.beside(".merchant")
+    cancelled = {json.loads(body).get("checkout_id") for body in bodies}
+    if book.exists():
+        with contextlib.closing(sqlite3.connect(f"file:{book}?mode=ro", uri=True)) as book_conn:
+            for checkout_id, order_id in book_conn.execute("SELECT checkout_id, order_id FROM merchant_orders"):
+                merchant.setdefault(checkout_id, []).append(order_id)
     return Ledger(merchant, stored, closed, cancelled)
 
 
