@@ -110,10 +110,11 @@ class Swarm:
     async def _connect_one(self, device: dict[str, Any]) -> None:
         kind = DeviceKind(device["kind"])
         key = SigningKey(Ed25519PrivateKey.from_private_bytes(bytes.fromhex(device["key"])))
-        beat = {} if self.config["heartbeat"] is None else {"heartbeat": float(self.config["heartbeat"])}
         client = DeviceClient(
-            self.url, device["id"], kind=kind, capabilities=sorted(DEFAULT_CAPABILITIES[kind]), key=key, **beat
+            self.url, device["id"], kind=kind, capabilities=sorted(DEFAULT_CAPABILITIES[kind]), key=key
         )
+        if self.config["heartbeat"] is not None:
+            client.heartbeat = float(self.config["heartbeat"])
         try:
             await client.start()
         except DeviceSdkError as exc:
