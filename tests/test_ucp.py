@@ -9,6 +9,7 @@ every UCP object sent or accepted is validated by `ucp-sdk`'s own pydantic model
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import sqlite3
 import subprocess
@@ -28,6 +29,7 @@ from ucp_sdk.models.schemas.common import payment_ap2_mandate as ap2
 from ucp_sdk.models.schemas.shopping import checkout_complete_request, checkout_create_request, checkout_update_request
 from ucp_sdk.models.schemas.shopping import order as ucp_order
 
+from device_sdk.consent.readback import confirmation_request
 from device_sdk.platform.ucp.backend import UcpCheckout
 from device_sdk.platform.ucp.checks import check_state
 from device_sdk.platform.ucp.client import UcpClient
@@ -35,9 +37,12 @@ from device_sdk.platform.ucp.mandates import MandateIssuer
 from device_sdk.platform.ucp.money import exponent, format_minor
 from device_sdk.platform.ucp.signing import checkout_sha256, public_jwk, sign_detached, verify_detached
 from device_sdk.protocol.errors import CheckoutError, ErrorCode, KeyStoreError
+from device_sdk.protocol.fields import new_id
 from simulators.catalog import demo_catalog
 from simulators.scenario import DemoResult, run_demo
 from simulators.ucp_merchant import UcpMerchant
+
+from .consent_kit import make_proposal, open_shop
 
 SD_JWT_KB = (
     r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+(~[A-Za-z0-9_-]+)*~[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$"
@@ -338,3 +343,24 @@ def test_the_platforms_mandate_key_is_kept_owner_only(tmp_path: Path) -> None:
     path.chmod(0o644)
     with pytest.raises(KeyStoreError):
         MandateIssuer.load_or_create(path)
+
+
+async def test_a_restarted_gateway_settles_a_lost_answer_from_the_store(tmp_path: Path) -> None:
+    issuer = MandateIssuer()
+    faults = frozenset({"lose_complete_answer"})
+    async with UcpMerchant(demo_catalog(), platform_jwks=issuer.jwks(), faults=faults) as merchant:
+        with contextlib.contextmanager(open_shop)(tmp_path / "shop.db") as shop:
+            first = UcpCheckout(shop.verifier, UcpClient(merchant.url), issuer)
+            issued = make_proposal()
+            terms = await first.open(issued)
+            offer = confirmation_request(issued.proposal, issued.checkout_hash, new_id("req"), terms, time.time() + 60)
+            with pytest.raises(ConnectionError):  # charged, and the answer lost: unknown, not a refusal
+                await first.complete(shop.confirm(offer))
+            assert len(merchant.charges) == 1
+            restarted = UcpCheckout(shop.verifier, UcpClient(merchant.url), issuer)  # nothing in its memory
+            assert await restarted.settle_pending(0.0) == 1
+            p = issued.proposal
+            status = await restarted.status(p.device_id, p.session_id, p.checkout_id)
+    assert status.state == "ended" and status.result is not None
+    assert status.result.order_id == merchant.charges[0] and len(merchant.charges) == 1
+    assert [order["id"] for order in restarted.ucp_orders] == merchant.charges

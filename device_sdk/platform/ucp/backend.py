@@ -26,7 +26,6 @@ from device_sdk.protocol.errors import CheckoutError, ConsentError, ErrorCode
 from device_sdk.protocol.fields import Outcome
 from device_sdk.protocol.messages import (
     CheckoutProposal,
-    ConfirmationResult,
     ConsentTerms,
     IssuedProposal,
     OrderResult,
@@ -38,19 +37,11 @@ from .checks import check_matches, check_state, check_unchanged
 from .client import UcpClient
 from .mandates import MandateIssuer
 from .signing import checkout_sha256, verify_detached
+from .store import SCHEMA, Opened, answered, load, remember
 
 PLACE_TIMEOUT = 30.0
 KEPT = 1000
 """How many checkout states, mandates and orders `UcpCheckout` keeps for showing (the newest)."""
-
-
-@dataclass
-class Opened:
-    """A proposal opened at the merchant: its checkout as last verified, and our checkout hash."""
-
-    proposal: CheckoutProposal
-    checkout: dict[str, Any]
-    checkout_hash: str
 
 
 @dataclass
@@ -69,7 +60,9 @@ class UcpCheckout:
     mandates: dict[str, dict[str, str]] = field(default_factory=dict)
     ucp_orders: list[dict[str, Any]] = field(default_factory=list)
     _opened: dict[str, Opened] = field(default_factory=dict)
-    _answers: dict[str, ConfirmationResult] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.verifier.db.ensure_schema(SCHEMA)
 
     @property
     def placed(self) -> int:
@@ -92,7 +85,9 @@ class UcpCheckout:
             await self._audit(proposal, exc, "ucp_open")
             raise
         terms = await asyncio.to_thread(self.verifier.open, issued)
-        self._opened[proposal.checkout_id] = Opened(proposal, checkout, issued.checkout_hash)
+        opened = Opened(proposal, checkout, issued.checkout_hash)
+        await self.verifier.db.run(lambda conn: remember(conn, opened))
+        self._opened[proposal.checkout_id] = opened
         return terms
 
     async def _open_at_merchant(self, proposal: CheckoutProposal) -> dict[str, Any]:
@@ -131,7 +126,11 @@ class UcpCheckout:
         return checkout
 
     async def complete(self, completion: Completion) -> OrderResult:
-        self._answers[completion.checkout_id] = completion.confirmation
+        answer = completion.confirmation
+        digest, modality = answer.display_digest, answer.modality.value
+        if (opened := self._opened.get(completion.checkout_id)) is not None:
+            opened.display_digest, opened.modality = digest, modality
+        await self.verifier.db.run(lambda conn: answered(conn, completion.checkout_id, digest, modality))
         place = self._placing(asyncio.get_running_loop())
         result = await asyncio.to_thread(self.verifier.complete, completion, place)
         if all(order.order_id != result.order_id for order in self.orders):
@@ -142,7 +141,6 @@ class UcpCheckout:
 
     def _forget(self, checkout_id: str) -> None:
         self._opened.pop(checkout_id, None)
-        self._answers.pop(checkout_id, None)
         del self.states[:-KEPT], self.ucp_orders[:-KEPT]
         while len(self.mandates) > KEPT:
             del self.mandates[next(iter(self.mandates))]
@@ -163,9 +161,9 @@ class UcpCheckout:
 
     async def _place(self, proposal: CheckoutProposal, key: str) -> str:
         """Runs only after the verifier accepted the confirmation: re-read, mandates, complete."""
-        opened = self._opened.get(proposal.checkout_id)
+        opened = self._opened.get(proposal.checkout_id) or await asyncio.to_thread(self._load, proposal)
         if opened is None:
-            raise CheckoutError("this gateway did not open the merchant's checkout", ErrorCode.UNKNOWN_CHECKOUT)
+            raise CheckoutError("no merchant checkout was opened for this proposal", ErrorCode.UNKNOWN_CHECKOUT)
         ucp_id = opened.checkout["id"]
         now = self._verified(await self.client.get(ucp_id), proposal, opened.checkout)
         if now.get("status") == "completed":  # an earlier try completed it and its answer was lost
@@ -182,6 +180,11 @@ class UcpCheckout:
             raise CheckoutError("the merchant's order is not the checkout confirmed", ErrorCode.TOTALS_MISMATCH)
         self.ucp_orders.append(order)
         return str(order_ref["id"])
+
+    def _load(self, proposal: CheckoutProposal) -> Opened | None:
+        """The checkout another gateway (or this one before a restart) opened, from the store."""
+        with self.verifier.db.reading() as conn:
+            return load(conn, proposal)
 
     async def _complete_at_merchant(self, opened: Opened, now: dict[str, Any], key: str) -> dict[str, Any]:
         """Issue the mandates for the confirmed state `now` and complete it under `key`; the
@@ -202,10 +205,9 @@ class UcpCheckout:
 
     def _mandates(self, opened: Opened, checkout: dict[str, Any], key: str) -> dict[str, str]:
         """The AP2 checkout and payment mandates for the confirmed `checkout` (its signed state)."""
-        answer = self._answers.get(opened.proposal.checkout_id)
         ours = {"checkout_hash": opened.checkout_hash}
-        if answer is not None:
-            ours |= {"display_digest": answer.display_digest, "confirmation_modality": answer.modality.value}
+        if opened.display_digest is not None and opened.modality is not None:
+            ours |= {"display_digest": opened.display_digest, "confirmation_modality": opened.modality}
         bound = {"checkout_id": checkout["id"], "checkout_sha256": checkout_sha256(checkout)}
         assert self.client.profile is not None
         audience = self.client.profile.endpoint  # the merchant's UCP endpoint, as its profile names it
