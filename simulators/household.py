@@ -238,11 +238,13 @@ class Household:
         report.got["granted"] = sum(r.granted for r in results)
 
     async def _restart_broker(self) -> bool:
-        """Stop the broker and start it again; True once every device's connection came back."""
-        before = {id(bus): bus.reconnects for member in self.members.values() for bus in member.buses}
+        """Stop the broker and start it again; True once every connection came back: each device's, the
+        gateway's and the agent worker's (a request published before the agent resubscribed is lost)."""
+        buses = [bus for member in self.members.values() for bus in member.buses]
+        buses += [self.backend.gateway.bus, *([self.backend.worker.bus] if self.backend.worker else [])]
+        before = {id(bus): bus.reconnects for bus in buses}
         await self.broker.stop()
         await self.broker.start()
-        buses = [bus for member in self.members.values() for bus in member.buses]
         try:
             async with asyncio.timeout(RECONNECT_TIMEOUT):
                 while any(bus.reconnects == before[id(bus)] for bus in buses):  # noqa: ASYNC110 - a counter
