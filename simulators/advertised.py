@@ -95,6 +95,10 @@ class AdvertisedDevices:
         await self._stack.__aexit__(exc_type, exc, tb)
 
 
+def _say(line: str) -> None:
+    print(line, flush=True)  # at once, also into a pipe: a script waits for these lines
+
+
 async def run_advertised_devices(
     count: int,
     *,
@@ -103,7 +107,7 @@ async def run_advertised_devices(
     seconds: float | None = None,
     prefix: str = "sim",
     test_mode: bool = True,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] = _say,
 ) -> int:
     """`device-sdk simulate devices`: run `count` advertised devices until Ctrl-C or `seconds`;
     with no broker URL, on an embedded broker of their own."""

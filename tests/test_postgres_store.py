@@ -178,3 +178,30 @@ def test_a_restarted_postgresql_is_reconnected_to_and_loses_nothing(
         assert after.outcome is Outcome.ORDERED
         assert [row[0] for row in shop.verifier.orders()] == [before.order_id, after.order_id]
         assert verify_log(url, key=shop.verifier.audit.key.public).ok
+
+
+def test_provision_registers_a_device_in_postgresql(
+    postgres_server: PostgresServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`provision --database URL`: the device's key, kind and PIN go to PostgreSQL, the password of
+    the database to its file; `--revoke` revokes there."""
+    from device_sdk.cli import main
+
+    url = postgres_server.new_database()
+    monkeypatch.setenv("DEVICE_SDK_STATE", str(tmp_path))
+    pin = tmp_path / "pin"
+    pin.write_text("482913\n")
+    where = ["--dir", str(tmp_path / "broker"), "--database", url, "--key-out", str(tmp_path / "g.pem")]
+    assert main(["provision", "glasses-7", "--kind", "glasses", "--pin-file", str(pin), *where]) == 0
+    with Database(url) as db:
+        registry = ConsentVerifier(db, AuditLog.open(db), audience=AUDIENCE).registry
+        assert [(r.device_id, r.status.value) for r in registry.records()] == [("glasses-7", "active")]
+        profile = registry.profile("glasses-7")
+        assert profile is not None and profile.kind.value == "glasses"
+        with db.reading() as conn:
+            pins = conn.execute("SELECT count(*) FROM device_pins WHERE device_id = ?", ("glasses-7",)).fetchone()
+        assert pins[0] == 1
+    assert main(["provision", "glasses-7", "--revoke", *where[:4]]) == 0
+    with Database(url) as db:
+        registry = ConsentVerifier(db, AuditLog.open(db), audience=AUDIENCE).registry
+        assert [r.status.value for r in registry.records()] == ["revoked"]

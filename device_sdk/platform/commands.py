@@ -52,8 +52,11 @@ def register(commands: Commands) -> None:
     provision.add_argument("--role", choices=["device", "gateway", "agent", "oem", "monitor"],
                            default="device", help="what it may read and write (default: device)")  # fmt: skip
     provision.add_argument("--dir", type=Path, default=None, help="broker directory (default: <state>/broker)")
-    provision.add_argument("--database", "--db", dest="database", type=Path, default=None,
-                           help=f"the verifier's SQLite file (default: {default_database()})")  # fmt: skip
+    provision.add_argument("--database", "--db", dest="database", type=store_argument, default=None,
+                           help=f"the verifier's SQLite file or postgresql://USER@HOST:PORT/DBNAME "
+                           f"(default: {default_database()})")  # fmt: skip
+    provision.add_argument(PASSWORD_FILE_OPTION, dest="database_password_file", type=Path, default=None,
+                           metavar="FILE", help="a PostgreSQL password: first line of FILE")  # fmt: skip
     provision.add_argument("--key-out", type=Path, default=None, help="a device's key file (default: state dir)")
     provision.add_argument("--rotate", action="store_true", help="new password (and key) for a provisioned one")
     provision.add_argument("--revoke", action="store_true", help="remove the user; revoke a device's keys")

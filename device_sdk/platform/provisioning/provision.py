@@ -27,6 +27,7 @@ from device_sdk.platform.checkout.partners import given_partner
 from device_sdk.platform.checkout.profiles import DeviceProfile
 from device_sdk.platform.checkout.registry import DeviceRegistry
 from device_sdk.platform.checkout.step_up import StepUp, check_pin
+from device_sdk.platform.checkout.store_url import StoreUrl, parse_store
 from device_sdk.protocol.errors import ConfigError, ErrorCode, KeyStoreError
 from device_sdk.protocol.fields import Capability, DeviceKind
 from device_sdk.protocol.topics import check_id
@@ -89,7 +90,7 @@ class Provisioned:
     tls: TlsFiles
     test_ca: bool
     rotated: bool
-    database: Path | None = None
+    database: Path | StoreUrl | None = None
     phone: str | None = None
     """The phone the device was paired with (`phone=`), whose sheet confirms what it hands over."""
     profile: DeviceProfile | None = None
@@ -125,7 +126,7 @@ def provision(
     role: Role = Role.DEVICE,
     *,
     directory: str | Path | None = None,
-    database: str | Path | None = None,
+    database: str | Path | StoreUrl | None = None,
     key_out: str | Path | None = None,
     rotate: bool = False,
     settings: BrokerSettings | None = None,
@@ -173,7 +174,7 @@ def provision(
         tls, test_ca = _tls_files(broker, registry.settings)
         key_file = kid = db_path = profile = None
         if role in KEYED_ROLES:
-            db_path = Path(database) if database is not None else default_database()
+            db_path = parse_store(database) if database is not None else default_database()
             key_file = (Path(key_out) if key_out is not None else default_key_file(name)).expanduser().absolute()
             kid = _signing_key(name, key_file, db_path, rotate=rotate)
             with Database(db_path) as db:
@@ -243,7 +244,7 @@ class Revoked:
     keys_revoked: int
 
 
-def revoke(name: str, *, directory: str | Path | None = None, database: str | Path | None = None) -> Revoked:
+def revoke(name: str, *, directory: str | Path | None = None, database: str | Path | StoreUrl | None = None) -> Revoked:
     """Remove a broker user and its credentials file; a device's keys are revoked in the registry.
 
     After a SIGHUP a running Mosquitto disconnects the user and refuses it from then on."""
@@ -258,7 +259,7 @@ def revoke(name: str, *, directory: str | Path | None = None, database: str | Pa
         broker.credentials_file(name).unlink(missing_ok=True)
     revoked = 0
     if user is not None and user.role in KEYED_ROLES:
-        with Database(Path(database) if database is not None else default_database()) as db:
+        with Database(parse_store(database) if database is not None else default_database()) as db:
             revoked = DeviceRegistry(db).revoke(name)
     return Revoked(name, user.role if user else None, revoked)
 
@@ -278,7 +279,7 @@ def _urls(name: str, password: str, settings: BrokerSettings, ca: Path) -> tuple
     return tuple(urls)
 
 
-def _signing_key(device_id: str, key_file: Path, database: Path, *, rotate: bool) -> str:
+def _signing_key(device_id: str, key_file: Path, database: Path | StoreUrl, *, rotate: bool) -> str:
     """The device's key registered in the verifier's registry: the one in `key_file` (a first
     provisioning that finds one keeps it), or a new one that replaces it (rotation)."""
     with Database(database) as db:
@@ -300,12 +301,19 @@ def _signing_key(device_id: str, key_file: Path, database: Path, *, rotate: bool
 # the command -------------------------------------------------------------------------------
 
 
+def _store(args: argparse.Namespace) -> StoreUrl | None:
+    """`--database` (a path or a URL) with `--database-password-file`, or None."""
+    if args.database is None:
+        return None
+    return parse_store(args.database, getattr(args, "database_password_file", None))
+
+
 def run_provision(args: argparse.Namespace) -> int:
     """`device-sdk provision`: parse-free handler for the arguments `cli.py` collected."""
     role = Role(args.role)
     broker = BrokerDir(args.dir)
     if args.revoke:
-        gone = revoke(args.name, directory=broker.path, database=args.database)
+        gone = revoke(args.name, directory=broker.path, database=_store(args))
         if args.json:
             print(json.dumps({"revoked": args.name, "role": gone.role, "keys_revoked": gone.keys_revoked}))
         else:
@@ -328,7 +336,7 @@ def run_provision(args: argparse.Namespace) -> int:
         args.name,
         role,
         directory=broker.path,
-        database=args.database,
+        database=_store(args),
         key_out=args.key_out,
         rotate=args.rotate,
         settings=settings,
