@@ -13,10 +13,11 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from device_sdk.consent.keys import SigningKey
+from device_sdk.consent.keys import SigningKey, b64url
 from device_sdk.consent.mandate import MandateClaims, sign_mandate
 from device_sdk.consent.readback import compose_readback, display_digest
 from device_sdk.media.audio import AudioChunk
+from device_sdk.protocol.conformance import ConformanceControl
 from device_sdk.protocol.fields import Capability, Decision, DeviceKind, Modality, Outcome
 from device_sdk.protocol.messages import (
     AgentRequest,
@@ -97,6 +98,7 @@ def main() -> None:
             capabilities=[Capability.MIC, Capability.AUDIO_OUT],
             firmware="2.4.1",
             room="kitchen",
+            public_key=b64url(device_key.public.raw),
         ),
         "wake": Wake(wake_id="wk_0001", session_id="ses_0001", confidence=0.8, energy_db=-21.5),
         "wake.result": WakeResult(wake_id="wk_0001", session_id="ses_0001", granted=False, winner="speaker-2"),
@@ -105,6 +107,9 @@ def main() -> None:
         ),
         "ping": Ping(seq=41),
         "pong": Pong(seq=41, controller_id="gw-1"),
+        "conformance.control": ConformanceControl(
+            run_id="conf_0001", action="ask", text="buy a bottle of milk", answer=Decision.DECLINE
+        ),
         "transcript": Transcript(session_id="ses_0001", text="buy two packs of", final=False, confidence=0.62),
         "audio.start": AudioStart(session_id="ses_0001", stream=1, format=AudioFormat()),
         "audio.stop": AudioStop(session_id="ses_0001", stream=1, samples=32000),
