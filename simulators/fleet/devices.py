@@ -144,10 +144,12 @@ class Swarm:
             loops = [asyncio.ensure_future(self._loop(end)) for _ in range(workers)]
             await asyncio.gather(*loops)
         else:
-            while (left := end - time.monotonic()) > 0:
-                await asyncio.sleep(min(left, self.random.expovariate(rate)))
-                if time.monotonic() >= end:
+            due = time.monotonic()
+            while True:  # arrivals on an absolute schedule: a late loop catches up, the rate stays the rate
+                due += self.random.expovariate(rate)
+                if due >= end:
                     break
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
                 self._arrive()
         drain = float(self.config["drain"])
         if self._sessions:

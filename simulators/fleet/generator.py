@@ -137,6 +137,7 @@ class Fleet:
         self.children: list[asyncio.subprocess.Process] = []
         self.faults: dict[str, Any] = {}
         self.rss_by_minute: list[float | None] = []
+        self.cpu: dict[str, float] = {}
         self._stack = contextlib.AsyncExitStack()
 
     async def run(self) -> dict[str, Any]:
@@ -243,7 +244,8 @@ class Fleet:
             assert child.stdin is not None
             child.stdin.write(f"go {t0}\n".encode())
             await child.stdin.drain()
-        faults = [asyncio.ensure_future(self._fault(t0)), asyncio.ensure_future(self._sample_rss(t0))]
+        faults = [asyncio.ensure_future(self._fault(t0)), asyncio.ensure_future(self._sample_rss(t0)),
+                  asyncio.ensure_future(self._cpu(t0))]  # fmt: skip
         try:
             timeout = self.o.seconds + self.o.drain + 120
             return await asyncio.gather(*(self._line(child, timeout) for child in self.children))
@@ -278,6 +280,23 @@ class Fleet:
                 self.faults["db_paused_at"] = round(time.time() - t0, 2)
                 await asyncio.to_thread(_hold_write_lock, self.database, self.o.pause)
                 self.faults["db_paused_s"] = self.o.pause
+
+    async def _cpu(self, t0: float) -> None:
+        """CPU over the window, % of one core: each live gateway's (mean), the broker's, all device processes'."""
+        parts = {
+            "gateway": [g.pid for g in self.gateways],
+            "broker": [self.broker.pid] if self.broker is not None and self.broker.pid is not None else [],
+            "devices": [child.pid for child in self.children],
+        }
+        before = {pid: cpu_seconds(pid) for pids in parts.values() for pid in pids}
+        await asyncio.sleep(max(0.0, t0 + self.o.seconds - time.time()))
+        elapsed = time.time() - t0
+        for name, pids in parts.items():
+            used = [(end - start) for pid in pids if (start := before[pid]) is not None
+                    and (end := cpu_seconds(pid)) is not None]  # fmt: skip
+            if used:
+                total = sum(used) / (len(used) if name == "gateway" else 1)
+                self.cpu[f"{name}_cpu_pct"] = round(100 * total / elapsed, 1)
 
     async def _sample_rss(self, t0: float) -> None:
         """Each minute of the window: the live gateways' mean resident memory (MB)."""
@@ -342,6 +361,7 @@ class Fleet:
             "rss_mb_by_minute": self.rss_by_minute,
             "kb_per_idle_device": round(grown * 1024 / self.o.devices, 2),
             **idle,
+            **self.cpu,
             **fates,
             "gateways_killed": sum(g.killed for g in self.gateways),
             **self.faults,
