@@ -198,6 +198,7 @@ def _register_fleet(bench: Commands) -> None:
     fleet.add_argument("--db-pause-at", type=float, default=None, metavar="S", help="pause the store's writes at S")
     fleet.add_argument("--processes", type=int, default=None, help="device processes (default: 2500 devices each)")
     fleet.add_argument("--heartbeat", type=float, default=None, help="seconds between pings (default: the device's)")
+    fleet.add_argument("--idle-seconds", type=float, default=35.0, help="idle CPU measured over S (default 35)")
     fleet.add_argument("--json", action="store_true")
 
 
@@ -439,7 +440,7 @@ async def _bench_fleet(args: argparse.Namespace) -> int:
         devices=args.devices, gateways=args.gateways, rate=None if args.rate == "max" else float(args.rate),
         seconds=args.seconds, broker=BrokerUrl.parse(args.broker) if args.broker else None, database=args.database,
         kill_gateway_at=args.kill_gateway_at, restart_broker_at=args.restart_broker_at, db_pause_at=args.db_pause_at,
-        processes=args.processes, heartbeat=args.heartbeat,
+        processes=args.processes, heartbeat=args.heartbeat, idle_seconds=args.idle_seconds,
     )  # fmt: skip
     return print_report(await run_bench_fleet(options), args.json)
 

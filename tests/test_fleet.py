@@ -21,7 +21,9 @@ pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosqu
 
 async def test_a_fleet_loses_and_duplicates_no_order_when_a_gateway_is_killed() -> None:
     # pings every 2 s: a device is claimed again on its next message, so each speaks within the window
-    options = FleetOptions(devices=100, gateways=2, rate=10.0, seconds=16.0, kill_gateway_at=6.0, heartbeat=2.0)
+    options = FleetOptions(
+        devices=100, gateways=2, rate=10.0, seconds=16.0, kill_gateway_at=6.0, heartbeat=2.0, idle_seconds=3.0
+    )
     report = await run_bench_fleet(options)
     assert report["devices_connected"] == 100
     assert report["devices_with_controller"] == 100

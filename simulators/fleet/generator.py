@@ -81,7 +81,8 @@ class FleetOptions:
     confirm_share: float = 0.7
     ramp: float = 500.0
     """New connections a second across the fleet."""
-    idle_seconds: float = 5.0
+    idle_seconds: float = 35.0
+    """How long idle CPU is measured: longer than a heartbeat (30 s), so every device pings in it."""
     drain: float = 60.0
     seed: int = 19
 
@@ -236,7 +237,12 @@ class Fleet:
         await asyncio.sleep(self.o.idle_seconds)
         elapsed = time.monotonic() - started
         used = [(cpu_seconds(g.pid) or 0.0) - b for g, b in zip(self.gateways, before, strict=True)]
-        return {"gateway_idle_cpu_pct": round(100 * sum(used) / elapsed / len(used), 1)}
+        broker = self.broker.pid if self.broker is not None else None
+        held = rss_mb(broker) if broker is not None else None
+        return {
+            "gateway_idle_cpu_pct": round(100 * sum(used) / elapsed / len(used), 1),
+            "broker_idle_rss_mb": round(held, 1) if held is not None else None,
+        }
 
     async def _window(self) -> list[dict[str, Any]]:
         t0 = time.time()
