@@ -65,6 +65,16 @@ def register(commands: Commands) -> None:
     serve.add_argument("--interface", action="append", metavar="IP", help="zeroconf on this address only (repeat)")
     store_options(serve, url=True)
 
+    console = commands.add(
+        "console", "a read-only local web page: the devices on the bus, a live timeline per session, read-backs "
+        "and lens cards, the audit trail and its verification", run=_console,
+    )  # fmt: skip
+    broker_options(console, "mqtt://[USER@]host:port to watch (default mqtt://127.0.0.1:1883, as serve runs it)")
+    console.add_argument("--host", default="127.0.0.1", help="loopback address to serve on (default 127.0.0.1)")
+    console.add_argument("--port", type=int, default=8321, help="port to serve on (default 8321; 0: any free)")
+    console.add_argument("--audit", "--db", dest="database", type=Path, default=None,
+                         help=f"the audit log to show and verify (default: {default_database()})")  # fmt: skip
+
     evaluate = commands.group("eval", "evaluations")
     voice = evaluate.add("voice", "spoken cases through the whole voice pipeline, scored", run=_eval_voice)
     voice.add_argument("cases", type=Path, help="JSON Lines cases (the format of tests/data/voice-public.jsonl)")
@@ -382,6 +392,15 @@ async def _serve(args: argparse.Namespace) -> int:
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.Event().wait()
     return 0
+
+
+async def _console(args: argparse.Namespace) -> int:
+    from device_sdk.bus.url import BrokerUrl
+
+    from .console import run_console
+
+    broker = broker_url(args.broker, args.broker_password_file) or BrokerUrl("127.0.0.1", 1883)
+    return await run_console(broker, audit=args.database or default_database(), host=args.host, port=args.port)
 
 
 async def _simulate_scenario(args: argparse.Namespace) -> int:
