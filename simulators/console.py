@@ -68,7 +68,7 @@ class Console:
     async def __aenter__(self) -> Console:
         try:
             bus = await self._stack.enter_async_context(MqttBus(self.broker, f"console-{id(self):x}"))
-            subscription = await bus.subscribe(self.topics.everything())
+            subscription = await bus.subscribe(*watched(self.topics))
             task = asyncio.create_task(self._watch(subscription))
             self._stack.push_async_callback(_cancel, task)
             app = web.Application()
@@ -96,7 +96,7 @@ class Console:
     async def _watch(self, subscription: Any) -> None:
         async for received in subscription:
             topic, payload = received.topic, received.payload
-            if not payload or topic.endswith(("/audio", "/image")) or "/probe/" in topic:
+            if not payload:
                 continue
             try:
                 message = decode(payload)
@@ -187,6 +187,14 @@ class Console:
         if png is None:
             raise web.HTTPNotFound()
         return web.Response(body=png, content_type="image/png")
+
+
+def watched(topics: Topics) -> list[str]:
+    """What the console reads: what the monitor role may (docs/security.md), never the step-up PINs,
+    the audio, the images or the OEM intents."""
+    devices = [topics.all_devices(leaf) for leaf in ("status", "info", "controller", "up", "down")]
+    return [*devices, topics.all_gateways_status(), f"{topics.base}/agent/#", f"{topics.base}/oem/+/+/reply",
+            topics.errors()]  # fmt: skip
 
 
 def _sse(event: dict[str, Any]) -> bytes:

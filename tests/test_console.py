@@ -19,9 +19,11 @@ import pytest
 from device_sdk.bus.embedded import EmbeddedBroker
 from device_sdk.bus.url import BrokerUrl
 from device_sdk.device.client import DeviceClient
+from device_sdk.platform.provisioning.broker_config import ROLES, Role
 from device_sdk.protocol.errors import ConfigError
 from device_sdk.protocol.fields import Outcome
-from simulators.console import Console
+from device_sdk.protocol.topics import Topics
+from simulators.console import Console, watched
 from simulators.glasses_demo import run_glasses
 from simulators.scenario import ShopBackend
 from simulators.speaker import SimulatedSpeaker
@@ -151,3 +153,18 @@ async def test_the_page_shows_the_lens_card_of_glasses_as_rendered(tmp_path: Pat
         text = await browser.wait_for_text("glasses-1")
     assert widths == [640]  # the card as the lens shows it (640x400)
     assert "glasses" in text and "audit: no audit log given" in text
+
+
+def test_the_console_reads_what_a_monitor_may_and_never_a_pin_audio_image_or_intent() -> None:
+    from paho.mqtt.client import topic_matches_sub
+
+    topics = Topics()
+    filters = watched(topics)
+    hidden = [topics.device_step_up("s-1"), topics.device_audio("s-1"), topics.device_image("s-1"),
+              topics.oem_intent("oem-1", "p-1")]  # fmt: skip
+    shown = [topics.device_up("s-1"), topics.device_down("s-1"), topics.device_status("s-1"), topics.agent_request(),
+             topics.agent_reply("gw-1"), topics.oem_reply("oem-1", "p-1"), topics.errors()]  # fmt: skip
+    assert not [(f, t) for f in filters for t in hidden if topic_matches_sub(f, t)]
+    assert all(any(topic_matches_sub(f, t) for f in filters) for t in shown)
+    monitor = {rule.topic for rule in ROLES[Role.MONITOR]}
+    assert {f.removeprefix(f"{topics.base}/") for f in filters} <= monitor
