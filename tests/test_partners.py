@@ -8,7 +8,6 @@ import contextlib
 import datetime as dt
 import io
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +26,12 @@ from device_sdk.platform.checkout.partner_report import (
 from device_sdk.platform.checkout.registry import DeviceRegistry
 from device_sdk.protocol.errors import ConfigError, ErrorCode, StoreError
 from simulators.scenario import run_demo
+from tests.test_audit import tamper
 
 FIELDS = ["partner", "model", "currency", "orders", "gross_minor", "commission_minor", "waived_minor"]
 
 
-def orders_log(path: Path, orders: list[tuple[str | None, str | None, int, str]]) -> Path:
+def orders_log(path: str | Path, orders: list[tuple[str | None, str | None, int, str]]) -> str | Path:
     """A real audit log (hash chain, signed checkpoints) holding these orders (partner, model, total, currency)."""
     with Database(path) as db:
         audit = AuditLog.open(db)
@@ -92,12 +92,12 @@ def test_provisioning_records_the_partner_and_a_device_with_none_is_unattributed
     assert partner_report(log) == [Row("unattributed", "unattributed", "CNY", 1, 500, 0, 0)]
 
 
-def test_commission_is_integer_minor_units_rounded_half_up_per_row(tmp_path: Path) -> None:
+def test_commission_is_integer_minor_units_rounded_half_up_per_row(tmp_path: Path, store: str | Path) -> None:
     assert commission(50, 100) == 1  # 0.5 rounds up
     assert commission(49, 100) == 0  # 0.49 rounds down
     assert commission(1999, 333) == 67  # 66.5667
     assert commission(10**15, 10_000) == 10**15  # no float ever: exact at any size
-    log = orders_log(tmp_path / "log.db", [
+    log = orders_log(store, [  # on SQLite and on PostgreSQL
         ("acme", "one", 1999, "CNY"), ("acme", "one", 1, "CNY"), ("acme", "two", 333, "CNY"),
         ("acme", "one", 700, "USD"), ("zeta", "z", 10**15 + 1, "CNY"),
     ])  # fmt: skip
@@ -133,11 +133,11 @@ def test_a_waiver_reports_the_commission_as_waived_until_its_date(tmp_path: Path
         terms(tmp_path, "[partners.early]\ncommission_bps = 2.5\n")  # basis points are whole
 
 
-def test_a_tampered_log_gives_no_report(tmp_path: Path) -> None:
-    log = orders_log(tmp_path / "log.db", [("acme", "one", 1000, "CNY"), ("acme", "one", 2000, "CNY")])
+def test_a_tampered_log_gives_no_report(tmp_path: Path, store: str | Path) -> None:
+    log = orders_log(store, [("acme", "one", 1000, "CNY"), ("acme", "one", 2000, "CNY")])
     book = terms(tmp_path, "[partners.acme]\ncommission_bps = 1000\n")
     assert partner_report(log, book)[0].gross_minor == 3000
-    with contextlib.closing(sqlite3.connect(log)) as conn, conn:
+    with tamper(log) as conn:  # as someone with write access to the database
         body: Any = conn.execute("SELECT body FROM audit WHERE seq = 2").fetchone()[0]
         conn.execute(
             "UPDATE audit SET body = ? WHERE seq = 2", (body.replace('"total_minor":2000', '"total_minor":1'),)
@@ -147,4 +147,4 @@ def test_a_tampered_log_gives_no_report(tmp_path: Path) -> None:
     assert refused.value.code is ErrorCode.AUDIT_BROKEN
     assert "record 2" in refused.value.text
     with pytest.raises(StoreError):
-        cli("report", "partners", "--audit", str(log), "--json")
+        cli("report", "partners", *(["--database", log] if isinstance(log, str) else ["--audit", str(log)]), "--json")

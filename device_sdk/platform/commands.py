@@ -122,8 +122,7 @@ def register(commands: Commands) -> None:
     shape = partners.add_mutually_exclusive_group()
     shape.add_argument("--json", action="store_true", help='{"rows": [...]} (integer minor units)')
     shape.add_argument("--csv", action="store_true", help="CSV with a header row")
-    partners.add_argument("--audit", "--db", dest="database", type=Path, default=None,
-                          help=f"the audit log's SQLite file (default: {default_database()})")  # fmt: skip
+    store_options(partners, policy=False, url=True)
 
     bench = commands.group("bench", "benchmarks (figures as JSON with --json)")
     consent = bench.add("consent", "mandates verified and completed; audit log verification", run=run_bench_consent)
@@ -179,7 +178,7 @@ def partner_options(command: argparse.ArgumentParser) -> None:
 def _report_partners(args: argparse.Namespace) -> int:
     terms = PartnerTermsBook.load(args.terms)
     since = parse_since(args.since) if args.since else None
-    rows = partner_report(args.database or default_database(), terms, since=since)
+    rows = partner_report(store_target(args) or default_database(), terms, since=since)
     if args.json:
         print(json.dumps(as_json(rows)))
     elif args.csv:

@@ -311,21 +311,25 @@ def _verify(conn: Connection, path: str, pinned: PublicKey | None, anchor: bytes
     return report(None, None)
 
 
-def verified_records(path: str | Path, kind: str) -> tuple[AuditReport, list[dict[str, Any]]]:
+def verified_records(path: str | Path | StoreUrl, kind: str) -> tuple[AuditReport, list[dict[str, Any]]]:
     """Check the whole log at `path` (as `verify_log`, with the key file beside it) and, in the same
-    read transaction, read every record of `kind` that the check covered, oldest first; none when
-    the log is broken."""
-    path = Path(path)
-    sidecar = path.with_name(path.name + KEY_SUFFIX)
+    read snapshot, read every record of `kind` that the check covered, oldest first; none when the log
+    is broken."""
+    url = parse_store(path)
+    sidecar = key_file(url)
     key = SigningKey.load(sidecar).public if sidecar.exists() else None
-    with _reading(path) as conn:
-        conn.text_factory = bytes
-        conn.execute("BEGIN")  # one snapshot: what is read is what was verified
-        report = _verify(conn, str(path), key, None)
-        rows = conn.execute(
-            "SELECT seq, body FROM audit WHERE kind = ? AND seq <= ? ORDER BY seq", (kind, report.records)
-        ).fetchall()
-        conn.execute("COMMIT")
+    query = "SELECT seq, body FROM audit WHERE kind = ? AND seq <= ? ORDER BY seq"
+    if url.postgres:
+        with _reading_postgres(url) as pg:  # one REPEATABLE READ snapshot: what is read is what was verified
+            report = _verify(pg, str(url), key, None)
+            rows = pg.execute(query, (kind, report.records)).fetchall()
+    else:
+        with _reading(url.path or Path()) as conn:
+            conn.text_factory = bytes
+            conn.execute("BEGIN")  # one snapshot: what is read is what was verified
+            report = _verify(conn, str(url.path), key, None)
+            rows = conn.execute(query, (kind, report.records)).fetchall()
+            conn.execute("COMMIT")
     return report, [{"seq": seq, **json.loads(body)} for seq, body in rows] if report.ok else []
 
 

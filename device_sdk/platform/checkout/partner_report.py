@@ -31,6 +31,7 @@ from device_sdk.protocol.errors import ConfigError, ErrorCode, StoreError
 from device_sdk.protocol.wire_errors import first_error
 
 from .audit import verified_records
+from .store_url import StoreUrl
 
 UNATTRIBUTED = "unattributed"
 """The partner and model of an order whose device was provisioned with no partner."""
@@ -94,10 +95,11 @@ def commission(gross_minor: int, bps: int) -> int:
 
 
 def partner_report(
-    path: str | Path, terms: PartnerTermsBook | None = None, *, since: dt.datetime | None = None
+    path: str | Path | StoreUrl, terms: PartnerTermsBook | None = None, *, since: dt.datetime | None = None
 ) -> list[Row]:
-    """The report over the audit log at `path` (orders placed at or after `since`, if given), one row
-    per partner, model and currency, sorted; `StoreError(audit_broken)` if the log is not intact."""
+    """The report over the audit log at `path`, a SQLite file or a PostgreSQL URL (orders placed at or
+    after `since`, if given), one row per partner, model and currency, sorted; `StoreError(audit_broken)`
+    if the log is not intact."""
     report, orders = verified_records(path, "order")
     if not report.ok:
         raise StoreError(
