@@ -326,7 +326,19 @@ class Fleet:
                 child.kill()
                 await child.wait()
         self.live_rss = [rss_mb(g.pid) for g in self.gateways if g.alive]
+        await self._settle()
         await asyncio.gather(*(g.stop() for g in self.gateways))
+
+    async def _settle(self, most: float = 30.0) -> None:
+        """Before the gateways stop: wait (up to `most` s) until they are quiet, their queued writes done,
+        as a gateway that goes on running would finish them."""
+        deadline = time.monotonic() + most
+        while time.monotonic() < deadline:
+            live = [g for g in self.gateways if g.alive]
+            before = [cpu_seconds(g.pid) or 0.0 for g in live]
+            await asyncio.sleep(1.0)
+            if all((cpu_seconds(g.pid) or 0.0) - b < 0.05 for g, b in zip(live, before, strict=True)):
+                return
 
     def _figures(
         self,

@@ -91,6 +91,8 @@ class SessionFlow:
         self._handed: dict[SessionKey, SessionKey] = {}
         """(phone, session id) of each offer handed over: the session's own key."""
         self._sweeping: set[SessionKey] = set()
+        self._closing: set[asyncio.Future[None]] = set()
+        """Cancels that outlasted `checkout_timeout`, still going on."""
 
     # a device's messages -----------------------------------------------------------------
 
@@ -315,12 +317,24 @@ class SessionFlow:
             await self._tell(session, result)
 
     async def _close_checkout(self, checkout_id: str, outcome: Outcome, reason: str) -> None:
-        """Cancel; a checkout that fails to hear it keeps an open checkout that nothing will complete."""
+        """Cancel; a checkout that fails to hear it keeps an open checkout that nothing will complete.
+        A slow cancel is not abandoned at `checkout_timeout` (the device is told its decline then): it
+        goes on in the background, so the checkout still closes with its cancel record."""
+        closing = asyncio.ensure_future(self.checkout.cancel(checkout_id, outcome, reason))
         try:
             async with asyncio.timeout(self.checkout_timeout):
-                await self.checkout.cancel(checkout_id, outcome, reason)
+                await asyncio.shield(closing)
+        except TimeoutError:
+            log.warning("checkout %s: the cancel is slow; it goes on", checkout_id)
+            self._closing.add(closing)
+            closing.add_done_callback(self._closed)
         except Exception as exc:
             log.warning("could not cancel checkout %s: %r", checkout_id, exc)
+
+    def _closed(self, closing: asyncio.Future[None]) -> None:
+        self._closing.discard(closing)
+        if not closing.cancelled() and (exc := closing.exception()) is not None:
+            log.warning("could not cancel a checkout: %r", exc)
 
     async def _cancel(self, session: Session, outcome: Outcome, reason: str) -> OrderResult:
         assert session.offer is not None
