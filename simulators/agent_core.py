@@ -64,6 +64,7 @@ class CatalogAgent:
                 line_total_minor=parsed.qty * parsed.product.price_minor,
                 seller=self.catalog.merchant(parsed.product.merchant_id, locale),
                 category=parsed.product.category,
+                sponsored=self.catalog.sponsored(parsed.product.sku),
             )
             for parsed in self.parse(text, locale)
         ]

@@ -7,11 +7,12 @@ import json
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from device_sdk.protocol.messages import Merchant
+from device_sdk.protocol.sponsored import Sponsored
 
 MARKETPLACE = Merchant(id="m-marketplace", name="Shop Agent Marketplace")
 """Merchant of record when one cart holds items from several sellers."""
@@ -53,6 +54,16 @@ class Seller(BaseModel):
     names: dict[str, str] = Field(default_factory=dict)
 
 
+class Placement(BaseModel):
+    """A paid placement: when the agent proposes `sku`, the line says `by` paid for it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sku: str
+    by: str
+    kind: Literal["sponsored"]
+
+
 class Catalog(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -60,6 +71,7 @@ class Catalog(BaseModel):
     currency: str
     merchants: list[Seller]
     products: list[Product]
+    placements: list[Placement] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _merchants_known(self) -> Catalog:
@@ -67,6 +79,9 @@ class Catalog(BaseModel):
         for product in self.products:
             if product.merchant_id not in known:
                 raise ValueError(f"{product.sku}: unknown merchant {product.merchant_id}")
+        for placement in self.placements:
+            if placement.by not in known or self.product(placement.sku) is None:
+                raise ValueError(f"placement {placement.sku} by {placement.by}: unknown product or merchant")
         return self
 
     def merchant(self, merchant_id: str, locale: str = "en-US") -> Merchant:
@@ -76,6 +91,11 @@ class Catalog(BaseModel):
 
     def product(self, sku: str) -> Product | None:
         return next((p for p in self.products if p.sku == sku), None)
+
+    def sponsored(self, sku: str) -> Sponsored | None:
+        """The disclosure a line of `sku` carries: its paid placement's sponsor, if any."""
+        placement = next((p for p in self.placements if p.sku == sku), None)
+        return Sponsored(by=placement.by) if placement else None
 
     def payee(self, seller_ids: set[str], locale: str = "en-US") -> Merchant:
         """The merchant of record: the one seller, or the marketplace for several."""

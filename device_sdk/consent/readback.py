@@ -33,16 +33,15 @@ def format_amount(minor: int, currency: str, locale: str = DEFAULT_LOCALE) -> st
 
 def compose_readback(proposal: CheckoutProposal) -> str:
     """Items, quantities, sellers, total and payee, then how to answer, as one spoken paragraph in
-    the proposal's locale."""
+    the proposal's locale; a sponsored item is said after its disclosure ("Sponsored: ...")."""
     data = locale_for(proposal.language)
     text = data.readback
     parts = [text.title]
     for line in proposal.lines:
         amount = format_amount(line.line_total_minor, proposal.currency, proposal.language)
-        parts.append(
-            text.line.format(qty=line.qty, unit=data.unit(line.unit, line.qty), name=line.name,
-                             seller=line.seller.name, amount=amount)
-        )  # fmt: skip
+        said = text.line.format(qty=line.qty, unit=data.unit(line.unit, line.qty), name=line.name,
+                                seller=line.seller.name, amount=amount)  # fmt: skip
+        parts.append(text.sponsored.format(line=said) if line.sponsored else said)
     total = format_amount(proposal.total_minor, proposal.currency, proposal.language)
     parts.append(text.total.format(total=total, payee=proposal.merchant.name))
     parts.append(text.answer)
@@ -61,6 +60,8 @@ def compose_lens_card(proposal: CheckoutProposal) -> str:
     rows = [text.title]
     for line in proposal.lines:
         amount = format_amount(line.line_total_minor, proposal.currency, proposal.language)
+        if line.sponsored:
+            rows.append(text.sponsored)
         rows.append(text.line.format(qty=line.qty, name=line.name, amount=amount))
         rows.append(text.seller.format(seller=line.seller.name))
     rows.append(text.total.format(total=format_amount(proposal.total_minor, proposal.currency, proposal.language)))
@@ -77,6 +78,8 @@ def compose_phone_sheet(proposal: CheckoutProposal) -> str:
     rows = [text.title, text.payee.format(payee=proposal.merchant.name)]
     for line in proposal.lines:
         amount = format_amount(line.line_total_minor, proposal.currency, proposal.language)
+        if line.sponsored:
+            rows.append(text.sponsored)
         rows.append(text.line.format(qty=line.qty, name=line.name, seller=line.seller.name, amount=amount))
     rows.append(text.total.format(total=format_amount(proposal.total_minor, proposal.currency, proposal.language)))
     rows.append(text.actions)

@@ -26,6 +26,8 @@ class ReadbackText(_Data):
     total: str
     """`{total}`, `{payee}`."""
     answer: str
+    sponsored: str
+    """`{line}`: a sponsored line as said, its disclosure first ("Sponsored: ...", "广告：...")."""
     unclear: str
     """Said before the answer prompt again when a reply was neither an accept nor a decline."""
     join: str
@@ -42,6 +44,8 @@ class LensText(_Data):
     total: str
     payee: str
     answer: str
+    sponsored: str
+    """The row shown above a sponsored item ("[Sponsored]", "[广告]")."""
     ask: str
     """What the glasses ask for when the wearer says nothing: one of what they look at."""
 
@@ -52,6 +56,8 @@ class SheetText(_Data):
     line: str
     total: str
     actions: str
+    sponsored: str
+    """The row shown above a sponsored item ("[Sponsored]", "[广告]")."""
 
 
 class VoiceText(_Data):
@@ -105,6 +111,8 @@ class Locale(_Data):
     plural_suffix: str
     replies: ReplyPhrases
     voice: VoiceText
+    edge_policy: dict[str, str]
+    """What the device says when its own policy refuses an offer, by rule (`max_per_order`, ...)."""
 
     def unit(self, unit: str, qty: int) -> str:
         """The unit as said with `qty`: "2 boxes", "2 packs"; "2包" unchanged."""

@@ -12,14 +12,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    AfterValidator,
-    ConfigDict,
-    Field,
-    TypeAdapter,
-    ValidationError,
-    model_validator,
-)
+from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from . import strict_json
 from .conformance import ConformanceControl
@@ -43,6 +36,7 @@ from .fields import (
     WireModel,
     plain_text,
 )
+from .sponsored import Sponsored
 from .step_up import StepUp, StepUpResult
 from .wire_errors import protocol_error
 
@@ -213,6 +207,9 @@ class ProposalLine(WireModel):
     category: Id | None = Field(
         default=None, description="The merchant's product category; the risk policy reads it (e.g. alcohol)."
     )
+    sponsored: Sponsored | None = Field(
+        default=None, description="Set when the line's placement was paid for: every surface discloses it first."
+    )
 
     @model_validator(mode="after")
     def _line_total(self) -> ProposalLine:
@@ -336,6 +333,15 @@ class ConfirmationResult(WireMessage):
     idempotency_key: IdempotencyKey | None = Field(
         default=None, description="The device's key for this answer, the same in every retry of it (any gateway)."
     )
+    declined_for: Annotated[str, Field(pattern=r"^edge_policy\.[a-z_]{1,32}$")] | None = Field(
+        default=None, description="A decline by the device's own policy: `edge_policy.<rule>` (docs/edge-policy.md)."
+    )
+
+    @model_validator(mode="after")
+    def _declined_for_a_decline(self) -> ConfirmationResult:
+        if self.declined_for is not None and self.decision is not Decision.DECLINE:
+            raise ValueError("declined_for goes only with a decline")
+        return self
 
 
 class OrderResult(WireMessage):
