@@ -14,6 +14,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from device_sdk.bounded import DropOldest
@@ -54,6 +55,8 @@ from device_sdk.protocol.step_up import StepUp, StepUpResult
 from device_sdk.protocol.topics import Topics, check_id
 from device_sdk.service import Service
 
+from .chunks import each_chunk
+from .edge_policy import EdgeGuard
 from .offer import Offer, outcome
 
 log = logging.getLogger(__name__)
@@ -105,10 +108,13 @@ class DeviceClient(Service):
         pong_timeout: float = 75.0,
         resend_after: float = 3.0,
         key: SigningKey | None = None,
+        edge_policy: EdgeGuard | str | Path | None = None,
     ) -> None:
         self.url = url
         self.device_id = check_id(device_id, "device id")
         self.key = key
+        self.edge = EdgeGuard.load(edge_policy) if isinstance(edge_policy, str | Path) else edge_policy
+        """The device's own limits (`edge_policy.py`): checked before an offer is presented and signed."""
         self.locale = locale_for(locale).tag
         """The language its user speaks and reads: sent with every request, the read-back's language."""
         self.topics = topics or Topics()
@@ -215,7 +221,11 @@ class DeviceClient(Service):
             request.request_id,
             timeout,
         )
-        return Offer.checked(reply)
+        offer = Offer.checked(reply)
+        if self.edge is not None:  # refused: declined to the gateway with its rule, never presented
+            await self.edge.hold(offer, lambda rule: self.answer(offer, Decision.DECLINE, declined_for=rule,
+                                                                 timeout=timeout))  # fmt: skip
+        return offer
 
     async def answer(
         self,
@@ -226,6 +236,7 @@ class DeviceClient(Service):
         heard: str | None = None,
         presented: str | None = None,
         mandate: str | None = None,
+        declined_for: str | None = None,
         timeout: float = 30.0,
     ) -> OrderResult:
         """Send the user's decision on `offer`; return how the session ended.
@@ -237,13 +248,17 @@ class DeviceClient(Service):
         request = offer.request
         if decision is not Decision.CONFIRM and mandate is not None:
             raise ProtocolError("a consent mandate goes only with a confirmation", ErrorCode.BAD_MESSAGE)
+        if declined_for is not None and decision is not Decision.DECLINE:
+            raise ProtocolError("declined_for goes only with a decline", ErrorCode.BAD_MESSAGE)
+        if decision is Decision.CONFIRM and self.edge is not None:
+            self.edge.check(offer)
 
         def make() -> ConfirmationResult:  # the first time only: a retry resends it, key and mandate alike
             signed = self.sign(offer, modality, presented=presented) if decision is Decision.CONFIRM else None
             return ConfirmationResult(session_id=request.session_id, checkout_id=request.checkout_id,
                                       checkout_hash=request.checkout_hash, decision=decision, modality=modality,
                                       display_digest=offer.digest(presented), heard=heard,
-                                      mandate=mandate or signed)  # fmt: skip
+                                      mandate=mandate or signed, declined_for=declined_for)  # fmt: skip
 
         async def send(answer: ConfirmationResult, within: float) -> OrderResult:
             answers = lambda m: isinstance(m, OrderResult) and m.checkout_id == request.checkout_id  # noqa: E731
@@ -251,9 +266,12 @@ class DeviceClient(Service):
                                                       request.checkout_id, within)  # fmt: skip
             return reply
 
-        answer = offer.answer(self.device_id, (decision, modality, heard, presented, mandate), make)
-        return await outcome(send, lambda within: self.order_status(offer, timeout=within), answer, timeout,
-                             2 * self.resend_after)  # fmt: skip
+        answer = offer.answer(self.device_id, (decision, modality, heard, presented, mandate, declined_for), make)
+        result = await outcome(send, lambda within: self.order_status(offer, timeout=within), answer, timeout,
+                               2 * self.resend_after)  # fmt: skip
+        if self.edge is not None:
+            self.edge.count(result)
+        return result
 
     async def order_status(self, offer: Offer, *, timeout: float = 10.0) -> OrderStatusResult:
         """How the checkout of `offer` stands, as any gateway reads it from the store: `open`,
@@ -301,6 +319,8 @@ class DeviceClient(Service):
         if isinstance(reply, Error):
             raise RemoteError(reply.text, reply.code)
         result: OrderResult = reply
+        if self.edge is not None:
+            self.edge.count(result)
         return result
 
     def _result_waiter(self, request: ConfirmationRequest) -> _Waiter:
@@ -330,6 +350,8 @@ class DeviceClient(Service):
     def sign(self, offer: Offer, modality: Modality, *, presented: str | None = None,
              step_up: str | None = None) -> str | None:  # fmt: skip
         """The consent mandate for `offer` by `modality`, with the `step_up` proof for `voice_pin` (None: no key)."""
+        if self.edge is not None:
+            self.edge.check(offer)  # never signs what breaks the device's own limits
         if self.key is None:
             return None
         return mandate_for(offer.request, self.key, device_id=self.device_id, modality=modality,
@@ -410,7 +432,7 @@ class DeviceClient(Service):
         tag, seq, offset = self._stream_tag, 0, 0
         up, audio = self.topics.device_up(self.device_id), self.topics.device_audio(self.device_id)
         await self.bus.publish(up, AudioStart(session_id=session_id, stream=tag, format=fmt).encode())
-        source: AsyncIterator[bytes] = _aiter(chunks)
+        source: AsyncIterator[bytes] = each_chunk(chunks)
         async for pcm in source:
             if len(pcm) % fmt.width or len(pcm) + 16 > MAX_CHUNK:
                 raise ProtocolError(f"a chunk of {len(pcm)} bytes is not whole samples under {MAX_CHUNK}",
@@ -474,12 +496,3 @@ class DeviceClient(Service):
                 self.controller_alive = False
                 log.warning("%s: controller %s stopped answering", self.device_id, self.controller_id)
                 self._event(HealthEvent(False, self.controller_id))
-
-
-async def _aiter(chunks: AsyncIterable[bytes] | Iterable[bytes]) -> AsyncIterator[bytes]:
-    if isinstance(chunks, AsyncIterable):
-        async for chunk in chunks:
-            yield chunk
-    else:
-        for chunk in chunks:
-            yield chunk

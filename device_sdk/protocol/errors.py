@@ -25,6 +25,9 @@ class ErrorCode(StrEnum):
     CHECKOUT_CLOSED = "checkout_closed"
     HASH_MISMATCH = "hash_mismatch"
     DISPLAY_MISMATCH = "display_mismatch"
+    SPONSORED_NOT_DISCLOSED = "sponsored_not_disclosed"
+    """A paid placement without its disclosure: a line of it not labelled `sponsored`, or a mandate
+    signed over a rendering that did not show the label (docs/consent.md, "Sponsored items")."""
     NOT_CONFIRMED = "not_confirmed"
     BAD_PROPOSAL = "bad_proposal"
     NOT_UNDERSTOOD = "not_understood"
@@ -110,6 +113,9 @@ class ErrorCode(StrEnum):
     REPLAYED = "replayed"
     # multi-device arbitration
     NOT_CHOSEN = "not_chosen"
+    # the device's own limits (docs/edge-policy.md)
+    EDGE_POLICY = "edge_policy"
+    """The device's edge policy refused an offer: it was declined on the device and nothing was signed."""
 
 
 OUTCOME_OF: dict[ErrorCode, str] = {

@@ -334,14 +334,8 @@ class ConfirmationResult(WireMessage):
         default=None, description="The device's key for this answer, the same in every retry of it (any gateway)."
     )
     declined_for: Annotated[str, Field(pattern=r"^edge_policy\.[a-z_]{1,32}$")] | None = Field(
-        default=None, description="A decline by the device's own policy: `edge_policy.<rule>` (docs/edge-policy.md)."
+        default=None, description="Why the device's own policy declined: `edge_policy.<rule>` (with a decline only)."
     )
-
-    @model_validator(mode="after")
-    def _declined_for_a_decline(self) -> ConfirmationResult:
-        if self.declined_for is not None and self.decision is not Decision.DECLINE:
-            raise ValueError("declined_for goes only with a decline")
-        return self
 
 
 class OrderResult(WireMessage):

@@ -245,6 +245,7 @@ class SessionFlow:
                 modality=answer.modality.value,
                 display_digest=answer.display_digest,
                 heard=answer.heard,
+                declined_for=answer.declined_for if answer.decision is Decision.DECLINE else None,
                 mandate_sha256=sha256_hex(answer.mandate) if answer.mandate else None,
             )
         if step is Step.RESEND_RESULT and session.result is not None:
@@ -259,7 +260,8 @@ class SessionFlow:
             if result is None:
                 return
         elif answer.decision is Decision.DECLINE and now() <= offer.expires_at:
-            result = await self._cancel(session, Outcome.DECLINED, "the user declined on the device")
+            refused = answer.declined_for and f"{answer.declined_for}: refused by the device's own policy"
+            result = await self._cancel(session, Outcome.DECLINED, refused or "the user declined on the device")
         else:
             reason = "no confirmation from the user" if now() <= offer.expires_at else "the confirmation expired"
             result = await self._cancel(session, Outcome.NOT_CONFIRMED, reason)

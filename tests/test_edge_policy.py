@@ -1,0 +1,200 @@
+"""The device's own limits (issue 22, item 3): an offer that breaks its edge policy is refused on the
+device, whatever the platform sent; nothing is signed, the gateway hears a typed decline
+(`edge_policy.<rule>`) and its audit log records it; the day's spend counts confirmed orders only."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from device_sdk.bus.mqtt import MqttBus
+from device_sdk.consent.keys import SigningKey
+from device_sdk.consent.readback import confirmation_request
+from device_sdk.device.client import DeviceClient
+from device_sdk.device.edge_policy import SPEND_FILE, EdgeGuard, EdgePolicy, EdgePolicyRefused, EdgeRule
+from device_sdk.device.offer import Offer
+from device_sdk.locale import locale_for
+from device_sdk.platform.checkout.audit import trail
+from device_sdk.protocol.errors import ConfigError, ErrorCode
+from device_sdk.protocol.fields import Decision, Modality, Outcome, new_id
+from device_sdk.protocol.messages import (
+    AgentRequest,
+    ConfirmationResult,
+    ConsentTerms,
+    IssuedProposal,
+    OrderResult,
+    decode,
+)
+from device_sdk.protocol.topics import Topics
+from simulators.scenario import ShopBackend
+from tests.conftest import EmbeddedRestartable, keyed
+from tests.consent_kit import make_proposal
+
+SHANGHAI_2330 = datetime(2026, 12, 7, 15, 30, tzinfo=UTC).timestamp()
+"""23:30 in Asia/Shanghai (UTC+8), 15:30 in UTC."""
+
+
+def guard(tmp_path: Path, clock: float | None = None, **policy: Any) -> EdgeGuard:
+    at = [clock if clock is not None else time.time()]
+    return EdgeGuard(EdgePolicy.model_validate(policy), tmp_path / SPEND_FILE, lambda: at[0])
+
+
+def offer_of(issued: IssuedProposal, locale: str | None = None) -> Offer:
+    proposal = issued.proposal.model_copy(update={"locale": locale}) if locale else issued.proposal
+    terms = ConsentTerms(audience="shop-checkout:test", nonce=secrets.token_urlsafe(16), payment_handler="ph-card",
+                         modalities=[Modality.VOICE])  # fmt: skip
+    request = confirmation_request(proposal, issued.checkout_hash, new_id("req"), terms, time.time() + 120)
+    return Offer.checked(request)
+
+
+async def test_a_hostile_gateway_over_the_limit_gets_a_refusal_and_nothing_signed(
+    embedded: EmbeddedRestartable, tmp_path: Path
+) -> None:
+    """A double on the bus answers the device's request with a well-formed, hashed offer over the
+    device's limit per order: the device refuses it, signs nothing and declines with its rule."""
+    topics, heard = Topics(), asyncio.Queue[Any]()
+    policy = guard(tmp_path, max_per_order={"CNY": 1000})  # the offer is 38.30 CNY
+    async with MqttBus(embedded.url, "hostile-gateway") as hostile:
+        up = await hostile.subscribe(topics.device_up("speaker-1"))
+
+        async def play() -> None:
+            async for received in up:
+                message = decode(received.payload)
+                if isinstance(message, AgentRequest):
+                    issued = make_proposal()
+                    proposal = issued.proposal.model_copy(
+                        update={"session_id": message.session_id, "request_id": message.request_id}
+                    )
+                    offer = offer_of(IssuedProposal(proposal, proposal.encode())).request
+                    offer = offer.model_copy(update={"request_id": message.request_id})
+                    await hostile.publish(topics.device_down("speaker-1"), offer.encode())
+                elif isinstance(message, ConfirmationResult):
+                    await heard.put(message)
+                    ended = OrderResult(session_id=message.session_id, checkout_id=message.checkout_id,
+                                        outcome=Outcome.DECLINED)  # fmt: skip
+                    await hostile.publish(topics.device_down("speaker-1"), ended.encode())
+
+        playing = asyncio.create_task(play())
+        try:
+            key = SigningKey.generate()
+            async with DeviceClient(embedded.url, "speaker-1", key=key, edge_policy=policy, heartbeat=0) as device:
+                with pytest.raises(EdgePolicyRefused) as refused:
+                    await device.ask("buy milk", timeout=10)
+                declined: ConfirmationResult = await asyncio.wait_for(heard.get(), 10)
+        finally:
+            playing.cancel()
+    assert refused.value.code is ErrorCode.EDGE_POLICY and refused.value.rule is EdgeRule.MAX_PER_ORDER
+    assert refused.value.says == locale_for("en-US").edge_policy["max_per_order"]
+    assert declined.decision is Decision.DECLINE and declined.mandate is None
+    assert declined.declined_for == "edge_policy.max_per_order"
+    assert heard.empty()  # one answer, a decline: nothing confirmed, nothing signed
+    with pytest.raises(EdgePolicyRefused):  # asked to sign it anyway, the device refuses
+        device.sign(offer_of(make_proposal()), Modality.VOICE)
+
+
+async def test_a_refusal_reaches_the_audit_log_of_a_real_gateway(embedded: EmbeddedRestartable, tmp_path: Path) -> None:
+    async with ShopBackend(embedded.url) as shop:
+        policy = guard(tmp_path, max_per_order={"CNY": 1000})  # milk is 12.50 CNY
+        async with keyed(shop, embedded, edge_policy=policy) as device:
+            with pytest.raises(EdgePolicyRefused):
+                await device.ask("buy milk", session_id="ses_edge1")
+        records = trail(shop.db.path, "ses_edge1")
+        assert [r["kind"] for r in records if r["kind"] in ("confirmation", "result")] == ["confirmation", "result"]
+        confirmation = next(r for r in records if r["kind"] == "confirmation")
+        result = next(r for r in records if r["kind"] == "result")
+        assert confirmation["decision"] == "decline" and confirmation["declined_for"] == "edge_policy.max_per_order"
+        assert result["outcome"] == "declined" and result["reason"].startswith("edge_policy.max_per_order")
+        assert shop.verifier.orders() == []
+
+
+async def test_the_daily_cap_counts_confirmed_orders_across_sessions(
+    embedded: EmbeddedRestartable, tmp_path: Path
+) -> None:
+    now = [time.time()]
+    policy = EdgeGuard(EdgePolicy(max_per_day={"CNY": 2000}), tmp_path / SPEND_FILE, lambda: now[0])
+    async with ShopBackend(embedded.url) as shop, keyed(shop, embedded, edge_policy=policy) as device:
+        declined = await device.answer(await device.ask("buy milk"), Decision.DECLINE)
+        assert declined.outcome is Outcome.DECLINED and policy.spent_today("CNY") == 0  # not an order: not counted
+        first = await device.answer(await device.ask("buy milk"), Decision.CONFIRM)
+        assert first.outcome is Outcome.ORDERED and policy.spent_today("CNY") == 1250
+        with pytest.raises(EdgePolicyRefused) as refused:  # 12.50 + 12.50 > 20.00
+            await device.ask("buy milk")
+        assert refused.value.rule is EdgeRule.MAX_PER_DAY
+        now[0] += 86400  # the next day, in the device's time zone
+        second = await device.answer(await device.ask("buy milk"), Decision.CONFIRM)
+        assert second.outcome is Outcome.ORDERED and policy.spent_today("CNY") == 1250
+        assert len(shop.verifier.orders()) == 2
+    assert json.loads((tmp_path / SPEND_FILE).read_text())["orders"] == [second.order_id]
+
+
+def test_quiet_hours_in_the_devices_own_time_zone(tmp_path: Path) -> None:
+    quiet = {"quiet_hours": {"start": "22:00", "end": "07:00"}}
+    in_shanghai = guard(tmp_path, SHANGHAI_2330, time_zone="Asia/Shanghai", **quiet)
+    with pytest.raises(EdgePolicyRefused) as refused:
+        in_shanghai.check(offer_of(make_proposal(), locale="zh-CN"))
+    assert refused.value.rule is EdgeRule.QUIET_HOURS
+    assert refused.value.says == "现在不能购物：这台设备处于免打扰时段。"
+    guard(tmp_path, SHANGHAI_2330, time_zone="UTC", **quiet).check(offer_of(make_proposal()))  # 15:30 there
+    guard(tmp_path, SHANGHAI_2330 - 9 * 3600, time_zone="Asia/Shanghai", **quiet).check(offer_of(make_proposal()))
+    daytime = {"quiet_hours": {"start": "12:00", "end": "14:00"}}
+    with pytest.raises(EdgePolicyRefused):
+        guard(tmp_path, SHANGHAI_2330 - 10 * 3600, time_zone="Asia/Shanghai", **daytime).check(
+            offer_of(make_proposal())
+        )
+
+
+def test_merchants_categories_and_skus_allowed(tmp_path: Path) -> None:
+    milk, mixed = make_proposal(items=(("milk-1l", 1),)), make_proposal()  # mixed: batteries from m-homegoods
+    guard(tmp_path, merchants=["m-fresh"]).check(offer_of(milk))
+    for policy, rule in (({"merchants": ["m-fresh"]}, EdgeRule.MERCHANT),
+                         ({"categories": ["grocery"]}, EdgeRule.CATEGORY),
+                         ({"skus": ["milk-1l"]}, EdgeRule.SKU),
+                         ({"max_per_order": {"USD": 100_000}}, EdgeRule.MAX_PER_ORDER)):  # fmt: skip
+        with pytest.raises(EdgePolicyRefused) as refused:
+            guard(tmp_path, **policy).check(offer_of(mixed))
+        assert refused.value.rule is rule, policy
+    guard(tmp_path, categories=["grocery", "household"], skus=["milk-1l", "bat-aa-4"]).check(offer_of(mixed))
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "says"),
+    [
+        ("p.toml", "max_per_order = { CNY = -5 }", "max_per_order.CNY"),
+        ("p.toml", "max_per_ordr = { CNY = 5 }", "max_per_ordr"),
+        ("p.toml", 'time_zone = "Mars/Olympus"', "unknown time zone"),
+        ("p.toml", 'quiet_hours = { start = "25:00", end = "07:00" }', "quiet_hours.start"),
+        ("p.toml", 'quiet_hours = { start = "07:00", end = "07:00" }', "different times"),
+        ("p.toml", "max_per_order = {", "not valid TOML"),
+        ("p.json", '{"suggestions": true,', "not valid JSON"),
+    ],
+)
+def test_a_bad_policy_file_gets_a_clear_error(tmp_path: Path, name: str, text: str, says: str) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        EdgeGuard.load(path)
+    assert caught.value.code is ErrorCode.BAD_CONFIG and says in caught.value.text and str(path) in caught.value.text
+    with pytest.raises(ConfigError):
+        DeviceClient("mqtt://127.0.0.1:1", "speaker-1", edge_policy=path)
+
+
+def test_a_policy_file_loads_from_toml_and_json(tmp_path: Path) -> None:
+    toml = tmp_path / "policy.toml"
+    toml.write_text('time_zone = "Asia/Shanghai"\nsuggestions = true\nmerchants = ["m-fresh"]\n'
+                    '[max_per_order]\nCNY = 5000\n[quiet_hours]\nstart = "22:00"\nend = "08:00"\n')  # fmt: skip
+    loaded = EdgeGuard.load(toml)
+    assert loaded.policy.max_per_order == {"CNY": 5000} and loaded.policy.suggestions is True
+    assert loaded.spend_file == tmp_path / SPEND_FILE
+    json_file = tmp_path / "policy.json"
+    json_file.write_text(loaded.policy.model_dump_json())
+    assert EdgePolicy.load(json_file) == loaded.policy
+    (tmp_path / SPEND_FILE).write_text("[1, 2]")
+    with pytest.raises(ConfigError):
+        loaded.spent_today("CNY")
