@@ -203,6 +203,7 @@ def _register_fleet(bench: Commands) -> None:
     fleet.add_argument("--seconds", type=float, default=20.0, help="the measured window, once all are connected")
     fleet.add_argument("--broker", default=None, help="mqtt:// URL on loopback (default: start Mosquitto)")
     fleet.add_argument("--database", default=None, help="the gateways' store (default: a new SQLite file)")
+    fleet.add_argument("--nats", type=int, default=0, metavar="NODES", help="start a NATS cluster, not Mosquitto")
     fleet.add_argument("--kill-gateway-at", type=float, default=None, metavar="S", help="SIGKILL a gateway at S")
     fleet.add_argument("--restart-broker-at", type=float, default=None, metavar="S", help="restart the broker at S")
     fleet.add_argument("--db-pause-at", type=float, default=None, metavar="S", help="pause the store's writes at S")
@@ -459,7 +460,7 @@ async def _bench_fleet(args: argparse.Namespace) -> int:
         devices=args.devices, gateways=args.gateways, rate=None if args.rate == "max" else float(args.rate),
         seconds=args.seconds, broker=BrokerUrl.parse(args.broker) if args.broker else None, database=args.database,
         kill_gateway_at=args.kill_gateway_at, restart_broker_at=args.restart_broker_at, db_pause_at=args.db_pause_at,
-        processes=args.processes, heartbeat=args.heartbeat, idle_seconds=args.idle_seconds,
+        processes=args.processes, heartbeat=args.heartbeat, idle_seconds=args.idle_seconds, nats=args.nats,
     )  # fmt: skip
     return print_report(await run_bench_fleet(options), args.json)
 

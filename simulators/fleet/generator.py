@@ -29,6 +29,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 
 from device_sdk.bus.mosquitto import MosquittoServer, free_port
+from device_sdk.bus.nats import NatsCluster
 from device_sdk.bus.password import PASSWORD_ENV
 from device_sdk.bus.url import BrokerUrl
 from device_sdk.consent.keys import SigningKey
@@ -70,6 +71,9 @@ class FleetOptions:
     """Requests a second offered across the fleet (Poisson); None: as fast as the devices go."""
     seconds: float = 20.0
     broker: BrokerUrl | None = None
+    nats: int = 0
+    """Nodes of a NATS JetStream cluster to start instead of Mosquitto (0: Mosquitto); the gateways and
+    the device processes are spread over its nodes, so messages cross nodes."""
     database: str | None = None
     kill_gateway_at: float | None = None
     restart_broker_at: float | None = None
@@ -93,6 +97,8 @@ class FleetOptions:
             raise ConfigError(f"--seconds 0..{MOST_SECONDS} and --rate 0..5000 (or max)")
         if self.broker is not None and not _loopback(self.broker.host):
             raise ConfigError("the fleet bench sends load to loopback addresses only")
+        if self.nats and (self.broker is not None or not 2 <= self.nats <= 5):
+            raise ConfigError("--nats N starts a cluster of 2 to 5 nodes itself (no --broker)")
         if self.broker is not None and self.restart_broker_at is not None:
             raise ConfigError("--restart-broker-at needs the broker the bench starts itself (no --broker)")
         if self.kill_gateway_at is not None and self.gateways < 2:
@@ -110,15 +116,17 @@ async def run_bench_fleet(options: FleetOptions) -> dict[str, Any]:
     files = raise_open_files()
     with tempfile.TemporaryDirectory(prefix="device-sdk-fleet-") as tmp:
         async with contextlib.AsyncExitStack() as stack:
-            broker: MosquittoServer | None = None
-            url = options.broker
-            if url is None:
-                port = free_port()
-                broker = MosquittoServer(config=BROKER_CONFIG.format(port=port))
-                await stack.enter_async_context(broker)
-                url = broker.url
+            broker: MosquittoServer | NatsCluster | None = None
+            if options.nats:
+                broker = await stack.enter_async_context(NatsCluster(options.nats))
+                urls = broker.urls
+            elif options.broker is None:
+                broker = MosquittoServer(config=BROKER_CONFIG.format(port=free_port()))
+                urls = [(await stack.enter_async_context(broker)).url]
+            else:
+                urls = [options.broker]
             database = options.database or str(Path(tmp) / "shop.db")
-            fleet = Fleet(options, url, database, Path(tmp), broker)
+            fleet = Fleet(options, urls, database, Path(tmp), broker)
             report = await fleet.run()
     return {**report, "open_files_limit": files, "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)}
 
@@ -127,10 +135,17 @@ class Fleet:
     """One run: the keys, the gateways, the device processes, the faults and the figures."""
 
     def __init__(
-        self, options: FleetOptions, url: BrokerUrl, database: str, tmp: Path, broker: MosquittoServer | None
+        self,
+        options: FleetOptions,
+        urls: list[BrokerUrl],
+        database: str,
+        tmp: Path,
+        broker: MosquittoServer | NatsCluster | None,
     ) -> None:
         self.o = options
-        self.url = url
+        self.urls = urls
+        """The broker's addresses: one, or each node of a NATS cluster."""
+        self.url = urls[0]
         self.database = database
         self.tmp = tmp
         self.broker = broker
@@ -146,7 +161,8 @@ class Fleet:
         policy = self.tmp / "policy.toml"
         policy.write_text(POLICY)
         for n in range(self.o.gateways):
-            gateway = GatewayProcess(self.url, self.database, policy, self.tmp / f"gateway-{n}.log")
+            url = self.urls[n % len(self.urls)]
+            gateway = GatewayProcess(url, self.database, policy, self.tmp / f"gateway-{n}.log")
             self.gateways.append(gateway)
         try:
             self.watch = await self._stack.enter_async_context(ClaimWatch(self.url))
@@ -193,7 +209,7 @@ class Fleet:
         for n in range(count):
             share = devices[n::count]
             config = {
-                "broker": self.url.argument(), "devices": share, "seed": self.o.seed + n,
+                "broker": self.urls[n % len(self.urls)].argument(), "devices": share, "seed": self.o.seed + n,
                 "rate": None if self.o.rate is None else self.o.rate / count, "seconds": self.o.seconds,
                 "workers": max(1, min(64, len(share) // 4)), "heartbeat": self.o.heartbeat,
                 "confirm_share": self.o.confirm_share, "ramp": self.o.ramp / count, "drain": self.o.drain,
@@ -237,7 +253,7 @@ class Fleet:
         await asyncio.sleep(self.o.idle_seconds)
         elapsed = time.monotonic() - started
         used = [(cpu_seconds(g.pid) or 0.0) - b for g, b in zip(self.gateways, before, strict=True)]
-        broker = self.broker.pid if self.broker is not None else None
+        broker = self.broker.pid if isinstance(self.broker, MosquittoServer) else None
         held = rss_mb(broker) if broker is not None else None
         return {
             "gateway_idle_cpu_pct": round(100 * sum(used) / elapsed / len(used), 1),
@@ -278,8 +294,12 @@ class Fleet:
                 self.watch.gateway_died(self.gateways[0].gateway_id)
                 self.faults["gateway_killed_at"] = round(time.time() - t0, 2)
                 self.faults["devices_of_killed_gateway"] = self.watch.orphans
+            elif name == "broker" and isinstance(self.broker, NatsCluster):
+                node = 1 % len(self.urls)  # not the claim watcher's node
+                await self.broker.stop_node(node)
+                await self.broker.start_node(node)
             elif name == "broker":
-                assert self.broker is not None
+                assert isinstance(self.broker, MosquittoServer)
                 await self.broker.restart()
                 self.faults["broker_restarted_at"] = round(time.time() - t0, 2)
             else:
@@ -291,7 +311,9 @@ class Fleet:
         """CPU over the window, % of one core: each live gateway's (mean), the broker's, all device processes'."""
         parts = {
             "gateway": [g.pid for g in self.gateways],
-            "broker": [self.broker.pid] if self.broker is not None and self.broker.pid is not None else [],
+            "broker": [pid]
+            if isinstance(self.broker, MosquittoServer) and (pid := self.broker.pid) is not None
+            else [],
             "devices": [child.pid for child in self.children],
         }
         before = {pid: cpu_seconds(pid) for pids in parts.values() for pid in pids}
@@ -388,7 +410,13 @@ class Fleet:
             "devices_not_taken_over": self.watch.orphans,
             "devices_down_at_end": sum(r["still_down"] for r in reports),
             "errors": errors,
-            "broker": "mosquitto (started)" if self.broker is not None else str(self.url),
+            "broker": (
+                f"nats ({len(self.urls)} nodes, started)"
+                if isinstance(self.broker, NatsCluster)
+                else "mosquitto (started)"
+                if self.broker is not None
+                else str(self.url)
+            ),
             "database": "sqlite (started)" if self.o.database is None else "given",
         }
 
