@@ -84,6 +84,8 @@ def test_reconcile_counts_a_lost_a_duplicated_and_an_unseen_order_and_an_open_de
         (FleetOptions(gateways=1, kill_gateway_at=3.0), "two gateways"),
         (FleetOptions(broker=BrokerUrl("127.0.0.1"), restart_broker_at=3.0), "starts itself"),
         (FleetOptions(devices=0), "--devices"),
+        (FleetOptions(nats=1), "2 to 5 nodes"),
+        (FleetOptions(nats=3, broker=BrokerUrl("127.0.0.1")), "itself"),
     ],
 )
 async def test_the_fleet_refuses_what_it_cannot_do_before_it_starts_anything(options: FleetOptions, words: str) -> None:
