@@ -15,10 +15,11 @@ from typing import Any
 import pytest
 
 from device_sdk.bus.mqtt import MqttBus
+from device_sdk.consent.edge_policy import EdgePolicy, EdgeRule
 from device_sdk.consent.keys import SigningKey
 from device_sdk.consent.readback import confirmation_request
 from device_sdk.device.client import DeviceClient
-from device_sdk.device.edge_policy import SPEND_FILE, EdgeGuard, EdgePolicy, EdgePolicyRefused, EdgeRule
+from device_sdk.device.edge_policy import EdgeGuard, EdgePolicyRefused
 from device_sdk.device.offer import Offer
 from device_sdk.locale import locale_for
 from device_sdk.platform.checkout.audit import trail
@@ -43,7 +44,7 @@ SHANGHAI_2330 = datetime(2026, 12, 7, 15, 30, tzinfo=UTC).timestamp()
 
 def guard(tmp_path: Path, clock: float | None = None, **policy: Any) -> EdgeGuard:
     at = [clock if clock is not None else time.time()]
-    return EdgeGuard(EdgePolicy.model_validate(policy), tmp_path / SPEND_FILE, lambda: at[0])
+    return EdgeGuard(EdgePolicy.model_validate(policy), tmp_path / "policy.spend.json", lambda: at[0])
 
 
 def offer_of(issued: IssuedProposal, locale: str | None = None) -> Offer:
@@ -118,7 +119,7 @@ async def test_the_daily_cap_counts_confirmed_orders_across_sessions(
     embedded: EmbeddedRestartable, tmp_path: Path
 ) -> None:
     now = [time.time()]
-    policy = EdgeGuard(EdgePolicy(max_per_day={"CNY": 2000}), tmp_path / SPEND_FILE, lambda: now[0])
+    policy = EdgeGuard(EdgePolicy(max_per_day={"CNY": 2000}), tmp_path / "policy.spend.json", lambda: now[0])
     async with ShopBackend(embedded.url) as shop, keyed(shop, embedded, edge_policy=policy) as device:
         declined = await device.answer(await device.ask("buy milk"), Decision.DECLINE)
         assert declined.outcome is Outcome.DECLINED and policy.spent_today("CNY") == 0  # not an order: not counted
@@ -131,7 +132,7 @@ async def test_the_daily_cap_counts_confirmed_orders_across_sessions(
         second = await device.answer(await device.ask("buy milk"), Decision.CONFIRM)
         assert second.outcome is Outcome.ORDERED and policy.spent_today("CNY") == 1250
         assert len(shop.verifier.orders()) == 2
-    assert json.loads((tmp_path / SPEND_FILE).read_text())["orders"] == [second.order_id]
+    assert json.loads((tmp_path / "policy.spend.json").read_text())["orders"] == [second.order_id]
 
 
 def test_quiet_hours_in_the_devices_own_time_zone(tmp_path: Path) -> None:
@@ -191,10 +192,10 @@ def test_a_policy_file_loads_from_toml_and_json(tmp_path: Path) -> None:
                     '[max_per_order]\nCNY = 5000\n[quiet_hours]\nstart = "22:00"\nend = "08:00"\n')  # fmt: skip
     loaded = EdgeGuard.load(toml)
     assert loaded.policy.max_per_order == {"CNY": 5000} and loaded.policy.suggestions is True
-    assert loaded.spend_file == tmp_path / SPEND_FILE
+    assert loaded.spend_file == tmp_path / "policy.spend.json"
     json_file = tmp_path / "policy.json"
     json_file.write_text(loaded.policy.model_dump_json())
     assert EdgePolicy.load(json_file) == loaded.policy
-    (tmp_path / SPEND_FILE).write_text("[1, 2]")
+    (tmp_path / "policy.spend.json").write_text("[1, 2]")
     with pytest.raises(ConfigError):
         loaded.spent_today("CNY")

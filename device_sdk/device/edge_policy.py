@@ -1,13 +1,12 @@
-"""The device's own limits (its edge policy): checked on the device before it prompts and before it
-signs, whatever the platform sent.
+"""The device's own limits (its edge policy, `device_sdk.consent.edge_policy`): checked on the device
+before it presents an offer and before it signs, whatever the platform sent.
 
-A policy is set at provisioning (`device-sdk provision ... --edge-policy FILE` copies it beside the
-device's key) or by its owner (a TOML or JSON file: `EdgeGuard.load(path)`). It holds a maximum per
-order and per day (minor units, per currency: a currency not listed is refused once any maximum is
-set), the merchants, categories and SKUs allowed (each list set must hold for every line; a line with
-no category is refused when categories are listed), quiet hours in the device's own time zone, and
-whether suggestions are taken. The day's spend is kept in a small state file beside the policy,
-counted only for orders the platform confirmed (`order.result` with an order id).
+A policy is set at provisioning (`device-sdk provision ... --edge-policy FILE` checks it and copies it
+beside the device's credentials) or by its owner (a TOML or JSON file: `DeviceClient(edge_policy=PATH)`).
+An offer that breaks it is refused with a reason in the offer's locale, never signed, and declined to
+the gateway as `edge_policy.<rule>` (recorded in the audit log). The day's spend is kept in a small
+state file beside the policy (`<policy>.spend.json`), counted only for orders the platform confirmed
+(an `order.result` with an order id), per day in the device's time zone.
 """
 
 from __future__ import annotations
@@ -15,124 +14,23 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-import tomllib
 from collections.abc import Awaitable, Callable
-from datetime import datetime
-from datetime import time as clock_time
-from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
+from device_sdk.consent.edge_policy import EdgePolicy, EdgeRule
 from device_sdk.locale import locale_for
 from device_sdk.protocol.errors import ConfigError, DeviceSdkError, ErrorCode
 from device_sdk.protocol.fields import Outcome
-from device_sdk.protocol.messages import CheckoutProposal, OrderResult
+from device_sdk.protocol.messages import OrderResult
 from device_sdk.state import write_file
 
 from .offer import Offer
 
-Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
-SPEND_FILE = "edge-spend.json"
 
-
-class EdgeRule(StrEnum):
-    """Which rule of the edge policy a proposal broke: sent as `edge_policy.<rule>`."""
-
-    MAX_PER_ORDER = "max_per_order"
-    MAX_PER_DAY = "max_per_day"
-    MERCHANT = "merchant"
-    CATEGORY = "category"
-    SKU = "sku"
-    QUIET_HOURS = "quiet_hours"
-
-
-class QuietHours(BaseModel):
-    """No purchases from `start` to `end` ("HH:MM", the device's time zone; may wrap midnight)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    start: clock_time
-    end: clock_time
-
-    @model_validator(mode="after")
-    def _not_empty(self) -> QuietHours:
-        if self.start == self.end:
-            raise ValueError("quiet hours must start and end at different times")
-        return self
-
-    def holds(self, at: clock_time) -> bool:
-        if self.start < self.end:
-            return self.start <= at < self.end
-        return at >= self.start or at < self.end
-
-
-class EdgePolicy(BaseModel):
-    """The limits a device keeps for its user (see the module's docstring)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    max_per_order: dict[Currency, Annotated[int, Field(ge=0)]] = {}
-    max_per_day: dict[Currency, Annotated[int, Field(ge=0)]] = {}
-    merchants: frozenset[str] | None = Field(default=None, description="Allowed sellers and payees (ids).")
-    categories: frozenset[str] | None = None
-    skus: frozenset[str] | None = None
-    quiet_hours: QuietHours | None = None
-    time_zone: str = Field(default="UTC", description="The device's own time zone (IANA name), for days and hours.")
-    suggestions: bool = Field(default=False, description="Whether the device takes agent-initiated suggestions.")
-
-    @field_validator("time_zone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}") from None
-        return value
-
-    @classmethod
-    def load(cls, path: str | Path) -> EdgePolicy:
-        """The policy in a `.toml` or `.json` file, or `ConfigError` naming the file and what is wrong."""
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-            data: Any = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
-        except OSError as exc:
-            raise ConfigError(f"cannot read the edge policy {path}: {exc.strerror}") from None
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            kind = "TOML" if path.suffix == ".toml" else "JSON"
-            raise ConfigError(f"the edge policy {path} is not valid {kind}: {exc}") from None
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "the file"
-            raise ConfigError(f"the edge policy {path}: {where}: {first['msg']}") from None
-
-    def day(self, at: float) -> str:
-        return datetime.fromtimestamp(at, ZoneInfo(self.time_zone)).date().isoformat()
-
-    def broken(self, proposal: CheckoutProposal, at: float, spent_today: int) -> EdgeRule | None:
-        """The first rule `proposal` breaks at `at` with `spent_today` already spent in its currency."""
-        if self.quiet_hours and self.quiet_hours.holds(datetime.fromtimestamp(at, ZoneInfo(self.time_zone)).time()):
-            return EdgeRule.QUIET_HOURS
-        sellers = {line.seller.id for line in proposal.lines} | {proposal.merchant.id}
-        if self.merchants is not None and not sellers <= self.merchants:
-            return EdgeRule.MERCHANT
-        if self.categories is not None and any(line.category not in self.categories for line in proposal.lines):
-            return EdgeRule.CATEGORY
-        if self.skus is not None and any(line.sku not in self.skus for line in proposal.lines):
-            return EdgeRule.SKU
-        day_total = spent_today + proposal.total_minor
-        for rule, limits, amount in (
-            (EdgeRule.MAX_PER_ORDER, self.max_per_order, proposal.total_minor),
-            (EdgeRule.MAX_PER_DAY, self.max_per_day, day_total),
-        ):
-            if limits and amount > limits.get(proposal.currency, -1):
-                return rule
-        return None
+def spend_file_for(policy_file: Path) -> Path:
+    """Where the day's spend of the device with `policy_file` is kept: beside it."""
+    return policy_file.with_name(f"{policy_file.stem}.spend.json")
 
 
 class EdgePolicyRefused(DeviceSdkError):
@@ -157,7 +55,7 @@ class EdgeGuard:
     @classmethod
     def load(cls, path: str | Path, clock: Callable[[], float] = time.time) -> EdgeGuard:
         """The policy in `path`, its spend kept beside it."""
-        return cls(EdgePolicy.load(path), Path(path).with_name(SPEND_FILE), clock)
+        return cls(EdgePolicy.load(path), spend_file_for(Path(path)), clock)
 
     def _ledger(self) -> dict[str, Any]:
         try:
