@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import stat
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from device_sdk.bus.mqtt import MqttBus
+from device_sdk.cli import main
 from device_sdk.consent.edge_policy import EdgePolicy, EdgeRule
 from device_sdk.consent.keys import SigningKey
 from device_sdk.consent.readback import confirmation_request
@@ -23,6 +25,7 @@ from device_sdk.device.edge_policy import EdgeGuard, EdgePolicyRefused
 from device_sdk.device.offer import Offer
 from device_sdk.locale import locale_for
 from device_sdk.platform.checkout.audit import trail
+from device_sdk.platform.provisioning.broker_config import BrokerDir
 from device_sdk.protocol.errors import ConfigError, ErrorCode
 from device_sdk.protocol.fields import Decision, Modality, Outcome, new_id
 from device_sdk.protocol.messages import (
@@ -199,3 +202,24 @@ def test_a_policy_file_loads_from_toml_and_json(tmp_path: Path) -> None:
     (tmp_path / "policy.spend.json").write_text("[1, 2]")
     with pytest.raises(ConfigError):
         loaded.spent_today("CNY")
+
+
+def test_provisioning_checks_the_policy_and_writes_it_beside_the_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DEVICE_SDK_STATE", str(tmp_path / "state"))
+    bad = tmp_path / "bad.toml"
+    bad.write_text("max_per_order = { CNY = -1 }")
+    with pytest.raises(ConfigError):
+        main(["provision", "speaker-7", "--edge-policy", str(bad)])
+    assert "speaker-7" not in BrokerDir().load().users  # a bad policy: nothing provisioned
+    good = tmp_path / "limits.toml"
+    good.write_text('time_zone = "Asia/Shanghai"\n[max_per_order]\nCNY = 1000\n')
+    assert main(["provision", "speaker-7", "--edge-policy", str(good), "--json"]) == 0
+    written = Path(json.loads(capsys.readouterr().out)["edge_policy_file"])
+    assert written == BrokerDir().credentials_file("speaker-7").with_name("speaker-7.edge-policy.json")
+    assert oct(stat.S_IMODE(written.stat().st_mode)) == "0o600"
+    loaded = EdgeGuard.load(written)
+    assert loaded.policy == EdgePolicy.load(good) and loaded.spend_file.name == "speaker-7.edge-policy.spend.json"
+    with pytest.raises(ConfigError):
+        main(["provision", "gw-7", "--role", "gateway", "--edge-policy", str(good)])

@@ -71,6 +71,9 @@ def register(commands: Commands) -> None:
     provision.add_argument("--pin-file", type=Path, default=None, metavar="FILE",
                            help="the user's step-up PIN (4 to 12 digits) in FILE, or - for stdin; kept only "
                            "as a salted scrypt hash (never give a PIN on the command line)")  # fmt: skip
+    provision.add_argument("--edge-policy", type=Path, default=None, metavar="FILE",
+                           help="the device's own limits (TOML or JSON, docs/edge-policy.md), checked and "
+                           "copied beside its credentials")  # fmt: skip
     provision.add_argument("--host", default=None, help="name clients connect to (kept; default localhost)")
     provision.add_argument("--tls-port", type=int, default=None, help="TLS listener port (kept; default 8883)")
     provision.add_argument("--plain-port", type=int, default=None, help="also a loopback listener without TLS")

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 from device_sdk.bus.url import BrokerUrl
+from device_sdk.consent.edge_policy import EdgePolicy
 from device_sdk.consent.keys import SigningKey
 from device_sdk.platform.checkout.database import Database
 from device_sdk.platform.checkout.partners import given_partner
@@ -97,6 +98,8 @@ class Provisioned:
     """What the device was provisioned as: its kind and capabilities decide its modalities."""
     pin_set: bool = False
     """Whether a step-up PIN was set (its salted hash is in the verifier's database)."""
+    edge_policy_file: Path | None = None
+    """The device's own limits, copied beside its credentials (`DeviceClient(edge_policy=...)` loads it)."""
 
     def as_dict(self) -> dict[str, Any]:
         """Everything but the password (it is in the credentials file)."""
@@ -112,6 +115,7 @@ class Provisioned:
             "phone": self.phone,
             **(self.profile.as_dict() if self.profile else {}),
             "pin_set": self.pin_set,
+            "edge_policy_file": str(self.edge_policy_file) if self.edge_policy_file else None,
             "key_file": c.key_file,
             "kid": c.kid,
             "database": str(self.database) if self.database else None,
@@ -135,6 +139,7 @@ def provision(
     capabilities: list[Capability] | list[str] | None = None,
     pin: str | None = None,
     partner: tuple[str, str] | None = None,
+    edge_policy: EdgePolicy | None = None,
 ) -> Provisioned:
     """Make `name` a broker user of `role` and write the broker's files again.
 
@@ -148,13 +153,16 @@ def provision(
     A device's `kind` and `capabilities` (default: as recorded before, else a speaker's) bound the
     modalities the verifier takes from it; `pin` (read from a file by the command, never an
     argument) is its user's step-up PIN, kept as a salted scrypt hash. `partner` is the hardware
-    partner and device model the device's orders are credited to (`partners`).
+    partner and device model the device's orders are credited to (`partners`). `edge_policy` is the
+    device's own limits, written beside its credentials as `<name>.edge-policy.json`.
     """
     check_id(name, "user name")
     if phone is not None and role not in KEYED_ROLES:
         raise KeyStoreError(f"only a device is paired with a phone, not a {role}", ErrorCode.NOT_PAIRED)
-    if (kind is not None or capabilities is not None or pin is not None or partner) and role not in KEYED_ROLES:
-        raise ConfigError(f"a {role} has no kind, capabilities, PIN or partner: only a device")
+    if (kind is not None or capabilities is not None or pin is not None or partner or edge_policy) and (
+        role not in KEYED_ROLES
+    ):
+        raise ConfigError(f"a {role} has no kind, capabilities, PIN, partner or edge policy: only a device")
     if pin is not None:
         check_pin(pin)  # before anything changes
     broker = BrokerDir(directory)
@@ -207,8 +215,22 @@ def provision(
         path = write_file(
             broker.credentials_file(name), (json.dumps(credentials.as_dict(), indent=2) + "\n").encode(), 0o600
         )
+        policy_file = None
+        if edge_policy is not None:
+            policy = edge_policy.model_dump_json(indent=2).encode()
+            policy_file = write_file(path.with_name(f"{name}.edge-policy.json"), policy, 0o600)
     return Provisioned(
-        credentials, path, broker, tls, test_ca, existing is not None, db_path, phone, profile, pin is not None
+        credentials,
+        path,
+        broker,
+        tls,
+        test_ca,
+        existing is not None,
+        db_path,
+        phone,
+        profile,
+        pin is not None,
+        policy_file,
     )
 
 
@@ -345,6 +367,7 @@ def run_provision(args: argparse.Namespace) -> int:
         capabilities=args.capabilities.split(",") if args.capabilities else None,
         pin=read_pin(args.pin_file) if args.pin_file else None,
         partner=given_partner(args.partner, args.model),
+        edge_policy=EdgePolicy.load(args.edge_policy) if args.edge_policy else None,  # checked before anything
     )
     if args.json:
         print(json.dumps(done.as_dict()))
@@ -359,6 +382,8 @@ def run_provision(args: argparse.Namespace) -> int:
         print(f"a {done.profile.kind} ({caps}): it confirms by {', '.join(done.profile.modalities())}")
     if done.pin_set:
         print("step-up PIN set (kept as a salted scrypt hash)")
+    if done.edge_policy_file:
+        print(f"its own limits (edge policy) in {done.edge_policy_file}: DeviceClient(edge_policy=...) loads them")
     if done.phone:
         print(f"paired with the phone {done.phone}: its sheet confirms the offers {c.username} hands over")
     print(f"broker files: {broker.passwd_file}, {broker.acl_file}, {broker.conf_file}")
