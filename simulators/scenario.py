@@ -152,7 +152,8 @@ class ShopBackend:
             lambda verifier: CheckoutStandIn(verifier, self.catalog)
         )
         self._database = parse_store(database) if database is not None else None
-        self._policy = policy
+        placements = {placement.sku: placement.by for placement in self.catalog.placements}  # paid for
+        self._policy = policy if policy is not None else PolicyBook({"placements": placements})
         self._shared = shared
         self._stack = contextlib.AsyncExitStack()
         self.worker: AgentWorker | None = None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from device_sdk.commands import Commands
@@ -18,6 +20,7 @@ from device_sdk.terminal import printable
 from .checkout.audit import describe, trail, verify_log
 from .checkout.bench import run_bench_consent
 from .checkout.database import Database
+from .checkout.disclosure import sponsor_report
 from .checkout.partner_report import PartnerTermsBook, as_csv, as_json, parse_since, partner_report, unpriced
 from .checkout.partners import given_partner
 from .checkout.profiles import DeviceProfile
@@ -125,6 +128,7 @@ def register(commands: Commands) -> None:
     shape = partners.add_mutually_exclusive_group()
     shape.add_argument("--json", action="store_true", help='{"rows": [...]} (integer minor units)')
     shape.add_argument("--csv", action="store_true", help="CSV with a header row")
+    partners.add_argument("--sponsors", action="store_true", help="impressions and orders per sponsor instead")
     store_options(partners, policy=False, url=True)
 
     bench = commands.group("bench", "benchmarks (figures as JSON with --json)")
@@ -164,14 +168,6 @@ def store_options(
         )
 
 
-def store_target(args: argparse.Namespace) -> StoreUrl | Path | None:
-    """The store `--database URL` names (with its password file), else `--db PATH`, else None."""
-    if getattr(args, "database_url", None):
-        return parse_store(args.database_url, args.database_password_file)
-    database: Path | None = args.database
-    return database
-
-
 def partner_options(command: argparse.ArgumentParser) -> None:
     """`--partner P --model M`: the hardware partner and device model a device's orders are credited to."""
     command.add_argument("--partner", default=None, help="the hardware partner the device came from (with --model)")
@@ -179,6 +175,8 @@ def partner_options(command: argparse.ArgumentParser) -> None:
 
 
 def _report_partners(args: argparse.Namespace) -> int:
+    if args.sponsors:
+        return _report_sponsors(args)
     terms = PartnerTermsBook.load(args.terms)
     since = parse_since(args.since) if args.since else None
     rows = partner_report(store_target(args) or default_database(), terms, since=since)
@@ -194,6 +192,28 @@ def _report_partners(args: argparse.Namespace) -> int:
     for partner in unpriced(rows, terms):
         print(printable(f"warning: no terms for {partner}: no commission counted"), file=sys.stderr)
     return 0
+
+
+def _report_sponsors(args: argparse.Namespace) -> int:
+    rows = sponsor_report(store_target(args) or default_database())
+    if args.json:
+        print(json.dumps({"sponsors": [asdict(row) for row in rows]}))
+    elif args.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerows([("sponsor", "impressions", "orders"), *((r.sponsor, r.impressions, r.orders) for r in rows)])
+    else:
+        print(f"{'sponsor':<24} {'impressions':>12} {'orders':>8}")
+        for r in rows:
+            print(printable(f"{r.sponsor:<24} {r.impressions:>12} {r.orders:>8}"))
+    return 0
+
+
+def store_target(args: argparse.Namespace) -> StoreUrl | Path | None:
+    """The store `--database URL` names (with its password file), else `--db PATH`, else None."""
+    if getattr(args, "database_url", None):
+        return parse_store(args.database_url, args.database_password_file)
+    database: Path | None = args.database
+    return database
 
 
 def _keys(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ from device_sdk.protocol.messages import CheckoutProposal, ConsentTerms, OrderRe
 from .audit import AuditLog
 from .consent_store import stored_result
 from .database import Database
+from .disclosure import sponsored_by
 from .partners import attribution
 from .sql import Connection
 
@@ -190,7 +191,7 @@ def _store(
     audit.append(conn, "order", order_id=placed, total_minor=p.total_minor, currency=p.currency,
                  payee=p.merchant.id, payment_handler=pending.payment_handler,
                  completion_key=pending.completion_key, **pending.ids,
-                 **attribution(conn, p.device_id))  # fmt: skip
+                 **attribution(conn, p.device_id), **sponsored_by(p))  # fmt: skip
     return order
 
 

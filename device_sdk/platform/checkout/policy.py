@@ -14,6 +14,8 @@ Layered: the built-in defaults, then the top level of a TOML file, then that fil
 - `merchants` = `["*"]` (any): `merchant_not_allowed` (blocked), checked for the payee and every seller.
 - `payment_handlers` = `["shop-wallet"]`: `payment_channel_not_allowed` (blocked); a raw card
   number never passes.
+- `placements` = `{}`: the paid placements sold, SKU to sponsor's merchant id; a line of one that
+  does not carry `sponsored.by` of its sponsor gives `sponsored_not_disclosed`.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class RiskPolicy(BaseModel):
     allow_uncategorized: bool = False
     merchants: list[str] = Field(default_factory=lambda: ["*"])
     payment_handlers: list[str] = Field(default_factory=lambda: ["shop-wallet"])
+    placements: dict[str, str] = Field(default_factory=dict)
 
     def modalities(self, proposal: CheckoutProposal) -> list[Modality]:
         """How this proposal may be confirmed: voice (and text, and a button press after the spoken
@@ -64,6 +67,10 @@ class RiskPolicy(BaseModel):
     def check_proposal(self, proposal: CheckoutProposal) -> None:
         """Refuse a cart this policy never allows (categories, merchants), whoever confirms it."""
         for line in proposal.lines:
+            sponsor = self.placements.get(line.sku)
+            if sponsor is not None and (line.sponsored is None or line.sponsored.by != sponsor):
+                raise ConsentError(f"{line.sku} is a paid placement of {sponsor}: its line must say so",
+                                   ErrorCode.SPONSORED_NOT_DISCLOSED)  # fmt: skip
             if line.category is None and not self.allow_uncategorized:
                 raise ConsentError(f"{line.sku} has no category", ErrorCode.CATEGORY_BLOCKED)
             if line.category in self.blocked_categories:

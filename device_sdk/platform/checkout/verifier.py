@@ -55,6 +55,7 @@ from .audit import AuditLog
 from .backend import Completion
 from .consent_store import CHECKOUT_STATE, SCHEMA, StoredCheckout, spending, stored_result
 from .database import Database
+from .disclosure import check_disclosed, record_disclosures
 from .handover import hand_over
 from .outcomes import SCHEMA as OUTCOMES_SCHEMA
 from .outcomes import Pending, PlaceOrder, Verification, admit, pending_keys, pending_of, settle, status
@@ -154,6 +155,7 @@ class ConsentVerifier:
                 checkout_hash=issued.checkout_hash,
                 **ids,
             )
+            record_disclosures(self.audit, conn, proposal, ids)
             consent_store.prune_refusals(conn, self.clock())
             self._remember(issued.raw, proposal, terms, terms_text)
             return terms
@@ -351,6 +353,7 @@ class ConsentVerifier:
         if claims.payee != proposal.merchant.id:
             raise ConsentError("the mandate's payee is not the merchant of record", ErrorCode.PAYEE_MISMATCH)
         if claims.display_digest != checkout.digest(claims.modality):
+            check_disclosed(proposal, claims.modality, claims.display_digest)
             raise ConsentError("the user was shown something else", ErrorCode.DISPLAY_MISMATCH)
         if (answer.decision, answer.modality, answer.display_digest) != (
             Decision.CONFIRM,
