@@ -18,15 +18,18 @@ from PIL import Image, ImageChops
 
 from device_sdk.consent.lens import LensCard
 from device_sdk.consent.readback import compose_phone_sheet, compose_readback, presentation_digest
+from device_sdk.device.client import DeviceClient
 from device_sdk.platform.checkout.audit import trail
 from device_sdk.platform.checkout.disclosure import sponsor_report, unlabelled
 from device_sdk.platform.checkout.policy import PolicyBook
-from device_sdk.protocol.errors import ConsentError, ErrorCode
+from device_sdk.protocol.errors import ConsentError, ErrorCode, RemoteError
 from device_sdk.protocol.fields import Modality, Outcome, new_id
 from device_sdk.protocol.messages import AgentRequest, CheckoutProposal, IssuedProposal
 from device_sdk.protocol.sponsored import Sponsored
 from simulators.agent_core import CatalogAgent
 from simulators.catalog import demo_catalog
+from simulators.scenario import ShopBackend
+from tests.conftest import EmbeddedRestartable
 from tests.consent_kit import Shop, make_proposal, open_shop
 
 LABELS = {"en-US": ("Sponsored: ", "[Sponsored]"), "zh-CN": ("广告：", "[广告]")}
@@ -131,6 +134,26 @@ def test_an_agent_cannot_drop_or_change_the_label(shop: Shop, label: Sponsored |
     assert caught.value.code is ErrorCode.SPONSORED_NOT_DISCLOSED and "charger-usbc-30w" in caught.value.text
     assert shop.refusals(issued.proposal.session_id) == ["sponsored_not_disclosed"]
     assert [r["kind"] for r in trail(shop.db.url, issued.proposal.session_id)] == ["refusal"]  # no terms, no offer
+
+
+class LabelDroppingAgent(CatalogAgent):
+    """The reference agent, but it leaves the sponsored label off its paid placements."""
+
+    async def propose(self, request: AgentRequest) -> CheckoutProposal:
+        proposal = await super().propose(request)
+        return unlabelled(proposal)
+
+
+async def test_an_agent_dropping_the_label_gets_no_offer_to_the_device(embedded: EmbeddedRestartable) -> None:
+    async with (
+        ShopBackend(embedded.url, agent=LabelDroppingAgent()) as shop,
+        DeviceClient(embedded.url, "speaker-1", key=shop.provision("speaker-1")) as speaker,
+    ):
+        with pytest.raises(RemoteError) as caught:
+            await speaker.ask("buy a phone charger")
+        assert caught.value.code is ErrorCode.SPONSORED_NOT_DISCLOSED
+        assert (await speaker.ask("buy a bottle of milk")).request.proposal.lines[0].sku == "milk-1l"  # not sponsored
+        assert shop.checkout.orders == []
 
 
 def test_the_sponsor_report_counts_impressions_and_orders(shop: Shop, tmp_path: Path) -> None:
