@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from device_sdk.consent.mandate import mandate_id
 from device_sdk.device.client import DeviceClient
+from device_sdk.device.edge_policy import EdgePolicyRefused
 from device_sdk.device.offer import Offer
 from device_sdk.locale import locale_for
 from device_sdk.protocol.errors import RemoteError
@@ -42,6 +43,8 @@ class SpeakerRun:
     mandate: str | None = None
     result: OrderResult | None = None
     error: RemoteError | None = None
+    refused: EdgePolicyRefused | None = None
+    """The device's own limits refused the offer (its reason was said; nothing presented or signed)."""
 
     @property
     def mandate_id(self) -> str | None:
@@ -76,6 +79,10 @@ class SimulatedSpeaker:
             run.offer = await self.device.ask(say, session_id=session_id, timeout=timeout)
         except RemoteError as exc:
             run.error = exc
+            return run
+        except EdgePolicyRefused as refused:
+            run.refused = refused
+            self._say(run, refused.says)
             return run
         self._say(run, run.offer.readback)
         dialog, pending = ReplyDialog(locale=self.device.locale), iter(replies)

@@ -38,6 +38,7 @@ from device_sdk.protocol.messages import (
 )
 from device_sdk.protocol.topics import Topics
 from simulators.scenario import ShopBackend
+from simulators.speaker import SimulatedSpeaker
 from tests.conftest import EmbeddedRestartable, keyed
 from tests.consent_kit import make_proposal
 
@@ -223,3 +224,16 @@ def test_provisioning_checks_the_policy_and_writes_it_beside_the_credentials(
     assert loaded.policy == EdgePolicy.load(good) and loaded.spend_file.name == "speaker-7.edge-policy.spend.json"
     with pytest.raises(ConfigError):
         main(["provision", "gw-7", "--role", "gateway", "--edge-policy", str(good)])
+
+
+async def test_the_simulated_speaker_says_the_reason_and_presents_nothing(
+    embedded: EmbeddedRestartable, tmp_path: Path
+) -> None:
+    async with ShopBackend(embedded.url) as shop:
+        policy = guard(tmp_path, merchants=["m-homegoods"])  # milk comes from m-fresh
+        async with keyed(shop, embedded, edge_policy=policy, locale="zh-CN") as device:
+            run = await SimulatedSpeaker(device).run("买一瓶牛奶", ["确认"])
+        assert run.refused is not None and run.refused.rule is EdgeRule.MERCHANT
+        assert run.presented == ["这里不能购买：这台设备不在这家商户购物。"]  # the reason, never a read-back
+        assert run.offer is None and run.mandate is None and run.result is None
+        assert shop.verifier.orders() == []

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from device_sdk.device.client import DeviceClient
+from device_sdk.device.edge_policy import EdgePolicyRefused
 from device_sdk.device.offer import Offer
 from device_sdk.locale import DEFAULT_LOCALE, locale_for
 from device_sdk.protocol.errors import OUTCOME_OF, ErrorCode, RemoteError, RequestTimeout, VoiceError
@@ -296,6 +297,10 @@ class VoiceAssistant:
             run.error = exc
             run.outcome = refusal_outcome(exc)
             await self.voice.say(self._refusal_text(exc))
+            return run
+        except EdgePolicyRefused as refused:  # the device's own limits: its reason said, nothing read back
+            run.outcome = Outcome.DECLINED.value
+            await self.voice.say(refused.says)
             return run
         run.rendered_at = time.monotonic()
         run.decision = await self._confirm(run, run.offer)
