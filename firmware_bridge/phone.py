@@ -277,6 +277,8 @@ class HandedOffers(Service):
         self.sheet = sheet
         self.sheet_timeout = sheet_timeout
         self.answered: list[OrderResult] = []
+        self.refused: list[DeviceSdkError] = []
+        """Offers not shown: a bad one, or one that breaks the phone's own limits (`EdgePolicyRefused.says`)."""
         self._tasks: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
@@ -298,12 +300,17 @@ class HandedOffers(Service):
                 self._spawn(self._present(event))
 
     async def _present(self, request: ConfirmationRequest) -> None:
+        text = compose_phone_sheet(request.proposal)
         try:
             offer = Offer.checked(request)
+            if self.device.edge is not None:  # the phone's own limits: declined with the rule, never shown
+                sheet = Modality.PHONE_SHEET
+                await self.device.edge.hold(offer, lambda rule: self.device.answer(
+                    offer, Decision.DECLINE, modality=sheet, presented=text, declined_for=rule))  # fmt: skip
         except DeviceSdkError as exc:
             log.warning("a handed-over offer from %s refused: %s", request.handed_over_from, exc)
+            self.refused.append(exc)
             return
-        text = compose_phone_sheet(request.proposal)
         answer = await on_sheet(self.sheet, offer, text, self.sheet_timeout)
         try:
             order = await answer_from_sheet(self.device, offer, text, answer or SheetAnswer(Decision.NO_ANSWER))

@@ -5,6 +5,7 @@ device, whatever the platform sent; nothing is signed, the gateway hears a typed
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import stat
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from device_sdk.bus.embedded import EmbeddedBroker
 from device_sdk.bus.mqtt import MqttBus
 from device_sdk.cli import main
 from device_sdk.consent.edge_policy import EdgePolicy, EdgeRule
@@ -27,7 +29,7 @@ from device_sdk.locale import locale_for
 from device_sdk.platform.checkout.audit import trail
 from device_sdk.platform.provisioning.broker_config import BrokerDir
 from device_sdk.protocol.errors import ConfigError, ErrorCode
-from device_sdk.protocol.fields import Decision, Modality, Outcome, new_id
+from device_sdk.protocol.fields import Decision, DeviceKind, Modality, Outcome, new_id
 from device_sdk.protocol.messages import (
     AgentRequest,
     ConfirmationResult,
@@ -37,6 +39,8 @@ from device_sdk.protocol.messages import (
     decode,
 )
 from device_sdk.protocol.topics import Topics
+from firmware_bridge.phone import HandedOffers
+from simulators.phone import SimulatedPhone
 from simulators.scenario import ShopBackend
 from simulators.speaker import SimulatedSpeaker
 from tests.conftest import EmbeddedRestartable, keyed
@@ -237,3 +241,31 @@ async def test_the_simulated_speaker_says_the_reason_and_presents_nothing(
         assert run.presented == ["这里不能购买：这台设备不在这家商户购物。"]  # the reason, never a read-back
         assert run.offer is None and run.mandate is None and run.result is None
         assert shop.verifier.orders() == []
+
+
+async def test_a_handed_over_offer_over_the_phones_limit_is_declined_not_shown(tmp_path: Path) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        broker = await stack.enter_async_context(EmbeddedBroker())
+        shop = await stack.enter_async_context(ShopBackend(broker.url, shared=False))
+        speaker_key = await asyncio.to_thread(shop.provision, "speaker-1")
+        phone_key = await asyncio.to_thread(shop.provision, "phone-1", DeviceKind.PHONE)
+        await asyncio.to_thread(shop.verifier.registry.pair, "speaker-1", "phone-1")
+        speaker = await stack.enter_async_context(DeviceClient(broker.url, "speaker-1", key=speaker_key))
+        limits = guard(tmp_path, max_per_order={"CNY": 1000})  # the batteries are 25.80 CNY
+        phone = await stack.enter_async_context(
+            DeviceClient(broker.url, "phone-1", key=phone_key, kind=DeviceKind.PHONE, edge_policy=limits)
+        )
+        sheet = SimulatedPhone("phone-1", phone_key, SigningKey.generate(), tap="confirm")  # type: ignore[arg-type]
+        app = await stack.enter_async_context(HandedOffers(phone, sheet, sheet_timeout=5.0))
+        offer = await speaker.ask("buy two packs of AA batteries")
+        assert await speaker.hand_over(offer) == "phone-1"
+        result = await speaker.result(offer, timeout=20)
+        assert result.outcome is Outcome.DECLINED and (result.reason or "").startswith("edge_policy.max_per_order")
+        assert sheet.shown == [] and shop.verifier.orders() == []
+        for _ in range(500):  # the phone hears the result of its decline too
+            if app.refused:
+                break
+            await asyncio.sleep(0.01)
+        assert [type(e) for e in app.refused] == [EdgePolicyRefused]
+        declined = next(r for r in trail(shop.db.path, offer.session_id) if r["kind"] == "confirmation")
+        assert declined["device_id"] == "speaker-1" and declined["declined_for"] == "edge_policy.max_per_order"
