@@ -104,3 +104,27 @@ async def test_a_device_orders_through_a_gateway_on_another_nats_node_with_retai
 def test_a_nats_cluster_has_two_nodes_at_least() -> None:
     with pytest.raises(BusError, match="2 to 5 nodes"):
         NatsCluster(1)
+
+
+@needs_nats
+async def test_a_burst_of_devices_connecting_at_once_to_a_nats_cluster_is_taken() -> None:
+    """250 clients at once, each with a device's last will and its two QoS 1 subscriptions: with the
+    consumers replicated on disk (NATS's defaults) every one was refused here; with one replica in
+    memory none is."""
+    topics = Topics()
+    async with NatsCluster(3) as cluster:
+        buses: list[MqttBus] = []
+
+        async def device(n: int) -> None:
+            device_id = f"burst-{n}"
+            bus = MqttBus(cluster.urls[n % 3], f"dev-{device_id}", will=(topics.device_status(device_id), b"gone"))
+            await bus.connect()
+            buses.append(bus)
+            await bus.subscribe(topics.device_down(device_id), topics.device_controller(device_id))
+
+        try:
+            outcomes = await asyncio.gather(*(device(n) for n in range(250)), return_exceptions=True)
+        finally:
+            await asyncio.gather(*(bus.close() for bus in buses), return_exceptions=True)
+    refused = [o for o in outcomes if isinstance(o, BaseException)]
+    assert refused == []

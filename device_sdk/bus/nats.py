@@ -5,6 +5,13 @@ and its own JetStream directory; every node routes to every other. Devices and g
 MQTT 3.1.1 to any node (`urls`): retained messages and last wills are kept in JetStream and seen
 on every node. NATS's MQTT has no `$share` subscriptions: an agent worker on it runs alone, or as
 NATS queue-group members (docs/scale.md#the-broker-tier).
+
+Each QoS 1 subscription of an MQTT client is a JetStream consumer. Replicated on three nodes and kept
+on disk (the defaults), creating them went through the cluster's meta leader and timed out under a
+burst of connections here: 578 of 600 clients connecting at 300 a second were refused. Devices and
+gateways connect with clean sessions, so their consumers need outlive neither the connection nor the
+node: one replica in memory (`consumer_replicas: 1`, `consumer_memory_storage: true`) took 3,000
+clients at 500 a second with none refused. Retained messages and wills stay in replicated streams.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ server_name: {name}
 listen: 127.0.0.1:{client}
 jetstream {{ store_dir: "{store}", max_memory_store: 64MB, max_file_store: 256MB }}
 cluster {{ name: {cluster}, listen: 127.0.0.1:{route}, routes: [{routes}] }}
-mqtt {{ listen: 127.0.0.1:{mqtt} }}
+mqtt {{ listen: 127.0.0.1:{mqtt}, consumer_replicas: 1, consumer_memory_storage: true }}
 """
 
 
