@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from device_sdk.consent.lens import LensCard
 from device_sdk.device.client import DeviceClient
+from device_sdk.device.edge_policy import EdgePolicyRefused
 from device_sdk.device.offer import Offer
 from device_sdk.locale import DEFAULT_LOCALE, locale_for
 from device_sdk.protocol.errors import ErrorCode, ProtocolError, RemoteError
@@ -55,6 +56,8 @@ class GlassesRun:
     mandate: str | None = None
     result: OrderResult | None = None
     error: RemoteError | None = None
+    refused: EdgePolicyRefused | None = None
+    """The device's own limits refused the offer: its reason was shown on the lens, no card to confirm."""
 
 
 def default_ask(locale: str = DEFAULT_LOCALE) -> str:
@@ -158,6 +161,10 @@ class GlassesDriver:
             run.offer = await self.device.ask(text, image_ref=run.image_ref, timeout=timeout)
         except RemoteError as exc:
             run.error = exc
+            return run
+        except EdgePolicyRefused as refused:
+            run.refused = refused
+            await self.link.show(LensCard(refused.says).payload)
             return run
         run.card = card = await self.present(run.offer)
         run.gesture = await self.gesture(card)

@@ -21,7 +21,7 @@ from device_sdk.bus.mqtt import MqttBus
 from device_sdk.cli import main
 from device_sdk.consent.edge_policy import EdgePolicy, EdgeRule
 from device_sdk.consent.keys import SigningKey
-from device_sdk.consent.readback import confirmation_request
+from device_sdk.consent.readback import confirmation_request, display_digest
 from device_sdk.device.client import DeviceClient
 from device_sdk.device.edge_policy import EdgeGuard, EdgePolicyRefused
 from device_sdk.device.offer import Offer
@@ -39,7 +39,11 @@ from device_sdk.protocol.messages import (
     decode,
 )
 from device_sdk.protocol.topics import Topics
+from firmware_bridge.glasses import CAPABILITIES, GlassesDriver
+from firmware_bridge.link import GlassesLink, find_glasses
 from firmware_bridge.phone import HandedOffers
+from simulators.ble_radio import BumbleClient, BumbleScanner, VirtualRadio
+from simulators.glasses import SimulatedGlasses
 from simulators.phone import SimulatedPhone
 from simulators.scenario import ShopBackend
 from simulators.speaker import SimulatedSpeaker
@@ -269,3 +273,26 @@ async def test_a_handed_over_offer_over_the_phones_limit_is_declined_not_shown(t
         assert [type(e) for e in app.refused] == [EdgePolicyRefused]
         declined = next(r for r in trail(shop.db.path, offer.session_id) if r["kind"] == "confirmation")
         assert declined["device_id"] == "speaker-1" and declined["declined_for"] == "edge_policy.max_per_order"
+
+
+async def test_the_glasses_show_the_reason_on_the_lens_and_no_card(tmp_path: Path) -> None:
+    radio = VirtualRadio()
+    async with contextlib.AsyncExitStack() as stack:
+        broker = await stack.enter_async_context(EmbeddedBroker())
+        shop = await stack.enter_async_context(ShopBackend(broker.url, shared=False))
+        key = await asyncio.to_thread(shop.provision, "glasses-1", DeviceKind.GLASSES)
+        glasses = await stack.enter_async_context(SimulatedGlasses(radio, device_id="glasses-1"))
+        found = await find_glasses(name=glasses.name, timeout=5.0, backend=BumbleScanner, central=await radio.central())
+        link = await stack.enter_async_context(GlassesLink(found[0].device, backend=BumbleClient))
+        night = {"start": "22:00", "end": "07:00"}
+        quiet = guard(tmp_path, SHANGHAI_2330, time_zone="Asia/Shanghai", quiet_hours=night)
+        device = await stack.enter_async_context(
+            DeviceClient(
+                broker.url, "glasses-1", kind=DeviceKind.GLASSES, capabilities=CAPABILITIES, key=key, edge_policy=quiet
+            )
+        )
+        run = await GlassesDriver(link, device, decision_timeout=2.0).run("buy milk", look=False)
+        says = locale_for("en-US").edge_policy["quiet_hours"]
+        assert run.refused is not None and run.refused.says == says and run.card is None and run.mandate is None
+        assert glasses.shown == display_digest(says)  # the reason is what the lens shows
+        assert shop.verifier.orders() == []
