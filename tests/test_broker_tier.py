@@ -27,7 +27,10 @@ from device_sdk.protocol.messages import DeviceStatus, decode
 from device_sdk.protocol.topics import Topics
 from simulators.scenario import ShopBackend
 
-needs_nats = pytest.mark.skipif(shutil.which("nats-server") is None, reason="nats-server is not installed")
+needs_nats = pytest.mark.skipif(
+    shutil.which("nats-server") is None and not Path("/usr/sbin/nats-server").exists(),
+    reason="nats-server is not installed",
+)
 
 DEVICE = """\
 import asyncio, sys
