@@ -51,6 +51,10 @@ def register(commands: Commands) -> None:
     demo.add_argument(
         "--ucp-out", type=Path, default=None, metavar="DIR", help="--merchant ucp: write the UCP/AP2 objects here"
     )
+    demo.add_argument("--suggest", default=None, metavar="SKU", help="an agent-initiated suggestion of this item")
+    demo.add_argument("--at", default=None, metavar="HH:MM", help="--suggest: the device's time of day (quiet hours)")
+    demo.add_argument("--quiet-hours", default=None, metavar="HH:MM-HH:MM", help="--suggest: default 22:00-08:00")
+    demo.add_argument("--to", default=None, metavar="DEVICE", help="--suggest: offer it to this device only")
     store_options(demo, default=demo_database())
 
     serve = commands.add(
@@ -222,6 +226,10 @@ async def _demo(args: argparse.Namespace) -> int:
     from .ucp_demo import run_ucp_demo
     from .user_voices import user_voice
 
+    if args.suggest is not None:
+        from .suggest_demo import suggest_command
+
+        return await suggest_command(args)
     default_say, default_reply = DEFAULTS[args.locale]
     say = args.say or default_say
     replies = args.reply if args.reply is not None else [default_reply]

@@ -65,6 +65,9 @@ class MandateClaims(BaseModel):
     step_up: StepUpProof | None = Field(
         default=None, description="For `voice_pin`: the single-use proof the platform issued once the PIN checked out."
     )
+    initiated_by: Literal["agent"] | None = Field(
+        default=None, description="`agent`: the session began with the platform's suggestion, not the user's request."
+    )
 
 
 @dataclass(frozen=True)
@@ -165,9 +168,11 @@ def mandate_for(
     lifetime: int | None = None,
     issued_at: int | None = None,
     step_up: str | None = None,
+    initiated_by: Literal["agent"] | None = None,
 ) -> str:
     """The device's mandate for `offer`: signed when, and only when, its user confirmed it; a
-    `voice_pin` one carries the `step_up` proof the platform gave for the PIN."""
+    `voice_pin` one carries the `step_up` proof the platform gave for the PIN, and one the user gave to a
+    suggestion `initiated_by="agent"`."""
     terms, proposal = offer.consent, offer.proposal
     iat = int(time.time()) if issued_at is None else issued_at
     claims = MandateClaims(
@@ -187,5 +192,6 @@ def mandate_for(
         modality=modality,
         display_digest=display_digest,
         step_up=step_up,
+        initiated_by=initiated_by,
     )
     return sign_mandate(key, claims)

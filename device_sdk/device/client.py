@@ -15,7 +15,7 @@ import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from device_sdk.bounded import DropOldest
 from device_sdk.bus.mqtt import MqttBus
@@ -347,15 +347,17 @@ class DeviceClient(Service):
                                                    topic=self.topics.device_step_up(self.device_id))  # fmt: skip
         return reply.proof
 
-    def sign(self, offer: Offer, modality: Modality, *, presented: str | None = None,
-             step_up: str | None = None) -> str | None:  # fmt: skip
-        """The consent mandate for `offer` by `modality`, with the `step_up` proof for `voice_pin` (None: no key)."""
+    def sign(self, offer: Offer, modality: Modality, *, presented: str | None = None, step_up: str | None = None,
+             initiated_by: Literal["agent"] | None = None) -> str | None:  # fmt: skip
+        """The consent mandate for `offer` by `modality`, with the `step_up` proof for `voice_pin`, and
+        `initiated_by="agent"` for an answer to a suggestion (None: no key)."""
         if self.edge is not None:
             self.edge.check(offer)  # never signs what breaks the device's own limits
         if self.key is None:
             return None
         return mandate_for(offer.request, self.key, device_id=self.device_id, modality=modality,
-                           display_digest=offer.digest(presented), step_up=step_up)  # fmt: skip
+                           display_digest=offer.digest(presented), step_up=step_up,
+                           initiated_by=initiated_by)  # fmt: skip
 
     async def _exchange(
         self, session_id: str, payload: bytes, answers: Callable[[Any], bool], ref: str, timeout: float,

@@ -85,6 +85,19 @@ class VoiceText(_Data):
     pin_locked: str
 
 
+class SuggestionText(_Data):
+    """What a device says of an agent-initiated suggestion, and the phrases that turn them off."""
+
+    intro: str
+    """`{text}`: the suggestion, said as one ("A suggestion from your shopping assistant: ...")."""
+    reorder: str
+    """`{qty}`, `{unit}`, `{name}`: a reorder of something bought before."""
+    stopped: str
+    """Said once the user turned suggestions off on the device."""
+    stop: frozenset[str]
+    """Replies (normalised) that turn suggestions off on the device ("stop suggestions", "别再推荐了")."""
+
+
 class ReplyPhrases(_Data):
     accept: frozenset[str]
     decline: frozenset[str]
@@ -113,6 +126,7 @@ class Locale(_Data):
     voice: VoiceText
     edge_policy: dict[str, str]
     """What the device says when its own policy refuses an offer, by rule (`max_per_order`, ...)."""
+    suggestion: SuggestionText
 
     def unit(self, unit: str, qty: int) -> str:
         """The unit as said with `qty`: "2 boxes", "2 packs"; "2包" unchanged."""

@@ -85,9 +85,12 @@ class Verification:
     order: OrderResult
     signer: str
     """The device whose key signed: the session's, or the paired phone it handed the offer to."""
+    initiated_by: str | None = None
+    """`agent`: the mandate says the session began with a suggestion (docs/consent.md, "Suggestions")."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            **({"initiated_by": self.initiated_by} if self.initiated_by else {}),
             "accepted": True,
             "mandate_id": self.mandate_id,
             "key_id": self.key_id,

@@ -297,6 +297,8 @@ class ConsentVerifier:
         seen = {"mandate_id": claims.jti, "key_id": opened.kid, "device_id": proposal.device_id,
                 "session_id": claims.session_id, "checkout_id": claims.checkout_id,
                 "modality": claims.modality.value, "signer": claims.device_id}  # fmt: skip
+        if claims.initiated_by is not None:  # a suggestion's: the claim is recorded with the consent
+            seen["initiated_by"] = claims.initiated_by
         self.audit.append(conn, "verification", **{**seen, **ids}, accepted=True,
                           completion_key=pending.completion_key)  # fmt: skip
         return pending, seen
