@@ -362,6 +362,7 @@ SAMPLES = {
     "ADDRESS": "AA:BB:CC:DD:EE:FF", "NAME": "Lens-01", "SKU": "bat-aa-4", "HOST:PORT": "127.0.0.1:8787",
     "CASES.jsonl": "cases.jsonl", "CASES": "cases.jsonl", "VOICE": "joe", "CA": "ca.crt", "CERT": "c.crt",
     "KEY": "k.key", "SPEAKER": "speaker-1", "PHONE": "phone-1", "MTU": "247", "ARGS": "", "KIND": "speaker",
+    "HH:MM": "23:00", "DEVICE": "speaker-1",
 }  # fmt: skip
 """What stands for each placeholder of the docs' synopses when they are parsed."""
 PLACEHOLDER = re.compile(r"[A-Z][A-Z0-9_]*(\.[a-z]+)?|[A-Z]+:[A-Z]+")

@@ -13,7 +13,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .fields import Id, Name, WireMessage
 
@@ -50,3 +50,9 @@ class SuggestionResult(WireMessage):
     device_id: Id
     taken: bool
     declined_reason: DeclineReason | None = Field(default=None, description="Set exactly when not taken.")
+
+    @model_validator(mode="after")
+    def _reason_when_declined(self) -> SuggestionResult:
+        if (self.declined_reason is None) != self.taken:
+            raise ValueError("a suggestion.result carries declined_reason exactly when it is not taken")
+        return self
