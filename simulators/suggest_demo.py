@@ -1,8 +1,9 @@
 """`device-sdk demo --suggest SKU [--at HH:MM]`: an agent-initiated suggestion to the simulated speaker.
 
-The platform offers a reorder of `sku` to the household's devices (`suggestion.offer`); each answers
-from its own settings (`device_sdk.device.suggestions`: opted in for the demo, quiet hours in its
-time zone, a daily cap, busy); the household's arbitration picks one that took it. That device says
+The platform offers a reorder of `sku` to the household's devices (`suggestion.offer` over the bus,
+`platform/gateway/suggestion_offers.py`); each answers (`device/suggestion_inbox.py`) from its own
+settings (`device/suggestions.py`: opted in for the demo, quiet hours in its time zone, a daily cap,
+busy); the household's arbitration picks one that took it. That device says
 it is a suggestion with the read-back of a real checkout, and only its user's usual confirmation
 signs a mandate, which carries `initiated_by: "agent"`; the verifier records it in the audit log
 beside the platform's own `suggestion` records. Bad input (an unknown SKU, a device not in the
@@ -25,12 +26,14 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from device_sdk.bus.mqtt import MqttBus
 from device_sdk.bus.url import BrokerUrl
 from device_sdk.device.client import DeviceClient
+from device_sdk.device.suggestion_inbox import SuggestionInbox
 from device_sdk.device.suggestions import SuggestionGate, SuggestionSettings, clock_of, quiet_hours, suggestion_text
 from device_sdk.locale import locale_for
 from device_sdk.platform.checkout.policy import PolicyBook
-from device_sdk.platform.gateway.suggestion_arbitration import pick_speaker
+from device_sdk.platform.gateway.suggestion_offers import offer_suggestion
 from device_sdk.protocol.errors import DeviceSdkError, ErrorCode, ProtocolError, RemoteError
 from device_sdk.protocol.fields import Decision, Modality, new_id
 from device_sdk.protocol.suggestions import INITIATED_BY_AGENT, SuggestionOffer, SuggestionResult
@@ -131,24 +134,25 @@ async def run_suggestion(
         run = SuggestionRun(offer)
         url, shared = await broker_or_embedded(stack, broker)
         backend = await stack.enter_async_context(ShopBackend(url, shared=shared, database=audit, policy=policy))
+        targets = [device_id for device_id in gates if to is None or device_id == to]
         await backend.audit.record("suggestion.offer", suggestion_id=offer.suggestion_id, sku=sku,
-                                   initiated_by=INITIATED_BY_AGENT, devices=list(gates))  # fmt: skip
-        for device_id, gate in gates.items():
-            if to is None or device_id == to:
-                wire = SuggestionOffer.model_validate_json(offer.encode())  # as the device reads it
-                run.results.append(gate.answer(wire, device_id, busy=busy))
+                                   initiated_by=INITIATED_BY_AGENT, devices=targets)  # fmt: skip
+        devices: dict[str, DeviceClient] = {}
+        for device_id in targets:
+            key = await asyncio.to_thread(backend.provision, device_id)
+            await asyncio.to_thread(backend.verifier.registry.attribute, device_id, *DEMO_PARTNER)
+            devices[device_id] = await stack.enter_async_context(DeviceClient(url, device_id, key=key, locale=locale))
+            await stack.enter_async_context(SuggestionInbox(devices[device_id], gates[device_id], lambda: busy))
+        platform = await stack.enter_async_context(MqttBus(url, f"suggestions-{offer.suggestion_id}"))
+        run.results, run.speaker = await offer_suggestion(platform, offer, targets, timeout=timeout)
         for result in run.results:
             await backend.audit.record("suggestion.result", **result.model_dump(mode="json", exclude={"v", "type"}))
-        run.speaker = pick_speaker(run.results)
         if run.speaker is None:
             reasons = [r.declined_reason for r in run.results if r.declined_reason is not None]
             run.declined_reason = reasons[0].value if reasons else None
             return run
-        gate = gates[run.speaker]
+        gate, device = gates[run.speaker], devices[run.speaker]
         gate.count()
-        key = await asyncio.to_thread(backend.provision, run.speaker)
-        await asyncio.to_thread(backend.verifier.registry.attribute, run.speaker, *DEMO_PARTNER)
-        device = await stack.enter_async_context(DeviceClient(url, run.speaker, key=key, locale=locale))
         item = named.aliases[0] if named.aliases else named.name
         ask = f"buy a {named.unit} of {item}" if words.language == "en" else f"帮我买一{named.unit}{item}"
         try:

@@ -152,8 +152,11 @@ def test_acl_is_explicit_user_blocks_and_a_device_gets_exactly_its_topics(tmp_pa
     assert not any(line.startswith("pattern") or "%" in line for line in lines)
     block = acl.split("user dev-a\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert sorted(block) == sorted(
-        [f"topic write {T.base}/device/dev-a/{leaf}" for leaf in ("status", "info", "up", "step_up", "audio", "image")]
-        + [f"topic read {T.base}/device/dev-a/{leaf}" for leaf in ("down", "controller")]
+        [
+            f"topic write {T.base}/device/dev-a/{leaf}"
+            for leaf in ("status", "info", "up", "step_up", "audio", "image", "suggestion_result")
+        ]
+        + [f"topic read {T.base}/device/dev-a/{leaf}" for leaf in ("down", "controller", "suggestion")]
         + [f"topic read {T.base}/oem/+/dev-a/intent", f"topic write {T.base}/oem/+/dev-a/reply"]
     )
 

@@ -4,6 +4,7 @@ the demo's JSON and its bad inputs (docs/consent.md, "Suggestions")."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -13,11 +14,16 @@ from pathlib import Path
 
 import pytest
 
+from device_sdk.bus.embedded import EmbeddedBroker
+from device_sdk.bus.mqtt import MqttBus
 from device_sdk.consent.edge_policy import EdgePolicy
 from device_sdk.consent.mandate import MandateClaims
+from device_sdk.device.client import DeviceClient
+from device_sdk.device.suggestion_inbox import SuggestionInbox
 from device_sdk.device.suggestions import SuggestionGate, SuggestionSettings, quiet_hours
 from device_sdk.platform.checkout.audit import verified_records
 from device_sdk.platform.gateway.suggestion_arbitration import pick_speaker
+from device_sdk.platform.gateway.suggestion_offers import offer_suggestion
 from device_sdk.protocol.errors import ConfigError, ErrorCode
 from device_sdk.protocol.suggestions import DeclineReason, SuggestionOffer, SuggestionResult
 from simulators.suggest_demo import run_suggestion
@@ -27,8 +33,8 @@ NOON_UTC = datetime(2026, 12, 7, 12, 0, tzinfo=UTC).timestamp()
 OFFER = SuggestionOffer(suggestion_id="sug_1", sku="bat-aa-4", name="AA batteries, pack of 4")
 
 
-def gate(tmp_path: Path, clock: float = NOON_UTC, **settings: object) -> SuggestionGate:
-    made = SuggestionGate(tmp_path / "speaker-1.suggestions.json", clock=lambda: clock)
+def gate(tmp_path: Path, clock: float = NOON_UTC, device: str = "speaker-1", **settings: object) -> SuggestionGate:
+    made = SuggestionGate(tmp_path / f"{device}.suggestions.json", clock=lambda: clock)
     made.save(SuggestionSettings.model_validate({"opted_in": True, **settings}))
     return made
 
@@ -92,6 +98,30 @@ def test_arbitration_picks_one_device_of_two_whatever_the_order() -> None:
     assert pick_speaker(both, heard_db={"speaker-2": -20.0, "speaker-1": -45.0}) == "speaker-2"  # nearer its user
     assert pick_speaker([taken("speaker-1", yes=False), taken("speaker-2")]) == "speaker-2"
     assert pick_speaker([taken("speaker-1", yes=False)]) is None
+
+
+async def test_over_the_bus_one_device_of_two_speaks_and_one_that_declined_never(tmp_path: Path) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        url = (await stack.enter_async_context(EmbeddedBroker())).url
+        early = gate(tmp_path, device="speaker-1", time_zone="America/New_York")  # 07:00 there: quiet hours
+        later = gate(tmp_path, device="speaker-2")  # 12:00
+        inboxes = []
+        for device_id, its_gate in (("speaker-1", early), ("speaker-2", later)):
+            device = await stack.enter_async_context(DeviceClient(url, device_id))
+            inboxes.append(await stack.enter_async_context(SuggestionInbox(device, its_gate)))
+        platform = await stack.enter_async_context(MqttBus(url, "platform"))
+        results, speaker = await offer_suggestion(platform, OFFER, ["speaker-2", "speaker-1"], timeout=10)
+        assert speaker == "speaker-2"
+        assert [(r.device_id, r.declined_reason) for r in results] == [
+            ("speaker-1", DeclineReason.QUIET_HOURS), ("speaker-2", None)
+        ]  # fmt: skip
+        early.save(early.settings.model_copy(update={"time_zone": "UTC"}))
+        again = OFFER.model_copy(update={"suggestion_id": "sug_2"})
+        results, speaker = await offer_suggestion(platform, again, ["speaker-1", "speaker-2"], timeout=10)
+        assert speaker == "speaker-1" and all(r.taken for r in results)  # both took it: one speaks
+        assert [len(inbox.answered) for inbox in inboxes] == [2, 2]
+        _, nobody = await offer_suggestion(platform, OFFER, ["speaker-9"], timeout=0.3)
+        assert nobody is None  # a device that does not answer takes no part
 
 
 @pytest.mark.parametrize(("locale", "reply"), [("en-US", "Stop suggestions!"), ("zh-CN", "别再推荐了。")])

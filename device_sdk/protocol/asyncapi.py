@@ -20,6 +20,7 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from .fields import MAX_PAYLOAD, PROTOCOL_VERSION
 from .messages import MESSAGE_TYPES
+from .suggestions import SuggestionOffer, SuggestionResult
 from .topics import Topics
 
 _DEVICE, _GATEWAY, _OEM = "DEVICEID", "GATEWAYID", "OEMID"
@@ -36,6 +37,8 @@ RAW_MESSAGES = {
     "oem.intent": ("application/jose", "A signed intent: a compact JWS, not JSON (docs/phone.md)."),
 }  # fmt: skip
 """The payloads on the bus that are not JSON messages: name, content type, description."""
+MODELS: tuple[type[BaseModel], ...] = (*MESSAGE_TYPES, SuggestionOffer, SuggestionResult)
+"""Every JSON message: those of `decode`, and the suggestions' on their own topics."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,10 @@ CHANNELS = (
     Channel("deviceDown", lambda t: t.device_down(_DEVICE), "gateway", "What the controller says to the "
             "device (pong at QoS 0).", 1, False, ("confirmation.request", "handed_over", "order.result",
             "order.status.result", "step_up.result", "wake.result", "error", "pong", "conformance.control")),
+    Channel("deviceSuggestion", lambda t: t.device_suggestion(_DEVICE), "gateway", "Suggestions the platform "
+            "offers the device (docs/protocol.md, Suggestions).", 1, False, ("suggestion.offer",)),
+    Channel("deviceSuggestionResult", lambda t: t.device_suggestion_result(_DEVICE), "device", "The device's "
+            "answers to suggestions: taken, or declined with the reason.", 1, False, ("suggestion.result",)),
     Channel("deviceAudio", lambda t: t.device_audio(_DEVICE), "device", "Audio chunks of the device's open "
             "streams.", 0, False, ("audio.chunk",)),
     Channel("deviceImage", lambda t: t.device_image(_DEVICE), "device", "A photo for the agent, named by an "
@@ -89,10 +96,10 @@ CHANNELS = (
 def document(topics: Topics | None = None) -> dict[str, Any]:
     """The AsyncAPI 3.0 document of the protocol under `topics` (default root `shop`)."""
     topics = topics or Topics()
-    keyed: list[tuple[type[BaseModel], JsonSchemaMode]] = [(model, "validation") for model in MESSAGE_TYPES]
+    keyed: list[tuple[type[BaseModel], JsonSchemaMode]] = [(model, "validation") for model in MODELS]
     refs, defs = models_json_schema(keyed, ref_template="#/components/schemas/{model}")
     messages: dict[str, Any] = {}
-    for model in MESSAGE_TYPES:
+    for model in MODELS:
         tag = str(model.model_fields["type"].default)
         messages[tag] = {
             "name": tag,

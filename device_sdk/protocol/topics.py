@@ -50,6 +50,14 @@ class Topics:
     def device_down(self, device_id: str) -> str:
         return f"{self.base}/device/{check_id(device_id, 'device id')}/down"
 
+    def device_suggestion(self, device_id: str) -> str:
+        """`suggestion.offer`s to the device (agent-initiated sessions): gateways write, the device reads."""
+        return f"{self.base}/device/{check_id(device_id, 'device id')}/suggestion"
+
+    def device_suggestion_result(self, device_id: str) -> str:
+        """The device's `suggestion.result`s: it writes, gateways read."""
+        return f"{self.base}/device/{check_id(device_id, 'device id')}/suggestion_result"
+
     def device_audio(self, device_id: str) -> str:
         return f"{self.base}/device/{check_id(device_id, 'device id')}/audio"
 

@@ -68,7 +68,9 @@ ROLES: dict[Role, tuple[Rule, ...]] = {
         Rule(W, "device/{id}/step_up"),  # the PIN: for gateways only, never a monitor
         Rule(W, "device/{id}/audio"),
         Rule(W, "device/{id}/image"),
+        Rule(W, "device/{id}/suggestion_result"),
         Rule(R, "device/{id}/down"),
+        Rule(R, "device/{id}/suggestion"),
         Rule(R, "device/{id}/controller"),
         Rule(R, "oem/+/{id}/intent"),  # a phone's intent bridge takes its own intents...
         Rule(W, "oem/+/{id}/reply"),  # ...and answers them
@@ -82,7 +84,9 @@ ROLES: dict[Role, tuple[Rule, ...]] = {
         Rule(R, "device/+/up"),
         Rule(R, "device/+/step_up"),
         Rule(R, "device/+/audio"),
+        Rule(R, "device/+/suggestion_result"),
         Rule(W, "device/+/down"),
+        Rule(W, "device/+/suggestion"),
         Rule(W, "agent/request"),
         Rule(R, "agent/reply/{id}"),
         Rule(W, "errors"),
