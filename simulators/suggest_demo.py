@@ -160,6 +160,9 @@ async def run_suggestion(
         except RemoteError as exc:
             run.outcome = exc.code.value
             return run
+        await backend.audit.record("suggestion.checkout", suggestion_id=offer.suggestion_id,
+                                   checkout_id=got.request.checkout_id, session_id=got.session_id,
+                                   device_id=run.speaker, initiated_by=INITIATED_BY_AGENT)  # fmt: skip
         for text in (suggestion_text(offer, locale, named.unit), got.readback):
             run.presented.append(text)
             say(text)

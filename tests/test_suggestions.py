@@ -157,6 +157,9 @@ async def test_a_suggestion_orders_only_after_the_usual_confirmation(tmp_path: P
     assert [v.get("initiated_by") for v in verifications if v.get("accepted")] == ["agent"]
     _, offers = verified_records(audit, "suggestion.offer")
     assert len(offers) == 3 and {o["initiated_by"] for o in offers} == {"agent"}
+    _, checkouts = verified_records(audit, "suggestion.checkout")  # each checkout a suggestion opened
+    assert [c["initiated_by"] for c in checkouts] == ["agent"] * 3
+    assert checkouts[-1]["checkout_id"] == ordered.verification["checkout_id"]
 
 
 async def test_a_suggestion_in_quiet_hours_says_nothing_and_orders_nothing(tmp_path: Path) -> None:
