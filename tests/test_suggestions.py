@@ -122,6 +122,12 @@ async def test_over_the_bus_one_device_of_two_speaks_and_one_that_declined_never
         assert [len(inbox.answered) for inbox in inboxes] == [2, 2]
         _, nobody = await offer_suggestion(platform, OFFER, ["speaker-9"], timeout=0.3)
         assert nobody is None  # a device that does not answer takes no part
+        policy = tmp_path / "policy.json"
+        policy.write_text('{"suggestions": false}', encoding="utf-8")
+        owned = await stack.enter_async_context(DeviceClient(url, "speaker-3", edge_policy=policy))
+        await stack.enter_async_context(SuggestionInbox(owned, gate(tmp_path, device="speaker-3")))
+        results, nobody = await offer_suggestion(platform, OFFER, ["speaker-3"], timeout=10)
+        assert nobody is None and results[0].declined_reason is DeclineReason.OPTED_OUT  # the owner's switch holds
 
 
 @pytest.mark.parametrize(("locale", "reply"), [("en-US", "Stop suggestions!"), ("zh-CN", "别再推荐了。")])

@@ -24,10 +24,13 @@ log = logging.getLogger(__name__)
 
 class SuggestionInbox:
     """Answers the suggestions offered to `device` while entered (`async with SuggestionInbox(...)`);
-    `busy` says whether a session is running on it. `answered` keeps each offer with its answer."""
+    `busy` says whether a session is running on it. A device with an edge policy takes suggestions only
+    when the policy allows them (`suggestions = true`). `answered` keeps each offer with its answer."""
 
     def __init__(self, device: DeviceClient, gate: SuggestionGate, busy: Callable[[], bool] = lambda: False) -> None:
         self.device = device
+        if gate.edge is None and device.edge is not None:
+            gate.edge = device.edge.policy  # its owner's `suggestions` switch holds over the user's opt-in
         self.gate = gate
         self.busy = busy
         self.answered: list[tuple[SuggestionOffer, SuggestionResult]] = []
