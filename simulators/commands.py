@@ -205,7 +205,7 @@ def _register_fleet(bench: Commands) -> None:
     fleet.add_argument("--gateways", type=int, default=2, help="gateway processes, device-sdk serve (default 2)")
     fleet.add_argument("--rate", default="10", help="requests/s offered across the fleet (Poisson), or max")
     fleet.add_argument("--seconds", type=float, default=20.0, help="the measured window, once all are connected")
-    fleet.add_argument("--broker", default=None, help="mqtt:// URL on loopback (default: start Mosquitto)")
+    broker_options(fleet, "mqtt://[USER@]host:port on loopback (default: start Mosquitto)")
     fleet.add_argument("--database", default=None, help="the gateways' store (default: a new SQLite file)")
     fleet.add_argument("--nats", type=int, default=0, metavar="NODES", help="start a NATS cluster, not Mosquitto")
     fleet.add_argument("--kill-gateway-at", type=float, default=None, metavar="S", help="SIGKILL a gateway at S")
@@ -460,13 +460,11 @@ async def _bench_flood(args: argparse.Namespace) -> int:
 
 
 async def _bench_fleet(args: argparse.Namespace) -> int:
-    from device_sdk.bus.url import BrokerUrl
-
     from .fleet.generator import FleetOptions, run_bench_fleet
 
     options = FleetOptions(
         devices=args.devices, gateways=args.gateways, rate=None if args.rate == "max" else float(args.rate),
-        seconds=args.seconds, broker=BrokerUrl.parse(args.broker) if args.broker else None, database=args.database,
+        seconds=args.seconds, broker=broker_url(args.broker, args.broker_password_file), database=args.database,
         kill_gateway_at=args.kill_gateway_at, restart_broker_at=args.restart_broker_at, db_pause_at=args.db_pause_at,
         processes=args.processes, heartbeat=args.heartbeat, idle_seconds=args.idle_seconds, nats=args.nats,
     )  # fmt: skip

@@ -362,7 +362,8 @@ SAMPLES = {
     "ADDRESS": "AA:BB:CC:DD:EE:FF", "NAME": "Lens-01", "SKU": "bat-aa-4", "HOST:PORT": "127.0.0.1:8787",
     "CASES.jsonl": "cases.jsonl", "CASES": "cases.jsonl", "VOICE": "joe", "CA": "ca.crt", "CERT": "c.crt",
     "KEY": "k.key", "SPEAKER": "speaker-1", "PHONE": "phone-1", "MTU": "247", "ARGS": "", "KIND": "speaker",
-    "HH:MM": "23:00", "DEVICE": "speaker-1",
+    "HH:MM": "23:00", "DEVICE": "speaker-1", "G": "2", "NODES": "3", "DATABASE": "x.db", "M": "demo-speaker",
+    "DATE": "2026-12-01",
 }  # fmt: skip
 """What stands for each placeholder of the docs' synopses when they are parsed."""
 PLACEHOLDER = re.compile(r"[A-Z][A-Z0-9_]*(\.[a-z]+)?|[A-Z]+:[A-Z]+")
@@ -374,6 +375,8 @@ def lex(text: str) -> list[str]:
     """The words of a command line or synopsis, with `[`, `]`, `(`, `)` and ` | ` apart; `a|b` stays a word."""
     out: list[str] = []
     for token in shlex.split(text.replace("\\|", "|"), comments=True):
+        if token in (">", ">>"):  # the shell's redirection: the command ends before it
+            break
         if token in ("&", "..."):
             continue
         if token == "|":
