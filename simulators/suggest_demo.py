@@ -98,7 +98,6 @@ async def run_suggestion(
     quiet: str | None = None,
     time_zone: str = "UTC",
     opted_in: bool = True,
-    busy: bool = False,
     broker: BrokerUrl | str | None = None,
     audit: str | Path | None = None,
     policy: PolicyBook | None = None,
@@ -142,7 +141,7 @@ async def run_suggestion(
             key = await asyncio.to_thread(backend.provision, device_id)
             await asyncio.to_thread(backend.verifier.registry.attribute, device_id, *DEMO_PARTNER)
             devices[device_id] = await stack.enter_async_context(DeviceClient(url, device_id, key=key, locale=locale))
-            await stack.enter_async_context(SuggestionInbox(devices[device_id], gates[device_id], lambda: busy))
+            await stack.enter_async_context(SuggestionInbox(devices[device_id], gates[device_id]))
         platform = await stack.enter_async_context(MqttBus(url, f"suggestions-{offer.suggestion_id}"))
         run.results, run.speaker = await offer_suggestion(platform, offer, targets, timeout=timeout)
         for result in run.results:

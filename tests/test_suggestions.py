@@ -25,7 +25,9 @@ from device_sdk.platform.checkout.audit import verified_records
 from device_sdk.platform.gateway.suggestion_arbitration import pick_speaker
 from device_sdk.platform.gateway.suggestion_offers import offer_suggestion
 from device_sdk.protocol.errors import ConfigError, ErrorCode
+from device_sdk.protocol.fields import Decision
 from device_sdk.protocol.suggestions import DeclineReason, SuggestionOffer, SuggestionResult
+from simulators.scenario import ShopBackend
 from simulators.suggest_demo import run_suggestion
 
 NOON_UTC = datetime(2026, 12, 7, 12, 0, tzinfo=UTC).timestamp()
@@ -128,6 +130,26 @@ async def test_over_the_bus_one_device_of_two_speaks_and_one_that_declined_never
         await stack.enter_async_context(SuggestionInbox(owned, gate(tmp_path, device="speaker-3")))
         results, nobody = await offer_suggestion(platform, OFFER, ["speaker-3"], timeout=10)
         assert nobody is None and results[0].declined_reason is DeclineReason.OPTED_OUT  # the owner's switch holds
+
+
+async def test_a_device_with_an_open_offer_declines_as_busy_until_its_session_ends(tmp_path: Path) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        url = (await stack.enter_async_context(EmbeddedBroker())).url
+        shop = await stack.enter_async_context(ShopBackend(url))
+        device = await stack.enter_async_context(DeviceClient(url, "speaker-1", key=shop.provision("speaker-1")))
+        inbox = await stack.enter_async_context(SuggestionInbox(device, gate(tmp_path)))
+        platform = await stack.enter_async_context(MqttBus(url, "platform"))
+        assert device.session_running is False
+        offer = await device.ask("buy a bottle of milk")  # presented, awaiting its answer
+        assert device.session_running is True
+        results, speaker = await offer_suggestion(platform, OFFER, ["speaker-1"], timeout=10)
+        assert speaker is None and results[0].declined_reason is DeclineReason.BUSY  # nobody is told to speak
+        assert [r.declined_reason for _, r in inbox.answered] == [DeclineReason.BUSY]
+        await device.answer(offer, Decision.DECLINE)
+        assert device.session_running is False
+        again = OFFER.model_copy(update={"suggestion_id": "sug_2"})
+        results, speaker = await offer_suggestion(platform, again, ["speaker-1"], timeout=10)
+        assert speaker == "speaker-1" and results[0].taken is True
 
 
 @pytest.mark.parametrize(("locale", "reply"), [("en-US", "Stop suggestions!"), ("zh-CN", "别再推荐了。")])

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,23 +58,9 @@ from device_sdk.service import Service
 from .chunks import each_chunk
 from .edge_policy import EdgeGuard
 from .offer import Offer, outcome
+from .sessions import Waiter, running
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Waiter:
-    """One call waiting in a session: the message that answers it, or an error about its `ref`."""
-
-    answers: Callable[[Any], bool]
-    ref: str
-    reply: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-
-    def take(self, message: Any) -> bool:
-        mine = self.answers(message) or (isinstance(message, Error) and message.ref == self.ref)
-        if mine and not self.reply.done():
-            self.reply.set_result(message)
-        return mine
 
 
 @dataclass(frozen=True)
@@ -136,9 +122,11 @@ class DeviceClient(Service):
             public_key=b64url(key.public.raw) if key is not None else None,
         )
         """What the device is: retained on its info topic, and its zeroconf TXT record when advertised."""
-        self._waiters: dict[str, list[_Waiter]] = {}
-        self._awaiting_result: dict[str, _Waiter] = {}
+        self._waiters: dict[str, list[Waiter]] = {}
+        self._awaiting_result: dict[str, Waiter] = {}
         """Result waiters that `hand_over` set before it sent, by checkout id, for `result`."""
+        self._presented: dict[str, Offer] = {}
+        """Offers returned by `ask` whose session has not ended (`session_running`), by checkout id."""
         self._events: DropOldest[Any] = DropOldest(1000)
         self._last_pong: float = 0.0
         self._ping_seq = 0
@@ -225,7 +213,14 @@ class DeviceClient(Service):
         if self.edge is not None:  # refused: declined to the gateway with its rule, never presented
             await self.edge.hold(offer, lambda rule: self.answer(offer, Decision.DECLINE, declined_for=rule,
                                                                  timeout=timeout))  # fmt: skip
+        self._presented[offer.request.checkout_id] = offer
         return offer
+
+    @property
+    def session_running(self) -> bool:
+        """Whether a session runs on the device: an offer presented awaiting its answer, or a request in
+        flight (`sessions.running`). A suggestion offered meanwhile is declined as `busy`."""
+        return running(self._waiters, self._presented)
 
     async def answer(
         self,
@@ -269,6 +264,7 @@ class DeviceClient(Service):
         answer = offer.answer(self.device_id, (decision, modality, heard, presented, mandate, declined_for), make)
         result = await outcome(send, lambda within: self.order_status(offer, timeout=within), answer, timeout,
                                2 * self.resend_after)  # fmt: skip
+        self._presented.pop(request.checkout_id, None)
         if self.edge is not None:
             self.edge.count(result)
         return result
@@ -319,16 +315,17 @@ class DeviceClient(Service):
         if isinstance(reply, Error):
             raise RemoteError(reply.text, reply.code)
         result: OrderResult = reply
+        self._presented.pop(request.checkout_id, None)
         if self.edge is not None:
             self.edge.count(result)
         return result
 
-    def _result_waiter(self, request: ConfirmationRequest) -> _Waiter:
-        waiter = _Waiter(lambda m: isinstance(m, OrderResult) and m.checkout_id == request.checkout_id, "")
+    def _result_waiter(self, request: ConfirmationRequest) -> Waiter:
+        waiter = Waiter(lambda m: isinstance(m, OrderResult) and m.checkout_id == request.checkout_id, "")
         self._waiters.setdefault(request.session_id, []).append(waiter)
         return waiter
 
-    def _drop_waiter(self, session_id: str, waiter: _Waiter) -> None:
+    def _drop_waiter(self, session_id: str, waiter: Waiter) -> None:
         waiters = self._waiters.get(session_id, [])
         if waiter in waiters:
             waiters.remove(waiter)
@@ -366,7 +363,7 @@ class DeviceClient(Service):
         """Publish `payload` on `topic` (default: the up topic), resending it until the message that `answers`
         it, or an error about `ref`. Several calls may wait in one session; each gets only its own answer."""
         topic = topic or self.topics.device_up(self.device_id)
-        waiter = _Waiter(answers, ref)
+        waiter = Waiter(answers, ref)
         self._waiters.setdefault(session_id, []).append(waiter)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -24,15 +23,16 @@ log = logging.getLogger(__name__)
 
 class SuggestionInbox:
     """Answers the suggestions offered to `device` while entered (`async with SuggestionInbox(...)`);
-    `busy` says whether a session is running on it. A device with an edge policy takes suggestions only
-    when the policy allows them (`suggestions = true`). `answered` keeps each offer with its answer."""
+    it asks the device whether a session is running on it (`DeviceClient.session_running`: an offer
+    presented awaiting its answer, or a request in flight), and then declines as `busy`. A device with
+    an edge policy takes suggestions only when the policy allows them (`suggestions = true`).
+    `answered` keeps each offer with its answer."""
 
-    def __init__(self, device: DeviceClient, gate: SuggestionGate, busy: Callable[[], bool] = lambda: False) -> None:
+    def __init__(self, device: DeviceClient, gate: SuggestionGate) -> None:
         self.device = device
         if gate.edge is None and device.edge is not None:
             gate.edge = device.edge.policy  # its owner's `suggestions` switch holds over the user's opt-in
         self.gate = gate
-        self.busy = busy
         self.answered: list[tuple[SuggestionOffer, SuggestionResult]] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -55,7 +55,7 @@ class SuggestionInbox:
             try:
                 strict_json.check(message.payload)
                 offer = SuggestionOffer.model_validate_json(message.payload)
-                result = self.gate.answer(offer, self.device.device_id, busy=self.busy())
+                result = self.gate.answer(offer, self.device.device_id, busy=self.device.session_running)
                 await self.device.bus.publish(topic, result.encode())
             except (ValidationError, DeviceSdkError) as exc:  # a bad offer or settings file: nothing said
                 log.warning("suggestion on %s not answered: %s", message.topic, exc)
