@@ -27,6 +27,7 @@ from device_sdk.platform.gateway.suggestion_offers import offer_suggestion
 from device_sdk.protocol.errors import ConfigError, ErrorCode
 from device_sdk.protocol.fields import Decision
 from device_sdk.protocol.suggestions import DeclineReason, SuggestionOffer, SuggestionResult
+from device_sdk.voice.reply_judge import Opinion, ReplyJudge, Verdict, decide, opinion
 from simulators.scenario import ShopBackend
 from simulators.suggest_demo import run_suggestion
 
@@ -233,3 +234,23 @@ def test_bad_input_to_the_demo_is_refused_with_nothing_spoken_or_stored(
     out = json.loads(done.stdout)
     assert out["error"]["code"] == code.value and out["outcome"] is None and "presented" not in out
     assert not (tmp_path / "demo").exists()  # no store was opened
+
+
+SPOKEN_STOPS = [("zh-CN", "别再推荐了。"), ("zh-CN", "不要再推荐了！"), ("en-US", "stop suggestions")]
+
+
+@pytest.mark.parametrize(("locale", "written"), SPOKEN_STOPS)
+async def test_a_spoken_stop_phrase_is_judged_a_stop_never_a_confirmation(locale: str, written: str) -> None:
+    """The reply judge on what the first hearing wrote (Whisper's text in zh-CN, where it is the only
+    hearing): a decline that stops suggestions; "confirm" and a contradicting Whisper are no stop."""
+
+    async def first() -> str:
+        return written
+
+    judgement = await ReplyJudge(locale=locale).judge(b"\x00\x00" * 1600, first())
+    assert (judgement.decision, judgement.stop) == (Decision.DECLINE, True)
+    assert decide(written, Opinion.ACCEPT, None, locale)[0] is None  # the hearings contradict: ask again
+    confirm = "确认" if locale == "zh-CN" else "yes confirm"
+    assert decide(confirm, None, None, locale) == (Decision.CONFIRM, "an accept")  # no stop
+    if locale == "en-US":  # Whisper writing the stop phrase over a heard accept vetoes it
+        assert decide("yes confirm", opinion("Stop suggestions.", "yes confirm"), Verdict.ACCEPT)[0] is None

@@ -21,6 +21,7 @@ from device_sdk.bus.embedded import EmbeddedBroker
 from device_sdk.bus.mqtt import MqttBus
 from device_sdk.consent.mandate import unverified_claims
 from device_sdk.device.client import DeviceClient
+from device_sdk.device.suggestions import SuggestionGate, SuggestionSettings
 from device_sdk.platform.checkout.audit import trail
 from device_sdk.protocol.errors import ConfigError, ErrorCode, VoiceError
 from device_sdk.protocol.fields import Decision, DeviceKind, Modality
@@ -31,7 +32,7 @@ from device_sdk.voice.engines import Hearing
 from device_sdk.voice.grammar import UNKNOWN, Vocabulary, reply_grammar
 from device_sdk.voice.lexicon import ipa_to_arpabet, pronunciations
 from device_sdk.voice.listener import Listener, WakeWord
-from device_sdk.voice.replies import interpret_reply
+from device_sdk.voice.replies import STOP_PHRASES, interpret_reply
 from device_sdk.voice.reply_audio import reply_text
 from device_sdk.voice.sources import RATE, MicrophoneSource, list_microphones
 from device_sdk.voice.sphinx import SphinxEngine
@@ -620,6 +621,47 @@ async def test_the_virtual_microphone_hears_speech_played_into_the_null_sink(
     assert player is not None and await player.wait() == 0
     assert utterance is not None and utterance.seconds > 0.8
     assert interpret_reply(heard_reply(sphinx, utterance.pcm)) is Decision.CONFIRM
+
+
+async def _through_the_mic(null_sink: str, wav: Path, text: str) -> bytes:
+    """`text` said by espeak-ng, played into the null sink and taken off the virtual microphone."""
+    with wave.open(str(wav), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(RATE)
+        out.writeframes(speech(text))
+    endpointer, player = Endpointer(EndpointConfig(end_s=0.5)), None
+    async with asyncio.timeout(20):
+        async for block in MicrophoneSource("pulse", block_ms=100):
+            if player is None:
+                player = await asyncio.create_subprocess_exec("paplay", f"--device={null_sink}", str(wav))
+            done = endpointer.feed(block)
+            if done:
+                assert await player.wait() == 0
+                return done[0].pcm
+    raise AssertionError("the microphone ended")
+
+
+async def test_stop_suggestions_said_into_the_microphone_turns_them_off_and_never_confirms(
+    null_sink: str, tmp_path: Path, sphinx: SphinxEngine
+) -> None:
+    """The answer to a suggestion, heard on the reply grammar with the stop phrases and judged as
+    the assistant judges replies: a decline that turns suggestions off on the device."""
+    gate = SuggestionGate(tmp_path / "speaker.suggestions.json")
+    gate.save(SuggestionSettings(opted_in=True))
+    grammar = reply_grammar(stop=STOP_PHRASES)
+    pcm = await _through_the_mic(null_sink, tmp_path / "stop.wav", "stop suggestions")
+    first = reply_text(transcribe(sphinx, pcm, grammar), pcm)
+
+    async def heard() -> str:
+        return first
+
+    judgement = await Hearing.of(sphinx).judge.judge(pcm, heard())
+    assert first == "stop suggestions" and judgement.stop and judgement.decision is Decision.DECLINE
+    assert interpret_reply(reply_text(transcribe(sphinx, pcm, reply_grammar()), pcm)) is not Decision.CONFIRM
+    assert gate.stop_asked(judgement.first, "en-US") is True and gate.settings.opted_in is False
+    yes = trim_silence(speech("yes please buy it"))  # the stop phrases take nothing from an accept
+    assert interpret_reply(reply_text(transcribe(sphinx, yes, grammar), yes)) is Decision.CONFIRM
 
 
 def test_a_microphone_that_does_not_exist_is_a_clear_error() -> None:

@@ -201,17 +201,23 @@ class Vocabulary:
 def reply_grammar(
     accept: Iterable[str] = ACCEPT_PHRASES,
     decline: Iterable[str] = DECLINE_PHRASES,
+    stop: Iterable[str] = (),
 ) -> Grammar:
-    """Accept and decline phrases, and the garbage loop for anything else."""
+    """Accept and decline phrases, and the garbage loop for anything else; for the answer to a
+    suggestion, also the phrases that turn suggestions off (`stop=STOP_PHRASES`), so "stop
+    suggestions" is heard whole rather than as "stop" and garbage."""
+    stop = list(stop)
+    choices = "<accept> | <decline>" + (" | <stop>" if stop else "")
     rules = [
-        "public <reply> = [<other>] (<accept> | <decline>) [<other>] | <other>;",
+        f"public <reply> = [<other>] ({choices}) [<other>] | <other>;",
         f"<accept> = {_alternatives(accept)};",
         f"<decline> = {_alternatives(decline)};",
+        *([f"<stop> = {_alternatives(stop)};"] if stop else []),
     ]
     return build_grammar(
         "reply",
         rules,
-        [*accept, *decline],
+        [*accept, *decline, *stop],
         garbage=True,
         word_penalty=REPLY_WORD_PENALTY,
         silence_prob=REPLY_SILENCE_PROB,

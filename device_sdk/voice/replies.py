@@ -17,6 +17,9 @@ ACCEPT_PHRASES = _EN.replies.accept
 DECLINE_PHRASES = _EN.replies.decline
 REPROMPT = _EN.readback.reprompt
 """How every read-back and re-prompt ends: the question the user answers."""
+STOP_PHRASES = _EN.suggestion.stop
+"""The replies to a suggestion that turn suggestions off on the device ("stop suggestions"): never a
+confirmation; the reply grammar for a suggestion's answer carries them (`grammar.reply_grammar(stop=)`)."""
 
 
 def normalise(text: str) -> str:
@@ -33,6 +36,13 @@ def interpret_reply(text: str, locale: str = DEFAULT_LOCALE) -> Decision | None:
     if phrase in data.replies.decline:
         return Decision.DECLINE
     return None
+
+
+def asks_to_stop(text: str, locale: str = DEFAULT_LOCALE) -> bool:
+    """Whether `text` is exactly one of `locale`'s phrases that turn suggestions off ("stop
+    suggestions", "别再推荐了"), after case and punctuation are folded."""
+    data = locale_for(locale)
+    return data.normalise_reply(text) in {data.normalise_reply(phrase) for phrase in data.suggestion.stop}
 
 
 @dataclass

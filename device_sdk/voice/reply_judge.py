@@ -32,11 +32,15 @@ The decision table (`decide`):
 | neither | decline | - | decline |
 | neither | accept (not "yes") | accept | accept |
 | neither | anything else | - | ask again |
+| a stop phrase | not accept | - | decline, and suggestions stop (`Judgement.stop`) |
+| a stop phrase | accept | - | ask again |
 
 With no second hearing (`--engine sphinx`) an accept of the first needs the guard; with no guard
 either (vosk or Whisper alone, and Whisper in a locale pocketsphinx has no model of: zh-CN) the
 first hearing decides, by the locale's exact phrases: "不确认", "确认一下价格" and "确定吗" are none
-of them. Measured on espeak-ng (five voices and
+of them. A stop phrase ("stop suggestions", "别再推荐了": the answer to a suggestion, heard on
+`reply_grammar(stop=STOP_PHRASES)` or written by Whisper) is a decline that also turns suggestions off
+on the device; it never confirms. Measured on espeak-ng (five voices and
 speeds) and a natural voice (Piper): docs/voice.md.
 """
 
@@ -58,7 +62,7 @@ from device_sdk.protocol.fields import Decision
 from .asr import AsrEngine, transcribe
 from .grammar import Grammar, build_grammar, words_of
 from .lexicon import english_words
-from .replies import ACCEPT_PHRASES, DECLINE_PHRASES, interpret_reply, normalise
+from .replies import ACCEPT_PHRASES, DECLINE_PHRASES, asks_to_stop, interpret_reply, normalise
 from .sources import RATE
 from .whisper import REPLY_TOKENS, REPLY_WINDOW_S, WhisperEngine
 
@@ -200,6 +204,15 @@ class Judgement:
     audio_seconds: float = 0.0
     """Seconds of audio they were given."""
 
+    @property
+    def stop(self) -> bool:
+        """The user asked to stop suggestions (a decline that turns them off on the device)."""
+        return self.decision is Decision.DECLINE and self.row == STOPPED
+
+
+STOPPED = "stop suggestions"
+"""The row of the decision table for a stop phrase."""
+
 
 def decide(
     first: str, second: Opinion | None, guard: Verdict | None, locale: str = DEFAULT_LOCALE
@@ -207,6 +220,10 @@ def decide(
     """The decision table of this module: `first` is the first hearing as it counts (`reply_text`),
     `second` Whisper's opinion (None: not asked), `guard` the forced choice (None: no guard);
     `locale` the reply's language (the second hearing and the guard are English only)."""
+    if asks_to_stop(first, locale):
+        if second is Opinion.ACCEPT:
+            return None, "the hearings contradict each other"
+        return Decision.DECLINE, STOPPED
     heard = interpret_reply(first, locale)
     phrase = locale_for(locale).normalise_reply(first)
     agrees = second in (Opinion.ACCEPT, Opinion.SUPPORTS)
