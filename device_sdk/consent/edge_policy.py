@@ -21,13 +21,25 @@ from pathlib import Path
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from device_sdk.protocol.errors import ConfigError
 from device_sdk.protocol.messages import CheckoutProposal
 
 Currency = Annotated[str, Field(pattern=r"^[A-Z]{3}$")]
 SPEND_FILE = "edge-spend.json"
+
+
+def _time_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r}") from None
+    return value
+
+
+TimeZoneName = Annotated[str, AfterValidator(_time_zone)]
+"""An IANA time zone name that this machine knows (`Asia/Shanghai`)."""
 
 
 class EdgeRule(StrEnum):
@@ -72,17 +84,8 @@ class EdgePolicy(BaseModel):
     categories: frozenset[str] | None = None
     skus: frozenset[str] | None = None
     quiet_hours: QuietHours | None = None
-    time_zone: str = Field(default="UTC", description="The device's own time zone (IANA name), for days and hours.")
+    time_zone: TimeZoneName = Field(default="UTC", description="The device's own time zone, for days and hours.")
     suggestions: bool = Field(default=False, description="Whether the device takes agent-initiated suggestions.")
-
-    @field_validator("time_zone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}") from None
-        return value
 
     @classmethod
     def load(cls, path: str | Path) -> EdgePolicy:

@@ -17,11 +17,11 @@ from datetime import datetime
 from datetime import time as clock_time
 from pathlib import Path
 from typing import Annotated
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from device_sdk.consent.edge_policy import EdgePolicy, QuietHours
+from device_sdk.consent.edge_policy import EdgePolicy, QuietHours, TimeZoneName
 from device_sdk.locale import locale_for
 from device_sdk.protocol.errors import ConfigError
 from device_sdk.protocol.suggestions import DeclineReason, SuggestionOffer, SuggestionResult
@@ -60,17 +60,8 @@ class SuggestionSettings(BaseModel):
 
     opted_in: bool = False
     quiet_hours: QuietHours = DEFAULT_QUIET
-    time_zone: str = "UTC"
+    time_zone: TimeZoneName = "UTC"
     daily_cap: Annotated[int, Field(ge=0, le=50)] = DEFAULT_CAP
-
-    @field_validator("time_zone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}") from None
-        return value
 
 
 class SuggestionGate:
