@@ -78,15 +78,7 @@ def broker_url(text: str | None, password_file: Path | None = None) -> BrokerUrl
 
 def read_password(path: Path) -> str:
     """The password in `path`: its first line, or the `password` of a credentials file (JSON)."""
-    try:
-        text = path.expanduser().read_text(encoding="utf-8")
-        mode = path.expanduser().stat().st_mode
-    except OSError as exc:
-        raise ConfigError(f"cannot read the broker password file {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"the broker password file {path} is not UTF-8 text") from None
-    if mode & 0o077:
-        log.warning("the broker password file %s can be read by other users: chmod 600 it", path)
+    text = read_secret_file(path, "broker password")
     if text.lstrip().startswith("{"):
         try:
             data = json.loads(text)
@@ -96,7 +88,26 @@ def read_password(path: Path) -> str:
         if not isinstance(password, str) or not password:
             raise ConfigError(f"{path} is JSON but no credentials file: it has no password")
         return password
-    password = text.split("\n", 1)[0].removesuffix("\r")
-    if not password:
-        raise ConfigError(f"the broker password file {path} is empty: the password is its first line")
-    return password
+    return first_line(text, path, "broker password")
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    """The text of the secret file `path` (a `what` file), warning when other users may read it."""
+    try:
+        text = path.expanduser().read_text(encoding="utf-8")
+        mode = path.expanduser().stat().st_mode
+    except OSError as exc:
+        raise ConfigError(f"cannot read the {what} file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"the {what} file {path} is not UTF-8 text") from None
+    if mode & 0o077:
+        log.warning("the %s file %s can be read by other users: chmod 600 it", what, path)
+    return text
+
+
+def first_line(text: str, path: Path, what: str) -> str:
+    """The secret on the first line of a `what` file's `text`, refused when empty."""
+    secret = text.split("\n", 1)[0].removesuffix("\r")
+    if not secret:
+        raise ConfigError(f"the {what} file {path} is empty: the {what.split()[-1]} is its first line")
+    return secret

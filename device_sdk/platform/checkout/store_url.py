@@ -9,13 +9,13 @@ from `$DEVICE_SDK_DATABASE_PASSWORD` (libpq's own `~/.pgpass` and `$PGPASSWORD` 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from device_sdk.bus.password import first_line, read_secret_file
 from device_sdk.protocol.errors import ConfigError
 from device_sdk.state import state_dir
 
@@ -27,7 +27,6 @@ INLINE_REFUSED = (
     f"(postgresql://USER@HOST:PORT/DBNAME) and the password in a file ({PASSWORD_FILE_OPTION} FILE) or in "
     f"${PASSWORD_ENV}"
 )
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,16 +96,4 @@ def store_argument(text: str) -> str:
 
 def read_password(path: Path) -> str:
     """The password in `path`: its first line."""
-    try:
-        text = path.expanduser().read_text(encoding="utf-8")
-        mode = path.expanduser().stat().st_mode
-    except OSError as exc:
-        raise ConfigError(f"cannot read the database password file {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"the database password file {path} is not UTF-8 text") from None
-    if mode & 0o077:
-        log.warning("the database password file %s can be read by other users: chmod 600 it", path)
-    password = text.split("\n", 1)[0].removesuffix("\r")
-    if not password:
-        raise ConfigError(f"the database password file {path} is empty: the password is its first line")
-    return password
+    return first_line(read_secret_file(path, "database password"), path, "database password")
