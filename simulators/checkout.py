@@ -15,7 +15,7 @@ import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from device_sdk.platform.checkout.backend import Completion
+from device_sdk.platform.checkout.backend import Completion, as_issued
 from device_sdk.platform.checkout.verifier import ConsentVerifier
 from device_sdk.protocol.errors import CheckoutError, ErrorCode
 from device_sdk.protocol.fields import Outcome
@@ -25,7 +25,6 @@ from device_sdk.protocol.messages import (
     IssuedProposal,
     OrderResult,
     OrderStatusResult,
-    decode,
 )
 
 from .catalog import Catalog
@@ -54,12 +53,7 @@ class CheckoutStandIn:
             self.merchant = MerchantStandIn(path)
 
     async def open(self, issued: IssuedProposal) -> ConsentTerms:
-        try:
-            proposal = decode(issued.raw)  # the bytes as issued, not the parsed copy
-        except ValueError as exc:
-            raise CheckoutError(f"malformed proposal: {exc}", ErrorCode.BAD_PROPOSAL) from None
-        if not isinstance(proposal, CheckoutProposal) or proposal != issued.proposal:
-            raise CheckoutError("the proposal does not match its bytes", ErrorCode.BAD_PROPOSAL)
+        proposal = as_issued(issued)
         if self.catalog is not None:
             _check_against(self.catalog, proposal)
         return await asyncio.to_thread(self.verifier.open, issued)

@@ -11,13 +11,16 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from device_sdk.protocol.errors import CheckoutError, ErrorCode
 from device_sdk.protocol.fields import Outcome
 from device_sdk.protocol.messages import (
+    CheckoutProposal,
     ConfirmationResult,
     ConsentTerms,
     IssuedProposal,
     OrderResult,
     OrderStatusResult,
+    decode,
 )
 
 
@@ -42,6 +45,18 @@ class Completion:
 def new_idempotency_key() -> str:
     """128 random bits."""
     return f"idem_{secrets.token_hex(16)}"
+
+
+def as_issued(issued: IssuedProposal) -> CheckoutProposal:
+    """The proposal read again from its bytes as issued (not the parsed copy beside them), or
+    `CheckoutError` (`bad_proposal`) when they are malformed or disagree with that copy."""
+    try:
+        proposal = decode(issued.raw)
+    except ValueError as exc:
+        raise CheckoutError(f"malformed proposal: {exc}", ErrorCode.BAD_PROPOSAL) from None
+    if not isinstance(proposal, CheckoutProposal) or proposal != issued.proposal:
+        raise CheckoutError("the proposal does not match its bytes", ErrorCode.BAD_PROPOSAL)
+    return proposal
 
 
 class CheckoutBackend(Protocol):

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from device_sdk.platform.checkout.backend import Completion
+from device_sdk.platform.checkout.backend import Completion, as_issued
 from device_sdk.platform.checkout.outcomes import PlaceOrder
 from device_sdk.platform.checkout.verifier import ConsentVerifier
 from device_sdk.protocol.errors import CheckoutError, ConsentError, ErrorCode
@@ -30,7 +30,6 @@ from device_sdk.protocol.messages import (
     IssuedProposal,
     OrderResult,
     OrderStatusResult,
-    decode,
 )
 
 from .checks import check_matches, check_state, check_unchanged
@@ -70,12 +69,7 @@ class UcpCheckout:
         return len(self.orders)
 
     async def open(self, issued: IssuedProposal) -> ConsentTerms:
-        try:
-            proposal = decode(issued.raw)  # the bytes as issued, not the parsed copy
-        except ValueError as exc:
-            raise CheckoutError(f"malformed proposal: {exc}", ErrorCode.BAD_PROPOSAL) from None
-        if not isinstance(proposal, CheckoutProposal) or proposal != issued.proposal:
-            raise CheckoutError("the proposal does not match its bytes", ErrorCode.BAD_PROPOSAL)
+        proposal = as_issued(issued)
         try:
             try:
                 checkout = await self._open_at_merchant(proposal)
