@@ -61,6 +61,8 @@ def write_run(out: Path, profile: dict[str, Any], checkout: UcpCheckout) -> list
     files: dict[str, Any] = {"ucp-profile.json": profile, "platform-jwks.json": checkout.issuer.jwks()}
     for n, state in enumerate(checkout.states, 1):
         files[f"checkout-{n:02d}-{state.get('status', 'unknown')}.json"] = state
+    for n, state in enumerate(checkout.escalations, 1):  # our policy's step-up, as UCP says it
+        files[f"escalation-{n:02d}-requires_escalation.json"] = state
     for n, order in enumerate(checkout.ucp_orders, 1):
         files["order.json" if n == 1 else f"order-{n:02d}.json"] = order
     if checkout.mandates:

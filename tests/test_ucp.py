@@ -36,8 +36,8 @@ from device_sdk.platform.ucp.client import UcpClient
 from device_sdk.platform.ucp.mandates import MandateIssuer
 from device_sdk.platform.ucp.money import exponent, format_minor
 from device_sdk.platform.ucp.signing import checkout_sha256, public_jwk, sign_detached, verify_detached
-from device_sdk.protocol.errors import CheckoutError, ErrorCode, KeyStoreError
-from device_sdk.protocol.fields import new_id
+from device_sdk.protocol.errors import CheckoutError, ConsentError, ErrorCode, KeyStoreError
+from device_sdk.protocol.fields import Modality, new_id
 from simulators.catalog import demo_catalog
 from simulators.scenario import DemoResult, run_demo
 from simulators.ucp_merchant import UcpMerchant
@@ -364,3 +364,40 @@ async def test_a_restarted_gateway_settles_a_lost_answer_from_the_store(tmp_path
     assert status.state == "ended" and status.result is not None
     assert status.result.order_id == merchant.charges[0] and len(merchant.charges) == 1
     assert [order["id"] for order in restarted.ucp_orders] == merchant.charges
+
+
+async def test_a_step_up_from_our_policy_is_requires_escalation_until_the_pin(tmp_path: Path) -> None:
+    issuer = MandateIssuer()
+    async with UcpMerchant(demo_catalog(), platform_jwks=issuer.jwks()) as merchant:
+        with contextlib.contextmanager(open_shop)(tmp_path / "shop.db") as shop:
+            shop.verifier.step_up.set_pin("speaker-1", "90817263")
+            checkout = UcpCheckout(shop.verifier, UcpClient(merchant.url), issuer)
+            issued = make_proposal("speaker-1", (("yoga-mat", 2), ("shoes-running-42", 1)))  # over the voice cap
+            terms = await checkout.open(issued)
+            offer = confirmation_request(issued.proposal, issued.checkout_hash, new_id("req"), terms, time.time() + 60)
+            # before the PIN: requires_escalation with where to continue, no mandate, nothing charged
+            view = checkout.presented[offer.checkout_id]
+            validate_checkout(view)
+            assert view["status"] == "requires_escalation" and view["continue_url"]
+            assert ap2.Checkout.model_validate(view).continue_url is not None
+            assert checkout.escalations == [view] and any(m.get("code") == "step_up_required" for m in view["messages"])
+            with pytest.raises(ConsentError) as caught:  # voice alone is refused over the cap
+                await checkout.complete(shop.confirm(offer))
+            assert caught.value.code == ErrorCode.STEP_UP_REQUIRED
+            assert not checkout.mandates and not merchant.charges
+            assert checkout.presented[offer.checkout_id]["status"] == "requires_escalation"
+            # after the PIN's proof: ready_for_complete, then one order whose mandates carry the step-up
+            proof, _ = await checkout.step_up("speaker-1", offer.checkout_id, offer.checkout_hash, "90817263")
+            assert checkout.presented[offer.checkout_id]["status"] == "ready_for_complete"
+            result = await checkout.complete(shop.confirm(offer, modality=Modality.VOICE_PIN, step_up=proof))
+    assert result.outcome.value == "ordered" and merchant.charges == [result.order_id]
+    done = checkout.presented[offer.checkout_id]
+    validate_checkout(done)
+    assert done["status"] == "completed" and done["order"]["id"] == result.order_id
+    (mandates,) = checkout.mandates.values()
+    for token in mandates.values():
+        assert _issuer_payload(token)["step_up"] == {
+            "method": "pin",
+            "modality": "voice_pin",
+            "verified_by": "platform",
+        }

@@ -34,6 +34,7 @@ from device_sdk.protocol.messages import (
 
 from .checks import check_matches, check_state, check_unchanged
 from .client import UcpClient
+from .escalation import STEP_UP_URL, escalated
 from .mandates import MandateIssuer
 from .signing import checkout_sha256, verify_detached
 from .store import SCHEMA, Opened, answered, load, remember
@@ -49,7 +50,10 @@ class UcpCheckout:
 
     `states` keeps the checkout states as the merchant returned them, `mandates` the mandates issued
     (checkout id -> {"checkout_mandate", "payment_mandate"}), `ucp_orders` the merchant's orders: the
-    newest `KEPT` of each. An open checkout is forgotten once ordered or cancelled."""
+    newest `KEPT` of each. An open checkout is forgotten once ordered or cancelled.
+    `presented` is each checkout as the platform presents it (our checkout id -> UCP checkout): the
+    merchant's state, or `requires_escalation` with a `continue_url` (`step_up_url`) while our
+    policy's step-up is pending (`escalation.py`); `escalations` keeps those states."""
 
     verifier: ConsentVerifier
     client: UcpClient
@@ -58,6 +62,9 @@ class UcpCheckout:
     states: list[dict[str, Any]] = field(default_factory=list)
     mandates: dict[str, dict[str, str]] = field(default_factory=dict)
     ucp_orders: list[dict[str, Any]] = field(default_factory=list)
+    step_up_url: str = STEP_UP_URL
+    presented: dict[str, dict[str, Any]] = field(default_factory=dict)
+    escalations: list[dict[str, Any]] = field(default_factory=list)
     _opened: dict[str, Opened] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -82,6 +89,11 @@ class UcpCheckout:
         opened = Opened(proposal, checkout, issued.checkout_hash)
         await self.verifier.db.run(lambda conn: remember(conn, opened))
         self._opened[proposal.checkout_id] = opened
+        view = checkout
+        if not self.verifier.policy.for_device(proposal.device_id).voice_allowed(proposal):
+            view = escalated(checkout, self.step_up_url.format(checkout_id=proposal.checkout_id))
+            self.escalations.append(view)
+        self.presented[proposal.checkout_id] = view
         return terms
 
     async def _open_at_merchant(self, proposal: CheckoutProposal) -> dict[str, Any]:
@@ -135,9 +147,10 @@ class UcpCheckout:
 
     def _forget(self, checkout_id: str) -> None:
         self._opened.pop(checkout_id, None)
-        del self.states[:-KEPT], self.ucp_orders[:-KEPT]
-        while len(self.mandates) > KEPT:
-            del self.mandates[next(iter(self.mandates))]
+        del self.states[:-KEPT], self.ucp_orders[:-KEPT], self.escalations[:-KEPT]
+        for kept in (self.mandates, self.presented):
+            while len(kept) > KEPT:
+                del kept[next(iter(kept))]
 
     def _placing(self, loop: asyncio.AbstractEventLoop) -> PlaceOrder:
         """The verifier's `PlaceOrder` (called on its thread): `_place` on `loop`; a refusal keeps its code."""
@@ -173,6 +186,7 @@ class UcpCheckout:
         if order.get("checkout_id") != ucp_id or order.get("totals") != opened.checkout["totals"]:
             raise CheckoutError("the merchant's order is not the checkout confirmed", ErrorCode.TOTALS_MISMATCH)
         self.ucp_orders.append(order)
+        self.presented[proposal.checkout_id] = done
         return str(order_ref["id"])
 
     def _load(self, proposal: CheckoutProposal) -> Opened | None:
@@ -203,6 +217,8 @@ class UcpCheckout:
         if opened.display_digest is not None and opened.modality is not None:
             ours |= {"display_digest": opened.display_digest, "confirmation_modality": opened.modality}
         bound = {"checkout_id": checkout["id"], "checkout_sha256": checkout_sha256(checkout)}
+        if opened.modality == "voice_pin":  # the verifier accepted it with the PIN's proof only
+            bound |= {"step_up": {"method": "pin", "modality": "voice_pin", "verified_by": "platform"}}
         assert self.client.profile is not None
         audience = self.client.profile.endpoint  # the merchant's UCP endpoint, as its profile names it
         total = next(entry["amount"] for entry in checkout["totals"] if entry["type"] == "total")
@@ -241,6 +257,9 @@ class UcpCheckout:
 
     async def step_up(self, device_id: str, checkout_id: str, checkout_hash: str, pin: str) -> tuple[str, float]:
         grant = await asyncio.to_thread(self.verifier.step_up.prove, device_id, checkout_id, checkout_hash, pin)
+        view, opened = self.presented.get(checkout_id), self._opened.get(checkout_id)
+        if view is not None and view.get("status") == "requires_escalation" and opened is not None:
+            self.presented[checkout_id] = opened.checkout  # the step-up is verified: ready_for_complete
         return grant.proof, grant.expires_at
 
 
