@@ -20,7 +20,6 @@ from device_sdk.protocol.suggestions import SuggestionOffer
 from device_sdk.voice.assistant import Voice, VoiceAssistant, VoiceRun
 from device_sdk.voice.engines import Hearing
 from device_sdk.voice.sphinx import SphinxEngine
-from device_sdk.voice.suggestion_session import speak_suggestion
 from device_sdk.voice.tts import synthesize, trim_silence
 from simulators.catalog import demo_catalog
 from simulators.command_parser import CommandParser
@@ -59,7 +58,7 @@ async def suggest(
         async with VoiceAssistant.with_hearing(device, Hearing.of(sphinx), vocabulary, room, voice=voice) as assistant:
             try:
                 run, stopped = await asyncio.wait_for(
-                    speak_suggestion(assistant, gate, offer, f"buy a {named.unit} of {item}", named.unit), 60
+                    assistant.suggest(gate, offer, f"buy a {named.unit} of {item}", named.unit), 60
                 )
             finally:
                 room.close()

@@ -28,10 +28,12 @@ from typing import Protocol
 from device_sdk.device.client import DeviceClient
 from device_sdk.device.edge_policy import EdgePolicyRefused
 from device_sdk.device.offer import Offer
+from device_sdk.device.suggestions import SuggestionGate
 from device_sdk.locale import DEFAULT_LOCALE, locale_for
 from device_sdk.protocol.errors import OUTCOME_OF, ErrorCode, RemoteError, RequestTimeout, VoiceError
 from device_sdk.protocol.fields import Decision, Modality, Outcome, new_id, now
 from device_sdk.protocol.messages import MAX_WAKE_WINDOW, OrderResult
+from device_sdk.protocol.suggestions import SuggestionOffer
 
 from .asr import AsrEngine, Recognition
 from .endpointing import EndpointConfig, Utterance
@@ -333,6 +335,12 @@ class VoiceAssistant:
         if run.result.outcome is not Outcome.ORDERED and run.decision is Decision.CONFIRM:
             await self.voice.say(self._refusal_text(run.result))
         return run
+
+    async def suggest(self, gate: SuggestionGate, offer: SuggestionOffer, ask: str, unit: str) -> tuple[VoiceRun, bool]:
+        """Say a suggestion the device took and take its answer (`suggestion_session.py`)."""
+        from .suggestion_session import speak_suggestion
+
+        return await speak_suggestion(self, gate, offer, ask, unit)
 
     async def _hear_command(self, run: VoiceRun) -> str | None:
         for attempt in range(self.config.command_attempts):
