@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import wave
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,12 +20,14 @@ from device_sdk.protocol.fields import new_id
 from device_sdk.protocol.suggestions import SuggestionOffer
 from device_sdk.voice.assistant import Voice, VoiceAssistant, VoiceRun
 from device_sdk.voice.engines import Hearing
+from device_sdk.voice.sources import RATE, MicrophoneSource, Pcm
 from device_sdk.voice.sphinx import SphinxEngine
 from device_sdk.voice.tts import synthesize, trim_silence
 from simulators.catalog import demo_catalog
 from simulators.command_parser import CommandParser
 from simulators.scenario import ShopBackend
 from simulators.voice_user import RoomSource, VoiceUser, questions
+from tests.test_voice import null_sink  # noqa: F401  (the virtual microphone)
 
 SKU = "bat-aa-4"
 
@@ -90,3 +93,55 @@ async def test_yes_said_to_a_suggestion_orders_with_initiated_by_agent_audited(
     verified = [r for r in trail(backend.db.path, run.session_id) if r["kind"] == "verification"]
     assert [r.get("initiated_by") for r in verified if r.get("accepted")] == ["agent"]
     assert gate.settings.opted_in is True
+
+
+@pytest.mark.usefixtures("null_sink")
+async def test_stop_suggestions_said_into_the_virtual_microphone_is_heard_by_the_assistant(
+    backend: ShopBackend, sphinx: SphinxEngine, tmp_path: Path
+) -> None:
+    """The same session on a live source: the reply is played into the null sink and taken off its
+    monitor (the virtual microphone) when the read-back ends."""
+    gate = SuggestionGate(tmp_path / "speaker.suggestions.json")
+    gate.save(SuggestionSettings(opted_in=True))
+    wav = tmp_path / "stop.wav"
+    with wave.open(str(wav), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(RATE)
+        out.writeframes(synthesize("stop suggestions", speed=150))
+    said: list[str] = []
+    opened = asyncio.Event()
+    plays: list[asyncio.Task[int]] = []
+
+    async def microphone() -> AsyncIterator[Pcm]:
+        async for block in MicrophoneSource("pulse", block_ms=100):
+            opened.set()  # the assistant listens: the user answers now
+            yield block
+
+    async def play() -> int:
+        await opened.wait()
+        player = await asyncio.create_subprocess_exec("paplay", "--device=mic_feed", str(wav))
+        return await player.wait()
+
+    async def output(text: str, pcm: bytes | None) -> None:
+        said.append(text)
+        if text.endswith(questions("en-US")) and not plays:
+            plays.append(asyncio.create_task(play()))
+
+    key = await asyncio.to_thread(backend.provision, "speaker-mic")
+    named = demo_catalog().product(SKU).named("en-US")  # type: ignore[union-attr]
+    item = named.aliases[0] if named.aliases else named.name
+    offer = SuggestionOffer(suggestion_id=new_id("sug"), sku=SKU, name=named.name)
+    async with DeviceClient(backend.url, "speaker-mic", topics=backend.topics, key=key) as device:
+        vocabulary = CommandParser(backend.catalog).vocabulary()
+        voice = Voice(output=output, synthesize=False)
+        async with VoiceAssistant.with_hearing(
+            device, Hearing.of(sphinx), vocabulary, microphone(), voice=voice
+        ) as assistant:
+            run, stopped = await asyncio.wait_for(
+                assistant.suggest(gate, offer, f"buy a {named.unit} of {item}", named.unit), 30
+            )
+    assert plays and await plays[0] == 0
+    assert stopped and run.answers == ["stop suggestions"] and run.outcome == "declined"
+    assert said[-1] == "OK, no more suggestions on this device."
+    assert gate.settings.opted_in is False and backend.checkout.orders == []
