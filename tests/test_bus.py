@@ -140,3 +140,37 @@ async def test_agent_workers_split_requests_through_a_shared_subscription(mosqui
     assert worker_a.handled + worker_b.handled == 40  # each request answered once
     assert worker_a.handled > 0 and worker_b.handled > 0  # and the load was split
     assert agent.late_replies == 0
+
+
+async def test_devices_connect_and_subscribe_while_others_do_on_the_embedded_broker(
+    embedded: EmbeddedRestartable,
+) -> None:
+    """amqtt walks its subscription table across awaits while a client connects (retained replay);
+    another client subscribing meanwhile broke that walk, and the newcomer's session never
+    acknowledged its subscription (seen in CI: two speakers of one kitchen starting together)."""
+    async with MqttBus(embedded.url, "seed") as seed, MqttBus(embedded.url, "churn") as churn:
+        for n in range(40):  # retained messages under the table's filters: each one is an await in the walk
+            await seed.publish(f"shop/v1/device/seed-{n}/status", b"{}", retain=True)
+            await seed.subscribe(f"shop/v1/device/seed-{n}/status")
+        stop = asyncio.Event()
+
+        async def subscribe_meanwhile() -> int:
+            count = 0
+            while not stop.is_set():
+                sub = await churn.subscribe(f"shop/v1/device/churn-{count}/down")
+                await churn.unsubscribe(sub)
+                count += 1
+            return count
+
+        churning = asyncio.create_task(subscribe_meanwhile())
+        acknowledged = 0
+        try:
+            for n in range(10):
+                async with MqttBus(embedded.url, f"speaker-{n}") as bus:
+                    sub = await bus.subscribe(f"shop/v1/device/speaker-{n}/down")
+                    await seed.publish(f"shop/v1/device/speaker-{n}/down", b"hello")
+                    acknowledged += (await sub.get(5)).payload == b"hello"
+        finally:
+            stop.set()
+        assert await asyncio.wait_for(churning, 15) > 10  # the table did change while the devices came in
+    assert acknowledged == 10

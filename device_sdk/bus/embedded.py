@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from amqtt.broker import Broker
@@ -15,6 +16,22 @@ from .url import BrokerUrl
 # amqtt logs every connection and packet at INFO; the SDK's own logs are enough.
 for _name in ("amqtt", "transitions"):
     logging.getLogger(_name).setLevel(logging.WARNING)
+
+
+class _Subscriptions(dict[str, list[Any]]):
+    """amqtt 0.12's subscription table, walked over a snapshot.
+
+    amqtt walks the table across awaits (the retained replay when a client connects, the routing of
+    each message); a client subscribing meanwhile raised "dictionary changed size during iteration",
+    which killed the connecting client's session before it acknowledged anything (0.12.1 is the
+    newest release). Iterating a copy keeps each walk to the table as it was when it began.
+    """
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(super().keys()))
+
+    def items(self) -> list[tuple[str, list[Any]]]:  # type: ignore[override]
+        return list(super().items())
 
 
 class EmbeddedBroker(Service):
@@ -41,6 +58,7 @@ class EmbeddedBroker(Service):
             "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
         }
         broker = Broker(config)
+        broker._subscriptions = _Subscriptions()  # see _Subscriptions: amqtt walks it across awaits
         try:
             await broker.start()
         except Exception as exc:
