@@ -26,6 +26,7 @@ from device_sdk.platform.checkout.policy import PolicyBook
 from device_sdk.platform.checkout.profiles import DeviceProfile
 from device_sdk.platform.checkout.store_url import StoreUrl, parse_store
 from device_sdk.platform.checkout.verifier import ConsentVerifier
+from device_sdk.platform.gateway.admission import Capacity
 from device_sdk.platform.gateway.gateway import Gateway
 from device_sdk.platform.gateway.limits import Limits
 from device_sdk.platform.timeline import Step, Timeline
@@ -133,6 +134,7 @@ class ShopBackend:
         policy: PolicyBook | None = None,
         agent_url: BrokerUrl | None = None,
         limits: Limits | None = None,
+        capacity: Capacity | None = None,
     ) -> None:
         self.url = url
         self.agent_url = agent_url or url
@@ -147,6 +149,7 @@ class ShopBackend:
             "confirm_timeout": confirm_timeout,
             "agent_timeout": agent_timeout,
             "limits": limits,
+            "capacity": capacity,
         }
         self._make_checkout: Callable[[ConsentVerifier], CheckoutStandIn | UcpCheckout] = make_checkout or (
             lambda verifier: CheckoutStandIn(verifier, self.catalog)

@@ -138,6 +138,7 @@ async def test_issue_19_the_gateway_service_orders_reports_and_drains_on_sigterm
         assert metric(text, "device_sdk_gateway_orders_total") == 1
         assert metric(text, "device_sdk_gateway_proposal_seconds_count") == 1
         assert metric(text, "device_sdk_gateway_order_seconds_count") == 1
+        assert 0 <= metric(text, "device_sdk_gateway_loop_lag_seconds") < 0.25  # an idle service takes sessions
 
         second = await device.ask("buy a bottle of milk")  # a session open when the signal comes
         assert process.proc is not None
@@ -191,3 +192,7 @@ def test_issue_19_the_sample_gateway_config_loads(tmp_path: Path) -> None:
     loaded = GatewayConfig.load(sample, env={"DEVICE_SDK_BROKER_PASSWORD_FILE": str(secret)})
     assert loaded.gateway_id == "gw-1" and loaded.broker.tls and loaded.http_host == "127.0.0.1"
     assert loaded.limits.open_checkouts == 4 and loaded.drain_seconds == 30.0
+    assert loaded.capacity.max_lag == 0.25 and loaded.capacity.max_active == 512
+    with pytest.raises(ConfigError, match="max_active"):
+        GatewayConfig.of({"broker": {"url": "mqtt://127.0.0.1:1"}, "database": {"url": "x.db"},
+                          "capacity": {"max_active": 0}}, "test")  # fmt: skip

@@ -18,6 +18,7 @@ from typing import Any
 
 from device_sdk.bus.password import broker_url
 from device_sdk.bus.url import BrokerUrl
+from device_sdk.platform.gateway.admission import Capacity
 from device_sdk.platform.gateway.limits import Limits
 from device_sdk.protocol.errors import ConfigError
 
@@ -42,7 +43,9 @@ KEYS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "http": {"host": str, "port": (int, str)},
     "log": {"level": str, "format": str},
 }  # fmt: skip
-"""The settings of each table, by type; `[limits]` takes the fields of `gateway.limits.Limits`."""
+"""The settings of each table, by type; `[limits]` takes the fields of `gateway.limits.Limits`, `[capacity]`
+those of `gateway.admission.Capacity`."""
+FIELD_TABLES = ("limits", "capacity")
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class GatewayConfig:
     confirm_timeout: float = 120.0
     agent_timeout: float = 15.0
     limits: Limits = field(default_factory=Limits)
+    capacity: Capacity = field(default_factory=Capacity)
     log_level: str = "info"
     log_json: bool = True
 
@@ -93,14 +97,14 @@ class GatewayConfig:
     def of(cls, tables: dict[str, Any], where: str) -> GatewayConfig:
         """The configuration in parsed TOML `tables`; `where` names their source in errors."""
         for table, values in tables.items():
-            if table not in KEYS and table != "limits":
-                raise ConfigError(f"{where}: no table [{table}] (known: {', '.join([*KEYS, 'limits'])})")
+            if table not in KEYS and table not in FIELD_TABLES:
+                raise ConfigError(f"{where}: no table [{table}] (known: {', '.join([*KEYS, *FIELD_TABLES])})")
             if not isinstance(values, dict):
                 raise ConfigError(f"{where}: [{table}] must be a table")
             for key, value in values.items():
-                if table != "limits" and key not in KEYS[table]:
+                if table not in FIELD_TABLES and key not in KEYS[table]:
                     raise ConfigError(f"{where}: [{table}] has no setting {key!r}")
-                if table != "limits" and not isinstance(value, KEYS[table][key]):
+                if table not in FIELD_TABLES and not isinstance(value, KEYS[table][key]):
                     raise ConfigError(f"{where}: [{table}] {key} has the wrong type ({type(value).__name__})")
 
         def get(table: str, key: str) -> Any:
@@ -116,6 +120,7 @@ class GatewayConfig:
         assert broker is not None
         try:
             limits = Limits(**tables.get("limits", {}))
+            capacity = Capacity(**tables.get("capacity", {}))
             port = int(get("http", "port") or 9464)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"{where}: {exc}") from None
@@ -131,7 +136,7 @@ class GatewayConfig:
             raise ConfigError(f"{where}: the [gateway] timings must be above 0")
         policy, db_password = get("database", "policy"), get("database", "password_file")
         return cls(
-            broker=broker, database=database, gateway_id=get("gateway", "id"), limits=limits,
+            broker=broker, database=database, gateway_id=get("gateway", "id"), limits=limits, capacity=capacity,
             database_password_file=Path(db_password) if db_password else None,
             audience=get("database", "audience") or cls.audience, policy=Path(policy) if policy else None,
             checkout=get("checkout", "backend") or cls.checkout, agent=get("agent", "core"),

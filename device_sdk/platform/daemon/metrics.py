@@ -23,7 +23,7 @@ PENDING = 100_000
 class GatewayMetrics:
     """The counters, histograms and gauges of one gateway, in a registry of their own."""
 
-    def __init__(self, *, held: Callable[[], int], open_: Callable[[], int]) -> None:
+    def __init__(self, *, held: Callable[[], int], open_: Callable[[], int], lag: Callable[[], float]) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("device_sdk_gateway_requests", "Agent requests asked of the agent", registry=r)
@@ -43,6 +43,8 @@ class GatewayMetrics:
         Gauge("device_sdk_gateway_sessions_held", "Sessions in memory, open or recently ended",
               registry=r).set_function(held)  # fmt: skip
         Gauge("device_sdk_gateway_sessions_open", "Sessions in memory not ended", registry=r).set_function(open_)
+        behind = "How far the event loop is behind (past [capacity] max_lag new sessions are refused busy)"
+        Gauge("device_sdk_gateway_loop_lag_seconds", behind, registry=r).set_function(lag)
         self._asked: OrderedDict[SessionKey, float] = OrderedDict()
         self._confirmed: OrderedDict[SessionKey, float] = OrderedDict()
 

@@ -65,9 +65,14 @@ async def run_gateway(config: GatewayConfig, stop: asyncio.Event | None = None) 
         checkout = cast(CheckoutBackend, make_checkout(verifier))
         gateway = Gateway(
             config.broker, checkout, audit=audit, gateway_id=config.gateway_id, limits=config.limits,
+            capacity=config.capacity,
             keep_ended=config.keep_ended, confirm_timeout=config.confirm_timeout, agent_timeout=config.agent_timeout,
         )  # fmt: skip
-        metrics = GatewayMetrics(held=lambda: len(gateway.sessions), open_=lambda: gateway.flow.open_sessions)
+        metrics = GatewayMetrics(
+            held=lambda: len(gateway.sessions),
+            open_=lambda: gateway.flow.open_sessions,
+            lag=lambda: gateway.admission.lag,
+        )
         gateway.flow.observe = metrics.observe
         gateway.on_refusal = metrics.refusal
         if make_agent is not None:

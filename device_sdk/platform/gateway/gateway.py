@@ -46,6 +46,7 @@ from device_sdk.protocol.step_up import StepUp
 from device_sdk.protocol.topics import Topics, check_id
 from device_sdk.service import Service
 
+from .admission import Admission, Capacity
 from .arbitration import DEFAULT_WINDOW, Arbiter, Contender, Round
 from .audio_intake import AudioIntake
 from .claims import ClaimBook, decode_as
@@ -78,6 +79,7 @@ class Gateway(Service):
         audit: AuditLog | None = None,
         wake_window: float = DEFAULT_WINDOW,
         limits: Limits | None = None,
+        capacity: Capacity | None = None,
     ) -> None:
         self.url = url
         self.checkout = checkout
@@ -133,6 +135,8 @@ class Gateway(Service):
         self.limiter = DeviceLimiter(self.limits, self._refuse)
         self.quota = CheckoutQuota(self.limits.open_checkouts, self.flow.sessions, self._refuse)
         self.audio_intake = AudioIntake(self.limits.audio_streams, self.limits.audio_queue_chunks)
+        self.admission = Admission(capacity)
+        """Past its capacity the gateway refuses new sessions with `busy` (`admission.py`)."""
         self._locks: dict[SessionKey, asyncio.Lock] = {}
         self._waiting: dict[SessionKey, int] = {}
         """Handlers queued or running per session: a session's lock lives only while it has some."""
@@ -193,6 +197,7 @@ class Gateway(Service):
             raise
         self._spawn(self._dispatch(inbox))
         self._spawn(self._sweep())
+        self._spawn(self.admission.run())
         self._spawn(self.recovery.run())
         log.info("gateway %s serving on %s", self.gateway_id, self._bus.url)
 
@@ -357,9 +362,7 @@ class Gateway(Service):
                 lost = SessionError(f"{winner} took this wake word's session", ErrorCode.NOT_CHOSEN)
                 self._refuse(device_id, lost, ref=message.request_id, session_id=message.session_id)
                 return
-            if self.draining and (device_id, message.session_id) not in self.flow.sessions:
-                busy = SessionError("this gateway is shutting down: ask again shortly", ErrorCode.BUSY)
-                self._refuse(device_id, busy, ref=message.request_id, session_id=message.session_id)
+            if self._refused_new(device_id, message):
                 return
             if self.quota.take(device_id, message.session_id, ref=message.request_id):
                 handled = self.quota.holding(device_id, message.session_id, self.flow.on_request(device_id, message))
@@ -386,6 +389,20 @@ class Gateway(Service):
         else:
             exc = ProtocolError(f"{message.type} is not sent by devices", ErrorCode.UNEXPECTED_MESSAGE)
             self._refuse(device_id, exc, ref=message.type)
+
+    def _refused_new(self, device_id: str, request: AgentRequest) -> bool:
+        """Whether a request that would open a new session is refused `busy`: the gateway is
+        draining, or past its capacity (`admission.py`). A session already here is always served."""
+        if (device_id, request.session_id) in self.flow.sessions:
+            return False
+        try:
+            if self.draining:
+                raise SessionError("this gateway is shutting down: ask again shortly", ErrorCode.BUSY)
+            self.admission.check(len(self._waiting))
+        except SessionError as busy:
+            self._refuse(device_id, busy, ref=request.request_id, session_id=request.session_id)
+            return True
+        return False
 
     async def _confirmation(self, device_id: str, key: SessionKey, answer: ConfirmationResult) -> None:
         """The session's answer; for a session not held here (a restart, a take-over), the store's."""
