@@ -206,11 +206,12 @@ def _register_fleet(bench: Commands) -> None:
     fleet.add_argument("--rate", default="10", help="requests/s offered across the fleet (Poisson), or max")
     fleet.add_argument("--seconds", type=float, default=20.0, help="the measured window, once all are connected")
     broker_options(fleet, "mqtt://[USER@]host:port on loopback (default: start Mosquitto)")
-    fleet.add_argument("--database", default=None, help="the gateways' store (default: a new SQLite file)")
+    fleet.add_argument("--database", default=None, help="the gateways' store: sqlite, a SQLite path or a postgresql:// "
+                       "URL (default: start PostgreSQL on a free loopback port)")  # fmt: skip
     fleet.add_argument("--nats", type=int, default=0, metavar="NODES", help="start a NATS cluster, not Mosquitto")
     fleet.add_argument("--kill-gateway-at", type=float, default=None, metavar="S", help="SIGKILL a gateway at S")
     fleet.add_argument("--restart-broker-at", type=float, default=None, metavar="S", help="restart the broker at S")
-    fleet.add_argument("--db-pause-at", type=float, default=None, metavar="S", help="pause the store's writes at S")
+    fleet.add_argument("--db-pause-at", type=float, default=None, metavar="S", help="stop its PostgreSQL 3 s at S")
     fleet.add_argument("--processes", type=int, default=None, help="device processes (default: 2500 devices each)")
     fleet.add_argument("--heartbeat", type=float, default=None, help="seconds between pings (default: the device's)")
     fleet.add_argument("--idle-seconds", type=float, default=35.0, help="idle CPU measured over S (default 35)")

@@ -1,13 +1,15 @@
 """A small fleet in CI: 100 devices in two processes, two `device-sdk serve` gateways on a Mosquitto and
-a SQLite store the bench starts on loopback, one gateway SIGKILLed mid-run. Every confirmation ends
-as exactly one order the device saw or a refusal it saw; every decline closes its checkout with a
-cancel record; the killed gateway's devices are claimed by the other. Speed is the bench's business
-(`device-sdk bench fleet --json`): nothing here is timed."""
+a PostgreSQL the bench starts on loopback, one gateway SIGKILLed mid-run; and 30 devices while the
+bench's PostgreSQL is stopped and started again. Every confirmation ends as exactly one order the
+device saw or a refusal it saw; every decline closes its checkout with a cancel record; the killed
+gateway's devices are claimed by the other. Speed is the bench's business (`device-sdk bench fleet
+--json`): nothing here is timed."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 from collections import Counter
 
@@ -16,8 +18,9 @@ import pytest
 from device_sdk.bus.embedded import EmbeddedBroker
 from device_sdk.bus.url import BrokerUrl
 from device_sdk.device.client import DeviceClient
+from device_sdk.platform.checkout import pg_server
 from device_sdk.platform.checkout.verifier import ConsentVerifier
-from device_sdk.protocol.errors import ConfigError
+from device_sdk.protocol.errors import ConfigError, StoreError
 from device_sdk.protocol.fields import Decision, Outcome
 from simulators.catalog import demo_catalog
 from simulators.checkout import CheckoutStandIn
@@ -28,6 +31,16 @@ from simulators.scenario import ShopBackend
 pytestmark = pytest.mark.skipif(shutil.which("mosquitto") is None, reason="mosquitto is not installed")
 
 
+@pytest.fixture
+def postgresql() -> None:
+    """The bench starts PostgreSQL itself: CI fails without it, a developer's machine skips."""
+    if pg_server.postgres_binaries() is None:
+        if os.environ.get("CI"):
+            pytest.fail("postgresql is missing in CI: ./dev test installs it with apt-get")
+        pytest.skip("PostgreSQL is not installed (./dev test installs it: apt-get install postgresql)")
+
+
+@pytest.mark.usefixtures("postgresql")
 async def test_a_fleet_loses_and_duplicates_no_order_when_a_gateway_is_killed() -> None:
     # pings every 2 s: a device is claimed again on its next message, so each speaks within the window
     options = FleetOptions(
@@ -50,6 +63,29 @@ async def test_a_fleet_loses_and_duplicates_no_order_when_a_gateway_is_killed() 
     assert report["requests_per_s"] > 0
     for figure in ("proposal_ms", "order_ms"):
         assert set(report[figure]) == {"p50", "p95", "p99"}
+    assert report["database"] == "postgresql (started)"
+
+
+@pytest.mark.usefixtures("postgresql")
+async def test_a_fleet_loses_and_duplicates_no_order_when_its_postgresql_is_stopped_and_started() -> None:
+    """`--db-pause-at`: the bench's own PostgreSQL stopped at once (every connection cut) for 3 s and
+    started again; the gateways' pools reconnect, and every checkout ends as before."""
+    options = FleetOptions(devices=30, gateways=2, rate=5.0, seconds=16.0, db_pause_at=5.0, heartbeat=2.0,
+                           idle_seconds=2.0)  # fmt: skip
+    report = await run_bench_fleet(options)
+    assert report["database"] == "postgresql (started)"
+    assert report["db_paused_at"] >= 5.0
+    assert report["db_paused_s"] == 3.0
+    assert report["db_down_s"] >= 3.0  # it was down, not only asked to be
+    assert report["devices_connected"] == 30
+    assert report["devices_down_at_end"] == 0
+    assert report["orders_confirmed"] > 0
+    assert report["declines"] > 0
+    assert report["orders_lost"] == 0
+    assert report["orders_duplicated"] == 0
+    assert report["orders_unseen"] == 0
+    assert report["declines_left_open"] == 0
+    assert report["orders_placed"] + report["orders_refused_seen"] == report["orders_confirmed"]
 
 
 def test_reconcile_counts_a_lost_a_duplicated_and_an_unseen_order_and_an_open_decline() -> None:
@@ -86,11 +122,18 @@ def test_reconcile_counts_a_lost_a_duplicated_and_an_unseen_order_and_an_open_de
         (FleetOptions(devices=0), "--devices"),
         (FleetOptions(nats=1), "2 to 5 nodes"),
         (FleetOptions(nats=3, broker=BrokerUrl("127.0.0.1")), "itself"),
+        (FleetOptions(database="postgresql://app@127.0.0.1:5999/shop", db_pause_at=3.0), "never stopped"),
     ],
 )
 async def test_the_fleet_refuses_what_it_cannot_do_before_it_starts_anything(options: FleetOptions, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         await run_bench_fleet(options)
+
+
+async def test_the_fleet_says_how_to_run_without_postgresql(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pg_server, "postgres_binaries", lambda: None)
+    with pytest.raises(StoreError, match=r"not installed.*--database sqlite"):
+        await run_bench_fleet(FleetOptions())
 
 
 class SlowCancel(CheckoutStandIn):

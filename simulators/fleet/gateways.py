@@ -42,8 +42,12 @@ def cpu_seconds(pid: int) -> float | None:
 class GatewayProcess:
     """One `device-sdk serve` on the broker at `url`, with the store `database` and the risk policy `policy`."""
 
-    def __init__(self, url: BrokerUrl, database: str, policy: Path, log: Path) -> None:
+    def __init__(
+        self, url: BrokerUrl, database: str, policy: Path, log: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.url = url
+        self.env = env or {}
+        """Environment variables of its own (e.g. `DEVICE_SDK_STATE`) on top of this process's."""
         self.database = database
         self.policy = policy
         self.log = log
@@ -62,7 +66,9 @@ class GatewayProcess:
         return self.proc is not None and self.proc.returncode is None and not self.killed
 
     async def start(self, timeout: float = 60.0) -> None:
-        env = {**os.environ, PASSWORD_ENV: self.url.password} if self.url.password else None
+        env = {**os.environ, **self.env}
+        if self.url.password:
+            env[PASSWORD_ENV] = self.url.password
         store = ["--database" if "://" in self.database else "--db", self.database]
         command = [sys.executable, "-m", "device_sdk", "serve", "--broker", self.url.argument(), *store,
                    "--policy", str(self.policy)]  # fmt: skip

@@ -2,12 +2,14 @@
 processes (`device-sdk serve`) on one broker and one store, for a measured window, with faults.
 
 With no broker URL it starts Mosquitto (`set_tcp_nodelay true`) on a free loopback port; with no
-database, a SQLite store in a temporary directory shared by the gateway processes. Each device has
-its own Ed25519 key, enrolled before the gateways start, and its kind's profile (a mix of speakers,
-glasses and phones). The faults happen at their second of the window: `kill_gateway_at` SIGKILLs
-the first gateway, `restart_broker_at` kills the broker and starts it again on its port,
-`db_pause_at` holds the store's write lock for `pause` seconds. Afterwards every confirmation and
-decline is checked against the store and the merchant (`report.reconcile`).
+database, a PostgreSQL of its own (`PostgresServer`: a temporary data directory, a free loopback
+port) shared by the gateway processes; `database="sqlite"` runs them on a SQLite file in a temporary
+directory instead. Each device has its own Ed25519 key, enrolled before the gateways start, and its
+kind's profile (a mix of speakers, glasses and phones). The faults happen at their second of the
+window: `kill_gateway_at` SIGKILLs the first gateway, `restart_broker_at` kills the broker and starts
+it again on its port, `db_pause_at` stops the bench's PostgreSQL for `pause` seconds (every connection
+cut) and starts it again (on SQLite: holds the store's write lock for `pause` seconds). Afterwards
+every confirmation and decline is checked against the store and the merchant (`report.reconcile`).
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ from device_sdk.bus.password import PASSWORD_ENV
 from device_sdk.bus.url import BrokerUrl
 from device_sdk.consent.keys import SigningKey
 from device_sdk.platform.checkout.database import Database
+from device_sdk.platform.checkout.pg_server import PostgresServer
 from device_sdk.platform.checkout.profiles import DeviceProfile
 from device_sdk.platform.checkout.registry import DeviceRegistry
-from device_sdk.protocol.errors import BusError, ConfigError
+from device_sdk.protocol.errors import BusError, ConfigError, StoreError
 from device_sdk.protocol.fields import DeviceKind
 
 from .claims import ClaimWatch
@@ -75,6 +78,8 @@ class FleetOptions:
     """Nodes of a NATS JetStream cluster to start instead of Mosquitto (0: Mosquitto); the gateways and
     the device processes are spread over its nodes, so messages cross nodes."""
     database: str | None = None
+    """The gateways' store: None, a PostgreSQL the bench starts; `sqlite`, a SQLite file it makes; else
+    a SQLite path or a `postgresql://` URL of one's own (never stopped by the bench)."""
     kill_gateway_at: float | None = None
     restart_broker_at: float | None = None
     db_pause_at: float | None = None
@@ -103,8 +108,13 @@ class FleetOptions:
             raise ConfigError("--restart-broker-at needs the broker the bench starts itself (no --broker)")
         if self.kill_gateway_at is not None and self.gateways < 2:
             raise ConfigError("--kill-gateway-at needs at least two gateways: one to kill, one to take over")
-        if self.database is not None and "://" in self.database and self.db_pause_at is not None:
-            raise ConfigError("--db-pause-at pauses the SQLite store the bench starts itself")
+        if self.given_postgres and self.db_pause_at is not None:
+            raise ConfigError("--db-pause-at stops the PostgreSQL the bench starts itself (no --database URL): "
+                              "a database of one's own is never stopped")  # fmt: skip
+
+    @property
+    def given_postgres(self) -> bool:
+        return (self.database or "").strip().lower().startswith(("postgresql://", "postgres://"))
 
 
 def _loopback(host: str) -> bool:
@@ -113,6 +123,7 @@ def _loopback(host: str) -> bool:
 
 async def run_bench_fleet(options: FleetOptions) -> dict[str, Any]:
     options.check()
+    pg = _postgres() if options.database is None else None  # nothing started yet: only found
     files = raise_open_files()
     with tempfile.TemporaryDirectory(prefix="device-sdk-fleet-") as tmp:
         async with contextlib.AsyncExitStack() as stack:
@@ -125,8 +136,13 @@ async def run_bench_fleet(options: FleetOptions) -> dict[str, Any]:
                 urls = [(await stack.enter_async_context(broker)).url]
             else:
                 urls = [options.broker]
-            database = options.database or str(Path(tmp) / "shop.db")
-            fleet = Fleet(options, urls, database, Path(tmp), broker)
+            if pg is not None:
+                await stack.enter_async_context(pg)
+                await asyncio.to_thread(pg.admin, "CREATE DATABASE fleet")
+                database = pg.url("fleet")
+            else:
+                database = str(Path(tmp) / "shop.db") if options.database in (None, "sqlite") else options.database
+            fleet = Fleet(options, urls, database, Path(tmp), broker, pg)
             report = await fleet.run()
     return {**report, "open_files_limit": files, "cpus": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 2)}
 
@@ -141,6 +157,7 @@ class Fleet:
         database: str,
         tmp: Path,
         broker: MosquittoServer | NatsCluster | None,
+        pg: PostgresServer | None = None,
     ) -> None:
         self.o = options
         self.urls = urls
@@ -149,6 +166,10 @@ class Fleet:
         self.database = database
         self.tmp = tmp
         self.broker = broker
+        self.pg = pg
+        """The PostgreSQL the bench started (None: a SQLite store, or a database given by URL)."""
+        self.state = tmp / "state" if pg is not None else None
+        """The gateways' state directory (the audit key and the merchant's book of a PostgreSQL store)."""
         self.gateways: list[GatewayProcess] = []
         self.children: list[asyncio.subprocess.Process] = []
         self.faults: dict[str, Any] = {}
@@ -162,7 +183,8 @@ class Fleet:
         policy.write_text(POLICY)
         for n in range(self.o.gateways):
             url = self.urls[n % len(self.urls)]
-            gateway = GatewayProcess(url, self.database, policy, self.tmp / f"gateway-{n}.log")
+            env = {"DEVICE_SDK_STATE": str(self.state)} if self.state is not None else None
+            gateway = GatewayProcess(url, self.database, policy, self.tmp / f"gateway-{n}.log", env)
             self.gateways.append(gateway)
         try:
             self.watch = await self._stack.enter_async_context(ClaimWatch(self.url))
@@ -302,6 +324,11 @@ class Fleet:
                 assert isinstance(self.broker, MosquittoServer)
                 await self.broker.restart()
                 self.faults["broker_restarted_at"] = round(time.time() - t0, 2)
+            elif self.pg is not None:
+                self.faults["db_paused_at"] = round(time.time() - t0, 2)
+                down = await self.pg.pause(self.o.pause)
+                self.faults["db_paused_s"] = self.o.pause
+                self.faults["db_down_s"] = round(down, 2)
             else:
                 self.faults["db_paused_at"] = round(time.time() - t0, 2)
                 await asyncio.to_thread(_hold_write_lock, self.database, self.o.pause)
@@ -379,7 +406,7 @@ class Fleet:
             for code, count in report["errors"].items():
                 errors[code] = errors.get(code, 0) + count
         window = self.o.seconds
-        fates = reconcile(merged["confirmed"], merged["declined"], read_ledger(self.database))
+        fates = reconcile(merged["confirmed"], merged["declined"], read_ledger(self.database, self.state))
         live = [m for m in self.live_rss if m is not None]
         grown = sum(i - b for i, b in zip(idle_rss, base_rss, strict=True))
         return {
@@ -417,8 +444,16 @@ class Fleet:
                 if self.broker is not None
                 else str(self.url)
             ),
-            "database": "sqlite (started)" if self.o.database is None else "given",
+            "database": {None: "postgresql (started)", "sqlite": "sqlite (started)"}.get(self.o.database, "given"),
         }
+
+
+def _postgres() -> PostgresServer:
+    """The bench's own PostgreSQL (not started yet); a clear error when it is not installed."""
+    try:
+        return PostgresServer()
+    except StoreError as exc:
+        raise StoreError(f"{exc.text}; --database sqlite runs the fleet on a SQLite file") from None
 
 
 def _hold_write_lock(database: str, seconds: float) -> None:

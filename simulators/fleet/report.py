@@ -8,6 +8,7 @@ import json
 import sqlite3
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from device_sdk.platform.checkout.database import Database
@@ -53,9 +54,10 @@ class Ledger:
     """Checkouts with a `cancel` record in the audit log."""
 
 
-def read_ledger(database: str) -> Ledger:
+def read_ledger(database: str, state: Path | None = None) -> Ledger:
     """The store at `database` (SQLite or PostgreSQL, through the stores' own interface) and the
-    merchant's book beside it (`StoreUrl.beside`)."""
+    merchant's book beside it (`StoreUrl.beside`; for PostgreSQL, in the gateways' state directory
+    `state`, default the state directory of this process)."""
     merchant: dict[str, list[str]] = {}
     with Database(database) as db, db.reading() as conn:
         stored = Counter(
@@ -63,7 +65,7 @@ def read_ledger(database: str) -> Ledger:
         )
         closed = {row[0] for row in conn.execute("SELECT checkout_id FROM checkouts WHERE closed_at IS NOT NULL")}
         bodies = [row[0] for row in conn.execute("SELECT body FROM audit WHERE kind = 'cancel'")]
-        book = db.url.beside(".merchant")
+        book = db.url.beside(".merchant", state)
     cancelled = {json.loads(body).get("checkout_id") for body in bodies}
     if book.exists():
         with contextlib.closing(sqlite3.connect(f"file:{book}?mode=ro", uri=True)) as book_conn:

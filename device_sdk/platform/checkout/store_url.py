@@ -41,15 +41,15 @@ class StoreUrl:
     def postgres(self) -> bool:
         return self.dsn is not None
 
-    def beside(self, suffix: str) -> Path:
+    def beside(self, suffix: str, state: Path | None = None) -> Path:
         """A file that goes with the store (the audit log's key, a stand-in merchant's book): beside a
-        SQLite file, `<file><suffix>`; for PostgreSQL in the state directory, under the database's host,
-        port and name: `<state>/stores/HOST-PORT-DB<suffix>`."""
+        SQLite file, `<file><suffix>`; for PostgreSQL in the state directory (`state`, default
+        `state_dir()`), under the database's host, port and name: `<state>/stores/HOST-PORT-DB<suffix>`."""
         if self.path is not None:
             return self.path.with_name(self.path.name + suffix)
         parts = urlsplit(str(self.dsn))
         name = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{parts.hostname}-{parts.port or 5432}-{parts.path.strip('/')}")
-        return state_dir() / "stores" / (name + suffix)
+        return (state or state_dir()) / "stores" / (name + suffix)
 
     def __str__(self) -> str:
         """The location as it may be shown (never the password)."""
