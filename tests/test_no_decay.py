@@ -39,6 +39,22 @@ async def test_issue_19_the_stand_in_indexes_its_orders_by_id_and_keeps_only_the
         assert stand_in.orders == results[1:]
 
 
+def test_issue_19_the_verifier_keeps_parsed_only_the_checkouts_still_open(tmp_path: Path) -> None:
+    """The 10-minute bench's RSS grew 7.8 KB a session without end: the verifier kept the parsed
+    proposal and terms of every checkout it opened (up to 100,000), used or closed."""
+    for shop in open_shop(tmp_path / "shop.db"):
+        shop.enroll("speaker-3")
+        ordered, declined, still_open = (shop.offer(make_proposal(d)) for d in ("speaker-1", "speaker-2", "speaker-3"))
+        completion = shop.confirm(ordered)
+        result = shop.complete(completion)
+        assert result.outcome is Outcome.ORDERED
+        shop.verifier.cancel(declined.checkout_id, Outcome.DECLINED, "the user declined")
+        assert list(shop.verifier._parsed) == [still_open.checkout_id]  # used and closed: dropped
+        assert shop.complete(completion) == result  # a resend: answered from the store, the same order
+        assert shop.complete(shop.confirm(still_open)).outcome is Outcome.ORDERED
+        assert shop.verifier._parsed == {} and len(shop.charges) == 2  # the resend charged nothing
+
+
 def test_issue_19_deadlines_pop_only_what_is_due() -> None:
     deadlines: Deadlines[int] = Deadlines()
     for i in range(1000):
@@ -119,3 +135,32 @@ def test_issue_19_devices_heartbeat_rarely_by_default() -> None:
     device = DeviceClient("mqtt://127.0.0.1:1", "speaker-1")
     assert device.heartbeat >= 30.0  # liveness is MQTT's keepalive, last will and retained status
     assert device.pong_timeout > 2 * device.heartbeat  # one lost pong does not declare the controller gone
+
+
+async def test_issue_19_calls_waiting_on_their_commit_share_one_transaction(tmp_path: Path) -> None:
+    """The verifier's blocking calls run on the database's waiting threads (`Database.in_thread`), as
+    many as a batch holds: on asyncio's default pool (cores + 4) at most six shared a commit and the
+    rest queued unseen, which capped a gateway's sessions per second (docs/scale.md, "Overload")."""
+    from device_sdk.platform.checkout.database import Database
+
+    async with Database(tmp_path / "store.db") as db:
+        db.ensure_schema(["CREATE TABLE IF NOT EXISTS t (n INTEGER)"])
+        release = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def hold(conn: Any) -> None:  # the writer is busy with an earlier batch meanwhile
+            asyncio.run_coroutine_threadsafe(release.wait(), loop).result(10)
+
+        holding = asyncio.wrap_future(db.submit(hold))
+        before = db.batches
+
+        def write(n: int) -> int:  # a blocking call, as `ConsentVerifier.open` is
+            return db.call(lambda conn: conn.execute("INSERT INTO t VALUES (?)", (n,)).rowcount)
+
+        calls = [asyncio.create_task(db.in_thread(write, n)) for n in range(40)]
+        while db._jobs.qsize() < 40:  # every call's job is queued behind the busy writer
+            await asyncio.sleep(0.01)
+        release.set()
+        assert await asyncio.gather(*calls) == [1] * 40
+        await holding
+        assert db.batches - before <= 2  # the busy batch and one more for all forty

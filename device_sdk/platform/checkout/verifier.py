@@ -66,7 +66,8 @@ from .step_up import StepUp, check_confirmation
 
 IDEMPOTENCY_KEY = re.compile(r"^[A-Za-z0-9_-]{27,128}$")
 """At least 27 characters: 128 bits or more in base64url or hex with a prefix."""
-PARSED_KEPT = 100_000
+PARSED_KEPT = 10_000
+"""At most this many parsed open checkouts are kept (about 7.8 KB each); one past it is read from the store."""
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,7 @@ class ConsentVerifier:
             if row is None:
                 return
             conn.execute("UPDATE checkouts SET closed_at = ? WHERE checkout_id = ?", (self.clock(), checkout_id))
+            self._parsed.pop(checkout_id, None)  # closed: never completed, so never parsed again
             self.audit.append(
                 conn,
                 "cancel",
@@ -294,6 +296,7 @@ class ConsentVerifier:
         claims, proposal = opened.claims, checkout.proposal
         pending = Pending(key, proposal, claims.payment_handler)
         admit(conn, pending, body, claims.jti, self.clock())
+        self._parsed.pop(proposal.checkout_id, None)  # used: a resend is answered from the completion's row
         seen = {"mandate_id": claims.jti, "key_id": opened.kid, "device_id": proposal.device_id,
                 "session_id": claims.session_id, "checkout_id": claims.checkout_id,
                 "modality": claims.modality.value, "signer": claims.device_id}  # fmt: skip
@@ -406,7 +409,9 @@ class ConsentVerifier:
 
     def _remember(self, raw: bytes, proposal: CheckoutProposal, terms: ConsentTerms, text: str) -> None:
         """Keep the parsed form of a proposal this verifier opened; it is used only while the stored
-        bytes and terms are these (the database stays the truth)."""
+        bytes and terms are these (the database stays the truth), and dropped when the checkout is
+        used or closed: what is kept is the open checkouts (oldest first past `PARSED_KEPT`), not
+        every checkout ever opened (7.8 KB each: the gateway's RSS grew 23 MB a minute at 50 sessions/s)."""
         self._parsed[proposal.checkout_id] = ((raw, text), proposal, terms, {})
         while len(self._parsed) > PARSED_KEPT:
             del self._parsed[next(iter(self._parsed))]
