@@ -11,7 +11,6 @@ so they must be the merchant's, not the agent's. Orders are placed at the mercha
 
 from __future__ import annotations
 
-import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -56,10 +55,10 @@ class CheckoutStandIn:
         proposal = as_issued(issued)
         if self.catalog is not None:
             _check_against(self.catalog, proposal)
-        return await asyncio.to_thread(self.verifier.open, issued)
+        return await self.verifier.db.in_thread(self.verifier.open, issued)
 
     async def complete(self, completion: Completion) -> OrderResult:
-        result = await asyncio.to_thread(self.verifier.complete, completion, self._charge)
+        result = await self.verifier.db.in_thread(self.verifier.complete, completion, self._charge)
         if result.order_id is not None and result.order_id not in self.recent:
             self.placed += 1
             self.recent[result.order_id] = result
@@ -78,19 +77,21 @@ class CheckoutStandIn:
         return self.merchant.place(proposal, key)
 
     async def status(self, device_id: str, session_id: str, checkout_id: str) -> OrderStatusResult:
-        return await asyncio.to_thread(self.verifier.status, device_id, session_id, checkout_id)
+        return await self.verifier.db.in_thread(self.verifier.status, device_id, session_id, checkout_id)
 
     async def settle_pending(self, older_than: float) -> int:
-        return await asyncio.to_thread(self.verifier.settle_pending, self._charge, older_than)
+        return await self.verifier.db.in_thread(self.verifier.settle_pending, self._charge, older_than)
 
     async def cancel(self, checkout_id: str, outcome: Outcome, reason: str) -> None:
-        await asyncio.to_thread(self.verifier.cancel, checkout_id, outcome, reason)
+        await self.verifier.db.in_thread(self.verifier.cancel, checkout_id, outcome, reason)
 
     async def hand_over(self, checkout_id: str, device_id: str) -> tuple[str, ConsentTerms]:
-        return await asyncio.to_thread(self.verifier.hand_over, checkout_id, device_id)
+        return await self.verifier.db.in_thread(self.verifier.hand_over, checkout_id, device_id)
 
     async def step_up(self, device_id: str, checkout_id: str, checkout_hash: str, pin: str) -> tuple[str, float]:
-        grant = await asyncio.to_thread(self.verifier.step_up.prove, device_id, checkout_id, checkout_hash, pin)
+        grant = await self.verifier.db.in_thread(
+            self.verifier.step_up.prove, device_id, checkout_id, checkout_hash, pin
+        )
         return grant.proof, grant.expires_at
 
 

@@ -158,7 +158,9 @@ async def test_issue_19_calls_waiting_on_their_commit_share_one_transaction(tmp_
             return db.call(lambda conn: conn.execute("INSERT INTO t VALUES (?)", (n,)).rowcount)
 
         calls = [asyncio.create_task(db.in_thread(write, n)) for n in range(40)]
-        while db._jobs.qsize() < 40:  # every call's job is queued behind the busy writer
+        for _ in range(500):  # until every call's job is queued behind the busy writer (or 5 s)
+            if db._jobs.qsize() >= 40:
+                break
             await asyncio.sleep(0.01)
         release.set()
         assert await asyncio.gather(*calls) == [1] * 40

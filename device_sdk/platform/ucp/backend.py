@@ -85,7 +85,7 @@ class UcpCheckout:
         except CheckoutError as exc:
             await self._audit(proposal, exc, "ucp_open")
             raise
-        terms = await asyncio.to_thread(self.verifier.open, issued)
+        terms = await self.verifier.db.in_thread(self.verifier.open, issued)
         opened = Opened(proposal, checkout, issued.checkout_hash)
         await self.verifier.db.run(lambda conn: remember(conn, opened))
         self._opened[proposal.checkout_id] = opened
@@ -138,7 +138,7 @@ class UcpCheckout:
             opened.display_digest, opened.modality = digest, modality
         await self.verifier.db.run(lambda conn: answered(conn, completion.checkout_id, digest, modality))
         place = self._placing(asyncio.get_running_loop())
-        result = await asyncio.to_thread(self.verifier.complete, completion, place)
+        result = await self.verifier.db.in_thread(self.verifier.complete, completion, place)
         if all(order.order_id != result.order_id for order in self.orders):
             self.orders.append(result)
             del self.orders[:-KEPT]
@@ -168,7 +168,7 @@ class UcpCheckout:
 
     async def _place(self, proposal: CheckoutProposal, key: str) -> str:
         """Runs only after the verifier accepted the confirmation: re-read, mandates, complete."""
-        opened = self._opened.get(proposal.checkout_id) or await asyncio.to_thread(self._load, proposal)
+        opened = self._opened.get(proposal.checkout_id) or await self.verifier.db.in_thread(self._load, proposal)
         if opened is None:
             raise CheckoutError("no merchant checkout was opened for this proposal", ErrorCode.UNKNOWN_CHECKOUT)
         ucp_id = opened.checkout["id"]
@@ -242,21 +242,23 @@ class UcpCheckout:
         )
 
     async def status(self, device_id: str, session_id: str, checkout_id: str) -> OrderStatusResult:
-        return await asyncio.to_thread(self.verifier.status, device_id, session_id, checkout_id)
+        return await self.verifier.db.in_thread(self.verifier.status, device_id, session_id, checkout_id)
 
     async def settle_pending(self, older_than: float) -> int:
         place = self._placing(asyncio.get_running_loop())
-        return await asyncio.to_thread(self.verifier.settle_pending, place, older_than)
+        return await self.verifier.db.in_thread(self.verifier.settle_pending, place, older_than)
 
     async def cancel(self, checkout_id: str, outcome: Outcome, reason: str) -> None:
-        await asyncio.to_thread(self.verifier.cancel, checkout_id, outcome, reason)
+        await self.verifier.db.in_thread(self.verifier.cancel, checkout_id, outcome, reason)
         self._forget(checkout_id)
 
     async def hand_over(self, checkout_id: str, device_id: str) -> tuple[str, ConsentTerms]:
-        return await asyncio.to_thread(self.verifier.hand_over, checkout_id, device_id)
+        return await self.verifier.db.in_thread(self.verifier.hand_over, checkout_id, device_id)
 
     async def step_up(self, device_id: str, checkout_id: str, checkout_hash: str, pin: str) -> tuple[str, float]:
-        grant = await asyncio.to_thread(self.verifier.step_up.prove, device_id, checkout_id, checkout_hash, pin)
+        grant = await self.verifier.db.in_thread(
+            self.verifier.step_up.prove, device_id, checkout_id, checkout_hash, pin
+        )
         view, opened = self.presented.get(checkout_id), self._opened.get(checkout_id)
         if view is not None and view.get("status") == "requires_escalation" and opened is not None:
             self.presented[checkout_id] = opened.checkout  # the step-up is verified: ready_for_complete
