@@ -8,6 +8,7 @@ bring: two verifiers (two gateways' pools and writer threads) racing a 1-per-min
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -15,6 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from device_sdk.platform.checkout.audit import AuditLog, verify_log
@@ -205,3 +207,34 @@ def test_provision_registers_a_device_in_postgresql(
     with Database(url) as db:
         registry = ConsentVerifier(db, AuditLog.open(db), audience=AUDIENCE).registry
         assert [r.status.value for r in registry.records()] == ["revoked"]
+
+
+def test_the_launcher_says_postgresql_is_missing(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="not installed"):
+        PostgresServer(binaries=tmp_path)  # no pg_ctl there
+
+
+async def test_a_paused_postgresql_refuses_connections_then_comes_back_with_its_data(
+    postgres_server: PostgresServer,
+) -> None:
+    """`pause` (the fleet bench's `--db-pause-at`): the server is really down for a while, then up on
+    the same port with what was committed before."""
+    url = postgres_server.new_database()
+    dbname = url.rsplit("/", 1)[1]
+    postgres_server.admin("CREATE TABLE kept (x INTEGER); INSERT INTO kept VALUES (7)", dbname)
+    pausing = asyncio.ensure_future(postgres_server.pause(1.0))
+    refused = False
+    for _ in range(500):  # bounded: until a connection is refused, or the pause is over
+        try:
+            await asyncio.to_thread(postgres_server.admin, "SELECT 1", dbname)
+        except StoreError:
+            refused = True
+            break
+        if pausing.done():
+            break
+        await asyncio.sleep(0.01)
+    down = await pausing
+    assert refused
+    assert down >= 1.0
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT x FROM kept").fetchall() == [(7,)]
