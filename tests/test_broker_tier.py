@@ -6,6 +6,7 @@ and its last will are seen on a third."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -21,7 +22,7 @@ from device_sdk.bus.url import BrokerUrl
 from device_sdk.device.client import DeviceClient
 from device_sdk.platform.provisioning.broker_config import BrokerDir, BrokerSettings, render_conf
 from device_sdk.platform.provisioning.tls import TlsFiles
-from device_sdk.protocol.errors import BusError
+from device_sdk.protocol.errors import BusError, RequestTimeout
 from device_sdk.protocol.fields import Decision, Outcome
 from device_sdk.protocol.messages import DeviceStatus, decode
 from device_sdk.protocol.topics import Topics
@@ -131,3 +132,34 @@ async def test_a_burst_of_devices_connecting_at_once_to_a_nats_cluster_is_taken(
             await asyncio.gather(*(bus.close() for bus in buses), return_exceptions=True)
     refused = [o for o in outcomes if isinstance(o, BaseException)]
     assert refused == []
+
+
+@needs_nats
+async def test_a_client_whose_node_dies_moves_to_another_node_of_its_url_and_hears_again() -> None:
+    """A client given every node (`mqtt://n1,n2,n3`, its own first) does not wait for its node to come
+    back: it connects to the next at once. JetStream then elects new leaders for the dead node's
+    streams, and for some seconds the other nodes refuse subscriptions (SUBACK 0x80): the bus asks
+    again until granted; before, such a client stayed connected and deaf."""
+    async with NatsCluster(3) as cluster:
+        publisher_node, own_node, other_node = cluster.urls
+        tier = BrokerUrl.parse(",".join(f"{u.host}:{u.port}" for u in (own_node, other_node, publisher_node)))
+        topic = Topics().device_down("speaker-1")
+        async with MqttBus(tier, "dev-speaker-1") as bus, MqttBus(publisher_node, "gw-1") as publisher:
+            assert bus.node == (own_node.host, own_node.port)
+            inbox = await bus.subscribe(topic)
+            back = asyncio.Event()
+
+            async def hook() -> None:
+                back.set()
+
+            bus.add_connect_hook(hook)
+            await cluster.stop_node(1)  # the client's node, killed
+            await asyncio.wait_for(back.wait(), 30)
+            assert bus.node != (own_node.host, own_node.port)  # on another node of its list
+            heard = None
+            for attempt in range(60):  # the cluster recovers within a minute here; no time is asserted
+                with contextlib.suppress(BusError, RequestTimeout):
+                    await publisher.publish(topic, f"hello {attempt}".encode(), timeout=2.0)
+                    heard = (await inbox.get(1.0)).payload
+                    break
+            assert heard is not None and heard.startswith(b"hello")

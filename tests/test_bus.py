@@ -34,6 +34,47 @@ def test_broker_url(url: str, parsed: BrokerUrl) -> None:
     assert BrokerUrl.parse(url) == parsed
 
 
+@pytest.mark.parametrize(
+    ("url", "nodes", "shown"),
+    [
+        ("mqtt://gw@n1:1884,n2,n3:1885", (("n1", 1884), ("n2", 1883), ("n3", 1885)), "mqtt://gw@n1:1884,n2:1883,n3:1885"),
+        ("mqtts://gw@n1,[::1]:8884?ca=/etc/ca.crt", (("n1", 8883), ("::1", 8884)), "mqtts://gw@n1:8883,[::1]:8884?ca=/etc/ca.crt"),
+    ],
+)  # fmt: skip
+def test_a_broker_tier_is_a_list_of_nodes_in_one_url(url: str, nodes: tuple[tuple[str, int], ...], shown: str) -> None:
+    parsed = BrokerUrl.parse(url)
+    assert parsed.nodes == nodes and parsed.username == "gw"
+    assert parsed.argument() == shown and BrokerUrl.parse(shown) == parsed  # handed to another process intact
+
+
+@pytest.mark.parametrize("url", ["mqtt://a,", "mqtt://a,b:x", "mqtt://u:secret@a,v@b", "mqtt://a,:1"])
+def test_a_bad_node_in_a_broker_list_is_named_without_the_password(url: str) -> None:
+    with pytest.raises(BusError) as caught:
+        BrokerUrl.parse(url)
+    assert "secret" not in str(caught.value) and "(of " in str(caught.value)
+
+
+async def test_a_bus_moves_to_the_next_node_when_its_node_does_not_answer(mosquitto: MosquittoServer) -> None:
+    from device_sdk.bus.mosquitto import free_port
+
+    dead = free_port()  # nothing listens there
+    url = BrokerUrl.parse(f"mqtt://127.0.0.1:{dead},127.0.0.1:{mosquitto.port}")
+    async with MqttBus(url, "tier-client", backoff=(5.0, 5.0)) as bus:  # backoff only after a whole round
+        assert bus.node == ("127.0.0.1", mosquitto.port)
+        inbox = await bus.subscribe("test/tier")
+        back = asyncio.Event()
+
+        async def hook() -> None:
+            back.set()
+
+        bus.add_connect_hook(hook)
+        await mosquitto.restart()  # its node goes away: the first is dead, so round to this one again
+        await asyncio.wait_for(back.wait(), 30)
+        assert bus.node == ("127.0.0.1", mosquitto.port) and bus.reconnects == 1
+        await bus.publish("test/tier", b"still here")
+        assert (await inbox.get(5)).payload == b"still here"
+
+
 @pytest.mark.parametrize("url", ["http://host", "mqtt://host:notaport", "mqtt://:1883"])
 def test_bad_broker_url(url: str) -> None:
     with pytest.raises(BusError):

@@ -46,7 +46,9 @@ class MqttBus(Service):
 
     Use as `async with MqttBus(url, client_id) as bus:`. If the broker goes away the bus
     reconnects with exponential backoff and jitter, resubscribes every live subscription,
-    then runs the connect hooks (for example to republish a retained status).
+    then runs the connect hooks (for example to republish a retained status). A URL that lists
+    several nodes of a broker tier (`mqtt://node1,node2,node3`) moves to the next node when one
+    does not answer, at once, and backs off only after every node has failed a round.
     """
 
     def __init__(
@@ -63,12 +65,16 @@ class MqttBus(Service):
         self.url = url if isinstance(url, BrokerUrl) else BrokerUrl.parse(url)
         self.client_id = client_id
         self.reconnects = 0
+        self._node = 0
+        """The index in `url.nodes` of the node connected to, or tried next."""
         self._keepalive = keepalive
         self._backoff = backoff
         self._connect_timeout = connect_timeout
         self._subs: list[Subscription] = []
         self._hooks: list[ConnectHook] = []
         self._acks: dict[int, asyncio.Future[None]] = {}
+        self._resubscribing: dict[int, tuple[list[tuple[str, int]], float]] = {}
+        """The filters asked again after a reconnect, by mid, and how long to wait if refused."""
         self._connected = asyncio.Event()
         self._connack: asyncio.Future[None] | None = None
         self._closing = False
@@ -266,12 +272,15 @@ class MqttBus(Service):
         """
         delay = self._backoff[0]
         self._connecting = True
+        start = self._node
         try:
             while not self._closing:
                 if await self._attempt(final):
                     return
-                await asyncio.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, self._backoff[1])
+                self._node = (self._node + 1) % len(self.url.nodes)
+                if self._node == start:  # every node failed this round: back off before the next
+                    await asyncio.sleep(delay * (0.5 + random.random()))
+                    delay = min(delay * 2, self._backoff[1])
         finally:
             self._connecting = False
         raise BusError("the bus is closed")
@@ -295,16 +304,39 @@ class MqttBus(Service):
             self._last_error = str(exc)
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             self._last_error = str(exc) or type(exc).__name__
-        log.debug("connect to %s failed: %s", self.url, self._last_error)
+        log.debug("connect to %s:%d failed: %s", *self.node, self._last_error)
         return False
 
+    @property
+    def node(self) -> tuple[str, int]:
+        """The (host, port) of the broker node connected to, or tried next."""
+        return self.url.nodes[self._node]
+
     def _blocking_connect(self) -> None:
-        self._client.connect(self.url.host, self.url.port, keepalive=self._keepalive)
+        host, port = self.node
+        self._client.connect(host, port, keepalive=self._keepalive)
+
+    def _ask_again(self, items: list[tuple[str, int]], wait: float) -> None:
+        """Subscribe to `items` once more (after a reconnect); a refusal is asked again after `wait`."""
+        result, mid = self._client.subscribe(items)
+        if result == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
+            self._resubscribing[mid] = (items, wait)
+
+    async def _subscribe_later(self, items: list[tuple[str, int]], wait: float) -> None:
+        """Ask again for filters the broker refused after a reconnect: a NATS node answers 0x80 while
+        its JetStream elects leaders after a node died, and the client stayed connected but deaf.
+        Each refusal doubles the wait, up to the reconnect backoff's longest; a filter unsubscribed meanwhile is
+        not asked."""
+        await asyncio.sleep(wait)
+        live = {f for sub in self._subs for f in sub.filters}
+        items = [(f, qos) for f, qos in items if f in live]
+        if items and self._connected.is_set():  # if not, the next connect asks for every filter
+            self._ask_again(items, min(wait * 2, self._backoff[1]))
 
     async def _reconnect(self) -> None:
         await self._connect_with_backoff()
         self.reconnects += 1
-        log.info("%s reconnected to %s (%d)", self.client_id, self.url, self.reconnects)
+        log.info("%s reconnected to %s:%d (%d)", self.client_id, *self.node, self.reconnects)
         self._spawn(self._run_hooks())  # apart, so a drop during a hook starts a new reconnect
 
     async def _run_hooks(self) -> None:
@@ -345,13 +377,14 @@ class MqttBus(Service):
             return
         filters = {f: sub.qos for sub in self._subs for f in sub.filters}
         if filters:
-            client.subscribe(list(filters.items()))
+            self._ask_again(list(filters.items()), 0.5)
         self._connected.set()
         if self._connack and not self._connack.done():
             self._connack.set_result(None)
 
     def _on_disconnect(self, _c: paho.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
         self._connected.clear()
+        self._resubscribing.clear()  # a reconnect asks for every filter again
         if self._closing:
             if self._gone is not None and not self._gone.done():
                 self._gone.set_result(None)
@@ -373,6 +406,13 @@ class MqttBus(Service):
 
     def _on_subscribe(self, _c: paho.Client, _u: Any, mid: int, codes: list[ReasonCode], _p: Any) -> None:
         denied = [i for i, code in enumerate(codes) if code.is_failure]
+        asked = self._resubscribing.pop(mid, None)
+        if asked is not None and denied:
+            items, wait = asked
+            refused = [items[i] for i in denied if i < len(items)]
+            log.warning("%s: the broker refused %s after a reconnect; asking again in %.1f s",
+                        self.client_id, [f for f, _ in refused], wait)  # fmt: skip
+            self._spawn(self._subscribe_later(refused, wait))
         fut = self._acks.get(mid)
         if denied and fut is not None and not fut.done():
             fut.set_exception(_Denied(denied))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from device_sdk.protocol.errors import BusError
@@ -14,6 +14,9 @@ class BrokerUrl:
 
     `ca` is the CA certificate file that the broker's certificate must chain to (default: the
     system's trusted CAs); it rides in the URL so that every client built from one can use it.
+    A broker tier of several nodes is a list of hosts, `mqtt://user@node1:1883,node2:1883,node3`:
+    a client connects to the first and, when a node does not answer, to the next (`nodes`); the
+    credentials and the CA are the same for all.
     """
 
     host: str
@@ -22,11 +25,40 @@ class BrokerUrl:
     password: str | None = field(default=None, repr=False)
     tls: bool = False
     ca: str | None = None
+    others: tuple[tuple[str, int], ...] = ()
+    """The further nodes of a broker tier, tried in turn after `host`."""
+
+    @property
+    def nodes(self) -> tuple[tuple[str, int], ...]:
+        """Every node's (host, port), the first one first."""
+        return ((self.host, self.port), *self.others)
 
     @classmethod
     def parse(cls, url: str) -> BrokerUrl:
         """`url` parsed and checked; an error names the URL without its password."""
-        parts = urlsplit(url if "://" in url else f"mqtt://{url}")
+        url = url if "://" in url else f"mqtt://{url}"
+        scheme, _, rest = url.partition("://")
+        netloc, sep, tail = rest.partition("/") if "/" in rest.split("?")[0] else rest.partition("?")
+        userinfo, at, hosts = netloc.partition("@") if "@" in netloc else ("", "", netloc)
+        first, *more = hosts.split(",")
+        parsed = cls._parse_one(f"{scheme}://{userinfo}{at}{first}{sep}{tail}")
+        others = []
+        for node in more:
+            try:
+                if "@" in node or not node:
+                    raise BusError(
+                        f"a further broker node is host[:port], not {node!r} (credentials go before the first)"
+                    )
+                one = cls._parse_one(f"{scheme}://{node}")
+            except BusError as exc:
+                shown = url.replace(f"{userinfo}@", f"{userinfo.split(':')[0]}:***@", 1) if ":" in userinfo else url
+                raise BusError(f"{exc.text} (of {shown!r})") from None
+            others.append((one.host, one.port))
+        return replace(parsed, others=tuple(others)) if others else parsed
+
+    @classmethod
+    def _parse_one(cls, url: str) -> BrokerUrl:
+        parts = urlsplit(url)
         if parts.password is not None:
             url = parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
         if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
@@ -47,12 +79,14 @@ class BrokerUrl:
         return cls(parts.hostname, port, user, password, tls, ca or None)
 
     def __str__(self) -> str:
-        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self._hosts()}"
+
+    def _hosts(self) -> str:
+        return ",".join(f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in self.nodes)
 
     def argument(self) -> str:
         """The URL for another process's command line: with the user and the CA, never the password
         (hand that over in `$DEVICE_SDK_BROKER_PASSWORD`)."""
         user = f"{quote(self.username, safe='')}@" if self.username else ""
-        host = f"[{self.host}]" if ":" in self.host else self.host
         ca = f"?ca={quote(self.ca, safe='/')}" if self.ca else ""
-        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{host}:{self.port}{ca}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self._hosts()}{ca}"
