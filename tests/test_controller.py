@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from device_sdk.bus.mosquitto import MosquittoServer
 from device_sdk.consent.keys import SigningKey
@@ -55,3 +56,39 @@ async def test_two_gateways_serve_a_device_one_at_a_time(mosquitto: MosquittoSer
                 assert len(second.checkout.orders) == 1 and first.checkout.orders == []
         finally:
             await first.__aexit__(None, None, None)
+
+
+async def test_the_devices_of_a_gateway_that_goes_offline_are_taken_over_before_they_speak(
+    mosquitto: MosquittoServer,
+) -> None:
+    """Quiet devices (no pings) of a gateway that goes offline are claimed by the live gateways at
+    once, split between them by a rendezvous hash, not when each next speaks."""
+    url = mosquitto.url
+    first = ShopBackend(url, gateway_id="gw-first")
+    await first.__aenter__()
+    try:
+        async with contextlib.AsyncExitStack() as devices:
+            clients = [
+                await devices.enter_async_context(DeviceClient(url, f"speaker-{n}", heartbeat=0)) for n in range(12)
+            ]
+            for _ in range(200):  # each announced itself online, and the only gateway claimed it
+                if all(c.controller_id == "gw-first" for c in clients):
+                    break
+                await asyncio.sleep(0.05)
+            assert all(c.controller_id == "gw-first" for c in clients)
+            async with (
+                ShopBackend(url, gateway_id="gw-second") as second,
+                ShopBackend(url, gateway_id="gw-third") as third,
+            ):
+                await first.__aexit__(None, None, None)  # its goodbye: retained status offline
+                for _ in range(200):  # the devices say nothing meanwhile
+                    if all(c.controller_id in ("gw-second", "gw-third") for c in clients):
+                        break
+                    await asyncio.sleep(0.05)
+                heirs = {c.device_id: c.controller_id for c in clients}
+                assert set(heirs.values()) == {"gw-second", "gw-third"}  # shared, all taken over
+                for live in (second, third):  # both agree on each device's heir, so none is claimed twice
+                    assert all(live.gateway.claim_book.heir(d) == heirs[d] for d in heirs)
+                    assert all(live.gateway.claims[d] == heirs[d] for d in heirs)
+    finally:
+        await first.__aexit__(None, None, None)

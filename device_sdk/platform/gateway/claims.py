@@ -1,12 +1,18 @@
 """Controller claims: which gateway serves which device, as the retained claims on the devices'
 controller topics say. A device that no live gateway serves is claimed by every gateway that hears
 it; each holds the device's messages until the claims have settled, and the claim the broker
-delivers last wins on all of them alike."""
+delivers last wins on all of them alike.
+
+When a gateway goes offline (its last will, or its goodbye), the live gateways do not wait for its
+devices to speak: each claims at once the share of them that a rendezvous hash over the live
+gateways gives it, so an idle device is served again within moments, not at its next ping (up to
+30 s). Gateways that disagree on who is live claim the same device; the rule above settles it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -89,7 +95,31 @@ class ClaimBook:
         gateway_id = self.topics.gateway_of(topic)
         if not payload:
             return
-        self.gateways_online[gateway_id] = decode_as(payload, GatewayStatus, gateway_id).online
+        online = decode_as(payload, GatewayStatus, gateway_id).online
+        was = self.gateways_online.get(gateway_id)
+        self.gateways_online[gateway_id] = online
+        if was and not online and gateway_id != self.gateway_id:
+            self._spawn(self.take_over(gateway_id))
+
+    def heir(self, device_id: str) -> str:
+        """The live gateway that takes `device_id` over (rendezvous hashing: each device goes to the
+        gateway with the highest hash of the pair, so a death moves only the dead gateway's devices)."""
+        live = [g for g, up in self.gateways_online.items() if up and g != self.gateway_id] + [self.gateway_id]
+        return max(live, key=lambda g: hashlib.blake2b(f"{device_id}\0{g}".encode(), digest_size=8).digest())
+
+    async def take_over(self, dead: str, chunk: int = 256) -> int:
+        """Claim the devices of the `dead` gateway that fall to this one; how many were claimed. (One
+        walk over the claims per gateway death; the claims go out `chunk` at a time.)"""
+        mine = [d for d, holder in self.claims.items() if holder == dead and self.heir(d) == self.gateway_id]
+        mine = [d for d in mine if d not in self._claiming]
+        if mine:
+            log.info("gateway %s is offline: taking over %d of its devices", dead, len(mine))
+        for start in range(0, len(mine), chunk):
+            batch = [d for d in mine[start : start + chunk] if self.claims.get(d) == dead and d not in self._claiming]
+            for device_id in batch:
+                self._claiming[device_id] = []
+            await asyncio.gather(*(self._claim(device_id) for device_id in batch))
+        return len(mine)
 
     def on_claim(self, device_id: str, payload: bytes) -> None:
         """A device's retained claim (empty: cleared); raises `ProtocolError` for a bad one."""
