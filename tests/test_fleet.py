@@ -172,3 +172,40 @@ async def test_a_decline_closes_its_checkout_even_when_the_cancel_outlasts_the_c
             await asyncio.sleep(0.05)
         assert closed
         assert cancelled
+
+
+class FlakyStoreCancel(CheckoutStandIn):
+    """The stand-in whose first two cancels are lost with the store's batch (a database restarting)."""
+
+    lost = 0
+
+    async def cancel(self, checkout_id: str, outcome: Outcome, reason: str) -> None:
+        if self.lost < 2:
+            self.lost += 1
+            raise StoreError("could not commit: the server closed the connection")
+        await super().cancel(checkout_id, outcome, reason)
+
+
+async def test_a_decline_whose_cancel_the_store_lost_is_cancelled_again() -> None:
+    """Seen with the fleet bench's PostgreSQL stopped mid-run: a cancel whose batch was in flight
+    failed, was logged and never asked again, so the declined checkout stayed open."""
+
+    def flaky(verifier: ConsentVerifier) -> CheckoutStandIn:
+        return FlakyStoreCancel(verifier, demo_catalog())
+
+    async with EmbeddedBroker() as broker, ShopBackend(broker.url, shared=False, make_checkout=flaky) as shop:
+        key = await asyncio.to_thread(shop.provision, "speaker-1")
+        async with DeviceClient(broker.url, "speaker-1", key=key) as device:
+            offer = await device.ask("buy a bottle of milk", timeout=30)
+            result = await device.answer(offer, Decision.DECLINE, timeout=30)
+        assert result.outcome is Outcome.DECLINED
+        checkout_id = offer.request.checkout_id
+        closed = False
+        for _ in range(200):  # asked again after 0.5 s and 1 s; wait for it, boundedly
+            with shop.db.reading() as conn:
+                row = conn.execute("SELECT closed_at FROM checkouts WHERE checkout_id = ?", (checkout_id,)).fetchone()
+            closed = row is not None and row[0] is not None
+            if closed:
+                break
+            await asyncio.sleep(0.05)
+        assert closed and isinstance(shop.checkout, FlakyStoreCancel) and shop.checkout.lost == 2

@@ -19,7 +19,7 @@ from device_sdk.consent.readback import confirmation_request
 from device_sdk.platform.agent import RemoteAgent
 from device_sdk.platform.checkout.audit import AuditLog
 from device_sdk.platform.checkout.backend import CheckoutBackend, Completion
-from device_sdk.protocol.errors import CheckoutError, DeviceSdkError, ErrorCode, SessionError
+from device_sdk.protocol.errors import CheckoutError, DeviceSdkError, ErrorCode, SessionError, StoreError
 from device_sdk.protocol.fields import Decision, Outcome, WireMessage, new_id, now, sha256_hex
 from device_sdk.protocol.messages import (
     AgentRequest,
@@ -322,7 +322,7 @@ class SessionFlow:
         """Cancel; a checkout that fails to hear it keeps an open checkout that nothing will complete.
         A slow cancel is not abandoned at `checkout_timeout` (the device is told its decline then): it
         goes on in the background, so the checkout still closes with its cancel record."""
-        closing = asyncio.ensure_future(self.checkout.cancel(checkout_id, outcome, reason))
+        closing = asyncio.ensure_future(self._cancel_until_stored(checkout_id, outcome, reason))
         try:
             async with asyncio.timeout(self.checkout_timeout):
                 await asyncio.shield(closing)
@@ -332,6 +332,20 @@ class SessionFlow:
             closing.add_done_callback(self._closed)
         except Exception as exc:
             log.warning("could not cancel checkout %s: %r", checkout_id, exc)
+
+    async def _cancel_until_stored(self, checkout_id: str, outcome: Outcome, reason: str, within: float = 300) -> None:
+        """The cancel, asked again while the store fails (a database restarting: its batch in flight
+        was lost), every 0.5 s doubling to 8 s, for up to `within` seconds: the device heard its decline."""
+        wait, until = 0.5, time.monotonic() + within
+        while True:
+            try:
+                return await self.checkout.cancel(checkout_id, outcome, reason)
+            except StoreError as exc:
+                if time.monotonic() + wait > until:
+                    raise
+                log.warning("checkout %s: the cancel was not stored (%s); again in %.1f s", checkout_id, exc, wait)
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, 8.0)
 
     def _closed(self, closing: asyncio.Future[None]) -> None:
         self._closing.discard(closing)
