@@ -5,8 +5,9 @@ answered 103/s and its proposals took 9 to 13 s (docs/scale.md, run g); every de
 one was told why. Capacity shows in two places, both read without walking anything:
 
 - the event loop's lag: a timer that asks to sleep `every` seconds and is woken late by the work
-  queued before it. Its figure rises at once and falls slowly (a sticky peak), so a burst that
-  fills the loop keeps the door shut until the backlog is worked off, not for a single tick;
+  queued before it, smoothed over the last samples (an exponential average), so that a backlog that
+  lasts closes the door and a lone pause (a garbage collection, a slow disk write) does not: the
+  requests that waited through a pause are served, not refused for it;
 - the sessions with work under way (a request with the agent, a checkout being completed), a
   count the gateway keeps per handler: past `max_active` the gateway holds more half-done work than
   it should, whatever the loop says (a slow agent or store).
@@ -36,12 +37,13 @@ class Capacity:
     """Sessions with work under way at once (a request with the agent, a checkout completing)."""
     every: float = 0.05
     """How often the loop's lag is sampled."""
-    release: float = 0.8
-    """How much of the peak lag is kept at each sample below it: the figure falls by a fifth a sample."""
+    smoothing: float = 0.8
+    """The weight of the average so far against each new sample: a lone 0.3 s pause moves it by 0.06 s,
+    a lag that lasts reaches it within a few samples."""
 
     def __post_init__(self) -> None:
-        if not (self.max_lag > 0 and self.max_active > 0 and self.every > 0 and 0 <= self.release < 1):
-            raise ConfigError(f"bad gateway capacity {self}: max_lag, max_active, every > 0 and 0 <= release < 1")
+        if not (self.max_lag > 0 and self.max_active > 0 and self.every > 0 and 0 <= self.smoothing < 1):
+            raise ConfigError(f"bad gateway capacity {self}: max_lag, max_active, every > 0 and 0 <= smoothing < 1")
 
 
 class Admission:
@@ -50,17 +52,17 @@ class Admission:
     def __init__(self, capacity: Capacity | None = None) -> None:
         self.capacity = capacity or Capacity()
         self.lag = 0.0
-        """The loop's lag in seconds: the last sample's, or less than the peak while it falls off."""
+        """The loop's lag in seconds, averaged over the last samples."""
         self.refused = 0
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        every, release = self.capacity.every, self.capacity.release
+        every, keep = self.capacity.every, self.capacity.smoothing
         while True:
             asked = loop.time()
             await asyncio.sleep(every)
             late = max(0.0, loop.time() - asked - every)
-            self.lag = late if late >= self.lag else max(late, self.lag * release)
+            self.lag = keep * self.lag + (1 - keep) * late
 
     def check(self, active: int) -> None:
         """Raise `busy` when a new session would start past capacity; `active`: sessions under way."""
