@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,7 @@ from device_sdk.bus.embedded import EmbeddedBroker
 from device_sdk.bus.url import BrokerUrl
 from device_sdk.device.client import DeviceClient
 from device_sdk.platform.checkout import pg_server
+from device_sdk.platform.checkout.database import Database
 from device_sdk.platform.checkout.verifier import ConsentVerifier
 from device_sdk.protocol.errors import ConfigError, StoreError
 from device_sdk.protocol.fields import Decision, Outcome
@@ -209,3 +211,29 @@ async def test_a_decline_whose_cancel_the_store_lost_is_cancelled_again() -> Non
                 break
             await asyncio.sleep(0.05)
         assert closed and isinstance(shop.checkout, FlakyStoreCancel) and shop.checkout.lost == 2
+
+
+async def test_a_gateway_that_stops_finishes_the_cancels_still_going_on(tmp_path: Path) -> None:
+    """A cancel slower than `checkout_timeout` goes on in the background; a gateway stopping then
+    used to drop it, leaving the checkout of a decline its device had heard open."""
+
+    class SlowerCancel(CheckoutStandIn):
+        async def cancel(self, checkout_id: str, outcome: Outcome, reason: str) -> None:
+            await asyncio.sleep(1.0)
+            await super().cancel(checkout_id, outcome, reason)
+
+    database = tmp_path / "shop.db"
+    async with EmbeddedBroker() as broker:
+        shop = ShopBackend(broker.url, shared=False, database=database,
+                           make_checkout=lambda v: SlowerCancel(v, demo_catalog()))  # fmt: skip
+        async with shop:
+            shop.gateway.flow.checkout_timeout = 0.1
+            key = await asyncio.to_thread(shop.provision, "speaker-1")
+            async with DeviceClient(broker.url, "speaker-1", key=key) as device:
+                offer = await device.ask("buy a bottle of milk", timeout=30)
+                result = await device.answer(offer, Decision.DECLINE, timeout=30)
+            assert result.outcome is Outcome.DECLINED  # told at once; the cancel still going on
+        with Database(database) as db, db.reading() as conn:  # the gateway stopped, the store closed
+            row = conn.execute("SELECT closed_at FROM checkouts WHERE checkout_id = ?",
+                               (offer.request.checkout_id,)).fetchone()  # fmt: skip
+    assert row is not None and row[0] is not None

@@ -347,6 +347,12 @@ class SessionFlow:
             await asyncio.sleep(wait)
             wait = min(wait * 2, 8.0)
 
+    async def finish_cancels(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for the cancels still going on (a stopping gateway dropped them,
+        and the checkouts of declines their devices had heard stayed open)."""
+        if self._closing:
+            await asyncio.wait(set(self._closing), timeout=timeout)
+
     def _closed(self, closing: asyncio.Future[None]) -> None:
         self._closing.discard(closing)
         if not closing.cancelled() and (exc := closing.exception()) is not None:
