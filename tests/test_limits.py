@@ -118,6 +118,23 @@ async def test_finding_5_a_slot_frees_when_its_offer_is_answered(broker: Restart
     assert later.request.checkout_id not in (first.request.checkout_id, again.request.checkout_id)
 
 
+async def test_a_users_answer_to_an_open_offer_is_never_refused_for_rate(broker: Restartable) -> None:
+    """Seen with the fleet bench at full speed: a device past its request rate had its decline refused
+    `rate_limited`, and the offer stayed open until it expired. The answer to an offer the gateway
+    awaits is bounded by the open-checkout quota, so it is taken; a new request is still refused."""
+    shop = ShopBackend(broker.url, limits=Limits(requests_per_minute=NEVER, request_burst=2))
+    async with shop, keyed(shop, broker, "speaker-4", heartbeat=0) as device:
+        first = await device.ask("buy a bottle of milk")
+        second = await device.ask("buy a yoga mat")  # the bucket is empty now
+        declined = await device.answer(first, Decision.DECLINE)
+        confirmed = await device.answer(second, Decision.CONFIRM)
+        with pytest.raises(DeviceSdkError) as refused:
+            await device.ask("buy two bottles of milk")
+    assert declined.outcome is Outcome.DECLINED and confirmed.outcome is Outcome.ORDERED
+    assert refused.value.code == ErrorCode.RATE_LIMITED
+    assert shop.gateway.limiter.refused[Kind.REQUEST] == 1
+
+
 async def test_finding_5_pings_and_wakes_beyond_their_rate_are_dropped(broker: Restartable) -> None:
     limits = Limits(
         pings_per_second=NEVER, ping_burst=5, wakes_per_second=NEVER, wake_burst=3, refusal_interval=1e9,

@@ -172,6 +172,14 @@ class SessionFlow:
             raise CheckoutError("the agent proposed for another device or session", ErrorCode.BAD_PROPOSAL)
         return issued
 
+    def awaits_answer(self, device_id: str, message: Any) -> bool:
+        """Whether `message` answers the offer a session here awaits: a confirmation of its checkout."""
+        if getattr(message, "type", None) != "confirmation.result":
+            return False
+        session = self.sessions.get(self.session_key(device_id, message.session_id))
+        return (session is not None and session.state is State.AWAITING_CONFIRMATION and session.offer is not None
+                and session.offer.checkout_id == message.checkout_id)  # fmt: skip
+
     def session_key(self, device_id: str, session_id: str) -> SessionKey:
         """The key a device's message runs under: the session's own, for a phone it was handed to."""
         key = (device_id, session_id)

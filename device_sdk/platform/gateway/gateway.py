@@ -132,7 +132,7 @@ class Gateway(Service):
         )
         self.limits = limits or Limits()
         """What each device may send (`limits.py`); a device over them is refused, the others served."""
-        self.limiter = DeviceLimiter(self.limits, self._refuse)
+        self.limiter = DeviceLimiter(self.limits, self._refuse, awaited=self.flow.awaits_answer)
         self.quota = CheckoutQuota(self.limits.open_checkouts, self.flow.sessions, self._refuse)
         self.audio_intake = AudioIntake(self.limits.audio_streams, self.limits.audio_queue_chunks)
         self.admission = Admission(capacity)

@@ -99,9 +99,18 @@ class DeviceLimiter:
     """Each device's buckets; refuses through `refuse` (the gateway's answer to a device)."""
 
     def __init__(
-        self, limits: Limits, refuse: Refuse, *, clock: Callable[[], float] = time.monotonic, prune_at: int = 4096
+        self,
+        limits: Limits,
+        refuse: Refuse,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        prune_at: int = 4096,
+        awaited: Callable[[str, Any], bool] = lambda device_id, message: False,
     ) -> None:
         self.limits = limits
+        self._awaited = awaited
+        """Whether a message answers an offer the gateway awaits an answer to: a user's answer is never
+        refused for rate (the open-checkout quota bounds them); a resend of it is, like any other."""
         self.refused: dict[Kind, int] = dict.fromkeys(Kind, 0)
         """Messages dropped by each kind of bucket, over all devices."""
         self._refuse = refuse
@@ -134,6 +143,8 @@ class DeviceLimiter:
         if isinstance(message, AgentRequest):
             ref: str | None = message.request_id
         elif getattr(message, "type", None) in SESSION_MOVES:
+            if self._awaited(device_id, message):
+                return True
             ref = getattr(message, "checkout_id", None)
         else:
             return True
