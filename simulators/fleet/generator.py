@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -177,17 +177,24 @@ class Fleet:
         self.cpu: dict[str, float] = {}
         self._stack = contextlib.AsyncExitStack()
 
+    def _home(self, n: int) -> BrokerUrl:
+        """Node n's address with the cluster's other nodes after it (`BrokerUrl.nodes`), so a client
+        whose node dies moves to the next at once; the broker's URL when there is one node."""
+        k = n % len(self.urls)
+        first, *rest = self.urls[k:] + self.urls[:k]
+        return replace(first, others=tuple((url.host, url.port) for url in rest))
+
     async def run(self) -> dict[str, Any]:
         devices = await self._enroll()
         policy = self.tmp / "policy.toml"
         policy.write_text(POLICY)
         for n in range(self.o.gateways):
-            url = self.urls[n % len(self.urls)]
+            url = self._home(n)
             env = {"DEVICE_SDK_STATE": str(self.state)} if self.state is not None else None
             gateway = GatewayProcess(url, self.database, policy, self.tmp / f"gateway-{n}.log", env)
             self.gateways.append(gateway)
         try:
-            self.watch = await self._stack.enter_async_context(ClaimWatch(self.url))
+            self.watch = await self._stack.enter_async_context(ClaimWatch(self._home(0)))
             await asyncio.gather(*(g.start() for g in self.gateways))
             await asyncio.sleep(1.0)
             base_rss = [rss_mb(g.pid) or 0.0 for g in self.gateways]
@@ -231,7 +238,7 @@ class Fleet:
         for n in range(count):
             share = devices[n::count]
             config = {
-                "broker": self.urls[n % len(self.urls)].argument(), "devices": share, "seed": self.o.seed + n,
+                "broker": self._home(n).argument(), "devices": share, "seed": self.o.seed + n,
                 "rate": None if self.o.rate is None else self.o.rate / count, "seconds": self.o.seconds,
                 "workers": max(1, min(64, len(share) // 4)), "heartbeat": self.o.heartbeat,
                 "confirm_share": self.o.confirm_share, "ramp": self.o.ramp / count, "drain": self.o.drain,
