@@ -83,9 +83,9 @@ async def test_another_device_can_neither_confirm_nor_cancel(broker: Restartable
         # the same session id on another device is another session: it cannot touch the first one
         own = await intruder.ask("buy a yoga mat", session_id=offer.session_id)
         assert own.request.checkout_id != offer.request.checkout_id
-        with pytest.raises(RemoteError) as caught:
+        with pytest.raises(RemoteError) as caught:  # not a checkout its session offered: the store's answer
             await intruder.answer(offer, Decision.CONFIRM, timeout=5)
-        assert caught.value.code == ErrorCode.STALE_CHECKOUT
+        assert caught.value.code == ErrorCode.UNKNOWN_CHECKOUT
         assert backend.checkout.orders == []
         result = await owner.answer(offer, Decision.CONFIRM)
     assert result.outcome is Outcome.ORDERED

@@ -85,6 +85,7 @@ def reconcile(confirmed: list[dict[str, Any]], declined: list[dict[str, Any]], l
     """
     lost = duplicated = unseen = refused = 0
     refusals: Counter[str] = Counter()
+    unseen_seen: Counter[str] = Counter()
     for fate in confirmed:
         checkout = fate["checkout_id"]
         orders = ledger.merchant_orders.get(checkout, [])
@@ -95,6 +96,7 @@ def reconcile(confirmed: list[dict[str, Any]], declined: list[dict[str, Any]], l
             lost += not orders or fate.get("order_id") not in orders
         elif orders:
             unseen += 1
+            unseen_seen[str(fate.get("code") or fate.get("outcome") or fate.get("seen"))] += 1
         elif seen == "refused":
             refused += 1
             refusals[str(fate.get("code") or fate.get("outcome"))] += 1
@@ -110,6 +112,7 @@ def reconcile(confirmed: list[dict[str, Any]], declined: list[dict[str, Any]], l
         "orders_lost": lost,
         "orders_duplicated": duplicated,
         "orders_unseen": unseen,
+        "orders_unseen_seen": dict(unseen_seen),
         "declines": len(declined),
         "declines_left_open": len(open_),
         "declines_left_open_seen": dict(

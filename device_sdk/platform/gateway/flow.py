@@ -172,6 +172,15 @@ class SessionFlow:
             raise CheckoutError("the agent proposed for another device or session", ErrorCode.BAD_PROPOSAL)
         return issued
 
+    def holds(self, key: SessionKey, checkout_id: str) -> bool:
+        """Whether a session here offered `checkout_id`. A confirmation of a checkout it never offered
+        is another gateway's: two gateways served the device at once (a broker cluster may deliver two
+        claims in different orders on different nodes) and the store answers it (`recovery.py`), as
+        after a take-over; refused `stale_checkout` here, the device heard a refusal for an order
+        the other gateway placed (the fleet bench on NATS: 19 of 976)."""
+        session = self.sessions.get(key)
+        return session is not None and checkout_id in session.offered
+
     def awaits_answer(self, device_id: str, message: Any) -> bool:
         """Whether `message` answers the offer a session here awaits: a confirmation of its checkout."""
         if getattr(message, "type", None) != "confirmation.result":

@@ -407,7 +407,7 @@ class Gateway(Service):
 
     async def _confirmation(self, device_id: str, key: SessionKey, answer: ConfirmationResult) -> None:
         """The session's answer; for a session not held here (a restart, a take-over), the store's."""
-        if key in self.flow.sessions:
+        if self.flow.holds(key, answer.checkout_id):
             await self.flow.on_confirmation(device_id, answer)
         else:
             await self.recovery.on_confirmation(device_id, answer)

@@ -56,6 +56,8 @@ class Session:
     unanswered: int = 0
     """Completions of this session's confirmation that got no answer from the checkout."""
     touched: float = field(default_factory=time.monotonic)
+    offered: set[str] = field(default_factory=set)
+    """Every checkout offered in this session by this gateway."""
 
     def check_owner(self, device_id: str) -> None:
         if device_id != self.device_id:
@@ -82,6 +84,7 @@ class Session:
         if request_id != self.request_id or self.state is not State.AWAITING_PROPOSAL:
             return False
         self.issued, self.offer, self.state = issued, offer, State.AWAITING_CONFIRMATION
+        self.offered.add(offer.checkout_id)
         self.handed_to = None
         return True
 
