@@ -19,7 +19,7 @@ from device_sdk.consent.readback import confirmation_request
 from device_sdk.platform.agent import RemoteAgent
 from device_sdk.platform.checkout.audit import AuditLog
 from device_sdk.platform.checkout.backend import CheckoutBackend, Completion
-from device_sdk.protocol.errors import CheckoutError, DeviceSdkError, ErrorCode, SessionError, StoreError
+from device_sdk.protocol.errors import CheckoutError, DeviceSdkError, ErrorCode, SessionError
 from device_sdk.protocol.fields import Decision, Outcome, WireMessage, new_id, now, sha256_hex
 from device_sdk.protocol.messages import (
     AgentRequest,
@@ -30,6 +30,7 @@ from device_sdk.protocol.messages import (
     OrderResult,
 )
 
+from .cancels import Cancels
 from .deadlines import Deadlines
 from .session import Session, State, Step
 
@@ -91,8 +92,8 @@ class SessionFlow:
         self._handed: dict[SessionKey, SessionKey] = {}
         """(phone, session id) of each offer handed over: the session's own key."""
         self._sweeping: set[SessionKey] = set()
-        self._closing: set[asyncio.Future[None]] = set()
-        """Cancels that outlasted `checkout_timeout`, still going on."""
+        self.cancels = Cancels(checkout, lambda: self.checkout_timeout)
+        """Cancels of declined, expired and superseded offers, including those still going on."""
 
     # a device's messages -----------------------------------------------------------------
 
@@ -117,7 +118,7 @@ class SessionFlow:
         if step is not Step.ASK_AGENT:
             return
         if superseded is not None:
-            await self._close_checkout(superseded.checkout_id, Outcome.NOT_CONFIRMED, "superseded by a new request")
+            await self.cancels.close(superseded.checkout_id, Outcome.NOT_CONFIRMED, "superseded by a new request")
         log.info("session %s: %s asks %r", request.session_id, device_id, request.text)
         self._observed("request", key)
         issued: IssuedProposal | None = None
@@ -143,7 +144,7 @@ class SessionFlow:
             session.on_agent_failed(request.request_id)
             self.deadlines.at(session.touched + self.keep_ended, key)
             if issued is not None:
-                await self._close_checkout(issued.proposal.checkout_id, Outcome.NOT_CONFIRMED, "not offered")
+                await self.cancels.close(issued.proposal.checkout_id, Outcome.NOT_CONFIRMED, "not offered")
             if isinstance(exc, DeviceSdkError):
                 refusal = exc
             else:
@@ -335,49 +336,9 @@ class SessionFlow:
             log.info("session %s: %s (after a retry)", session.session_id, result.outcome)
             await self._tell(session, result)
 
-    async def _close_checkout(self, checkout_id: str, outcome: Outcome, reason: str) -> None:
-        """Cancel; a checkout that fails to hear it keeps an open checkout that nothing will complete.
-        A slow cancel is not abandoned at `checkout_timeout` (the device is told its decline then): it
-        goes on in the background, so the checkout still closes with its cancel record."""
-        closing = asyncio.ensure_future(self._cancel_until_stored(checkout_id, outcome, reason))
-        try:
-            async with asyncio.timeout(self.checkout_timeout):
-                await asyncio.shield(closing)
-        except TimeoutError:
-            log.warning("checkout %s: the cancel is slow; it goes on", checkout_id)
-            self._closing.add(closing)
-            closing.add_done_callback(self._closed)
-        except Exception as exc:
-            log.warning("could not cancel checkout %s: %r", checkout_id, exc)
-
-    async def _cancel_until_stored(self, checkout_id: str, outcome: Outcome, reason: str, within: float = 300) -> None:
-        """The cancel, asked again while the store fails (a database restarting: its batch in flight
-        was lost), every 0.5 s doubling to 8 s, for up to `within` seconds: the device heard its decline."""
-        wait, until = 0.5, time.monotonic() + within
-        while True:
-            try:
-                return await self.checkout.cancel(checkout_id, outcome, reason)
-            except StoreError as exc:
-                if time.monotonic() + wait > until:
-                    raise
-                log.warning("checkout %s: the cancel was not stored (%s); again in %.1f s", checkout_id, exc, wait)
-            await asyncio.sleep(wait)
-            wait = min(wait * 2, 8.0)
-
-    async def finish_cancels(self, timeout: float) -> None:
-        """Wait up to `timeout` seconds for the cancels still going on (a stopping gateway dropped them,
-        and the checkouts of declines their devices had heard stayed open)."""
-        if self._closing:
-            await asyncio.wait(set(self._closing), timeout=timeout)
-
-    def _closed(self, closing: asyncio.Future[None]) -> None:
-        self._closing.discard(closing)
-        if not closing.cancelled() and (exc := closing.exception()) is not None:
-            log.warning("could not cancel a checkout: %r", exc)
-
     async def _cancel(self, session: Session, outcome: Outcome, reason: str) -> OrderResult:
         assert session.offer is not None
-        await self._close_checkout(session.offer.checkout_id, outcome, reason)
+        await self.cancels.close(session.offer.checkout_id, outcome, reason)
         return OrderResult(session_id=session.session_id, checkout_id=session.offer.checkout_id, outcome=outcome,
                            reason=reason)  # fmt: skip
 

@@ -202,7 +202,7 @@ class Gateway(Service):
         log.info("gateway %s serving on %s", self.gateway_id, self._bus.url)
 
     async def stop(self) -> None:
-        await self.flow.finish_cancels(self.checkout_timeout)  # a decline the device heard closes its checkout
+        await self.flow.cancels.finish(self.checkout_timeout)  # a decline the device heard closes its checkout
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
