@@ -156,24 +156,34 @@ async def test_a_decline_closes_its_checkout_even_when_the_cancel_outlasts_the_c
 
     async with EmbeddedBroker() as broker, ShopBackend(broker.url, shared=False, make_checkout=slow) as shop:
         shop.gateway.flow.checkout_timeout = 0.1
-        key = await asyncio.to_thread(shop.provision, "speaker-1")
-        async with DeviceClient(broker.url, "speaker-1", key=key) as device:
-            offer = await device.ask("buy a bottle of milk", timeout=30)
-            result = await device.answer(offer, Decision.DECLINE, timeout=30)
-        assert result.outcome is Outcome.DECLINED
-        checkout_id = offer.request.checkout_id
-        closed = cancelled = False
-        for _ in range(100):  # the cancel goes on after the device was told; wait for it, boundedly
-            with shop.db.reading() as conn:
-                row = conn.execute("SELECT closed_at FROM checkouts WHERE checkout_id = ?", (checkout_id,)).fetchone()
-                bodies = [r[0] for r in conn.execute("SELECT body FROM audit WHERE kind = 'cancel'")]
-            closed = row is not None and row[0] is not None
-            cancelled = any(json.loads(body).get("checkout_id") == checkout_id for body in bodies)
-            if closed and cancelled:
-                break
-            await asyncio.sleep(0.05)
-        assert closed
-        assert cancelled
+        checkout_id = await declined(broker, shop)
+        assert await closed_with_its_cancel(shop, checkout_id)  # after the device was told
+
+
+async def declined(broker: EmbeddedBroker, shop: ShopBackend) -> str:
+    """A device asks and declines; the checkout id, once the device heard `declined`."""
+    key = await asyncio.to_thread(shop.provision, "speaker-1")
+    async with DeviceClient(broker.url, "speaker-1", key=key) as device:
+        offer = await device.ask("buy a bottle of milk", timeout=30)
+        result = await device.answer(offer, Decision.DECLINE, timeout=30)
+    assert result.outcome is Outcome.DECLINED
+    return offer.request.checkout_id
+
+
+async def closed_with_its_cancel(shop: ShopBackend, checkout_id: str, tries: int = 200) -> bool:
+    """Whether the checkout closes with its cancel record in the audit log (waiting boundedly)."""
+    for _ in range(tries):
+        with shop.db.reading() as conn:
+            row = conn.execute("SELECT closed_at FROM checkouts WHERE checkout_id = ?", (checkout_id,)).fetchone()
+            bodies = [r[0] for r in conn.execute("SELECT body FROM audit WHERE kind = 'cancel'")]
+        if (
+            row is not None
+            and row[0] is not None
+            and any(json.loads(b).get("checkout_id") == checkout_id for b in bodies)
+        ):
+            return True
+        await asyncio.sleep(0.05)
+    return False
 
 
 class FlakyStoreCancel(CheckoutStandIn):
@@ -196,21 +206,9 @@ async def test_a_decline_whose_cancel_the_store_lost_is_cancelled_again() -> Non
         return FlakyStoreCancel(verifier, demo_catalog())
 
     async with EmbeddedBroker() as broker, ShopBackend(broker.url, shared=False, make_checkout=flaky) as shop:
-        key = await asyncio.to_thread(shop.provision, "speaker-1")
-        async with DeviceClient(broker.url, "speaker-1", key=key) as device:
-            offer = await device.ask("buy a bottle of milk", timeout=30)
-            result = await device.answer(offer, Decision.DECLINE, timeout=30)
-        assert result.outcome is Outcome.DECLINED
-        checkout_id = offer.request.checkout_id
-        closed = False
-        for _ in range(200):  # asked again after 0.5 s and 1 s; wait for it, boundedly
-            with shop.db.reading() as conn:
-                row = conn.execute("SELECT closed_at FROM checkouts WHERE checkout_id = ?", (checkout_id,)).fetchone()
-            closed = row is not None and row[0] is not None
-            if closed:
-                break
-            await asyncio.sleep(0.05)
-        assert closed and isinstance(shop.checkout, FlakyStoreCancel) and shop.checkout.lost == 2
+        checkout_id = await declined(broker, shop)
+        assert await closed_with_its_cancel(shop, checkout_id)  # asked again after 0.5 s and 1 s
+        assert isinstance(shop.checkout, FlakyStoreCancel) and shop.checkout.lost == 2
 
 
 async def test_a_gateway_that_stops_finishes_the_cancels_still_going_on(tmp_path: Path) -> None:
