@@ -38,10 +38,11 @@ class BrokerUrl:
         """`url` parsed and checked; an error names the URL without its password."""
         url = url if "://" in url else f"mqtt://{url}"
         scheme, _, rest = url.partition("://")
-        netloc, sep, tail = rest.partition("/") if "/" in rest.split("?")[0] else rest.partition("?")
+        cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))  # the hosts end
+        netloc, tail = rest[:cut], rest[cut:]
         userinfo, at, hosts = netloc.partition("@") if "@" in netloc else ("", "", netloc)
         first, *more = hosts.split(",")
-        parsed = cls._parse_one(f"{scheme}://{userinfo}{at}{first}{sep}{tail}")
+        parsed = cls._parse_one(f"{scheme}://{userinfo}{at}{first}{tail}")
         others = []
         for node in more:
             try:
