@@ -45,6 +45,14 @@ async def backend() -> AsyncIterator[ShopBackend]:
         yield shop
 
 
+@pytest.fixture
+def gate(tmp_path: Path) -> SuggestionGate:
+    """A speaker's suggestion settings, opted in (suggestions are off by default)."""
+    opted_in = SuggestionGate(tmp_path / "speaker.suggestions.json")
+    opted_in.save(SuggestionSettings(opted_in=True))
+    return opted_in
+
+
 async def suggest(
     backend: ShopBackend, sphinx: SphinxEngine, gate: SuggestionGate, reply: str, device_id: str
 ) -> tuple[VoiceRun, bool, VoiceUser]:
@@ -69,10 +77,8 @@ async def suggest(
 
 
 async def test_stop_suggestions_said_to_the_assistant_turns_them_off_and_orders_nothing(
-    backend: ShopBackend, sphinx: SphinxEngine, tmp_path: Path
+    backend: ShopBackend, sphinx: SphinxEngine, gate: SuggestionGate
 ) -> None:
-    gate = SuggestionGate(tmp_path / "speaker.suggestions.json")
-    gate.save(SuggestionSettings(opted_in=True))
     run, stopped, user = await suggest(backend, sphinx, gate, "stop suggestions", "speaker-stop")
     assert user.heard[0].startswith("A suggestion from your shopping assistant: ")
     assert user.heard[1] == run.offer.readback  # type: ignore[union-attr]
@@ -83,10 +89,8 @@ async def test_stop_suggestions_said_to_the_assistant_turns_them_off_and_orders_
 
 
 async def test_yes_said_to_a_suggestion_orders_with_initiated_by_agent_audited(
-    backend: ShopBackend, sphinx: SphinxEngine, tmp_path: Path
+    backend: ShopBackend, sphinx: SphinxEngine, gate: SuggestionGate
 ) -> None:
-    gate = SuggestionGate(tmp_path / "speaker.suggestions.json")
-    gate.save(SuggestionSettings(opted_in=True))
     run, stopped, _ = await suggest(backend, sphinx, gate, "yes please buy it", "speaker-yes")
     assert not stopped and run.outcome == "ordered" and len(backend.checkout.orders) == 1
     assert unverified_claims(run.mandate)["initiated_by"] == "agent"  # type: ignore[arg-type]
@@ -97,12 +101,10 @@ async def test_yes_said_to_a_suggestion_orders_with_initiated_by_agent_audited(
 
 @pytest.mark.usefixtures("null_sink")
 async def test_stop_suggestions_said_into_the_virtual_microphone_is_heard_by_the_assistant(
-    backend: ShopBackend, sphinx: SphinxEngine, tmp_path: Path
+    backend: ShopBackend, sphinx: SphinxEngine, gate: SuggestionGate, tmp_path: Path
 ) -> None:
     """The same session on a live source: the reply is played into the null sink and taken off its
     monitor (the virtual microphone) when the read-back ends."""
-    gate = SuggestionGate(tmp_path / "speaker.suggestions.json")
-    gate.save(SuggestionSettings(opted_in=True))
     wav = tmp_path / "stop.wav"
     with wave.open(str(wav), "wb") as out:
         out.setnchannels(1)
